@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""One entry point for a newcomer: set everything up, then run the demo or the tests.
+
+    python3 dev.py demo     # create .venv, install streammgr, run the demo
+    python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
+    python3 dev.py bench    # install the benchmark extras and run every benchmark
+
+Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already
+installed from the same pyproject.toml (a stamp file records its hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def run(*args: str | Path) -> None:
+    """Run a command from the project root; stop with its exit code when it fails."""
+    print("+", " ".join(str(a) for a in args), flush=True)
+    completed = subprocess.run([str(a) for a in args], cwd=ROOT, check=False)
+    if completed.returncode != 0:
+        sys.exit(completed.returncode)
+
+
+def setup(extras: str) -> None:
+    """Create .venv and install the project with the given extras, unless already done."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"streammgr needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    stamp = VENV / f".installed-{extras or 'base'}-{digest}"
+    if stamp.exists() and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"+ creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    target = f".[{extras}]" if extras else "."
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", target)
+    stamp.touch()
+
+
+def main() -> None:
+    """Dispatch the sub-command named on the command line."""
+    command = sys.argv[1] if len(sys.argv) > 1 else "demo"
+    rest = sys.argv[2:]
+    if command == "demo":
+        setup("")
+        run(PYTHON, "-m", "streammgr", "demo", *rest)
+    elif command == "test":
+        setup("dev")
+        run(BIN / "ruff", "check", ".")
+        run(BIN / "ruff", "format", "--check", ".")
+        run(BIN / "mypy", "--strict", "streammgr", "benchmarks")
+        run(BIN / "mypy", "tests")
+        run(PYTHON, "-m", "pytest", "-q", *rest)
+    elif command == "bench":
+        setup("dev,bench")
+        for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
+            run(PYTHON, script, *rest)
+    else:
+        sys.exit(f"unknown command {command!r}: use demo, test or bench")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""streammgr: run many streaming responses at once, safely, on Trio.
+
+The public API is re-exported here; the modules that define it are private.
+"""
+
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import IdleTimeout as IdleTimeout
+from ._errors import ManagerClosed as ManagerClosed
+from ._errors import ReaderTimeout as ReaderTimeout
+from ._errors import SSEError as SSEError
+from ._errors import SSEEventTooLarge as SSEEventTooLarge
+from ._errors import StreamCancelled as StreamCancelled
+from ._errors import StreamError as StreamError
+from ._errors import StreamLimitExceeded as StreamLimitExceeded
+from ._errors import StreamTimeout as StreamTimeout
+from ._limits import FairLimiter as FairLimiter
+from ._limits import Limiter as Limiter
+from ._limits import LimiterSnapshot as LimiterSnapshot
+from ._limits import Permit as Permit
+from ._logging import redact as redact
+from ._logging import redact_secrets as redact_secrets
+from ._manager import ManagedStream as ManagedStream
+from ._manager import ManagerStats as ManagerStats
+from ._manager import StreamManager as StreamManager
+from ._manager import StreamSender as StreamSender
+from ._registry import RegistryEvent as RegistryEvent
+from ._registry import RegistryWatcher as RegistryWatcher
+from ._registry import StreamInfo as StreamInfo
+from ._states import CloseReason as CloseReason
+from ._states import Phase as Phase
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloseReason",
+    "DeadlineExceeded",
+    "FairLimiter",
+    "IdleTimeout",
+    "Limiter",
+    "LimiterSnapshot",
+    "ManagedStream",
+    "ManagerClosed",
+    "ManagerStats",
+    "Permit",
+    "Phase",
+    "ReaderTimeout",
+    "RegistryEvent",
+    "RegistryWatcher",
+    "SSEError",
+    "SSEEventTooLarge",
+    "StreamCancelled",
+    "StreamError",
+    "StreamInfo",
+    "StreamLimitExceeded",
+    "StreamManager",
+    "StreamSender",
+    "StreamTimeout",
+    "redact",
+    "redact_secrets",
+]

@@ -1,0 +1,380 @@
+"""Admission: who may open a stream now, who waits, and who is turned away.
+
+The manager talks to admission only through the small :class:`Limiter` interface
+(acquire / release / resize / snapshot), so a distributed limiter (Redis, later) can
+replace the in-memory :class:`FairLimiter` without touching the manager.
+
+:class:`FairLimiter` keeps one FIFO queue per key and a heap of the keys whose head
+waiter could be admitted, ordered by arrival. When a slot frees, the oldest waiter
+*that can run* goes first: a waiter whose key is at ``max_streams_per_key`` never
+blocks waiters of other keys, and within one key order is strictly FIFO.
+"""
+
+from __future__ import annotations
+
+import abc
+import heapq
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from ._errors import StreamLimitExceeded
+
+__all__ = ["FairLimiter", "Limiter", "LimiterSnapshot", "Permit"]
+
+# Smoothing factor of the running mean of slot hold times (for retry_after).
+_HOLD_SMOOTHING = 0.1
+_MIN_RETRY_AFTER = 1.0
+_MAX_RETRY_AFTER = 3600.0
+
+
+class Permit:
+    """Proof that a stream holds an admission slot; give it back with ``release``.
+
+    Attributes:
+        key: the admission key the slot was taken for.
+        acquired_at: Trio clock time of admission.
+    """
+
+    __slots__ = ("acquired_at", "key", "released")
+
+    def __init__(self, key: str, acquired_at: float) -> None:
+        self.key = key
+        self.acquired_at = acquired_at
+        self.released = False
+
+    def __repr__(self) -> str:
+        return f"Permit(key={self.key!r}, released={self.released})"
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSnapshot:
+    """The state of admission at one moment.
+
+    Attributes:
+        active: slots held.
+        waiting: callers queued for a slot.
+        max_streams: global limit, ``None`` for unlimited.
+        max_streams_per_key: per-key limit, ``None`` for unlimited.
+        max_waiting: queue bound, ``None`` for unbounded.
+        active_by_key: slots held per key (keys with none are absent).
+        waiting_by_key: queued callers per key (keys with none are absent).
+    """
+
+    active: int
+    waiting: int
+    max_streams: int | None
+    max_streams_per_key: int | None
+    max_waiting: int | None
+    active_by_key: Mapping[str, int]
+    waiting_by_key: Mapping[str, int]
+
+
+class _Unset:
+    """Marker for "leave this limit as it is" in :meth:`Limiter.resize`."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def check_limit(name: str, value: int | None) -> int | None:
+    """Validate a limit argument: ``None`` or a non-negative int.
+
+    Raises:
+        ValueError / TypeError: naming the argument and the bad value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+    if value < 0 or (value == 0 and name != "max_waiting"):
+        bound = "a non-negative" if name == "max_waiting" else "a positive"
+        raise ValueError(f"{name} must be {bound} int or None, got {value}")
+    return value
+
+
+class Limiter(abc.ABC):
+    """The admission interface the manager uses.
+
+    Implementations must be safe to call from any task of one Trio run. ``release``
+    and ``resize`` must not block: a distributed implementation hands the remote
+    update to a background task of its own.
+    """
+
+    @abc.abstractmethod
+    async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:
+        """Wait for a slot for ``key`` and return its permit.
+
+        Args:
+            key: the admission key (a tenant, an API key's name, a model...).
+            timeout: the most seconds to wait; ``None`` waits as long as needed.
+
+        Raises:
+            StreamLimitExceeded: the queue is full (``limit="max_waiting"``), or the
+                timeout passed (``limit`` names the limit that kept it waiting).
+        """
+
+    @abc.abstractmethod
+    def release(self, permit: Permit) -> None:
+        """Give a slot back. Releasing a permit twice is a no-op."""
+
+    @abc.abstractmethod
+    def resize(
+        self,
+        *,
+        max_streams: int | _Unset | None = UNSET,
+        max_streams_per_key: int | _Unset | None = UNSET,
+        max_waiting: int | _Unset | None = UNSET,
+    ) -> None:
+        """Change limits now. Raising a limit admits waiters at once; lowering one
+        never takes a slot away from a stream that holds it."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> LimiterSnapshot:
+        """The current admission state."""
+
+
+class _Waiter:
+    __slots__ = ("event", "key", "permit", "seq")
+
+    def __init__(self, key: str, seq: int) -> None:
+        self.key = key
+        self.seq = seq
+        self.event = trio.Event()
+        self.permit: Permit | None = None
+
+
+class FairLimiter(Limiter):
+    """In-memory admission with a global and a per-key limit, fair FIFO waiting.
+
+    Args:
+        max_streams: the most slots held at once; ``None`` for no limit.
+        max_streams_per_key: the most slots one key may hold; ``None`` for no limit.
+        max_waiting: the most callers queued at once (beyond it ``acquire`` fails at
+            once with ``limit="max_waiting"``); ``0`` never queues; ``None`` is
+            unbounded.
+    """
+
+    def __init__(
+        self,
+        max_streams: int | None = None,
+        max_streams_per_key: int | None = None,
+        max_waiting: int | None = None,
+    ) -> None:
+        self._max_streams = check_limit("max_streams", max_streams)
+        self._max_per_key = check_limit("max_streams_per_key", max_streams_per_key)
+        self._max_waiting = check_limit("max_waiting", max_waiting)
+        self._active = 0
+        self._active_by_key: dict[str, int] = {}
+        self._queues: dict[str, OrderedDict[int, _Waiter]] = {}
+        # Heap of (seq of a key's head waiter, key) for keys that have room; an
+        # entry is current only while _heap_seq[key] equals its seq.
+        self._ready: list[tuple[int, str]] = []
+        self._heap_seq: dict[str, int] = {}
+        self._waiting = 0
+        self._seq = 0
+        self._mean_hold: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"FairLimiter(active={self._active}, waiting={self._waiting}, "
+            f"max_streams={self._max_streams}, max_streams_per_key={self._max_per_key}, "
+            f"max_waiting={self._max_waiting})"
+        )
+
+    # -- the interface -------------------------------------------------------------
+
+    async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:
+        if self._has_room() and self._key_has_room(key):
+            return self._grant(key)
+        if self._max_waiting is not None and self._waiting >= self._max_waiting:
+            raise self._rejection(
+                key,
+                "max_waiting",
+                f"admission queue is full ({self._waiting} of max_waiting={self._max_waiting} "
+                f"waiting)",
+            )
+        if timeout is not None and timeout <= 0:
+            raise self._blocked_rejection(key, timeout)
+        self._seq += 1
+        waiter = _Waiter(key, self._seq)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = OrderedDict()
+        queue[waiter.seq] = waiter
+        self._waiting += 1
+        if len(queue) == 1:
+            self._mark_ready(key)
+        try:
+            if timeout is None:
+                await waiter.event.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await waiter.event.wait()
+        except BaseException:
+            # Cancelled while queued, or admitted in the same instant: either way
+            # this caller will not use a slot.
+            if waiter.permit is not None:
+                self.release(waiter.permit)
+            else:
+                self._forget(waiter)
+            raise
+        if waiter.permit is None:
+            self._forget(waiter)
+            raise self._blocked_rejection(key, timeout)
+        return waiter.permit
+
+    def release(self, permit: Permit) -> None:
+        if permit.released:
+            return
+        permit.released = True
+        key = permit.key
+        self._active -= 1
+        remaining = self._active_by_key[key] - 1
+        if remaining:
+            self._active_by_key[key] = remaining
+        else:
+            del self._active_by_key[key]
+        hold = trio.current_time() - permit.acquired_at
+        mean = self._mean_hold
+        self._mean_hold = hold if mean is None else mean + _HOLD_SMOOTHING * (hold - mean)
+        if key in self._queues:
+            self._mark_ready(key)
+        self._admit()
+
+    def resize(
+        self,
+        *,
+        max_streams: int | _Unset | None = UNSET,
+        max_streams_per_key: int | _Unset | None = UNSET,
+        max_waiting: int | _Unset | None = UNSET,
+    ) -> None:
+        # Validate everything before changing anything.
+        new_max = (
+            self._max_streams
+            if isinstance(max_streams, _Unset)
+            else check_limit("max_streams", max_streams)
+        )
+        new_per_key = (
+            self._max_per_key
+            if isinstance(max_streams_per_key, _Unset)
+            else check_limit("max_streams_per_key", max_streams_per_key)
+        )
+        new_waiting = (
+            self._max_waiting
+            if isinstance(max_waiting, _Unset)
+            else check_limit("max_waiting", max_waiting)
+        )
+        self._max_streams, self._max_per_key, self._max_waiting = new_max, new_per_key, new_waiting
+        for key in self._queues:
+            self._mark_ready(key)
+        self._admit()
+
+    def snapshot(self) -> LimiterSnapshot:
+        return LimiterSnapshot(
+            active=self._active,
+            waiting=self._waiting,
+            max_streams=self._max_streams,
+            max_streams_per_key=self._max_per_key,
+            max_waiting=self._max_waiting,
+            active_by_key=dict(self._active_by_key),
+            waiting_by_key={key: len(queue) for key, queue in self._queues.items()},
+        )
+
+    # -- internals ---------------------------------------------------------------
+
+    def _has_room(self) -> bool:
+        return self._max_streams is None or self._active < self._max_streams
+
+    def _key_has_room(self, key: str) -> bool:
+        return self._max_per_key is None or self._active_by_key.get(key, 0) < self._max_per_key
+
+    def _grant(self, key: str) -> Permit:
+        self._active += 1
+        self._active_by_key[key] = self._active_by_key.get(key, 0) + 1
+        return Permit(key, trio.current_time())
+
+    def _mark_ready(self, key: str) -> None:
+        """Make sure the heap has a current entry for ``key`` if its head could run."""
+        queue = self._queues.get(key)
+        if not queue or not self._key_has_room(key):
+            return
+        head = next(iter(queue))
+        if self._heap_seq.get(key) != head:
+            self._heap_seq[key] = head
+            heapq.heappush(self._ready, (head, key))
+
+    def _admit(self) -> None:
+        """Admit the oldest runnable waiters while there is global room."""
+        ready = self._ready
+        while ready and self._has_room():
+            seq, key = heapq.heappop(ready)
+            if self._heap_seq.get(key) != seq:
+                continue  # superseded entry
+            del self._heap_seq[key]
+            queue = self._queues.get(key)
+            if not queue or not self._key_has_room(key):
+                continue
+            if next(iter(queue)) != seq:
+                self._mark_ready(key)
+                continue
+            _, waiter = queue.popitem(last=False)
+            self._waiting -= 1
+            if not queue:
+                del self._queues[key]
+            waiter.permit = self._grant(key)
+            waiter.event.set()
+            self._mark_ready(key)
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Remove a waiter that gave up (timeout or cancellation)."""
+        queue = self._queues.get(waiter.key)
+        if queue is None or queue.pop(waiter.seq, None) is None:
+            return
+        self._waiting -= 1
+        if not queue:
+            del self._queues[waiter.key]
+            self._heap_seq.pop(waiter.key, None)
+        else:
+            self._mark_ready(waiter.key)
+
+    def _blocked_rejection(self, key: str, timeout: float | None) -> StreamLimitExceeded:
+        if not self._key_has_room(key):
+            return self._rejection(
+                key,
+                "max_streams_per_key",
+                f"key {key!r} holds {self._active_by_key.get(key, 0)} of "
+                f"max_streams_per_key={self._max_per_key} slots; "
+                f"no slot freed within acquire_timeout={timeout}s",
+            )
+        return self._rejection(
+            key,
+            "max_streams",
+            f"{self._active} of max_streams={self._max_streams} slots are held; "
+            f"no slot freed within acquire_timeout={timeout}s",
+        )
+
+    def _rejection(self, key: str, limit: str, what: str) -> StreamLimitExceeded:
+        hold = self._mean_hold if self._mean_hold is not None else _MIN_RETRY_AFTER
+        if limit == "max_streams_per_key":
+            queue = self._queues.get(key)
+            ahead = len(queue) if queue else 0
+            capacity = self._max_per_key or 1
+        else:
+            ahead = self._waiting
+            capacity = self._max_streams or 1
+        estimate = hold * (ahead + 1) / capacity
+        retry_after = float(min(max(math.ceil(estimate), _MIN_RETRY_AFTER), _MAX_RETRY_AFTER))
+        return StreamLimitExceeded(
+            f"stream for key {key!r} not admitted: {what}; retry in about {retry_after:g}s, "
+            f"or raise the limit with manager.set_limits()",
+            limit=limit,
+            retry_after=retry_after,
+            key=key,
+        )

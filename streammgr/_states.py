@@ -1,0 +1,75 @@
+"""The states a stream moves through and the reasons it can end.
+
+Everything here is plain data: the phase enum, the literal table of allowed phase
+moves, and the fixed taxonomy of close reasons. The registry moves a stream's phase
+only through :func:`check_transition`, so a bad move is a precise error, not silent
+corruption.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ALLOWED_TRANSITIONS", "CloseReason", "InvalidTransition", "Phase", "check_transition"]
+
+
+class Phase(enum.StrEnum):
+    """Where a stream is in its life.
+
+    ``WAITING`` (for an admission slot) -> ``CONNECTING`` (admitted, the producer is
+    opening its upstream) -> ``FIRST_ITEM`` (connected, nothing delivered yet) ->
+    ``STREAMING`` -> ``CLOSING`` (cancelled or ending; the producer is cleaning up) ->
+    ``CLOSED``.
+    """
+
+    WAITING = "waiting"
+    CONNECTING = "connecting"
+    FIRST_ITEM = "first_item"
+    STREAMING = "streaming"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.StrEnum):
+    """Why a stream ended: exactly one per finished stream."""
+
+    COMPLETED = "completed"
+    """The producer finished and the reader consumed the end of the stream."""
+    READER_EXIT = "reader_exit"
+    """The reader left the ``async with`` block before the end (break, exception, cancel)."""
+    READER_TIMEOUT = "reader_timeout"
+    """An item waited longer than ``reader_timeout`` for the reader to take it."""
+    IDLE_TIMEOUT = "idle_timeout"
+    """The producer delivered nothing for ``idle_timeout``."""
+    DEADLINE = "deadline"
+    """The stream outlived its ``deadline``."""
+    CANCELLED = "cancelled"
+    """Cancelled from outside: ``manager.cancel`` or ``manager.cancel_key``."""
+    PRODUCER_ERROR = "producer_error"
+    """The producer raised an exception; the reader receives it."""
+    SHUTDOWN = "shutdown"
+    """The manager shut down before the stream finished."""
+    REJECTED = "rejected"
+    """Never admitted: the queue was full or the wait for a slot timed out."""
+    CLIENT_DISCONNECTED = "client_disconnected"
+    """The HTTP client of a gateway went away."""
+
+
+class InvalidTransition(RuntimeError):
+    """A phase move that the table does not allow: always a bug in streammgr."""
+
+
+ALLOWED_TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.WAITING: frozenset({Phase.CONNECTING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.CONNECTING: frozenset({Phase.FIRST_ITEM, Phase.STREAMING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.FIRST_ITEM: frozenset({Phase.STREAMING, Phase.CLOSING, Phase.CLOSED}),
+    Phase.STREAMING: frozenset({Phase.CLOSING, Phase.CLOSED}),
+    Phase.CLOSING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
+
+
+def check_transition(current: Phase, new: Phase) -> None:
+    """Raise :class:`InvalidTransition` unless ``current -> new`` is in the table."""
+    if new not in ALLOWED_TRANSITIONS[current]:
+        raise InvalidTransition(f"a stream cannot move from phase {current} to {new}")
