@@ -34,7 +34,7 @@ def run(*args: str | Path) -> None:
 
 def setup(extras: str) -> None:
     """Create .venv and install the project with the given extras, unless already done."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script may run on any Python
         sys.exit(f"streammgr needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     stamp = VENV / f".installed-{extras or 'base'}-{digest}"

@@ -29,7 +29,7 @@ _PATTERNS = re.compile(
     r"|(basic\s+)[A-Za-z0-9+/=]{8,}"  # Authorization: Basic <base64>
     r"|\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}"  # OpenAI-style keys
     r"|((?:api[_-]?key|access[_-]?token|token|secret|password|passwd|authorization)"
-    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+"  # key=value / "key": "value"
+    r"[\"']?\s*[=:]\s*[\"']?)(?!bearer\s|basic\s)[^\s\"'&,;]+"  # key=value, "key": "v"
 )
 _SECRET_KEYS = frozenset(
     {"authorization", "api_key", "apikey", "password", "secret", "token", "access_token"}

@@ -50,6 +50,7 @@ from ._registry import (
     StreamInfo,
     StreamRecord,
     freeze_labels,
+    snapshot_all,
 )
 from ._states import CloseReason, Phase
 
@@ -297,16 +298,18 @@ class ManagedStream(Generic[T]):
                 record.reader_saw_end = True
                 raise StopAsyncIteration
             if record.exception is not None:
+                self._manager._finish(record)
                 raise record.exception
             raise self._manager._cancelled_error(record)
         now = trio.current_time()
         if record.first_item_at is None:
             record.first_item_at = now
-            if record.phase is not Phase.CLOSING:
+            if record.phase is Phase.CONNECTING or record.phase is Phase.FIRST_ITEM:
                 record.move_to(Phase.STREAMING)
         record.items += 1
         record.bytes += self._item_size(item)
-        record.delivered_at = now
+        record.last_item_at = now
+        record.cached = None
         return item
 
 
@@ -409,6 +412,10 @@ class StreamManager:
     async def __aenter__(self) -> StreamManager:
         if self._nursery is not None or self._closed:
             raise RuntimeError("a StreamManager can be entered only once")
+        # Resolve structlog's configuration once, now that the application has had
+        # its chance to configure it: a bound logger is much cheaper per call than
+        # the lazy proxy (and free when the level filters the event out).
+        self._log = self._log.bind()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._watchdog, name="streammgr-watchdog")
@@ -461,7 +468,10 @@ class StreamManager:
         """Stop admitting and cancel every stream, waiting or active (sync)."""
         self._closing = True
         for record in list(self._registry.active.values()):
-            self._request_cancel(record, CloseReason.SHUTDOWN, "the manager shut down")
+            if record.producer_done and record.close_reason is not None:
+                self._finish(record)  # failed producer whose reader has not looked yet
+            else:
+                self._request_cancel(record, CloseReason.SHUTDOWN, "the manager shut down")
         if not self._closed:
             self._closed = True
             for watcher in self._registry.watchers:
@@ -631,7 +641,7 @@ class StreamManager:
         assert permit is not None
         now = trio.current_time()
         record.permit = permit
-        record.admitted_at = record.delivered_at = record.produced_at = now
+        record.admitted_at = record.produced_at = now
         record.move_to(Phase.CONNECTING)
         registry.admitted(record)
         self._log.info(
@@ -725,8 +735,14 @@ class StreamManager:
         if record.phase is Phase.CLOSED:
             return
         if error is not None and record.close_reason is None:
+            # The upstream is gone, so the slot goes back now; the record closes
+            # when the reader has taken the buffered items and then the error.
             record.exception = error
-            self._finish(record, CloseReason.PRODUCER_ERROR, error=error)
+            record.close_reason = CloseReason.PRODUCER_ERROR
+            record.error = describe_error(error, self._secrets)
+            record.move_to(Phase.CLOSING)
+            if record.permit is not None:
+                self._limiter.release(record.permit)
         elif record.close_reason is not None:
             if error is not None:
                 # Failed while being cancelled: keep the cancel reason, note the error.
@@ -757,7 +773,9 @@ class StreamManager:
                 async for _ in channel:
                     pass
             return
-        if record.reader_saw_end:
+        if record.close_reason is not None:
+            self._finish(record)  # the producer failed; the reader left before the error
+        elif record.reader_saw_end:
             self._finish(record, CloseReason.COMPLETED)
         else:
             detail, error = _reader_exit_detail(exc)
@@ -800,9 +818,9 @@ class StreamManager:
             record.detail = detail
         if error is not None and record.error is None:
             record.error = describe_error(error, self._secrets)
-        record.move_to(Phase.CLOSED)
         now = trio.current_time()
         record.closed_at = now
+        record.move_to(Phase.CLOSED)
         if record.permit is not None:
             self._limiter.release(record.permit)
         if record.timed:
@@ -856,7 +874,10 @@ class StreamManager:
             if now >= expires:
                 return now, CloseReason.DEADLINE, f"deadline of {record.deadline:g}s passed"
             check = expires
-        last = max(record.produced_at, record.delivered_at)
+        last = record.produced_at  # admission time until the first item
+        last_item_at = record.last_item_at
+        if last_item_at is not None and last_item_at > last:
+            last = last_item_at
         reader_turn = record.producer_done or record.produced > record.items
         reader_timeout, idle_timeout = record.reader_timeout, record.idle_timeout
         if reader_timeout is not None:
@@ -927,7 +948,7 @@ class StreamManager:
 
     def streams(self) -> list[StreamInfo]:
         """Snapshots of every stream in flight (waiting, streaming or closing)."""
-        return [record.snapshot() for record in self._registry.active.values()]
+        return snapshot_all(self._registry.active.values())
 
     def get(self, stream_id: str) -> StreamInfo | None:
         """The snapshot of an active or recently closed stream, or ``None``."""

@@ -1,0 +1,264 @@
+"""Admission: global and per-key limits, FIFO, fairness, queue bound, timeouts, resize."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio.testing
+
+import streammgr
+from streammgr import FairLimiter, StreamLimitExceeded, StreamManager
+
+from .conftest import Probe
+
+
+async def hold(manager: StreamManager, key: str, release: trio.Event, log: list[str]) -> None:
+    """Open a stream of ``key`` and hold it until ``release`` is set."""
+
+    async def producer() -> AsyncIterator[str]:
+        await release.wait()
+        yield key
+
+    async with manager.open(producer, key=key) as stream:
+        log.append(f"admitted {key}")
+        async for _ in stream:
+            pass
+
+
+async def test_global_limit_and_fifo_order(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=2)
+    order: list[int] = []
+    permits: list[streammgr.Permit] = []
+    async with trio.open_nursery() as nursery:
+        permits.append(await limiter.acquire("k"))
+        permits.append(await limiter.acquire("k"))
+
+        async def wait(index: int) -> None:
+            permit = await limiter.acquire("k")
+            order.append(index)
+            permits.append(permit)
+
+        for index in range(5):
+            nursery.start_soon(wait, index)
+            await trio.testing.wait_all_tasks_blocked()  # arrival order is index order
+        assert limiter.snapshot().waiting == 5
+        for _ in range(5):
+            limiter.release(permits.pop(0))
+            await trio.testing.wait_all_tasks_blocked()
+            assert limiter.snapshot().active == 2
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_full_key_never_blocks_other_keys(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=10, max_streams_per_key=1)
+    admitted: list[str] = []
+    async with trio.open_nursery() as nursery:
+        first_a = await limiter.acquire("a")
+
+        async def wait(key: str, name: str) -> None:
+            await limiter.acquire(key)
+            admitted.append(name)
+
+        nursery.start_soon(wait, "a", "a2")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "a", "a3")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "b", "b1")
+        await trio.testing.wait_all_tasks_blocked()
+        # b1 arrived after a2 and a3 but is admitted at once: key a is full, not b.
+        assert admitted == ["b1"]
+        limiter.release(first_a)
+        await trio.testing.wait_all_tasks_blocked()
+        assert admitted == ["b1", "a2"]
+        snapshot = limiter.snapshot()
+        assert snapshot.active_by_key == {"a": 1, "b": 1}
+        assert snapshot.waiting_by_key == {"a": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_oldest_runnable_waiter_goes_first_across_keys(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    limiter = FairLimiter(max_streams=1)
+    admitted: list[str] = []
+    async with trio.open_nursery() as nursery:
+        permit = await limiter.acquire("x")
+
+        async def wait(key: str) -> None:
+            got = await limiter.acquire(key)
+            admitted.append(key)
+            limiter.release(got)
+
+        for key in ["c", "a", "b", "a"]:
+            nursery.start_soon(wait, key)
+            await trio.testing.wait_all_tasks_blocked()
+        limiter.release(permit)
+    assert admitted == ["c", "a", "b", "a"]
+
+
+async def test_max_waiting_rejects_at_once(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=1, max_waiting=1)
+    async with trio.open_nursery() as nursery:
+        await limiter.acquire("k")
+        nursery.start_soon(limiter.acquire, "k")
+        await trio.testing.wait_all_tasks_blocked()
+        start = trio.current_time()
+        with pytest.raises(StreamLimitExceeded) as caught:
+            await limiter.acquire("k")
+        assert trio.current_time() == start
+        assert caught.value.limit == "max_waiting"
+        assert caught.value.retry_after >= 1
+        assert caught.value.key == "k"
+        assert "max_waiting=1" in str(caught.value)
+        nursery.cancel_scope.cancel()
+
+
+async def test_max_waiting_zero_never_queues(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=1, max_waiting=0)
+    await limiter.acquire("k")
+    with pytest.raises(StreamLimitExceeded) as caught:
+        await limiter.acquire("k")
+    assert caught.value.limit == "max_waiting"
+
+
+async def test_acquire_timeout_names_the_blocking_limit(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=2, max_streams_per_key=1)
+    await limiter.acquire("a")
+    start = trio.current_time()
+    with pytest.raises(StreamLimitExceeded) as caught:
+        await limiter.acquire("a", timeout=30)
+    assert trio.current_time() == pytest.approx(start + 30)
+    assert caught.value.limit == "max_streams_per_key"
+    await limiter.acquire("b")
+    with pytest.raises(StreamLimitExceeded) as caught:
+        await limiter.acquire("c", timeout=5)
+    assert caught.value.limit == "max_streams"
+    assert "acquire_timeout=5" in str(caught.value)
+    snapshot = limiter.snapshot()
+    assert snapshot.waiting == 0
+    assert snapshot.waiting_by_key == {}
+
+
+async def test_retry_after_follows_hold_times(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=1, max_waiting=0)
+    for _ in range(50):
+        permit = await limiter.acquire("k")
+        await trio.sleep(20)
+        limiter.release(permit)
+    await limiter.acquire("k")
+    with pytest.raises(StreamLimitExceeded) as caught:
+        await limiter.acquire("k")
+    assert caught.value.retry_after == pytest.approx(20, abs=1)
+
+
+async def test_cancelled_waiter_leaves_the_queue(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=1)
+    permit = await limiter.acquire("k")
+    admitted: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait(name: str, scope_holder: list[trio.CancelScope]) -> None:
+            with trio.CancelScope() as scope:
+                scope_holder.append(scope)
+                await limiter.acquire("k")
+                admitted.append(name)
+
+        first: list[trio.CancelScope] = []
+        nursery.start_soon(wait, "first", first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(wait, "second", [])
+        await trio.testing.wait_all_tasks_blocked()
+        first[0].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.snapshot().waiting == 1
+        limiter.release(permit)
+    assert admitted == ["second"]
+
+
+async def test_release_is_idempotent(autojump_clock: trio.abc.Clock) -> None:
+    limiter = FairLimiter(max_streams=1)
+    permit = await limiter.acquire("k")
+    limiter.release(permit)
+    limiter.release(permit)
+    assert limiter.snapshot().active == 0
+
+
+async def test_raising_limits_admits_waiters_at_once(autojump_clock: trio.abc.Clock) -> None:
+    release = trio.Event()
+    log: list[str] = []
+    async with StreamManager(max_streams=1, max_streams_per_key=1) as manager:
+        async with trio.open_nursery() as nursery:
+            for key in ["a", "a", "a", "b"]:
+                nursery.start_soon(hold, manager, key, release, log)
+                await trio.testing.wait_all_tasks_blocked()
+            assert log == ["admitted a"]
+            manager.set_limits(max_streams=10)
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == ["admitted a", "admitted b"]
+            manager.set_limits(max_streams_per_key=3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert log.count("admitted a") == 3
+            # Lowering never cancels active streams.
+            manager.set_limits(max_streams=1, max_streams_per_key=1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert manager.stats().active == 4
+            assert manager.stats().max_streams == 1
+            release.set()
+        assert manager.stats().closed_by_reason["completed"] == 4
+
+
+async def test_lowered_limit_applies_to_new_streams(autojump_clock: trio.abc.Clock) -> None:
+    release = trio.Event()
+    log: list[str] = []
+    async with StreamManager(max_streams=3) as manager, trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(hold, manager, "k", release, log)
+        await trio.testing.wait_all_tasks_blocked()
+        manager.set_limits(max_streams=1)
+        with pytest.raises(StreamLimitExceeded):
+            async with manager.open(Probe().ticker, 1, key="k", acquire_timeout=1):
+                pass  # pragma: no cover
+        release.set()
+
+
+def test_bad_resize_changes_nothing() -> None:
+    limiter = FairLimiter(max_streams=3, max_streams_per_key=2)
+    with pytest.raises(ValueError, match="max_streams_per_key must be a positive int"):
+        limiter.resize(max_streams=10, max_streams_per_key=0)
+    snapshot = limiter.snapshot()
+    assert (snapshot.max_streams, snapshot.max_streams_per_key) == (3, 2)
+
+
+async def test_manager_rejection_is_recorded(autojump_clock: trio.abc.Clock, probe: Probe) -> None:
+    async with StreamManager(max_streams=1, max_waiting=0) as manager:
+        async with manager.open(probe.ticker, 10) as first:
+            await first.__anext__()
+            with pytest.raises(StreamLimitExceeded) as caught:
+                async with manager.open(probe.ticker, 10, key="late"):
+                    pass  # pragma: no cover
+            assert caught.value.limit == "max_waiting"
+        stats = manager.stats()
+        assert stats.rejected_total == 1
+        assert stats.closed_by_reason["rejected"] == 1
+        rejected = [info for info in manager.history() if info.key == "late"]
+        assert rejected[0].close_reason is streammgr.CloseReason.REJECTED
+        assert probe.started == 1  # the rejected producer never ran
+
+
+async def test_manager_acquire_timeout(autojump_clock: trio.abc.Clock, probe: Probe) -> None:
+    async with StreamManager(max_streams=1, acquire_timeout=4) as manager:
+        async with manager.open(probe.ticker, 100) as first:
+            await first.__anext__()
+            start = trio.current_time()
+            with pytest.raises(StreamLimitExceeded) as caught:
+                async with manager.open(probe.ticker, 1):
+                    pass  # pragma: no cover
+            assert trio.current_time() == pytest.approx(start + 4)
+            assert caught.value.limit == "max_streams"
+
+
+def test_manager_refuses_limits_and_limiter_together() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        StreamManager(max_streams=3, limiter=FairLimiter(max_streams=3))
