@@ -456,12 +456,14 @@ class StreamManager:
             if record.phase is Phase.WAITING:
                 self._request_cancel(record, CloseReason.SHUTDOWN, "the manager is shutting down")
         if self._registry.active and grace > 0:
-            self._drained = trio.Event()
+            if self._drained is None:  # another task may be in aclose() too
+                self._drained = trio.Event()
             with trio.move_on_after(grace):
                 await self._drained.wait()
         self._cancel_everything()
         if self._running_producers:
-            self._producers_done = trio.Event()
+            if self._producers_done is None:
+                self._producers_done = trio.Event()
             await self._producers_done.wait()
 
     def _cancel_everything(self) -> None:

@@ -483,6 +483,30 @@ async def test_aclose_from_another_task(autojump_clock: trio.abc.Clock, probe: P
         assert manager.stats().closing
 
 
+async def test_concurrent_aclose_calls_all_return(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    returned: list[int] = []
+    async with StreamManager() as manager, trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            with pytest.raises(streammgr.StreamCancelled):
+                async with manager.open(probe.ticker, 1000) as stream:
+                    async for _ in stream:
+                        pass
+
+        async def close(index: int, grace: float) -> None:
+            await manager.aclose(grace)
+            returned.append(index)
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(close, 1, 3.0)
+        nursery.start_soon(close, 2, 1.0)
+    assert sorted(returned) == [1, 2]
+    assert probe.cleanups == 1
+
+
 async def test_body_exception_cancels_streams_immediately(
     autojump_clock: trio.abc.Clock, probe: Probe
 ) -> None:
