@@ -19,15 +19,15 @@ from ._limits import LimiterSnapshot as LimiterSnapshot
 from ._limits import Permit as Permit
 from ._logging import redact as redact
 from ._logging import redact_secrets as redact_secrets
-from ._manager import ManagedStream as ManagedStream
 from ._manager import ManagerStats as ManagerStats
 from ._manager import StreamManager as StreamManager
-from ._manager import StreamSender as StreamSender
 from ._registry import RegistryEvent as RegistryEvent
 from ._registry import RegistryWatcher as RegistryWatcher
 from ._registry import StreamInfo as StreamInfo
 from ._states import CloseReason as CloseReason
 from ._states import Phase as Phase
+from ._stream import ManagedStream as ManagedStream
+from ._stream import StreamSender as StreamSender
 
 __version__ = "0.1.0"
 

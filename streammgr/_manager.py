@@ -20,8 +20,6 @@ counter updates and two clock reads.
 
 from __future__ import annotations
 
-import heapq
-import inspect
 import itertools
 import math
 import os
@@ -30,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Concatenate, Generic, TypeVar, cast, overload
+from typing import Any, Concatenate, TypeVar, cast, overload
 
 import trio
 
@@ -53,8 +51,10 @@ from ._registry import (
     snapshot_all,
 )
 from ._states import CloseReason, Phase
+from ._stream import PUSH, ManagedStream, StreamSender, producer_kind
+from ._timeouts import TimeoutWatchdog
 
-__all__ = ["ManagedStream", "ManagerStats", "StreamManager", "StreamSender"]
+__all__ = ["ManagerStats", "StreamManager"]
 
 T = TypeVar("T")
 
@@ -63,19 +63,6 @@ _TIMEOUT_ERRORS = {
     CloseReason.IDLE_TIMEOUT: IdleTimeout,
     CloseReason.DEADLINE: DeadlineExceeded,
 }
-# Reasons after which the reader gets StreamCancelled (rather than items or the
-# producer's own error).
-_CANCEL_REASONS = frozenset(
-    {
-        CloseReason.CANCELLED,
-        CloseReason.READER_TIMEOUT,
-        CloseReason.IDLE_TIMEOUT,
-        CloseReason.DEADLINE,
-        CloseReason.SHUTDOWN,
-        CloseReason.CLIENT_DISCONNECTED,
-        CloseReason.READER_EXIT,
-    }
-)
 
 
 class _Default:
@@ -140,177 +127,6 @@ class ManagerStats:
     active_by_key: Mapping[str, int]
     waiting_by_key: Mapping[str, int]
     closing: bool
-
-
-class StreamSender(Generic[T]):
-    """The send side handed to a push-style producer.
-
-    A producer written as ``async def producer(send: StreamSender[T], *args)``
-    calls ``await send.send(item)`` for each item; ``send`` waits while the reader
-    is behind (back-pressure) and is counted by the registry.
-    """
-
-    __slots__ = ("_record", "_send")
-
-    def __init__(self, record: StreamRecord, send: Callable[[T], Awaitable[None]]) -> None:
-        self._record = record
-        self._send = send
-
-    @property
-    def stream_id(self) -> str:
-        """The id of the stream this producer feeds."""
-        return self._record.id
-
-    async def send(self, item: T) -> None:
-        """Hand one item to the reader; waits while the reader's buffer is full."""
-        record = self._record
-        record.produced += 1
-        record.produced_at = trio.current_time()
-        await self._send(item)
-
-    def __repr__(self) -> str:
-        return f"<StreamSender for stream {self._record.id}>"
-
-
-_GENERATOR, _PUSH, _ITERABLE = 0, 1, 2
-_END: Any = object()  # the reader's marker for "the channel is closed"
-
-
-def _producer_kind(producer: object) -> int:
-    if inspect.isasyncgenfunction(producer):
-        return _GENERATOR
-    if inspect.iscoroutinefunction(producer):
-        return _PUSH
-    if callable(producer):
-        return _ITERABLE
-    raise TypeError(
-        f"producer must be an async generator function, an async function taking a "
-        f"StreamSender, or a callable returning an async iterator; got {producer!r}"
-    )
-
-
-class ManagedStream(Generic[T]):
-    """One stream: an async context manager that yields itself, then an async iterator.
-
-    Get one from :meth:`StreamManager.open`. Iterating yields the producer's items;
-    the loop ends when the producer finishes, raises the producer's own exception
-    if it failed, and raises :class:`StreamCancelled` (or a :class:`StreamTimeout`
-    subclass) if the stream was cancelled. Leaving the ``async with`` block ends
-    the stream and returns only after the producer has finished.
-    """
-
-    __slots__ = (
-        "_acquire_timeout",
-        "_buffer_size",
-        "_item_size",
-        "_kind",
-        "_manager",
-        "_producer",
-        "_producer_args",
-        "_receive",
-        "_receive_channel",
-        "_record",
-    )
-
-    def __init__(
-        self,
-        manager: StreamManager,
-        record: StreamRecord,
-        producer: Callable[..., Any],
-        args: tuple[object, ...],
-        kind: int,
-        acquire_timeout: float | None,
-        buffer_size: int,
-        item_size: Callable[[T], int],
-    ) -> None:
-        self._manager = manager
-        self._record = record
-        self._producer = producer
-        self._producer_args = args
-        self._kind = kind
-        self._acquire_timeout = acquire_timeout
-        self._buffer_size = buffer_size
-        self._item_size = item_size
-        self._receive_channel: trio.MemoryReceiveChannel[T] | None = None
-
-    @property
-    def id(self) -> str:
-        """The stream id (also in ``manager.streams()`` and the logs)."""
-        return self._record.id
-
-    @property
-    def key(self) -> str:
-        """The admission key."""
-        return self._record.key
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        """The labels given to ``open`` (read-only)."""
-        return self._record.labels
-
-    def info(self) -> StreamInfo:
-        """A snapshot of this stream now (works after it closed, too)."""
-        return self._record.snapshot()
-
-    def __repr__(self) -> str:
-        record = self._record
-        return f"<ManagedStream {record.id} key={record.key!r} phase={record.phase}>"
-
-    async def __aenter__(self) -> ManagedStream[T]:
-        if self._receive_channel is not None or self._record.phase is not Phase.WAITING:
-            raise RuntimeError("a ManagedStream can be entered only once; call open() again")
-        self._receive_channel = await self._manager._start(self)
-        self._receive = self._receive_channel.receive
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        channel = self._receive_channel
-        assert channel is not None
-        try:
-            await self._manager._end(self._record, channel, exc)
-        finally:
-            channel.close()
-
-    def __aiter__(self) -> ManagedStream[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        record = self._record
-        if record.close_reason in _CANCEL_REASONS:
-            raise self._manager._cancelled_error(record)
-        try:
-            item = await self._receive()
-        except trio.EndOfChannel:
-            item = _END
-        except trio.ClosedResourceError:
-            raise RuntimeError(
-                f"stream {record.id} was iterated after its async with block exited"
-            ) from None
-        if item is _END:
-            # Raised outside the except block, so the producer's exception reaches
-            # the reader as itself, without EndOfChannel chained to it.
-            if record.close_reason is None:
-                record.reader_saw_end = True
-                raise StopAsyncIteration
-            if record.exception is not None:
-                self._manager._finish(record)
-                raise record.exception
-            raise self._manager._cancelled_error(record)
-        now = trio.current_time()
-        if record.first_item_at is None:
-            record.first_item_at = now
-            if record.phase is Phase.CONNECTING or record.phase is Phase.FIRST_ITEM:
-                record.move_to(Phase.STREAMING)
-        record.items += 1
-        record.bytes += self._item_size(item)
-        record.last_item_at = now
-        record.cached = None
-        return item
 
 
 class StreamManager:
@@ -389,11 +205,7 @@ class StreamManager:
         self._running_producers = 0
         self._producers_done: trio.Event | None = None
         self._rejected_total = 0
-        # Timeout watchdog: heap of (check time, tie-breaker, record).
-        self._timers: list[tuple[float, int, StreamRecord]] = []
-        self._timer_seq = itertools.count()
-        self._dead_timers = 0
-        self._watchdog_scope: trio.CancelScope | None = None
+        self._watchdog = TimeoutWatchdog(self._timeout_expired)
 
     @staticmethod
     def _check_buffer_size(buffer_size: int) -> int:
@@ -418,7 +230,7 @@ class StreamManager:
         self._log = self._log.bind()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
-        self._nursery.start_soon(self._watchdog, name="streammgr-watchdog")
+        self._nursery.start_soon(self._watchdog.run, name="streammgr-watchdog")
         return self
 
     async def __aexit__(
@@ -559,7 +371,7 @@ class StreamManager:
             StreamCancelled: (on entering) cancelled while waiting for a slot.
             TypeError / ValueError: a bad argument, named in the message.
         """
-        kind = _producer_kind(producer)
+        kind = producer_kind(producer)
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
         frozen_labels = freeze_labels(labels)
@@ -659,9 +471,7 @@ class StreamManager:
             self._run_producer, record, stream._producer, stream._producer_args, stream._kind,
             send_channel,
         )  # fmt: skip
-        if record.reader_timeout or record.idle_timeout or record.deadline:
-            record.timed = True
-            self._schedule(record, self._next_check(record, now)[0])
+        self._watchdog.watch(record, now)
         return receive_channel
 
     async def _run_producer(
@@ -678,7 +488,7 @@ class StreamManager:
         assert record.scope is not None
         try:
             with record.scope:
-                if kind == _PUSH:
+                if kind == PUSH:
                     await producer(StreamSender(record, send_channel.send), *args)
                 else:
                     await self._pump(record, producer(*args), send_channel.send)
@@ -825,8 +635,7 @@ class StreamManager:
         record.move_to(Phase.CLOSED)
         if record.permit is not None:
             self._limiter.release(record.permit)
-        if record.timed:
-            self._dead_timers += 1
+        self._watchdog.forget(record)
         self._registry.remove(record)
         self._log.info(
             "stream.closed",
@@ -857,94 +666,9 @@ class StreamManager:
             )
         return StreamCancelled(detail, close_reason=reason, stream_id=record.id)
 
-    # -- timeouts ----------------------------------------------------------------
-
-    def _next_check(
-        self, record: StreamRecord, now: float
-    ) -> tuple[float, CloseReason | None, str]:
-        """When to look at this stream again, or which timeout has expired now.
-
-        Whose turn it is decides which activity timeout runs: while an item (or the
-        end of the stream) waits for the reader, ``reader_timeout``; otherwise the
-        producer owes the next item, ``idle_timeout``. Both count from the latest
-        activity of either side. A turn can only change at ``now`` or later, so the
-        other turn's timeout cannot expire before ``now + timeout``.
-        """
-        check = math.inf
-        if record.deadline is not None:
-            expires = cast(float, record.admitted_at) + record.deadline
-            if now >= expires:
-                return now, CloseReason.DEADLINE, f"deadline of {record.deadline:g}s passed"
-            check = expires
-        last = record.produced_at  # admission time until the first item
-        last_item_at = record.last_item_at
-        if last_item_at is not None and last_item_at > last:
-            last = last_item_at
-        reader_turn = record.producer_done or record.produced > record.items
-        reader_timeout, idle_timeout = record.reader_timeout, record.idle_timeout
-        if reader_timeout is not None:
-            if reader_turn:
-                expires = last + reader_timeout
-                if now >= expires:
-                    return (
-                        now,
-                        CloseReason.READER_TIMEOUT,
-                        f"the reader took nothing for {reader_timeout:g}s",
-                    )
-                check = min(check, expires)
-            else:
-                check = min(check, now + reader_timeout)
-        if idle_timeout is not None:
-            if not reader_turn:
-                expires = last + idle_timeout
-                if now >= expires:
-                    return (
-                        now,
-                        CloseReason.IDLE_TIMEOUT,
-                        f"the producer delivered nothing for {idle_timeout:g}s",
-                    )
-                check = min(check, expires)
-            elif not record.producer_done:
-                check = min(check, now + idle_timeout)
-        return check, None, ""
-
-    def _schedule(self, record: StreamRecord, when: float) -> None:
-        if when == math.inf:
-            return
-        heapq.heappush(self._timers, (when, next(self._timer_seq), record))
-        scope = self._watchdog_scope
-        if scope is not None and when < scope.deadline:
-            scope.deadline = when
-
-    async def _watchdog(self) -> None:
-        """One task for all timeouts: sleep until the earliest check, then check."""
-        timers = self._timers
-        while True:
-            with trio.CancelScope(deadline=timers[0][0] if timers else math.inf) as scope:
-                self._watchdog_scope = scope
-                await trio.sleep_forever()
-            self._watchdog_scope = None
-            now = trio.current_time()
-            while timers and timers[0][0] <= now:
-                _, _, record = heapq.heappop(timers)
-                if record.phase is Phase.CLOSED:
-                    self._dead_timers -= 1
-                    continue
-                if record.close_reason is not None:
-                    continue
-                when, reason, detail = self._next_check(record, now)
-                if reason is not None:
-                    self._request_cancel(record, reason, detail)
-                    self._log.info(
-                        "stream.timeout", stream_id=record.id, key=record.key, reason=str(reason)
-                    )
-                else:
-                    self._schedule(record, when)
-            if self._dead_timers > 1024 and self._dead_timers * 2 > len(timers):
-                # Closed streams leave their entries behind; sweep them in one pass.
-                timers[:] = [entry for entry in timers if entry[2].phase is not Phase.CLOSED]
-                heapq.heapify(timers)
-                self._dead_timers = 0
+    def _timeout_expired(self, record: StreamRecord, reason: CloseReason, detail: str) -> None:
+        self._log.info("stream.timeout", stream_id=record.id, key=record.key, reason=str(reason))
+        self._request_cancel(record, reason, detail)
 
     # -- inspection and control ------------------------------------------------------
 

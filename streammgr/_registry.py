@@ -157,7 +157,7 @@ class StreamRecord:
         self.reader_timeout: float | None = None
         self.idle_timeout: float | None = None
         self.deadline: float | None = None
-        self.timed = False
+        self.timed = False  # has an entry in the timeout watchdog's heap
         # The last snapshot, reused until something changes. Every change goes
         # through move_to() or the reader's per-item update, and both drop it.
         self.cached: StreamInfo | None = None

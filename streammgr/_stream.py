@@ -1,0 +1,211 @@
+"""The reader's side of a stream: ManagedStream, and StreamSender for push producers.
+
+A :class:`ManagedStream` is what ``manager.open()`` returns: entering it asks the
+manager for admission and starts the producer; iterating it takes items from the
+channel and counts them in the registry (the per-item hot path); leaving it asks
+the manager to end the stream and waits until the producer has finished.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import trio
+
+from ._registry import StreamInfo, StreamRecord
+from ._states import CloseReason, Phase
+
+if TYPE_CHECKING:
+    from ._manager import StreamManager
+
+__all__ = ["GENERATOR", "ITERABLE", "PUSH", "ManagedStream", "StreamSender", "producer_kind"]
+
+T = TypeVar("T")
+
+# Reasons after which the reader gets StreamCancelled (rather than items or the
+# producer's own error).
+_CANCEL_REASONS = frozenset(
+    {
+        CloseReason.CANCELLED,
+        CloseReason.READER_TIMEOUT,
+        CloseReason.IDLE_TIMEOUT,
+        CloseReason.DEADLINE,
+        CloseReason.SHUTDOWN,
+        CloseReason.CLIENT_DISCONNECTED,
+        CloseReason.READER_EXIT,
+    }
+)
+
+
+class StreamSender(Generic[T]):
+    """The send side handed to a push-style producer.
+
+    A producer written as ``async def producer(send: StreamSender[T], *args)``
+    calls ``await send.send(item)`` for each item; ``send`` waits while the reader
+    is behind (back-pressure) and is counted by the registry.
+    """
+
+    __slots__ = ("_record", "_send")
+
+    def __init__(self, record: StreamRecord, send: Callable[[T], Awaitable[None]]) -> None:
+        self._record = record
+        self._send = send
+
+    @property
+    def stream_id(self) -> str:
+        """The id of the stream this producer feeds."""
+        return self._record.id
+
+    async def send(self, item: T) -> None:
+        """Hand one item to the reader; waits while the reader's buffer is full."""
+        record = self._record
+        record.produced += 1
+        record.produced_at = trio.current_time()
+        await self._send(item)
+
+    def __repr__(self) -> str:
+        return f"<StreamSender for stream {self._record.id}>"
+
+
+GENERATOR, PUSH, ITERABLE = 0, 1, 2  # producer kinds
+_END: Any = object()  # the reader's marker for "the channel is closed"
+
+
+def producer_kind(producer: object) -> int:
+    if inspect.isasyncgenfunction(producer):
+        return GENERATOR
+    if inspect.iscoroutinefunction(producer):
+        return PUSH
+    if callable(producer):
+        return ITERABLE
+    raise TypeError(
+        f"producer must be an async generator function, an async function taking a "
+        f"StreamSender, or a callable returning an async iterator; got {producer!r}"
+    )
+
+
+class ManagedStream(Generic[T]):
+    """One stream: an async context manager that yields itself, then an async iterator.
+
+    Get one from :meth:`StreamManager.open`. Iterating yields the producer's items;
+    the loop ends when the producer finishes, raises the producer's own exception
+    if it failed, and raises :class:`StreamCancelled` (or a :class:`StreamTimeout`
+    subclass) if the stream was cancelled. Leaving the ``async with`` block ends
+    the stream and returns only after the producer has finished.
+    """
+
+    __slots__ = (
+        "_acquire_timeout",
+        "_buffer_size",
+        "_item_size",
+        "_kind",
+        "_manager",
+        "_producer",
+        "_producer_args",
+        "_receive",
+        "_receive_channel",
+        "_record",
+    )
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        record: StreamRecord,
+        producer: Callable[..., Any],
+        args: tuple[object, ...],
+        kind: int,
+        acquire_timeout: float | None,
+        buffer_size: int,
+        item_size: Callable[[T], int],
+    ) -> None:
+        self._manager = manager
+        self._record = record
+        self._producer = producer
+        self._producer_args = args
+        self._kind = kind
+        self._acquire_timeout = acquire_timeout
+        self._buffer_size = buffer_size
+        self._item_size = item_size
+        self._receive_channel: trio.MemoryReceiveChannel[T] | None = None
+
+    @property
+    def id(self) -> str:
+        """The stream id (also in ``manager.streams()`` and the logs)."""
+        return self._record.id
+
+    @property
+    def key(self) -> str:
+        """The admission key."""
+        return self._record.key
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels given to ``open`` (read-only)."""
+        return self._record.labels
+
+    def info(self) -> StreamInfo:
+        """A snapshot of this stream now (works after it closed, too)."""
+        return self._record.snapshot()
+
+    def __repr__(self) -> str:
+        record = self._record
+        return f"<ManagedStream {record.id} key={record.key!r} phase={record.phase}>"
+
+    async def __aenter__(self) -> ManagedStream[T]:
+        if self._receive_channel is not None or self._record.phase is not Phase.WAITING:
+            raise RuntimeError("a ManagedStream can be entered only once; call open() again")
+        self._receive_channel = await self._manager._start(self)
+        self._receive = self._receive_channel.receive
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        channel = self._receive_channel
+        assert channel is not None
+        try:
+            await self._manager._end(self._record, channel, exc)
+        finally:
+            channel.close()
+
+    def __aiter__(self) -> ManagedStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        record = self._record
+        if record.close_reason in _CANCEL_REASONS:
+            raise self._manager._cancelled_error(record)
+        try:
+            item = await self._receive()
+        except trio.EndOfChannel:
+            item = _END
+        except trio.ClosedResourceError:
+            raise RuntimeError(
+                f"stream {record.id} was iterated after its async with block exited"
+            ) from None
+        if item is _END:
+            # Raised outside the except block, so the producer's exception reaches
+            # the reader as itself, without EndOfChannel chained to it.
+            if record.close_reason is None:
+                record.reader_saw_end = True
+                raise StopAsyncIteration
+            if record.exception is not None:
+                self._manager._finish(record)
+                raise record.exception
+            raise self._manager._cancelled_error(record)
+        now = trio.current_time()
+        if record.first_item_at is None:
+            record.first_item_at = now
+            if record.phase is Phase.CONNECTING or record.phase is Phase.FIRST_ITEM:
+                record.move_to(Phase.STREAMING)
+        record.items += 1
+        record.bytes += self._item_size(item)
+        record.last_item_at = now
+        record.cached = None
+        return item

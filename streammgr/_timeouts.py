@@ -1,0 +1,135 @@
+"""Timeouts for every stream of a manager, served by one watchdog task.
+
+Per item, the hot path only updates counters and time stamps on the record
+(``produced``/``produced_at`` on the producer side, ``items``/``last_item_at`` on
+the reader side). The watchdog keeps a heap of *check times*, one entry per
+stream with a timeout, sleeps until the earliest, and then asks
+:func:`next_check` whether a timeout really expired or when to look again. So a
+stream that streams steadily costs a heap operation once per timeout period, not
+per item, and a manager with no timeouts configured costs nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+
+import trio
+
+from ._registry import StreamRecord
+from ._states import CloseReason, Phase
+
+__all__ = ["TimeoutWatchdog", "next_check"]
+
+# Sweep entries of closed streams out of the heap when there are this many and
+# they are more than half of it.
+_SWEEP_AT = 1024
+
+
+def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | None, str]:
+    """When to look at this stream again, or which timeout has expired now.
+
+    Returns ``(check time, None, "")``, or ``(now, reason, detail)`` if a timeout
+    expired. Whose turn it is decides which activity timeout runs: while an item
+    (or the end of the stream) waits for the reader, ``reader_timeout``;
+    otherwise the producer owes the next item, ``idle_timeout``. Both count from
+    the latest activity of either side. A turn can only change at ``now`` or
+    later, so the other turn's timeout cannot expire before ``now + timeout``.
+    """
+    check = math.inf
+    if record.deadline is not None and record.admitted_at is not None:
+        expires = record.admitted_at + record.deadline
+        if now >= expires:
+            return now, CloseReason.DEADLINE, f"deadline of {record.deadline:g}s passed"
+        check = expires
+    last = record.produced_at  # admission time until the first item
+    last_item_at = record.last_item_at
+    if last_item_at is not None and last_item_at > last:
+        last = last_item_at
+    reader_turn = record.producer_done or record.produced > record.items
+    reader_timeout, idle_timeout = record.reader_timeout, record.idle_timeout
+    if reader_timeout is not None:
+        if reader_turn:
+            expires = last + reader_timeout
+            if now >= expires:
+                detail = f"the reader took nothing for {reader_timeout:g}s"
+                return now, CloseReason.READER_TIMEOUT, detail
+            check = min(check, expires)
+        else:
+            check = min(check, now + reader_timeout)
+    if idle_timeout is not None:
+        if not reader_turn:
+            expires = last + idle_timeout
+            if now >= expires:
+                detail = f"the producer delivered nothing for {idle_timeout:g}s"
+                return now, CloseReason.IDLE_TIMEOUT, detail
+            check = min(check, expires)
+        elif not record.producer_done:
+            check = min(check, now + idle_timeout)
+    return check, None, ""
+
+
+class TimeoutWatchdog:
+    """The heap of check times and the task that works through it.
+
+    Args:
+        on_expired: called (synchronously) with the record, the reason and a
+            human-readable detail when one of its timeouts expires.
+    """
+
+    def __init__(self, on_expired: Callable[[StreamRecord, CloseReason, str], None]) -> None:
+        self._on_expired = on_expired
+        self._heap: list[tuple[float, int, StreamRecord]] = []
+        self._order = itertools.count()
+        self._stale = 0  # entries whose stream has closed
+        self._scope: trio.CancelScope | None = None
+
+    def watch(self, record: StreamRecord, now: float) -> None:
+        """Start watching a just-admitted stream (if it has any timeout)."""
+        if record.reader_timeout or record.idle_timeout or record.deadline:
+            self._push(record, next_check(record, now)[0])
+
+    def forget(self, record: StreamRecord) -> None:
+        """A stream closed: its heap entry, if any, is now stale."""
+        if record.timed:
+            self._stale += 1
+
+    def _push(self, record: StreamRecord, when: float) -> None:
+        if when == math.inf:
+            return
+        record.timed = True
+        heapq.heappush(self._heap, (when, next(self._order), record))
+        scope = self._scope
+        if scope is not None and when < scope.deadline:
+            scope.deadline = when
+
+    async def run(self) -> None:
+        """Sleep until the earliest check, check, repeat; runs until cancelled."""
+        heap = self._heap
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                self._scope = scope
+                await trio.sleep_forever()
+            self._scope = None
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, record = heapq.heappop(heap)
+                record.timed = False
+                if record.phase is Phase.CLOSED:
+                    self._stale -= 1
+                    continue
+                if record.close_reason is not None:
+                    continue  # already ending for another reason
+                when, reason, detail = next_check(record, now)
+                if reason is not None:
+                    self._on_expired(record, reason, detail)
+                else:
+                    self._push(record, when)
+            if self._stale > _SWEEP_AT and self._stale * 2 > len(heap):
+                for _, _, record in heap:
+                    record.timed = record.phase is not Phase.CLOSED
+                heap[:] = [entry for entry in heap if entry[2].timed]
+                heapq.heapify(heap)
+                self._stale = 0
