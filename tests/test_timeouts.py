@@ -29,7 +29,8 @@ def test_next_check_producer_turn() -> None:
     # turn could start now and expire at now + 3.
     assert next_check(record, 101.0) == (104.0, None, "")
     assert next_check(record, 109.0)[0] == 110.0
-    when, reason, _ = next_check(record, 110.0)
+    assert next_check(record, 110.0)[0] == 110.0
+    reason = next_check(record, 110.0)[1]
     assert reason is CloseReason.IDLE_TIMEOUT
 
 
