@@ -18,7 +18,7 @@ def examples() -> list[tuple[str, str]]:
     found = []
     for path in DOCS:
         for index, code in enumerate(BLOCK.findall(path.read_text())):
-            if "trio.run(" in code or "import streammgr" in code:
+            if "trio.run(" in code or "streammgr" in code:
                 found.append((f"{path.name}#{index}", code))
     return found
 

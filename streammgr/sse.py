@@ -1,0 +1,619 @@
+"""A sans-IO Server-Sent Events parser, event type and encoder.
+
+The parser follows the WHATWG HTML standard, section 9.2.6 "Interpreting an event
+stream", exactly: it takes the bytes of a ``text/event-stream`` body in chunks of any
+size and returns the events that those bytes complete. It does no I/O, never awaits
+and never logs; the caller reads from the network and acts on the events::
+
+    parser = SSEParser()
+    for chunk in chunks:             # bytes, as the transport returns them
+        for event in parser.feed(chunk):
+            handle(event)
+    parser.close()                   # end of stream: an unfinished event is dropped
+
+The server side builds the bytes of an event with :func:`encode` and of a keep-alive
+comment with :func:`encode_comment`. :func:`is_done` recognises the ``data: [DONE]``
+terminator of OpenAI-style streams.
+
+Memory is bounded: a line, or the data of one event, longer than ``max_event_size``
+bytes raises :class:`~streammgr.SSEEventTooLarge` (see :class:`SSEParser`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+from ._errors import SSEEventTooLarge
+
+__all__ = [
+    "OPENAI_DONE",
+    "SSEParser",
+    "ServerSentEvent",
+    "encode",
+    "encode_comment",
+    "is_done",
+]
+
+OPENAI_DONE = "[DONE]"
+"""The ``data`` of the event that ends an OpenAI-style stream (``data: [DONE]``)."""
+
+_BOM = b"\xef\xbb\xbf"
+_EVENT_TYPE_CACHE_SIZE = 64
+# Bytes of an unfinished line between size checks and compactions of its pieces.
+_COMPACT_STEP = 65_536
+
+
+class ServerSentEvent(NamedTuple):
+    """One dispatched Server-Sent Event; immutable.
+
+    The field names are those of ``httpx_sse.ServerSentEvent``. An event is a
+    :class:`typing.NamedTuple`: the cheapest immutable, typed object that Python can
+    build (the parser makes one per event, on the hot path). It compares equal to an
+    event with the same four fields (and, being a tuple, to a plain 4-tuple of them),
+    and it can be unpacked: ``event, data, id, retry = sse``.
+
+    Attributes:
+        event: the event type; ``"message"`` when the stream set none.
+        data: the data lines of the event joined with ``"\\n"``.
+        id: the last event ID when the event was dispatched: the value of the most
+            recent ``id`` field of the stream, which persists across events, or ``""``.
+        retry: the reconnection time in milliseconds if this event's own block carried
+            a valid ``retry`` field, else ``None``.
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: str = ""
+    retry: int | None = None
+
+    def json(self) -> Any:
+        """Decode :attr:`data` as JSON.
+
+        Returns:
+            ``json.loads(self.data)``.
+
+        Raises:
+            json.JSONDecodeError: the data is not valid JSON.
+        """
+        return json.loads(self.data)
+
+
+# Builds an event from a 4-tuple without going through the generated Python
+# ``__new__``: about a third cheaper per event.
+_new_tuple = tuple.__new__
+
+
+def _too_large(what: str, size: int, limit: int) -> SSEEventTooLarge:
+    return SSEEventTooLarge(
+        f"{what} of {size} bytes is larger than max_event_size={limit} bytes; "
+        "raise max_event_size if the server legitimately sends events this large",
+        max_event_size=limit,
+    )
+
+
+class SSEParser:
+    """Incremental, sans-IO parser of a ``text/event-stream`` byte stream.
+
+    Feed it the body in chunks split anywhere (inside a line, inside a CRLF pair or a
+    UTF-8 sequence): it returns the same events whatever the chunking.
+
+    The input is decoded as UTF-8, invalid bytes becoming U+FFFD exactly as
+    ``body.decode("utf-8", "replace")`` would; one leading byte order mark is dropped.
+    Lines end with CRLF, LF or CR, and only those (U+2028, U+0085, VT, FF ... are
+    ordinary characters). Field processing follows WHATWG HTML section 9.2.6.
+
+    Bounded memory: if a line (complete or not) or the data of one event grows past
+    ``max_event_size`` bytes, the parser fails with :class:`~streammgr.SSEEventTooLarge`.
+    Nothing is lost: if events were completed by the same :meth:`feed` call before the
+    offending line, that call returns them, and the error is raised by the next call of
+    :meth:`feed` or :meth:`close`. Once failed, every call raises the same error.
+
+    Args:
+        max_event_size: the largest line, and the largest data of one event, in bytes.
+
+    Raises:
+        ValueError: ``max_event_size`` is not a positive int.
+    """
+
+    __slots__ = (
+        "_checkpoint",
+        "_closed",
+        "_data_lines",
+        "_data_size",
+        "_error",
+        "_event_retry",
+        "_event_type",
+        "_event_types",
+        "_head",
+        "_id_buffer",
+        "_last_event_id",
+        "_max_event_size",
+        "_pending",
+        "_pieces",
+        "_plain",
+        "_retry",
+        "_skip_lf",
+    )
+
+    def __init__(self, max_event_size: int = 1_048_576) -> None:
+        if (
+            not isinstance(max_event_size, int)
+            or isinstance(max_event_size, bool)
+            or max_event_size <= 0
+        ):
+            raise ValueError(f"max_event_size must be a positive int, got {max_event_size!r}")
+        self._max_event_size = max_event_size
+        # The unfinished line: LF-normalised chunks, and their total length.
+        self._pieces: list[bytes | bytearray] = []
+        self._pending = 0
+        self._checkpoint = min(max_event_size, _COMPACT_STEP)
+        # The event being built (WHATWG "data buffer", "event type buffer").
+        self._data_lines: list[bytes] = []
+        self._data_size = 0
+        self._event_type = ""
+        self._event_retry: int | None = None
+        self._event_types: dict[bytes, str] = {}
+        # WHATWG "last event ID buffer", and "last event ID string" (set at dispatch).
+        self._id_buffer = ""
+        self._last_event_id = ""
+        self._retry: int | None = None
+        # The first bytes of the stream while they could still be a byte order mark.
+        self._head: bytes | None = b""
+        # The previous chunk ended with CR: an LF starting this one ends no line.
+        self._skip_lf = False
+        self._closed = False
+        self._error: SSEEventTooLarge | None = None
+        # True when feed() may skip the BOM / CR / closed / failed checks.
+        self._plain = False
+
+    @property
+    def last_event_id(self) -> str:
+        """The ID to send as ``Last-Event-ID`` when reconnecting, or ``""``.
+
+        This is the WHATWG "last event ID string": the last event ID buffer as it was
+        at the most recent blank line. An ``id`` field of an event that the stream did
+        not finish does not count.
+        """
+        return self._last_event_id
+
+    @property
+    def retry(self) -> int | None:
+        """The most recent valid ``retry`` value (reconnection time, in ms), or ``None``.
+
+        Updated as soon as the ``retry`` line is complete, even if its event is never
+        dispatched.
+        """
+        return self._retry
+
+    def feed(self, data: bytes) -> list[ServerSentEvent]:
+        """Parse the next chunk of the stream.
+
+        Args:
+            data: the next bytes of the body, split anywhere. A ``bytearray`` or
+                ``memoryview`` is accepted too, and copied.
+
+        Returns:
+            The events that this chunk completed, in order (often none).
+
+        Raises:
+            SSEEventTooLarge: a line or an event's data is longer than
+                ``max_event_size``, now or in an earlier call.
+            RuntimeError: :meth:`close` was called before.
+            TypeError: ``data`` is a ``str``.
+        """
+        # Fast path: an LF-only chunk, once the stream's first bytes are past. On
+        # CPython 3.11, ``bytes.partition`` is the cheapest test for a byte: ``in``
+        # and ``find`` cost twice as much on a small chunk.
+        if self._plain and data.__class__ is bytes and not data.partition(b"\r")[1]:
+            if not data.partition(b"\n")[1]:
+                # No line is complete: just keep the chunk.
+                self._pieces.append(data)
+                self._pending += len(data)
+                if self._pending > self._checkpoint:
+                    self._unfinished_line_grew()
+                return []
+            return self._feed_lines(data)
+        return self._feed_slow(data)
+
+    def close(self) -> list[ServerSentEvent]:
+        """Mark the end of the stream.
+
+        As the standard says, an event without its terminating blank line is
+        discarded, and so is an unterminated last line: this returns ``[]``. Calling
+        it again does nothing.
+
+        Returns:
+            ``[]``: the end of the stream completes no event.
+
+        Raises:
+            SSEEventTooLarge: an earlier :meth:`feed` failed (see the class docstring).
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        self._closed = True
+        self._plain = False
+        self._pieces = []
+        self._pending = 0
+        self._data_lines = []
+        self._data_size = 0
+        self._event_type = ""
+        self._event_retry = None
+        self._head = None
+        return []
+
+    # -- the slow path: first bytes, CR line endings, closed or failed parser --------
+
+    def _feed_slow(self, data: bytes) -> list[ServerSentEvent]:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if self._closed:
+            raise RuntimeError(
+                "SSEParser.feed() called after close(); use a new SSEParser for a new stream"
+            )
+        if data.__class__ is not bytes:
+            chunk: object = data  # the annotation says bytes; a caller may not
+            if isinstance(chunk, str):
+                raise TypeError("SSEParser.feed() takes bytes, got str: pass the raw body")
+            data = bytes(data)  # a bytearray could change under us while buffered
+        head = self._head
+        if head is not None:
+            data = head + data
+            if len(data) < len(_BOM) and _BOM.startswith(data):
+                self._head = data  # could still become a byte order mark
+                return []
+            if data.startswith(_BOM):
+                data = data[len(_BOM) :]
+            self._head = None
+        if self._skip_lf and data:
+            if data[0] == 0x0A:
+                data = data[1:]  # the LF of a CRLF split across chunks
+            self._skip_lf = False
+        if data.find(b"\r") >= 0:
+            # CR and CRLF become LF. UTF-8 never uses these bytes inside a multi-byte
+            # sequence, so this is safe before decoding. A CR at the end ends its line
+            # now; the LF that may start the next chunk belongs to it.
+            self._skip_lf = data[-1] == 0x0D
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self._plain = not self._skip_lf
+        return self._feed_lines(data)
+
+    def _fail(self, error: SSEEventTooLarge) -> None:
+        self._error = error
+        self._plain = False
+        raise error
+
+    def _unfinished_line_grew(self) -> None:
+        """The unfinished line passed a checkpoint: check its size, compact it.
+
+        Called every ``_COMPACT_STEP`` bytes, not per chunk, so that the fast path
+        does one comparison. Compacting into one bytearray keeps a long line that
+        arrives in tiny chunks from costing a Python object per chunk.
+        """
+        pending = self._pending
+        limit = self._max_event_size
+        if pending > limit:
+            self._fail(_too_large("an unfinished line", pending, limit))
+        pieces = self._pieces
+        if len(pieces) > 1:
+            head = pieces[0]
+            compacted = head if isinstance(head, bytearray) else bytearray(head)
+            compacted += b"".join(pieces[1:])
+            self._pieces = [compacted]
+        self._checkpoint = min(limit, pending + _COMPACT_STEP)
+
+    # -- the core: LF-only bytes, starting where the unfinished line starts ------------
+
+    def _feed_lines(self, data: bytes) -> list[ServerSentEvent]:
+        end = data.rfind(b"\n") + 1
+        if not end:
+            if data:
+                self._pieces.append(data)
+                self._pending += len(data)
+                if self._pending > self._checkpoint:
+                    self._unfinished_line_grew()
+            return []
+        limit = self._max_event_size
+        pieces = self._pieces
+        if pieces:
+            pieces.append(data)
+            data = b"".join(pieces)
+            end += self._pending
+            pieces.clear()
+            self._checkpoint = min(limit, _COMPACT_STEP)
+        # data[:end] is complete lines; data[end:] is the start of the next line.
+        pending = len(data) - end
+        if pending:
+            pieces.append(data[end:])
+        self._pending = pending
+        events: list[ServerSentEvent] = []
+        try:
+            start = 0
+            last_blank = data.rfind(b"\n\n")
+            if last_blank >= 0:
+                simple = None
+                if (
+                    last_blank <= limit
+                    and not self._data_lines
+                    and not self._event_type
+                    and self._event_retry is None
+                ):
+                    simple = self._simple_events(data, 0, last_blank)
+                if simple is None:
+                    start = self._parse_events(data, last_blank, events)
+                else:
+                    events = simple
+                    self._last_event_id = self._id_buffer
+                    start = last_blank + 2
+            if start < end:
+                self._parse_span(data, start, end, events)
+        except SSEEventTooLarge as error:
+            self._error = error
+            self._plain = False
+            if not events:
+                raise
+            return events  # what came before the offending line; the error comes next
+        if pending > limit:
+            too_long = _too_large("an unfinished line", pending, limit)
+            self._error = too_long
+            self._plain = False
+            if not events:
+                raise too_long
+        return events
+
+    def _parse_events(self, data: bytes, last_blank: int, events: list[ServerSentEvent]) -> int:
+        """Parse the events of ``data`` up to ``last_blank``; return where to go on.
+
+        The first event is often the end of one that began in an earlier chunk, or is
+        unusual: if the next one has a usual shape, parse the first line by line and
+        try the fast path on the rest. Otherwise return 0: all goes line by line.
+        """
+        first_blank = data.find(b"\n\n")
+        start = first_blank + 2
+        if first_blank == last_blank or last_blank - start > self._max_event_size:
+            return 0
+        # A look at the event at start, so as not to split the region in vain.
+        first_lf = data.find(b"\n", start)
+        if data[start : start + 6] == b"data: ":
+            if data[first_lf + 1] != 0x0A:  # the event has a second line
+                return 0
+        elif data[start : start + 7] != b"event: " or data[first_lf + 1 : first_lf + 7] != (
+            b"data: "
+        ):
+            return 0
+        self._parse_span(data, 0, start, events)
+        simple = self._simple_events(data, start, last_blank)
+        if simple is None:
+            return start
+        events += simple
+        self._last_event_id = self._id_buffer
+        return last_blank + 2
+
+    def _parse_span(self, data: bytes, start: int, end: int, events: list[ServerSentEvent]) -> None:
+        """Parse the complete lines ``data[start:end]`` one by one."""
+        lines = data[start:end].split(b"\n")
+        lines.pop()  # the empty string after the last LF
+        if end - start > self._max_event_size:
+            self._parse_long_lines(lines, events)
+        else:
+            self._parse_lines(lines, events)
+
+    def _simple_events(
+        self, data: bytes, start: int, last_blank: int
+    ) -> list[ServerSentEvent] | None:
+        """The events of ``data[start:last_blank]`` if it has a usual shape, else None.
+
+        The usual shapes: every event is one ``data: `` line (OpenAI), or one
+        ``event: `` line and one ``data: `` line (Anthropic). Splitting on the
+        separator between events and counting the LFs proves the shape without a
+        Python loop over lines. The caller checked that no event is half-built.
+        """
+        event_id = self._id_buffer
+        if data[start : start + 6] == b"data: ":
+            region = data[start + 6 : last_blank]
+            payloads = region.split(b"\n\ndata: ")
+            # Every LF is in a separator: each event is exactly one data line.
+            if region.count(b"\n") != 2 * len(payloads) - 2:
+                return None
+            try:
+                return [
+                    _new_tuple(ServerSentEvent, ("message", payload.decode(), event_id, None))
+                    for payload in payloads
+                ]
+            except UnicodeDecodeError:
+                return [
+                    _new_tuple(
+                        ServerSentEvent,
+                        ("message", payload.decode("utf-8", "replace"), event_id, None),
+                    )
+                    for payload in payloads
+                ]
+        if data[start : start + 7] == b"event: ":
+            region = data[start + 7 : last_blank]
+            blocks = region.split(b"\n\nevent: ")
+            # One LF per event besides the separators; each must start a data line.
+            if region.count(b"\n") != 3 * len(blocks) - 2:
+                return None
+            event_types = self._event_types
+            events: list[ServerSentEvent] = []
+            for block in blocks:
+                name, separator, payload = block.partition(b"\ndata: ")
+                if not separator:
+                    return None
+                events.append(
+                    _new_tuple(
+                        ServerSentEvent,
+                        (
+                            event_types.get(name) or self._decode_event_type(name) or "message",
+                            payload.decode("utf-8", "replace"),
+                            event_id,
+                            None,
+                        ),
+                    )
+                )
+            return events
+        return None
+
+    def _decode_event_type(self, name: bytes) -> str:
+        """Decode an event type, remembering a few: streams repeat the same ones."""
+        event_type = name.decode("utf-8", "replace")
+        if len(self._event_types) < _EVENT_TYPE_CACHE_SIZE:
+            self._event_types[name] = event_type
+        return event_type
+
+    def _parse_long_lines(self, lines: list[bytes], events: list[ServerSentEvent]) -> None:
+        """Like :meth:`_parse_lines`, but stop with an error at a line over the limit."""
+        limit = self._max_event_size
+        for index, line in enumerate(lines):
+            if len(line) > limit:
+                self._parse_lines(lines[:index], events)
+                raise _too_large("a line", len(line), limit)
+        self._parse_lines(lines, events)
+
+    def _parse_lines(self, lines: list[bytes], events: list[ServerSentEvent]) -> None:
+        """The WHATWG line loop, over complete lines without their terminator."""
+        data_lines = self._data_lines
+        data_size = self._data_size
+        event_type = self._event_type
+        event_retry = self._event_retry
+        id_buffer = self._id_buffer
+        last_event_id = self._last_event_id
+        event_types = self._event_types
+        limit = self._max_event_size
+        append_event = events.append
+        try:
+            for line in lines:
+                if not line:
+                    # A blank line dispatches the event, if it has data.
+                    last_event_id = id_buffer
+                    if data_lines:
+                        append_event(
+                            _new_tuple(
+                                ServerSentEvent,
+                                (
+                                    event_type or "message",
+                                    (
+                                        data_lines[0]
+                                        if len(data_lines) == 1
+                                        else b"\n".join(data_lines)
+                                    ).decode("utf-8", "replace"),
+                                    id_buffer,
+                                    event_retry,
+                                ),
+                            )
+                        )
+                        data_lines = []
+                        data_size = 0
+                    event_type = ""
+                    event_retry = None
+                    continue
+                if line[:6] == b"data: ":  # the most common line, first
+                    value = line[6:]
+                    name = b"data"
+                else:
+                    name, _, value = line.partition(b":")
+                    if not name:
+                        continue  # a comment
+                    if value[:1] == b" ":
+                        value = value[1:]
+                if name == b"data":
+                    data_lines.append(value)
+                    data_size += len(value) + 1  # the data, and an LF per line
+                    if data_size > limit + 1:
+                        raise _too_large("the data of an event", data_size - 1, limit)
+                elif name == b"event":
+                    event_type = event_types.get(value) or self._decode_event_type(value)
+                elif name == b"id":
+                    if value.find(b"\0") < 0:
+                        id_buffer = value.decode("utf-8", "replace")
+                elif name == b"retry" and value.isdigit():  # ASCII digits only
+                    try:
+                        event_retry = int(value)
+                    except ValueError:  # more digits than int() converts
+                        continue
+                    self._retry = event_retry
+        finally:
+            self._data_lines = data_lines
+            self._data_size = data_size
+            self._event_type = event_type
+            self._event_retry = event_retry
+            self._id_buffer = id_buffer
+            self._last_event_id = last_event_id
+
+
+def encode(event: ServerSentEvent) -> bytes:
+    """Encode one event as the bytes a server sends.
+
+    Writes an ``event:`` line unless the type is ``"message"`` (or empty), an ``id:``
+    line if the id is not empty, a ``retry:`` line if retry is set, one ``data:`` line
+    per line of data, and the blank line that dispatches the event. CRLF, CR and LF in
+    ``data`` all separate lines, as they do for the parser: a receiver gets them back
+    as LF (a CR cannot be sent inside SSE data). Empty data still gives one ``data:``
+    line, so the event is dispatched.
+
+    Args:
+        event: the event to encode.
+
+    Returns:
+        The UTF-8 bytes of the event.
+
+    Raises:
+        ValueError: the event type or id contains CR or LF, or the id contains NUL
+            (each would let a value inject fields); retry is negative; or a string
+            cannot be encoded as UTF-8 (``UnicodeEncodeError``, for a lone surrogate).
+    """
+    parts: list[str] = []
+    event_type = event.event
+    if event_type and event_type != "message":
+        if "\r" in event_type or "\n" in event_type:
+            raise ValueError(f"event type must not contain CR or LF, got {event_type!r}")
+        parts.append(f"event: {event_type}\n")
+    event_id = event.id
+    if event_id:
+        if "\r" in event_id or "\n" in event_id or "\0" in event_id:
+            raise ValueError(f"event id must not contain CR, LF or NUL, got {event_id!r}")
+        parts.append(f"id: {event_id}\n")
+    retry = event.retry
+    if retry is not None:
+        if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
+            raise ValueError(f"event retry must be a non-negative int or None, got {retry!r}")
+        parts.append(f"retry: {retry}\n")
+    data = event.data
+    if "\r" in data:
+        data = data.replace("\r\n", "\n").replace("\r", "\n")
+    parts.append("data: ")
+    parts.append(data.replace("\n", "\ndata: "))
+    parts.append("\n\n")
+    return "".join(parts).encode("utf-8")
+
+
+def encode_comment(text: str = "") -> bytes:
+    """Encode a comment line, for example a keep-alive, followed by a blank line.
+
+    The blank line dispatches nothing (a comment carries no data) but resets the event
+    type, so send comments between events, not inside one.
+
+    Args:
+        text: the comment; ``""`` gives ``b":\\n\\n"``.
+
+    Returns:
+        ``b": text\\n\\n"`` in UTF-8.
+
+    Raises:
+        ValueError: the text contains CR or LF.
+    """
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"comment text must not contain CR or LF, got {text!r}")
+    return f": {text}\n\n".encode() if text else b":\n\n"
+
+
+def is_done(event: ServerSentEvent) -> bool:
+    """Tell whether ``event`` is the ``data: [DONE]`` terminator of an OpenAI stream.
+
+    Args:
+        event: a parsed event.
+
+    Returns:
+        True if the event's data is exactly :data:`OPENAI_DONE`.
+    """
+    return event.data == OPENAI_DONE
