@@ -13,6 +13,18 @@ from ._errors import StreamCancelled as StreamCancelled
 from ._errors import StreamError as StreamError
 from ._errors import StreamLimitExceeded as StreamLimitExceeded
 from ._errors import StreamTimeout as StreamTimeout
+from ._errors import UpstreamAPIError as UpstreamAPIError
+from ._errors import UpstreamClosed as UpstreamClosed
+from ._errors import UpstreamConnectError as UpstreamConnectError
+from ._errors import UpstreamConnectTimeout as UpstreamConnectTimeout
+from ._errors import UpstreamDeadlineExceeded as UpstreamDeadlineExceeded
+from ._errors import UpstreamError as UpstreamError
+from ._errors import UpstreamFirstEventTimeout as UpstreamFirstEventTimeout
+from ._errors import UpstreamIdleTimeout as UpstreamIdleTimeout
+from ._errors import UpstreamProtocolError as UpstreamProtocolError
+from ._errors import UpstreamStatusError as UpstreamStatusError
+from ._errors import UpstreamTimeout as UpstreamTimeout
+from ._errors import UpstreamTruncated as UpstreamTruncated
 from ._limits import FairLimiter as FairLimiter
 from ._limits import Limiter as Limiter
 from ._limits import LimiterSnapshot as LimiterSnapshot
@@ -55,6 +67,18 @@ __all__ = [
     "StreamManager",
     "StreamSender",
     "StreamTimeout",
+    "UpstreamAPIError",
+    "UpstreamClosed",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
+    "UpstreamDeadlineExceeded",
+    "UpstreamError",
+    "UpstreamFirstEventTimeout",
+    "UpstreamIdleTimeout",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "UpstreamTruncated",
     "redact",
     "redact_secrets",
 ]

@@ -10,8 +10,23 @@
     │       ├── ReaderTimeout        the reader did not take an item for reader_timeout
     │       ├── IdleTimeout          the producer delivered nothing for idle_timeout
     │       └── DeadlineExceeded     the stream outlived its deadline
-    └── SSEError                     Server-Sent Events input that cannot be parsed safely
-        └── SSEEventTooLarge         a line or event over max_event_size
+    ├── SSEError                     Server-Sent Events input that cannot be parsed safely
+    │   └── SSEEventTooLarge         a line or event over max_event_size
+    └── UpstreamError                a source's upstream failed: .url (redacted), .close_reason
+        ├── UpstreamStatusError      a non-2xx status: .status_code, .body (bounded excerpt)
+        ├── UpstreamConnectError     the connection could not be made or broke
+        ├── UpstreamProtocolError    not what was promised (content type, framing, bad JSON)
+        │   └── UpstreamTruncated    ended without its end marker ([DONE], finish reason)
+        ├── UpstreamAPIError         an error object inside the stream: .error_type, .code
+        ├── UpstreamClosed           a WebSocket closed with an error code: .code, .reason
+        └── UpstreamTimeout          .timeout (seconds), .phase
+            ├── UpstreamConnectTimeout      no connection within the connect timeout
+            ├── UpstreamFirstEventTimeout   no event within the first-event timeout
+            ├── UpstreamIdleTimeout         no event within the idle timeout
+            └── UpstreamDeadlineExceeded    the stream outlived its total deadline
+
+A producer's exception that has a ``close_reason`` (every ``UpstreamError``) is
+recorded in the registry with that reason instead of ``producer_error``.
 
 An exception raised by a producer is not wrapped: the reader receives it as itself.
 Caller mistakes (a bad argument) are builtin ``ValueError`` / ``TypeError`` whose
@@ -36,6 +51,18 @@ __all__ = [
     "StreamError",
     "StreamLimitExceeded",
     "StreamTimeout",
+    "UpstreamAPIError",
+    "UpstreamClosed",
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
+    "UpstreamDeadlineExceeded",
+    "UpstreamError",
+    "UpstreamFirstEventTimeout",
+    "UpstreamIdleTimeout",
+    "UpstreamProtocolError",
+    "UpstreamStatusError",
+    "UpstreamTimeout",
+    "UpstreamTruncated",
 ]
 
 
@@ -122,3 +149,134 @@ class SSEEventTooLarge(SSEError):
     def __init__(self, message: str, *, max_event_size: int) -> None:
         super().__init__(message)
         self.max_event_size = max_event_size
+
+
+class UpstreamError(StreamError):
+    """A source's upstream failed.
+
+    Attributes:
+        url: the upstream URL with credentials redacted (``""`` if unknown).
+        close_reason: the :class:`CloseReason` the registry records for it.
+    """
+
+    close_reason: CloseReason = CloseReason.UPSTREAM_ERROR
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a status that is not a success.
+
+    Attributes:
+        status_code: the HTTP status code.
+        body: the start of the response body (bounded), decoded leniently: an
+            upstream's own error message, e.g. ``{"error": {"message": ...}}``.
+        retry_after: seconds from the upstream's ``Retry-After`` header, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: str,
+        url: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+
+class UpstreamConnectError(UpstreamError):
+    """The connection to the upstream could not be made, or broke mid-stream."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream did not speak the protocol it promised (content type, framing,
+    JSON that does not parse)."""
+
+
+class UpstreamTruncated(UpstreamProtocolError):
+    """The upstream ended the stream before its end marker (``data: [DONE]`` or a
+    finish reason): what was received is incomplete, not a success."""
+
+    close_reason = CloseReason.UPSTREAM_TRUNCATED
+
+
+class UpstreamAPIError(UpstreamError):
+    """The upstream sent an error object inside the stream (``{"error": {...}}`` or
+    ``event: error``).
+
+    Attributes:
+        error_type: the error's ``type`` field, or ``None``.
+        code: the error's ``code`` field, or ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, error_type: str | None, code: str | None, url: str = ""
+    ) -> None:
+        super().__init__(message, url=url)
+        self.error_type = error_type
+        self.code = code
+
+
+class UpstreamClosed(UpstreamError):
+    """A WebSocket upstream closed the connection with an error code.
+
+    Attributes:
+        code: the WebSocket close code (e.g. 1011), or ``None`` if the connection
+            dropped without a close frame.
+        reason: the close reason text the upstream sent.
+    """
+
+    def __init__(self, message: str, *, code: int | None, reason: str, url: str = "") -> None:
+        super().__init__(message, url=url)
+        self.code = code
+        self.reason = reason
+
+
+class UpstreamTimeout(UpstreamError):
+    """One of a source's own timeouts expired.
+
+    Attributes:
+        timeout: the timeout, in seconds, that expired.
+        phase: ``"connect"``, ``"first_event"``, ``"idle"`` or ``"total"``.
+    """
+
+    phase = ""
+
+    def __init__(self, message: str, *, timeout: float, url: str = "") -> None:
+        super().__init__(message, url=url)
+        self.timeout = timeout
+
+
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """The upstream did not accept the connection (or answer the request) in time."""
+
+    phase = "connect"
+    close_reason = CloseReason.UPSTREAM_CONNECT_TIMEOUT
+
+
+class UpstreamFirstEventTimeout(UpstreamTimeout):
+    """The upstream sent no event within the first-event timeout of the request."""
+
+    phase = "first_event"
+    close_reason = CloseReason.UPSTREAM_FIRST_EVENT_TIMEOUT
+
+
+class UpstreamIdleTimeout(UpstreamTimeout):
+    """The upstream sent no event for the idle timeout between two events."""
+
+    phase = "idle"
+    close_reason = CloseReason.UPSTREAM_IDLE_TIMEOUT
+
+
+class UpstreamDeadlineExceeded(UpstreamTimeout):
+    """The upstream stream outlived its total deadline."""
+
+    phase = "total"
+    close_reason = CloseReason.UPSTREAM_DEADLINE

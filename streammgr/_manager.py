@@ -550,7 +550,10 @@ class StreamManager:
             # The upstream is gone, so the slot goes back now; the record closes
             # when the reader has taken the buffered items and then the error.
             record.exception = error
-            record.close_reason = CloseReason.PRODUCER_ERROR
+            reason = getattr(error, "close_reason", None)
+            record.close_reason = (
+                reason if isinstance(reason, CloseReason) else CloseReason.PRODUCER_ERROR
+            )
             record.error = describe_error(error, self._secrets)
             record.move_to(Phase.CLOSING)
             if record.permit is not None:

@@ -53,6 +53,19 @@ class CloseReason(enum.StrEnum):
     """Never admitted: the queue was full or the wait for a slot timed out."""
     CLIENT_DISCONNECTED = "client_disconnected"
     """The HTTP client of a gateway went away."""
+    UPSTREAM_ERROR = "upstream_error"
+    """The upstream failed: an error status, a refused connection, a protocol
+    violation or an error object in the stream (``UpstreamError``)."""
+    UPSTREAM_TRUNCATED = "upstream_truncated"
+    """The upstream ended the stream before its end marker (``UpstreamTruncated``)."""
+    UPSTREAM_CONNECT_TIMEOUT = "upstream_connect_timeout"
+    """The upstream did not accept the connection in time."""
+    UPSTREAM_FIRST_EVENT_TIMEOUT = "upstream_first_event_timeout"
+    """The upstream sent no event in time after the request."""
+    UPSTREAM_IDLE_TIMEOUT = "upstream_idle_timeout"
+    """The upstream went quiet between events for too long."""
+    UPSTREAM_DEADLINE = "upstream_deadline"
+    """The upstream stream outlived its total deadline."""
 
 
 class InvalidTransition(RuntimeError):

@@ -661,3 +661,22 @@ async def test_stream_can_be_entered_only_once(autojump_clock: trio.abc.Clock) -
         with pytest.raises(RuntimeError, match="entered only once"):
             async with stream:
                 pass  # pragma: no cover
+
+
+async def test_upstream_errors_record_their_own_close_reason(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def producer() -> AsyncIterator[int]:
+        yield 1
+        raise streammgr.UpstreamIdleTimeout("no event for 30s", timeout=30, url="http://up/x")
+
+    async with StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamIdleTimeout) as caught:
+            async with manager.open(producer) as stream:
+                async for _ in stream:
+                    pass
+        assert caught.value.phase == "idle"
+        info = manager.get(stream.id)
+        assert info is not None
+        assert info.close_reason is CloseReason.UPSTREAM_IDLE_TIMEOUT
+        assert info.error == "UpstreamIdleTimeout: no event for 30s"
