@@ -39,7 +39,9 @@ from ._registry import StreamInfo as StreamInfo
 from ._states import CloseReason as CloseReason
 from ._states import Phase as Phase
 from ._stream import ManagedStream as ManagedStream
+from ._stream import ProducerContext as ProducerContext
 from ._stream import StreamSender as StreamSender
+from ._stream import current_producer as current_producer
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,7 @@ __all__ = [
     "ManagerStats",
     "Permit",
     "Phase",
+    "ProducerContext",
     "ReaderTimeout",
     "RegistryEvent",
     "RegistryWatcher",
@@ -79,6 +82,7 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeout",
     "UpstreamTruncated",
+    "current_producer",
     "redact",
     "redact_secrets",
 ]

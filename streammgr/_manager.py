@@ -51,7 +51,7 @@ from ._registry import (
     snapshot_all,
 )
 from ._states import CloseReason, Phase
-from ._stream import PUSH, ManagedStream, StreamSender, producer_kind
+from ._stream import CURRENT_RECORD, PUSH, ManagedStream, StreamSender, producer_kind
 from ._timeouts import TimeoutWatchdog
 
 __all__ = ["ManagerStats", "StreamManager"]
@@ -486,6 +486,7 @@ class StreamManager:
         error: BaseException | None = None
         completed = False
         assert record.scope is not None
+        CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
         try:
             with record.scope:
                 if kind == PUSH:

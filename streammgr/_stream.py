@@ -8,6 +8,7 @@ the manager to end the stream and waits until the producer has finished.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -21,7 +22,17 @@ from ._states import CloseReason, Phase
 if TYPE_CHECKING:
     from ._manager import StreamManager
 
-__all__ = ["GENERATOR", "ITERABLE", "PUSH", "ManagedStream", "StreamSender", "producer_kind"]
+__all__ = [
+    "CURRENT_RECORD",
+    "GENERATOR",
+    "ITERABLE",
+    "PUSH",
+    "ManagedStream",
+    "ProducerContext",
+    "StreamSender",
+    "current_producer",
+    "producer_kind",
+]
 
 T = TypeVar("T")
 
@@ -38,6 +49,56 @@ _CANCEL_REASONS = frozenset(
         CloseReason.READER_EXIT,
     }
 )
+
+
+# Set in each producer's task, so a producer (a source) can reach its own stream.
+CURRENT_RECORD: contextvars.ContextVar[StreamRecord] = contextvars.ContextVar(
+    "streammgr_current_record"
+)
+
+
+class ProducerContext:
+    """What a producer can tell the registry about its own stream.
+
+    Sources use it to report what only they know: that the upstream answered
+    (phase ``connecting`` -> ``first_item``) and how many bytes it sent. Get it
+    with :func:`current_producer` from inside a producer.
+    """
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: StreamRecord) -> None:
+        self._record = record
+
+    @property
+    def stream_id(self) -> str:
+        """The id of the stream this producer feeds."""
+        return self._record.id
+
+    def connected(self) -> None:
+        """The upstream has answered: the stream now waits for its first item."""
+        record = self._record
+        if record.phase is Phase.CONNECTING:
+            record.move_to(Phase.FIRST_ITEM)
+
+    def add_bytes(self, count: int) -> None:
+        """Count ``count`` bytes received from the upstream in the registry."""
+        record = self._record
+        record.bytes += count
+        record.cached = None
+
+    def __repr__(self) -> str:
+        return f"<ProducerContext for stream {self._record.id}>"
+
+
+def current_producer() -> ProducerContext | None:
+    """The :class:`ProducerContext` of the stream whose producer is running now.
+
+    Returns ``None`` outside a producer run by a :class:`StreamManager`, so
+    sources also work on their own.
+    """
+    record = CURRENT_RECORD.get(None)
+    return None if record is None else ProducerContext(record)
 
 
 class StreamSender(Generic[T]):

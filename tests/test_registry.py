@@ -195,3 +195,36 @@ async def test_slow_watcher_gets_overflow_not_backpressure(
 def test_watch_buffer_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_buffer must be a positive int"):
         streammgr.RegistryWatcher(0)
+
+
+async def test_producer_context_reports_connection_and_bytes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    gate = trio.Event()
+    seen: list[str | None] = []
+
+    async def source() -> AsyncIterator[str]:
+        context = streammgr.current_producer()
+        assert context is not None
+        seen.append(context.stream_id)
+        await trio.sleep(1)
+        context.connected()
+        context.add_bytes(100)
+        await gate.wait()
+        yield "event"
+
+    assert streammgr.current_producer() is None
+    async with StreamManager() as manager, manager.open(source) as stream:
+        await trio.sleep(0.5)
+        info = stream.info()
+        assert (info.phase, info.bytes) == (Phase.CONNECTING, 0)
+        await trio.sleep(1)
+        info = stream.info()
+        assert (info.phase, info.bytes) == (Phase.FIRST_ITEM, 100)
+        assert seen == [stream.id]
+        gate.set()
+        assert [item async for item in stream] == ["event"]
+        info = stream.info()
+        assert (info.phase, info.items, info.bytes) == (Phase.STREAMING, 1, 105)
+    # The reader's task never sees the producer's context.
+    assert streammgr.current_producer() is None
