@@ -21,7 +21,6 @@ counter updates and two clock reads.
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -53,6 +52,7 @@ from ._registry import (
 from ._states import CloseReason, Phase
 from ._stream import CURRENT_RECORD, PUSH, ManagedStream, StreamSender, producer_kind
 from ._timeouts import TimeoutWatchdog
+from ._validate import check_seconds
 
 __all__ = ["ManagerStats", "StreamManager"]
 
@@ -73,18 +73,6 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
-
-
-def _check_timeout(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds or None, got {value!r}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError(
-            f"{name} must be a positive, finite number of seconds or None, got {value}"
-        )
-    return float(value)
 
 
 def default_item_size(item: object) -> int:
@@ -183,15 +171,15 @@ class StreamManager:
                 "max_streams, max_streams_per_key and max_waiting must be None with limiter="
             )
         self._limiter = limiter
-        self._acquire_timeout = _check_timeout("acquire_timeout", acquire_timeout)
-        self._reader_timeout = _check_timeout("reader_timeout", reader_timeout)
-        self._idle_timeout = _check_timeout("idle_timeout", idle_timeout)
-        self._deadline = _check_timeout("deadline", deadline)
+        self._acquire_timeout = check_seconds("acquire_timeout", acquire_timeout)
+        self._reader_timeout = check_seconds("reader_timeout", reader_timeout)
+        self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
+        self._deadline = check_seconds("deadline", deadline)
         self._buffer_size = self._check_buffer_size(buffer_size)
         if not shutdown_grace >= 0:
             raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
         self._shutdown_grace = float(shutdown_grace)
-        self._cleanup_timeout = cast(float, _check_timeout("cleanup_timeout", cleanup_timeout))
+        self._cleanup_timeout = cast(float, check_seconds("cleanup_timeout", cleanup_timeout))
         self._registry = Registry(history_size)
         self._secrets = [s for s in secrets if s]
         self._log = get_logger()
@@ -385,15 +373,15 @@ class StreamManager:
         record.reader_timeout = (
             self._reader_timeout
             if reader_timeout is DEFAULT
-            else _check_timeout("reader_timeout", reader_timeout)
+            else check_seconds("reader_timeout", reader_timeout)
         )
         record.idle_timeout = (
             self._idle_timeout
             if idle_timeout is DEFAULT
-            else _check_timeout("idle_timeout", idle_timeout)
+            else check_seconds("idle_timeout", idle_timeout)
         )
         record.deadline = (
-            self._deadline if deadline is DEFAULT else _check_timeout("deadline", deadline)
+            self._deadline if deadline is DEFAULT else check_seconds("deadline", deadline)
         )
         return ManagedStream(
             self,
@@ -403,7 +391,7 @@ class StreamManager:
             kind,
             self._acquire_timeout
             if acquire_timeout is DEFAULT
-            else _check_timeout("acquire_timeout", acquire_timeout),
+            else check_seconds("acquire_timeout", acquire_timeout),
             self._buffer_size if buffer_size is DEFAULT else self._check_buffer_size(buffer_size),
             item_size,
         )

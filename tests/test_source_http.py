@@ -1,0 +1,396 @@
+"""SSESource against httpx.MockTransport: parsing, checks, reconnect, timeouts, closing."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+import streammgr
+from streammgr import CloseReason, Phase, StreamManager
+from streammgr.sources import Reconnect, SourceTimeouts, SSESource
+from streammgr.sse import ServerSentEvent
+
+API_KEY = "sk-test-secret-0123456789"
+SSE = {"content-type": "text/event-stream"}
+
+
+class Body(httpx.AsyncByteStream):
+    """A response body of chunks; ``None`` in the script blocks forever, an
+    exception is raised, a float sleeps. Records whether it was closed."""
+
+    def __init__(self, upstream: Upstream, script: Sequence[object]) -> None:
+        self.upstream = upstream
+        self.script = script
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        closed = self.upstream.closed
+        for step in self.script:
+            if self.upstream.closed != closed:
+                raise httpx.StreamClosed()  # like a real body read after its close
+            if step is None:
+                await trio.sleep_forever()
+            elif isinstance(step, float | int):
+                await trio.sleep(step)
+            elif isinstance(step, BaseException):
+                raise step
+            else:
+                assert isinstance(step, bytes)
+                yield step
+
+    async def aclose(self) -> None:
+        self.upstream.closed += 1
+
+
+class Upstream:
+    """A scripted upstream: one response per request, from a list of handlers."""
+
+    def __init__(self, *responses: Callable[[httpx.Request], Awaitable[httpx.Response]]) -> None:
+        self.responses = list(responses)
+        self.requests: list[httpx.Request] = []
+        self.times: list[float] = []
+        self.opened = 0
+        self.closed = 0
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.times.append(trio.current_time())
+        handler = self.responses.pop(0) if len(self.responses) > 1 else self.responses[0]
+        return await handler(request)
+
+    def stream(
+        self, *script: object, status: int = 200, headers: dict[str, str] | None = None
+    ) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+        async def respond(request: httpx.Request) -> httpx.Response:
+            self.opened += 1
+            return httpx.Response(
+                status, headers=SSE if headers is None else headers, stream=Body(self, script)
+            )
+
+        return respond
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
+
+
+def fail(error: Exception) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    async def respond(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    return respond
+
+
+async def read_all(manager: StreamManager, source: object) -> list[ServerSentEvent]:
+    try:
+        async with manager.open(source) as stream:  # type: ignore[call-overload]
+            return [event async for event in stream]
+    finally:
+        # Any body generator left suspended would now be collected while Trio runs,
+        # and Trio's ResourceWarning would fail the test (filterwarnings = error).
+        gc.collect()
+
+
+async def test_events_split_across_chunks(autojump_clock: trio.abc.Clock) -> None:
+    body = b'data: {"a": 1}\n\nid: 7\nevent: tick\ndata: x\ndata: y\n\n: keep-alive\n\n'
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*[body[i : i + 3] for i in range(0, len(body), 3)]))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://upstream/feed")
+        async with manager.open(source) as stream:
+            events = [event async for event in stream]
+        assert events == [
+            ServerSentEvent(data='{"a": 1}'),
+            ServerSentEvent(event="tick", data="x\ny", id="7"),
+        ]
+        info = manager.get(stream.id)
+        assert info is not None
+        assert info.close_reason is CloseReason.COMPLETED
+        assert (info.items, info.bytes) == (2, len(body))
+    assert upstream.requests[0].headers["accept"] == "text/event-stream"
+    assert (upstream.opened, upstream.closed) == (1, 1)
+
+
+async def test_phase_first_item_after_headers(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(5.0, b"data: late\n\n"))
+    async with upstream.client() as client, StreamManager() as manager:
+        async with manager.open(SSESource(client, "http://upstream/")) as stream:
+            await trio.sleep(1)
+            assert stream.info().phase is Phase.FIRST_ITEM
+            assert [event.data async for event in stream] == ["late"]
+
+
+async def test_error_status_carries_the_upstreams_message(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(
+            b'{"error": {"message": "Incorrect API key provided", "type": "invalid_request"}}',
+            status=401,
+            headers={"content-type": "application/json"},
+        )
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(
+            client, "http://upstream/", headers={"authorization": f"Bearer {API_KEY}"}
+        )
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+        error = caught.value
+        assert error.status_code == 401
+        assert "Incorrect API key provided" in str(error)
+        assert "check the API key" in str(error)
+        assert '"type": "invalid_request"' in error.body
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR
+        assert "401" in (info.error or "")
+    assert (upstream.opened, upstream.closed) == (1, 1)
+
+
+async def test_wrong_content_type(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"<html>login</html>", headers={"content-type": "text/html"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="not text/event-stream"):
+            await read_all(manager, SSESource(client, "http://upstream/"))
+    assert (upstream.opened, upstream.closed) == (1, 1)
+
+
+async def test_reconnect_with_last_event_id_and_server_retry(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        upstream.stream(
+            b"retry: 2500\nid: 1\ndata: a\n\n", b"id: 2\ndata: b\n\n", httpx.ReadError("reset")
+        ),
+        upstream.stream(b"id: 3\ndata: c\n\n"),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://upstream/", reconnect=Reconnect(jitter=0))
+        received = []
+        async with manager.open(source) as stream:
+            async for event in stream:
+                received.append(event.data)
+                if event.data == "c":
+                    break
+    assert received == ["a", "b", "c"]
+    assert "last-event-id" not in upstream.requests[0].headers
+    assert upstream.requests[1].headers["last-event-id"] == "2"
+    assert upstream.times[1] - upstream.times[0] == pytest.approx(2.5)
+    assert upstream.opened == upstream.closed == 2
+
+
+async def test_backoff_doubles_then_gives_up(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream(fail(httpx.ConnectError("connection refused")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=3, initial_delay=1, multiplier=2, jitter=0)
+        with pytest.raises(streammgr.UpstreamConnectError, match="connection refused"):
+            await read_all(manager, SSESource(client, "http://upstream/", reconnect=policy))
+    gaps = [later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)]
+    assert gaps == pytest.approx([1, 2, 4])
+
+
+async def test_backoff_is_capped_and_jitter_bounded(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream(fail(httpx.ConnectError("refused")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=6, initial_delay=1, max_delay=5, jitter=0.5)
+        with pytest.raises(streammgr.UpstreamConnectError):
+            await read_all(manager, SSESource(client, "http://upstream/", reconnect=policy))
+    gaps = [later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)]
+    for gap, base in zip(gaps, [1, 2, 4, 5, 5, 5], strict=True):
+        assert base <= gap <= base * 1.5
+
+
+async def test_no_reconnect_after_204(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(status=204, headers={}))
+    async with upstream.client() as client, StreamManager() as manager:
+        events = await read_all(manager, SSESource(client, "http://up/", reconnect=Reconnect()))
+    assert events == []
+    assert len(upstream.requests) == 1
+    assert upstream.opened == upstream.closed == 1
+
+
+async def test_fatal_status_is_not_retried(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"nope", status=403, headers={}))
+    async with upstream.client() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamStatusError):
+            await read_all(manager, SSESource(client, "http://up/", reconnect=Reconnect()))
+    assert len(upstream.requests) == 1
+
+
+async def test_retryable_status_honours_retry_after(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        upstream.stream(b"busy", status=503, headers={"retry-after": "7"}),
+        upstream.stream(b"data: ok\n\n"),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(jitter=0))
+        async with manager.open(source) as stream:
+            assert (await stream.__anext__()).data == "ok"
+    assert upstream.times[1] - upstream.times[0] == pytest.approx(7)
+    assert upstream.opened == upstream.closed == 2
+
+
+async def test_clean_end_without_reconnect_completes(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: only\n\n"))
+    async with upstream.client() as client, StreamManager() as manager:
+        assert [e.data for e in await read_all(manager, SSESource(client, "http://up/"))] == [
+            "only"
+        ]
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("script", "timeouts", "error", "reason", "elapsed"),
+    [
+        ([None], SourceTimeouts(first_event=10), streammgr.UpstreamFirstEventTimeout,
+         CloseReason.UPSTREAM_FIRST_EVENT_TIMEOUT, 10),
+        ([b"data: a\n\n", b": ping\n\n", None], SourceTimeouts(idle=4),
+         streammgr.UpstreamIdleTimeout, CloseReason.UPSTREAM_IDLE_TIMEOUT, 4),
+        ([b"data: a\n\n", 1.0, b"data: b\n\n", 1.0, b"data: c\n\n", None],
+         SourceTimeouts(first_event=5, idle=3), streammgr.UpstreamIdleTimeout,
+         CloseReason.UPSTREAM_IDLE_TIMEOUT, 5),
+        ([b"data: a\n\n", 1.0] * 100, SourceTimeouts(total=5.5),
+         streammgr.UpstreamDeadlineExceeded, CloseReason.UPSTREAM_DEADLINE, 5.5),
+    ],
+)  # fmt: skip
+async def test_stream_timeouts(
+    autojump_clock: trio.abc.Clock,
+    script: list[object],
+    timeouts: SourceTimeouts,
+    error: type[streammgr.UpstreamTimeout],
+    reason: CloseReason,
+    elapsed: float,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*script))
+    async with upstream.client() as client, StreamManager() as manager:
+        start = trio.current_time()
+        with pytest.raises(error) as caught:
+            await read_all(manager, SSESource(client, "http://up/", timeouts=timeouts))
+        assert trio.current_time() - start == pytest.approx(elapsed)
+        assert caught.value.timeout > 0
+        (info,) = manager.history()
+        assert info.close_reason is reason
+    assert upstream.opened == upstream.closed == 1
+
+
+async def test_connect_timeout(autojump_clock: trio.abc.Clock) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    upstream = Upstream(hang)
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", timeouts=SourceTimeouts(connect=3))
+        with pytest.raises(streammgr.UpstreamConnectTimeout):
+            await read_all(manager, source)
+        assert trio.current_time() == pytest.approx(3)
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_CONNECT_TIMEOUT
+
+
+async def test_httpx_errors_are_mapped(autojump_clock: trio.abc.Clock) -> None:
+    for raised, expected in [
+        (httpx.ConnectTimeout("slow"), streammgr.UpstreamConnectTimeout),
+        (httpx.ReadTimeout("slow"), streammgr.UpstreamConnectTimeout),
+        (httpx.ConnectError("refused"), streammgr.UpstreamConnectError),
+        (httpx.RemoteProtocolError("bad"), streammgr.UpstreamConnectError),
+    ]:
+        upstream = Upstream(fail(raised))
+        async with upstream.client() as client, StreamManager() as manager:
+            with pytest.raises(expected) as caught:
+                await read_all(manager, SSESource(client, "http://up/"))
+            assert isinstance(caught.value.__cause__, httpx.HTTPError)
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: a\n\n", httpx.ReadTimeout("idle")))
+    async with upstream.client() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamIdleTimeout):
+            await read_all(manager, SSESource(client, "http://up/"))
+
+
+async def test_oversized_event_is_a_protocol_error(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: " + b"x" * 5000 + b"\n\n"))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", max_event_size=1024)
+        with pytest.raises(streammgr.UpstreamProtocolError, match="max_event_size"):
+            await read_all(manager, source)
+    assert upstream.opened == upstream.closed == 1
+
+
+async def test_response_closed_when_reader_leaves_or_is_cancelled(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*([b"data: x\n\n", 0.5] * 1000)))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/")
+        async with manager.open(source) as stream:
+            async for _ in stream:
+                break
+        assert upstream.closed == 1  # before the block's exit returned
+        with pytest.raises(streammgr.StreamCancelled):
+            async with manager.open(source) as stream:
+                async for _ in stream:
+                    manager.cancel(stream.id, reason="operator")
+        assert upstream.closed == 2
+        with trio.move_on_after(3):
+            async with manager.open(source) as stream:
+                async for _ in stream:
+                    pass
+        assert upstream.opened == upstream.closed == 3
+        gc.collect()  # no body generator was left suspended (see read_all)
+
+
+async def test_secrets_never_leak(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(f"bad key {API_KEY}".encode(), status=401, headers={})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(
+            client,
+            "http://up/feed?api_key=querysecret1",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+        text = " ".join(
+            [
+                str(caught.value),
+                caught.value.body,
+                caught.value.url,
+                repr(source),
+                repr(manager.history()),
+            ]
+        )
+    for secret in (API_KEY, "querysecret1"):
+        assert secret not in text
+    assert upstream.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_bad_arguments_are_named() -> None:
+    client = httpx.AsyncClient()
+    with pytest.raises(TypeError, match=r"client must be an httpx\.AsyncClient"):
+        SSESource("http://x", "http://x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="either json= or content="):
+        SSESource(client, "http://x", json={}, content=b"")
+    with pytest.raises(ValueError, match=r"timeouts\.idle must be a positive"):
+        SourceTimeouts(idle=0)
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
+        Reconnect(max_attempts=0)
+    with pytest.raises(ValueError, match="jitter must be between 0 and 1"):
+        Reconnect(jitter=2)
+    with pytest.raises(ValueError, match="max_event_size"):
+        SSESource(client, "http://x", max_event_size=0)
