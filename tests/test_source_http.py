@@ -192,7 +192,9 @@ async def test_backoff_doubles_then_gives_up(autojump_clock: trio.abc.Clock) -> 
         policy = Reconnect(max_attempts=3, initial_delay=1, multiplier=2, jitter=0)
         with pytest.raises(streammgr.UpstreamConnectError, match="connection refused"):
             await read_all(manager, SSESource(client, "http://upstream/", reconnect=policy))
-    gaps = [later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)]
+    gaps = [
+        later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)
+    ]
     assert gaps == pytest.approx([1, 2, 4])
 
 
@@ -202,7 +204,9 @@ async def test_backoff_is_capped_and_jitter_bounded(autojump_clock: trio.abc.Clo
         policy = Reconnect(max_attempts=6, initial_delay=1, max_delay=5, jitter=0.5)
         with pytest.raises(streammgr.UpstreamConnectError):
             await read_all(manager, SSESource(client, "http://upstream/", reconnect=policy))
-    gaps = [later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)]
+    gaps = [
+        later - earlier for earlier, later in zip(upstream.times, upstream.times[1:], strict=False)
+    ]
     for gap, base in zip(gaps, [1, 2, 4, 5, 5, 5], strict=True):
         assert base <= gap <= base * 1.5
 
