@@ -9,5 +9,23 @@ imports httpx (and, for :class:`WebSocketSource`, the optional trio-websocket).
 from ._http import Reconnect as Reconnect
 from ._http import SourceTimeouts as SourceTimeouts
 from ._http import SSESource as SSESource
+from ._openai import ChatChunk as ChatChunk
+from ._openai import ChatCompletion as ChatCompletion
+from ._openai import OpenAIChat as OpenAIChat
+from ._openai import ToolCall as ToolCall
+from ._openai import ToolCallDelta as ToolCallDelta
+from ._openai import Usage as Usage
+from ._openai import collect_chat as collect_chat
 
-__all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
+__all__ = [
+    "ChatChunk",
+    "ChatCompletion",
+    "OpenAIChat",
+    "Reconnect",
+    "SSESource",
+    "SourceTimeouts",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+    "collect_chat",
+]

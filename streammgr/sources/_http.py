@@ -13,7 +13,7 @@ from __future__ import annotations
 import json as jsonlib
 import math
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -221,17 +221,17 @@ class SSESource:
 
     # -- producing ---------------------------------------------------------------
 
-    def __call__(self) -> AsyncIterator[ServerSentEvent]:
+    def __call__(self) -> AsyncGenerator[ServerSentEvent, None]:
         """Stream the upstream's events (a fresh async generator per call)."""
-        return cast("AsyncIterator[ServerSentEvent]", self._stream(raw=False))
+        return cast("AsyncGenerator[ServerSentEvent, None]", self._stream(raw=False))
 
-    def raw_events(self) -> AsyncIterator[tuple[ServerSentEvent, bytes]]:
+    def raw_events(self) -> AsyncGenerator[tuple[ServerSentEvent, bytes], None]:
         """Stream ``(event, raw_bytes)`` pairs: each event with the bytes the
         upstream sent for it, unchanged, for a proxy to forward without decoding
         and re-encoding. ``manager.open(source.raw_events)``."""
-        return cast("AsyncIterator[tuple[ServerSentEvent, bytes]]", self._stream(raw=True))
+        return cast("AsyncGenerator[tuple[ServerSentEvent, bytes], None]", self._stream(raw=True))
 
-    async def _stream(self, *, raw: bool) -> AsyncIterator[object]:
+    async def _stream(self, *, raw: bool) -> AsyncGenerator[object, None]:
         """Connections one after another, while the reconnect policy allows.
 
         No cancel scope is held across a ``yield`` (that would leak the scope into

@@ -1,0 +1,232 @@
+"""OpenAIChat: typed chunks, [DONE], in-stream errors, truncation, and the API key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import httpx
+import pytest
+import trio
+from structlog.testing import capture_logs
+
+import streammgr
+from streammgr import CloseReason, StreamManager
+from streammgr.sources import ChatChunk, OpenAIChat, ToolCall, Usage, collect_chat
+
+API_KEY = "sk-proj-abcdefghijklmnop0123456789"
+BASE = "http://llm.local/v1"
+
+
+def chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> bytes:
+    payload = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-test",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def transport(
+    *bodies: Sequence[bytes], status: int = 200, content_type: str = "text/event-stream"
+) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
+    requests: list[httpx.Request] = []
+    queue = list(bodies)
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(
+            status, headers={"content-type": content_type}, content=b"".join(queue.pop(0))
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle)), requests
+
+
+def chat(client: httpx.AsyncClient, **params: object) -> OpenAIChat:
+    return OpenAIChat(
+        client,
+        api_key=API_KEY,
+        model="gpt-test",
+        messages=[{"role": "user", "content": "hi"}],
+        base_url=BASE,
+        **params,
+    )
+
+
+USAGE = (
+    b'data: {"id": "chatcmpl-1", "model": "gpt-test", "choices": [], "usage": '
+    b'{"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}\n\n'
+)
+HELLO = [
+    b": OPENROUTER PROCESSING\n\n",
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hel"}),
+    chunk({"content": "lo"}),
+    chunk({}, finish="stop"),
+    USAGE,
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_typed_chunks_and_request_body(autojump_clock: trio.abc.Clock) -> None:
+    client, requests = transport(HELLO)
+    async with client, StreamManager() as manager:
+        source = chat(client, include_usage=True, temperature=0.2)
+        async with manager.open(source) as stream:
+            chunks = [item async for item in stream]
+        info = manager.get(stream.id)
+        assert info is not None
+        assert info.close_reason is CloseReason.COMPLETED
+        assert info.bytes == sum(len(part) for part in HELLO)
+    assert [c.content for c in chunks] == ["", "Hel", "lo", None, None]
+    assert chunks[0].role == "assistant"
+    assert chunks[3].finish_reason == "stop"
+    assert chunks[4].usage == Usage(5, 2, 7)
+    assert isinstance(chunks[1], ChatChunk)
+    (request,) = requests
+    assert str(request.url) == f"{BASE}/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    body = json.loads(request.content)
+    assert body == {
+        "model": "gpt-test",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.2,
+    }
+
+
+async def test_collect_text_and_tool_calls(autojump_clock: trio.abc.Clock) -> None:
+    tool_stream = [
+        chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}},
+                              {"index": 1, "id": "call_2", "type": "function",
+                               "function": {"name": "now", "arguments": "{}"}}]}),
+        chunk({}, finish="tool_calls"),
+        b"data: [DONE]\n\n",
+    ]  # fmt: skip
+    client, _ = transport(HELLO, tool_stream)
+    async with client, StreamManager() as manager:
+        async with manager.open(chat(client)) as stream:
+            answer = await collect_chat(stream)
+        assert (answer.text, answer.role, answer.finish_reason) == ("Hello", "assistant", "stop")
+        assert answer.usage == Usage(5, 2, 7)
+        async with manager.open(chat(client)) as stream:
+            answer = await collect_chat(stream)
+        assert answer.finish_reason == "tool_calls"
+        assert answer.tool_calls == (
+            ToolCall("call_1", "function", "get_weather", '{"city": "Paris"}'),
+            ToolCall("call_2", "function", "now", "{}"),
+        )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [chunk({"content": "Hel"}), chunk({"content": "lo"})],  # cut mid-answer
+        [chunk({"role": "assistant"})],
+    ],
+)
+async def test_truncated_stream_is_not_success(
+    autojump_clock: trio.abc.Clock, body: list[bytes]
+) -> None:
+    client, _ = transport(body)
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamTruncated, match="incomplete"):
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_TRUNCATED
+
+
+async def test_finish_reason_without_done_is_complete(autojump_clock: trio.abc.Clock) -> None:
+    client, _ = transport([chunk({"content": "ok"}), chunk({}, finish="stop")])
+    async with client, StreamManager() as manager, manager.open(chat(client)) as stream:
+        assert (await collect_chat(stream)).text == "ok"
+
+
+@pytest.mark.parametrize(
+    "error_event",
+    [
+        b'data: {"error": {"message": "The server had an error", "type": "server_error", '
+        b'"code": "500"}}\n\n',
+        b'event: error\ndata: {"message": "The server had an error", "type": "server_error", '
+        b'"code": "500"}\n\n',
+    ],
+)
+async def test_in_stream_error_object(autojump_clock: trio.abc.Clock, error_event: bytes) -> None:
+    client, _ = transport([chunk({"content": "par"}), error_event])
+    async with client, StreamManager() as manager:
+        received = []
+        with pytest.raises(streammgr.UpstreamAPIError, match="The server had an error") as caught:
+            async with manager.open(chat(client)) as stream:
+                async for item in stream:
+                    received.append(item.content)
+        assert received == ["par"]
+        assert (caught.value.error_type, caught.value.code) == ("server_error", "500")
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR
+
+
+async def test_data_that_is_not_json(autojump_clock: trio.abc.Clock) -> None:
+    client, _ = transport([b"data: <html>oops</html>\n\n"])
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="not JSON"):
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)
+
+
+async def test_status_error_names_the_upstream_message(autojump_clock: trio.abc.Clock) -> None:
+    body = json.dumps(
+        {"error": {"message": f"Incorrect API key provided: {API_KEY[:8]}***", "code": "x"}}
+    ).encode()
+    client, _ = transport([body], status=401, content_type="application/json")
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)
+    assert caught.value.status_code == 401
+    assert "Incorrect API key provided" in str(caught.value)
+    assert "check the API key" in str(caught.value)
+
+
+async def test_api_key_never_leaks(autojump_clock: trio.abc.Clock) -> None:
+    """Search every log line, error message, snapshot and repr for the key."""
+    structlog_errors = [
+        [f'data: {{"error": {{"message": "bad key {API_KEY}"}}}}\n\n'.encode()],
+        [f"data: not json {API_KEY}\n\n".encode()],
+    ]
+    client, _ = transport(*structlog_errors, HELLO)
+    texts: list[str] = []
+    with capture_logs() as logs:
+        async with client, StreamManager() as manager:
+            source = chat(client)
+            for _ in range(2):
+                with pytest.raises(streammgr.UpstreamError) as caught:
+                    async with manager.open(source) as stream:
+                        await collect_chat(stream)
+                texts += [str(caught.value), repr(caught.value), caught.value.url]
+            async with manager.open(source) as stream:
+                texts.append(repr(stream))
+                texts.append(repr(await collect_chat(stream)))
+            texts += [repr(source), repr(manager.history()), repr(manager.stats())]
+    texts.append(repr(logs))
+    assert any("[REDACTED]" in text for text in texts)
+    for text in texts:
+        assert API_KEY not in text
+        assert API_KEY[3:] not in text
+
+
+def test_bad_arguments_are_named() -> None:
+    client = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="api_key must be a non-empty str"):
+        OpenAIChat(client, api_key="", model="m", messages=[{"role": "user"}])
+    with pytest.raises(ValueError, match="messages must hold"):
+        OpenAIChat(client, api_key="k", model="m", messages=[])
+    with pytest.raises(ValueError, match="always streams"):
+        OpenAIChat(client, api_key="k", model="m", messages=[{"a": 1}], stream=False)
