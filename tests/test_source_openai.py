@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -44,7 +45,7 @@ def transport(
     return httpx.AsyncClient(transport=httpx.MockTransport(handle)), requests
 
 
-def chat(client: httpx.AsyncClient, **params: object) -> OpenAIChat:
+def chat(client: httpx.AsyncClient, **params: Any) -> OpenAIChat:
     return OpenAIChat(
         client,
         api_key=API_KEY,
