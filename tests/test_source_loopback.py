@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -105,14 +105,14 @@ def no_garbage_collector() -> Iterator[None]:
 
 
 @pytest.fixture
-async def feed(nursery: trio.Nursery) -> AsyncIterator[tuple[EndlessFeed, str]]:
+async def feed(nursery: trio.Nursery) -> tuple[EndlessFeed, str]:
     app = EndlessFeed()
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
-    binds = await nursery.start(serve, app, config)  # type: ignore[arg-type]
-    yield app, binds[0]
+    binds = await nursery.start(serve, app, config)
+    return app, binds[0]  # the server stops with the test's nursery
 
 
 async def test_cancel_mid_flight_closes_the_connection(feed: tuple[EndlessFeed, str]) -> None:
