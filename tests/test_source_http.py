@@ -360,16 +360,21 @@ async def test_response_closed_when_reader_leaves_or_is_cancelled(
 async def test_secrets_never_leak(autojump_clock: trio.abc.Clock) -> None:
     upstream = Upstream()
     upstream.responses.append(
-        upstream.stream(f"bad key {API_KEY}".encode(), status=401, headers={})
+        upstream.stream(f"bad key {API_KEY} second-secret-value".encode(), status=401, headers={})
     )
     async with upstream.client() as client, StreamManager() as manager:
         source = SSESource(
             client,
             "http://up/feed?api_key=querysecret1",
-            headers={"Authorization": f"Bearer {API_KEY}"},
+            headers={
+                "Authorization": f"Bearer {API_KEY}",
+                "X-Api-Key": "second-secret-value",
+                "Accept": "text/event-stream",
+            },
         )
         with pytest.raises(streammgr.UpstreamStatusError) as caught:
             await read_all(manager, source)
+        assert "second-secret-value" not in str(caught.value)
         text = " ".join(
             [
                 str(caught.value),

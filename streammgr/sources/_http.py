@@ -13,6 +13,7 @@ from __future__ import annotations
 import json as jsonlib
 import math
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -41,6 +42,8 @@ __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 _CLOSE_TIMEOUT = 5.0  # seconds a response's close may take, shielded
 _ERROR_READ_TIMEOUT = 5.0  # seconds to read the excerpt of an error body
 _NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
+# Headers whose values are credentials, scrubbed from every error message.
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|session", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,18 +194,19 @@ class SSESource:
         self._max_event_size = max_event_size
         self._error_body_limit = error_body_limit
         self._secrets = tuple(
-            value
-            for value in (*secrets, *self._headers.values(), *self._credential_parts())
-            if len(value) >= 4
+            value for value in (*secrets, *self._credential_parts()) if len(value) >= 4
         )
         self._rng = random.Random()
 
     def _credential_parts(self) -> list[str]:
-        """Secret-looking parts of the request itself (header values, URL password)."""
+        """The secret parts of the request itself: credential headers, URL password."""
         parts = []
-        for value in self._headers.values():
+        for name, value in self._headers.items():
+            if not _SECRET_HEADER.search(name):
+                continue
+            parts.append(value)
             scheme, _, credential = value.partition(" ")
-            if credential and scheme.lower() in {"bearer", "basic", "token"}:
+            if credential:
                 parts.append(credential)
         if self._url.password:
             parts.append(self._url.password)
