@@ -205,7 +205,7 @@ class SSESource:
             if not _SECRET_HEADER.search(name):
                 continue
             parts.append(value)
-            scheme, _, credential = value.partition(" ")
+            _, _, credential = value.partition(" ")
             if credential:
                 parts.append(credential)
         if self._url.password:
