@@ -332,6 +332,30 @@ class SSESource:
                 raise self._total_timeout("no time left to reconnect within the total timeout")
             await trio.sleep(delay)
 
+    async def _read_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next body chunk, ``None`` at the end; httpx's errors mapped."""
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+        except httpx.TimeoutException as exc:
+            raise self._retryable(
+                UpstreamIdleTimeout(
+                    f"the upstream stopped sending ({type(exc).__name__}); raise the "
+                    f"client's read timeout if gaps this long are normal",
+                    timeout=self._timeouts.idle or 0.0,
+                    url=self.url,
+                )
+            ) from exc
+        except httpx.TransportError as exc:
+            raise self._retryable(
+                UpstreamConnectError(
+                    f"the upstream connection broke mid-stream ({type(exc).__name__}: "
+                    f"{self._redact(str(exc))})",
+                    url=self.url,
+                )
+            ) from exc
+
     def _request(self, last_event_id: str) -> httpx.Request:
         headers = self._headers.copy()
         headers.setdefault("accept", "text/event-stream")
@@ -358,29 +382,13 @@ class SSESource:
         total_deadline: float,
     ) -> bytes | None:
         """The next body chunk (``None`` at the end), within ``deadline``."""
+        if deadline == math.inf:
+            # No timeout applies: skip the cancel scope, which costs as much as
+            # parsing the chunk (benchmarks/bench_sources.py).
+            return await self._read_chunk(chunks)
         timeouts = self._timeouts
         with trio.CancelScope(deadline=deadline) as scope:
-            try:
-                return await chunks.__anext__()
-            except StopAsyncIteration:
-                return None
-            except httpx.TimeoutException as exc:
-                raise self._retryable(
-                    UpstreamIdleTimeout(
-                        f"the upstream stopped sending ({type(exc).__name__}); raise the "
-                        f"client's read timeout if gaps this long are normal",
-                        timeout=timeouts.idle or 0.0,
-                        url=self.url,
-                    )
-                ) from exc
-            except httpx.TransportError as exc:
-                raise self._retryable(
-                    UpstreamConnectError(
-                        f"the upstream connection broke mid-stream ({type(exc).__name__}: "
-                        f"{self._redact(str(exc))})",
-                        url=self.url,
-                    )
-                ) from exc
+            return await self._read_chunk(chunks)
         assert scope.cancelled_caught
         if deadline >= total_deadline:
             raise self._total_timeout("the upstream stream outlived its total timeout")
