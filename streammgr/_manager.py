@@ -478,9 +478,9 @@ class StreamManager:
         try:
             with record.scope:
                 if kind == PUSH:
-                    await producer(StreamSender(record, send_channel.send), *args)
+                    await producer(StreamSender(record, send_channel), *args)
                 else:
-                    await self._pump(record, producer(*args), send_channel.send)
+                    await self._pump(record, producer(*args), send_channel)
                 completed = True
         except Exception as exc:
             error = exc
@@ -496,9 +496,15 @@ class StreamManager:
         self,
         record: StreamRecord,
         iterator: AsyncIterator[Any],
-        send: Callable[[Any], Awaitable[None]],
+        channel: trio.MemorySendChannel[Any],
     ) -> None:
-        """Move items from an async iterator to the channel; always ``aclose()`` it."""
+        """Move items from an async iterator to the channel; always ``aclose()`` it.
+
+        An item goes in without a trip through the scheduler when the channel has
+        room (or a reader is waiting); only a full channel makes the producer wait.
+        A hand-off through the scheduler costs more than everything else streammgr
+        does per item, and the buffer bounds how far the producer can run ahead.
+        """
         next_item = getattr(iterator, "__anext__", None)
         if next_item is None:
             raise TypeError(
@@ -506,6 +512,7 @@ class StreamManager:
                 f"pass an async generator function or a callable returning an async iterator"
             )
         clock = trio.current_time
+        send, send_nowait, would_block = channel.send, channel.send_nowait, trio.WouldBlock
         try:
             while True:
                 try:
@@ -514,7 +521,10 @@ class StreamManager:
                     return
                 record.produced += 1
                 record.produced_at = clock()
-                await send(item)
+                try:
+                    send_nowait(item)
+                except would_block:
+                    await send(item)
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:

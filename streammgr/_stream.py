@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -109,11 +109,11 @@ class StreamSender(Generic[T]):
     is behind (back-pressure) and is counted by the registry.
     """
 
-    __slots__ = ("_record", "_send")
+    __slots__ = ("_channel", "_record")
 
-    def __init__(self, record: StreamRecord, send: Callable[[T], Awaitable[None]]) -> None:
+    def __init__(self, record: StreamRecord, channel: trio.MemorySendChannel[T]) -> None:
         self._record = record
-        self._send = send
+        self._channel = channel
 
     @property
     def stream_id(self) -> str:
@@ -125,7 +125,10 @@ class StreamSender(Generic[T]):
         record = self._record
         record.produced += 1
         record.produced_at = trio.current_time()
-        await self._send(item)
+        try:
+            self._channel.send_nowait(item)  # room in the buffer, or a reader waiting
+        except trio.WouldBlock:
+            await self._channel.send(item)
 
     def __repr__(self) -> str:
         return f"<StreamSender for stream {self._record.id}>"
@@ -168,6 +171,7 @@ class ManagedStream(Generic[T]):
         "_producer_args",
         "_receive",
         "_receive_channel",
+        "_receive_nowait",
         "_record",
     )
 
@@ -220,6 +224,7 @@ class ManagedStream(Generic[T]):
             raise RuntimeError("a ManagedStream can be entered only once; call open() again")
         self._receive_channel = await self._manager._start(self)
         self._receive = self._receive_channel.receive
+        self._receive_nowait = self._receive_channel.receive_nowait
         return self
 
     async def __aexit__(
@@ -243,7 +248,18 @@ class ManagedStream(Generic[T]):
         if record.close_reason in _CANCEL_REASONS:
             raise self._manager._cancelled_error(record)
         try:
-            item = await self._receive()
+            # Take a ready item without a trip through the scheduler; wait only
+            # when there is none (at most buffer_size + 1 items are ever ready).
+            item = self._receive_nowait()
+        except trio.WouldBlock:
+            try:
+                item = await self._receive()
+            except trio.EndOfChannel:
+                item = _END
+            except trio.ClosedResourceError:
+                raise RuntimeError(
+                    f"stream {record.id} was iterated after its async with block exited"
+                ) from None
         except trio.EndOfChannel:
             item = _END
         except trio.ClosedResourceError:
