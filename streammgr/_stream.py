@@ -139,10 +139,22 @@ _END: Any = object()  # the reader's marker for "the channel is closed"
 
 
 def producer_kind(producer: object) -> int:
+    """How to run ``producer``: GENERATOR, PUSH (takes a StreamSender) or ITERABLE.
+
+    A callable object counts by its ``__call__``: ``async def __call__(self, send)``
+    is a push producer. That is how a source that needs a nursery of its own (a
+    WebSocket client) stays inside one ``await`` instead of across ``yield``s.
+    """
     if inspect.isasyncgenfunction(producer):
         return GENERATOR
     if inspect.iscoroutinefunction(producer):
         return PUSH
+    call = getattr(type(producer), "__call__", None)  # noqa: B004 - the method itself is needed
+    if call is not None and not inspect.isfunction(producer):
+        if inspect.iscoroutinefunction(call):
+            return PUSH
+        if inspect.isasyncgenfunction(call):
+            return GENERATOR
     if callable(producer):
         return ITERABLE
     raise TypeError(

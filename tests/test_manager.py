@@ -680,3 +680,25 @@ async def test_upstream_errors_record_their_own_close_reason(
         assert info is not None
         assert info.close_reason is CloseReason.UPSTREAM_IDLE_TIMEOUT
         assert info.error == "UpstreamIdleTimeout: no event for 30s"
+
+
+async def test_callable_objects_count_by_their_call(autojump_clock: trio.abc.Clock) -> None:
+    """An object with ``async def __call__(self, send)`` is a push producer (a source
+    can hold a nursery inside one await); with an async generator ``__call__`` it
+    is a generator producer."""
+
+    class PushSource:
+        async def __call__(self, send: StreamSender[str], prefix: str) -> None:
+            async with trio.open_nursery():
+                await send.send(prefix + "1")
+                await send.send(prefix + "2")
+
+    class GeneratorSource:
+        async def __call__(self, prefix: str) -> AsyncIterator[str]:
+            yield prefix + "a"
+
+    async with StreamManager() as manager:
+        async with manager.open(PushSource(), "p") as stream:
+            assert [item async for item in stream] == ["p1", "p2"]
+        async with manager.open(GeneratorSource(), "g") as stream:
+            assert [item async for item in stream] == ["ga"]
