@@ -7,10 +7,11 @@ import inspect
 import pytest
 
 import streammgr
+import streammgr.sources
 import streammgr.sse
 
 
-@pytest.mark.parametrize("module", [streammgr, streammgr.sse])
+@pytest.mark.parametrize("module", [streammgr, streammgr.sse, streammgr.sources])
 def test_every_public_name_is_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
     assert names, "empty __all__"

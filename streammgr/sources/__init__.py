@@ -16,8 +16,11 @@ from ._openai import ToolCall as ToolCall
 from ._openai import ToolCallDelta as ToolCallDelta
 from ._openai import Usage as Usage
 from ._openai import collect_chat as collect_chat
+from ._websocket import NORMAL_CLOSE_CODES as NORMAL_CLOSE_CODES
+from ._websocket import WebSocketSource as WebSocketSource
 
 __all__ = [
+    "NORMAL_CLOSE_CODES",
     "ChatChunk",
     "ChatCompletion",
     "OpenAIChat",
@@ -27,5 +30,6 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "WebSocketSource",
     "collect_chat",
 ]

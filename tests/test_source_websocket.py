@@ -1,0 +1,632 @@
+"""WebSocketSource against real servers on 127.0.0.1 (port 0).
+
+Most upstreams are trio-websocket servers; a few behaviours no WebSocket server
+library produces on purpose (a connection dropped without a close frame, a
+fragmented message, an HTTP server that does not speak WebSocket) use a raw TCP
+server driving wsproto by hand.
+
+No test sleeps to wait for something: the server's handler sets a ``trio.Event``
+when it sees the client's close frame. The timeout tests use small *real*
+timeouts (a real socket cannot run on the mock clock: the autojump would fire
+while the kernel delivers bytes); they only check a lower bound on the elapsed
+time, so a slow machine cannot make them fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import pytest
+import structlog.testing
+import trio
+import trio.testing
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+import streammgr
+import streammgr.sources
+from streammgr import CloseReason, Phase
+from streammgr.sources._websocket import WebSocketSource
+
+Handler = Callable[[WebSocketRequest], Awaitable[None]]
+WAIT = 5  # seconds: only a bound that turns a bug into a failure instead of a hang
+
+
+class Upstream:
+    """What a test server saw: the handshake, the client's messages, its close."""
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.headers: dict[bytes, bytes] = {}
+        self.subprotocols: tuple[str, ...] = ()
+        self.received: list[str | bytes] = []
+        self.close_code: int | None = None
+        self.closed = trio.Event()
+
+    async def accept(self, request: WebSocketRequest) -> WebSocketConnection:
+        self.path = request.path
+        self.headers = {name.lower(): value for name, value in request.headers}
+        self.subprotocols = request.proposed_subprotocols
+        chosen = self.subprotocols[0] if self.subprotocols else None
+        return await request.accept(subprotocol=chosen)
+
+    async def send_then_read(self, ws: WebSocketConnection, messages: list[str]) -> None:
+        """Send ``messages``, then record the client's messages until it closes and
+        record its close code (the client may close while messages are still going)."""
+        try:
+            for message in messages:
+                await ws.send_message(message)
+            while True:
+                self.received.append(await ws.get_message())
+        except ConnectionClosed as exc:
+            self.close_code = int(exc.reason.code) if exc.reason is not None else None
+            self.closed.set()
+
+    async def wait_closed(self) -> int | None:
+        with trio.fail_after(WAIT):
+            await self.closed.wait()
+        return self.close_code
+
+
+@asynccontextmanager
+async def serve(handler: Handler, path: str = "/feed") -> AsyncIterator[str]:
+    """A trio-websocket server on 127.0.0.1 for the block; yields its URL."""
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, None))
+        yield f"ws://127.0.0.1:{server.port}{path}"
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def serve_raw(handler: Callable[[trio.SocketStream], Awaitable[None]]) -> AsyncIterator[str]:
+    """A plain TCP server on 127.0.0.1 for the block; yields a ws:// URL to it."""
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/raw"
+        nursery.cancel_scope.cancel()
+
+
+async def raw_accept(stream: trio.SocketStream) -> WSConnection:
+    """Complete a server-side WebSocket handshake by hand, with wsproto."""
+    ws = WSConnection(ConnectionType.SERVER)
+    while True:
+        ws.receive_data(await stream.receive_some())
+        for event in ws.events():
+            if isinstance(event, Request):
+                await stream.send_all(ws.send(AcceptConnection()))
+                return ws
+
+
+def free_port() -> int:
+    """A port nobody listens on: bound once to get it, then released."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def read_all(manager: streammgr.StreamManager, source: WebSocketSource) -> list[Any]:
+    items: list[Any] = []
+    async with manager.open(source) as stream:
+        async for item in stream:
+            items.append(item)
+    return items
+
+
+# -- messages flow -----------------------------------------------------------------------
+
+
+async def test_send_messages_reach_the_upstream_and_messages_are_counted() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        upstream.received.append(await ws.get_message())
+        upstream.received.append(await ws.get_message())
+        for message in ("hello", b"\x00\x01\x02", "wörld"):
+            await ws.send_message(message)
+        await ws.aclose(1000)
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        source = WebSocketSource(url, send=['{"subscribe": "ticker"}', b"\x01binary"])
+        async with manager.open(source) as stream:
+            items = [item async for item in stream]
+        info = manager.get(stream.id)
+
+    assert upstream.received == ['{"subscribe": "ticker"}', b"\x01binary"]
+    assert items == ["hello", b"\x00\x01\x02", "wörld"]
+    assert info is not None
+    assert info.close_reason is CloseReason.COMPLETED
+    assert info.items == 3
+    assert info.bytes == 5 + 3 + 5  # len() of each str / bytes item
+    assert info.error is None
+
+
+async def test_handshake_carries_path_headers_and_subprotocols() -> None:
+    upstream = Upstream()
+    release = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await release.wait()
+        await ws.send_message("first")
+        await ws.aclose(1000)
+
+    async with serve(handler, path="/v1/feed?symbols=ab,cd") as url:
+        source = WebSocketSource(
+            url,
+            subprotocols=["feed.v2", "feed.v1"],
+            extra_headers={"X-Client": "streammgr-tests", "Authorization": "Bearer sk-abcdefgh123"},
+        )
+        async with streammgr.StreamManager() as manager, manager.open(source) as stream:
+            with trio.fail_after(WAIT):
+                await trio.testing.wait_all_tasks_blocked()
+            # Connected, nothing delivered yet: the source told the registry.
+            assert stream.info().phase is Phase.FIRST_ITEM
+            release.set()
+            assert [item async for item in stream] == ["first"]
+
+    assert upstream.path == "/v1/feed?symbols=ab,cd"
+    assert upstream.headers[b"x-client"] == b"streammgr-tests"
+    assert upstream.headers[b"authorization"] == b"Bearer sk-abcdefgh123"
+    assert upstream.subprotocols == ("feed.v2", "feed.v1")
+
+
+async def test_ping_from_the_upstream_is_answered() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.ping(b"still-there?")  # returns only once the client's pong arrived
+        await ws.send_message("after ping")
+        await ws.aclose(1000)
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        with trio.fail_after(WAIT):
+            assert await read_all(manager, WebSocketSource(url)) == ["after ping"]
+
+
+async def test_fragmented_message_is_reassembled() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = await raw_accept(stream)
+        await stream.send_all(ws.send(TextMessage(data="hel", message_finished=False)))
+        await stream.send_all(ws.send(TextMessage(data="lo", message_finished=True)))
+        await stream.send_all(ws.send(TextMessage(data="world")))
+        await stream.receive_some()  # wait for the client's close frame
+
+    async with serve_raw(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            with trio.fail_after(WAIT):
+                assert [await stream.__anext__(), await stream.__anext__()] == ["hello", "world"]
+
+
+# -- ending normally and early ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1005])
+async def test_normal_close_ends_the_iteration(code: int) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("only")
+        await ws.aclose(code)  # 1005: trio-websocket sends a close frame without a code
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            assert [item async for item in stream] == ["only"]
+        info = manager.get(stream.id)
+    assert info is not None
+    assert info.close_reason is CloseReason.COMPLETED
+
+
+async def test_reader_leaving_early_closes_cleanly_with_1001() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await upstream.send_then_read(ws, [f"m{index}" for index in range(5)])
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            async for item in stream:
+                assert item == "m0"
+                break
+        # The producer finished before the block exited; the server saw a close frame.
+        assert await upstream.wait_closed() == 1001
+        info = manager.get(stream.id)
+    assert info is not None
+    assert info.close_reason is CloseReason.READER_EXIT
+    assert info.items == 1
+
+
+async def test_manager_cancel_closes_cleanly_with_1001() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await upstream.send_then_read(ws, ["first"])
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            assert await stream.__anext__() == "first"
+            with trio.fail_after(WAIT):
+                # The producer is now waiting inside the source for the next message.
+                await trio.testing.wait_all_tasks_blocked()
+            assert manager.cancel(stream.id, reason="operator cut it")
+            with pytest.raises(streammgr.StreamCancelled) as caught:
+                await stream.__anext__()
+        assert await upstream.wait_closed() == 1001
+        info = manager.get(stream.id)
+    assert caught.value.reason == "operator cut it"
+    assert info is not None
+    assert info.close_reason is CloseReason.CANCELLED
+
+
+async def test_used_without_a_manager_closes_cleanly_too() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await upstream.send_then_read(ws, ["a", "b"])
+
+    async with serve(handler) as url:
+        async with aclosing(WebSocketSource(url)()) as messages:
+            async for message in messages:
+                assert message == "a"
+                break
+        assert await upstream.wait_closed() == 1001
+
+
+async def test_close_timeout_bounds_an_upstream_that_never_answers_the_close() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = await raw_accept(stream)
+        await stream.send_all(ws.send(TextMessage(data="one")))
+        while await stream.receive_some():  # reads the close frame, never answers it
+            pass
+
+    async with serve_raw(handler) as url:
+        # The manager's own cleanup bound is far away: only close_timeout can end the wait.
+        async with streammgr.StreamManager(cleanup_timeout=60) as manager:
+            with structlog.testing.capture_logs() as logs, trio.fail_after(WAIT):
+                started = trio.current_time()
+                async with manager.open(WebSocketSource(url, close_timeout=0.2)) as stream:
+                    async for item in stream:
+                        assert item == "one"
+                        break
+                elapsed = trio.current_time() - started
+
+    assert elapsed >= 0.2  # small real timeout: only a lower bound is asserted
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == [
+        "websocket.close_timeout"
+    ]
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(1011, "internal failure"), (4001, "subscription expired")]
+)
+async def test_abnormal_close_raises_upstream_closed(code: int, reason: str) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("before")
+        await ws.aclose(code, reason)
+
+    received: list[str | bytes] = []
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            with pytest.raises(streammgr.UpstreamClosed) as caught:
+                async for item in stream:
+                    received.append(item)
+        info = manager.get(stream.id)
+
+    assert received == ["before"]
+    assert caught.value.code == code
+    assert caught.value.reason == reason
+    assert str(code) in str(caught.value)
+    assert caught.value.url == WebSocketSource(url).url
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_ERROR
+    assert info.items == 1
+
+
+async def test_connection_dropped_without_close_frame() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = await raw_accept(stream)
+        await stream.send_all(ws.send(TextMessage(data="partial feed")))
+        # Returning closes the TCP connection: no close frame (what the client calls 1006).
+
+    async with serve_raw(handler) as url, streammgr.StreamManager() as manager:
+        received: list[str | bytes] = []
+        async with manager.open(WebSocketSource(url)) as stream:
+            with pytest.raises(streammgr.UpstreamClosed) as caught:
+                async for item in stream:
+                    received.append(item)
+        info = manager.get(stream.id)
+
+    assert received == ["partial feed"]
+    assert caught.value.code is None
+    assert "1006" in str(caught.value)
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_ERROR
+
+
+async def test_handshake_rejected_raises_status_error_with_body() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(403, body=b'{"error": "forbidden: missing scope feed:read"}')
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            with pytest.raises(streammgr.UpstreamStatusError) as caught:
+                await stream.__anext__()
+        info = manager.get(stream.id)
+
+    assert caught.value.status_code == 403
+    assert "forbidden: missing scope feed:read" in caught.value.body
+    assert "403" in str(caught.value)
+    assert "forbidden: missing scope feed:read" in str(caught.value)
+    assert caught.value.retry_after is None
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_ERROR
+
+
+async def test_rejection_keeps_retry_after_and_bounds_the_body() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(429, extra_headers=[(b"Retry-After", b"7")], body=b"x" * 100_000)
+
+    async with serve(handler) as url:
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            async with aclosing(WebSocketSource(url)()) as messages:
+                await messages.__anext__()
+
+    assert caught.value.status_code == 429
+    assert caught.value.retry_after == 7.0
+    assert 0 < len(caught.value.body) <= 2048
+    assert len(str(caught.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "text"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            streammgr.UpstreamProtocolError,
+            "200",
+        ),
+        (b"", streammgr.UpstreamConnectError, "without answering"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", streammgr.UpstreamProtocolError, "invalid"),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", streammgr.UpstreamProtocolError, "invalid"),
+    ],
+    ids=["http-200", "closed", "not-http", "bad-upgrade"],
+)
+async def test_upstream_that_does_not_speak_websocket(
+    answer: bytes, error: type[Exception], text: str
+) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some()  # the client's upgrade request
+        if answer:
+            await stream.send_all(answer)
+            while await stream.receive_some():  # keep the connection until the client leaves
+                pass
+
+    async with serve_raw(handler) as url:
+        with pytest.raises(error, match=text):
+            async with aclosing(WebSocketSource(url)()) as messages:
+                await messages.__anext__()
+
+
+async def test_connection_refused_raises_connect_error() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/feed"
+    async with streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            with pytest.raises(streammgr.UpstreamConnectError, match="could not connect"):
+                await stream.__anext__()
+        info = manager.get(stream.id)
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_ERROR
+
+
+async def test_message_over_max_message_size_closes_with_1009() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await upstream.send_then_read(ws, ["ok", "x" * 100])
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        received: list[str | bytes] = []
+        async with manager.open(WebSocketSource(url, max_message_size=10)) as stream:
+            with pytest.raises(streammgr.UpstreamProtocolError, match="max_message_size"):
+                async for item in stream:
+                    received.append(item)
+        assert await upstream.wait_closed() == 1009
+    assert received == ["ok"]
+
+
+# -- timeouts (small real timeouts: the assertions are lower bounds) ----------------------
+
+
+async def test_idle_timeout() -> None:
+    upstream = Upstream()
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await upstream.accept(request)
+        await upstream.send_then_read(ws, [])  # accepts, then never sends
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        started = trio.current_time()
+        async with manager.open(WebSocketSource(url, idle_timeout=0.2)) as stream:
+            with pytest.raises(streammgr.UpstreamIdleTimeout) as caught:
+                await stream.__anext__()
+        elapsed = trio.current_time() - started
+        # Even when the source gives up by itself, the upstream sees a clean close.
+        assert await upstream.wait_closed() == 1001
+        info = manager.get(stream.id)
+
+    assert elapsed >= 0.2
+    assert caught.value.timeout == 0.2
+    assert caught.value.phase == "idle"
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_IDLE_TIMEOUT
+
+
+async def test_deadline() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await Upstream().send_then_read(ws, ["one"])
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        started = trio.current_time()
+        received: list[str | bytes] = []
+        async with manager.open(WebSocketSource(url, deadline=0.3)) as stream:
+            with pytest.raises(streammgr.UpstreamDeadlineExceeded) as caught:
+                async for item in stream:
+                    received.append(item)
+        elapsed = trio.current_time() - started
+        info = manager.get(stream.id)
+
+    assert received == ["one"]
+    assert elapsed >= 0.3
+    assert caught.value.timeout == 0.3
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_DEADLINE
+
+
+async def test_connect_timeout() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await trio.sleep_forever()  # never answers the handshake
+
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        started = trio.current_time()
+        async with manager.open(WebSocketSource(url, connect_timeout=0.2)) as stream:
+            with pytest.raises(streammgr.UpstreamConnectTimeout) as caught:
+                await stream.__anext__()
+        elapsed = trio.current_time() - started
+        info = manager.get(stream.id)
+
+    assert elapsed >= 0.2
+    assert caught.value.timeout == 0.2
+    assert info is not None
+    assert info.close_reason is CloseReason.UPSTREAM_CONNECT_TIMEOUT
+
+
+# -- secrets, repr, arguments, optional dependency -------------------------------------------
+
+
+async def test_token_in_the_url_never_shows() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        # A server that echoes the credential back in its error.
+        await request.reject(401, body=b"invalid token secret123 for /feed")
+
+    async with serve(handler, path="/feed?token=secret123&channel=news") as url:
+        source = WebSocketSource(url)
+        async with streammgr.StreamManager() as manager:
+            async with manager.open(source) as stream:
+                with pytest.raises(streammgr.UpstreamStatusError) as caught:
+                    await stream.__anext__()
+            shown = [
+                str(caught.value),
+                repr(caught.value),
+                caught.value.url,
+                caught.value.body,
+                repr(source),
+                source.url,
+                repr(manager.history()),
+                repr(manager.get(stream.id)),
+            ]
+
+    assert caught.value.status_code == 401
+    assert "[REDACTED]" in caught.value.body
+    assert "/feed?token=[REDACTED]" in source.url
+    for text in shown:
+        assert "secret123" not in text
+
+
+def test_repr_and_url_are_redacted() -> None:
+    source = WebSocketSource(
+        "wss://feed.example:8443/v1?api_key=abcd1234&token=secret123",
+        extra_headers={"Authorization": "Bearer hunter2-token"},
+    )
+    assert repr(source) == (
+        "WebSocketSource(wss://feed.example:8443/v1?api_key=[REDACTED]&token=[REDACTED])"
+    )
+    assert source.url in repr(source)
+    assert "hunter2" not in repr(source)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"url": "http://example.com/feed"}, ValueError, "url"),
+        ({"url": "ws:///no-host"}, ValueError, "url"),
+        ({"url": "ws://example.com:99999/"}, ValueError, "port"),
+        ({"url": "ws://user:pw@example.com/"}, ValueError, "credentials"),
+        ({"url": "ws://example.com/#frag"}, ValueError, "fragment"),
+        ({"url": "ws://example.com/a b"}, ValueError, "url"),
+        ({"url": b"ws://example.com/"}, TypeError, "url"),
+        ({"connect_timeout": 0}, ValueError, "connect_timeout"),
+        ({"idle_timeout": -1}, ValueError, "idle_timeout"),
+        ({"deadline": float("inf")}, ValueError, "deadline"),
+        ({"deadline": "10"}, TypeError, "deadline"),
+        ({"close_timeout": None}, ValueError, "close_timeout"),
+        ({"close_timeout": 0}, ValueError, "close_timeout"),
+        ({"max_message_size": 0}, ValueError, "max_message_size"),
+        ({"max_message_size": 1.5}, TypeError, "max_message_size"),
+        ({"max_message_size": True}, TypeError, "max_message_size"),
+        ({"send": "subscribe"}, TypeError, "send"),
+        ({"send": [{"subscribe": 1}]}, TypeError, "send"),
+        ({"subprotocols": "graphql-ws"}, TypeError, "subprotocols"),
+        ({"subprotocols": ["bad protocol"]}, ValueError, "subprotocols"),
+        ({"extra_headers": {"Sec-WebSocket-Protocol": "x"}}, ValueError, "extra_headers"),
+        ({"extra_headers": {"Host": "evil"}}, ValueError, "extra_headers"),
+        ({"extra_headers": {"X-Evil": "a\r\nInjected: 1"}}, ValueError, "extra_headers"),
+        ({"extra_headers": {"Bad Name": "x"}}, ValueError, "extra_headers"),
+        ({"extra_headers": [("X-Only-Name",)]}, TypeError, "extra_headers"),
+        ({"secrets": "hunter2"}, TypeError, "secrets"),
+        ({"ssl_context": object()}, TypeError, "ssl_context"),
+    ],
+)
+def test_bad_arguments_name_the_argument(
+    kwargs: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    arguments: dict[str, Any] = {"url": "ws://example.com/feed", **kwargs}
+    with pytest.raises(error, match=name):
+        WebSocketSource(**arguments)
+
+
+def test_ssl_context_needs_a_wss_url() -> None:
+    import ssl
+
+    with pytest.raises(ValueError, match="ssl_context"):
+        WebSocketSource("ws://example.com/", ssl_context=ssl.create_default_context())
+    WebSocketSource("wss://example.com/", ssl_context=ssl.create_default_context())
+
+
+def test_bad_url_error_does_not_show_the_token() -> None:
+    with pytest.raises(ValueError, match="ws://") as caught:
+        WebSocketSource("http://example.com/feed?token=secret123")
+    assert "secret123" not in str(caught.value)
+
+
+def test_missing_optional_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wsproto", None)
+    monkeypatch.setitem(sys.modules, "trio_websocket", None)
+    # The module itself imports without it...
+    monkeypatch.delitem(sys.modules, "streammgr.sources._websocket")
+    monkeypatch.setattr(streammgr.sources, "_websocket", None, raising=False)
+    module = importlib.import_module("streammgr.sources._websocket")
+    assert module.WebSocketSource is not WebSocketSource
+    # ...and using it says what to install.
+    with pytest.raises(ImportError, match=r"pip install 'streammgr\[websocket\]'"):
+        module.WebSocketSource("ws://example.com/feed")
