@@ -523,8 +523,10 @@ class StreamManager:
                 record.produced_at = clock()
                 try:
                     send_nowait(item)
+                    continue
                 except would_block:
-                    await send(item)
+                    pass
+                await send(item)  # outside the except: no exception kept alive
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:

@@ -128,7 +128,10 @@ class StreamSender(Generic[T]):
         try:
             self._channel.send_nowait(item)  # room in the buffer, or a reader waiting
         except trio.WouldBlock:
-            await self._channel.send(item)
+            pass
+        else:
+            return
+        await self._channel.send(item)  # outside the except: no exception kept alive
 
     def __repr__(self) -> str:
         return f"<StreamSender for stream {self._record.id}>"
@@ -136,6 +139,7 @@ class StreamSender(Generic[T]):
 
 GENERATOR, PUSH, ITERABLE = 0, 1, 2  # producer kinds
 _END: Any = object()  # the reader's marker for "the channel is closed"
+_WAIT: Any = object()  # the reader's marker for "nothing ready: wait"
 
 
 def producer_kind(producer: object) -> int:
@@ -264,20 +268,20 @@ class ManagedStream(Generic[T]):
             # when there is none (at most buffer_size + 1 items are ever ready).
             item = self._receive_nowait()
         except trio.WouldBlock:
-            try:
-                item = await self._receive()
-            except trio.EndOfChannel:
-                item = _END
-            except trio.ClosedResourceError:
-                raise RuntimeError(
-                    f"stream {record.id} was iterated after its async with block exited"
-                ) from None
+            item = _WAIT
         except trio.EndOfChannel:
             item = _END
         except trio.ClosedResourceError:
             raise RuntimeError(
                 f"stream {record.id} was iterated after its async with block exited"
             ) from None
+        if item is _WAIT:
+            # Awaited outside the except block: a reader parked here would otherwise
+            # keep the WouldBlock and its traceback alive (about 0.6 KiB a stream).
+            try:
+                item = await self._receive()
+            except trio.EndOfChannel:
+                item = _END
         if item is _END:
             # Raised outside the except block, so the producer's exception reaches
             # the reader as itself, without EndOfChannel chained to it.
