@@ -11,6 +11,9 @@ and never logs; the caller reads from the network and acts on the events::
             handle(event)
     parser.close()                   # end of stream: an unfinished event is dropped
 
+A proxy that forwards events without decoding and re-encoding them uses
+:meth:`SSEParser.feed_raw` instead, which also returns each event's original bytes.
+
 The server side builds the bytes of an event with :func:`encode` and of a keep-alive
 comment with :func:`encode_comment`. :func:`is_done` recognises the ``data: [DONE]``
 terminator of OpenAI-style streams.
@@ -22,6 +25,7 @@ bytes raises :class:`~streammgr.SSEEventTooLarge` (see :class:`SSEParser`).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, NamedTuple
 
 from ._errors import SSEEventTooLarge
@@ -42,6 +46,11 @@ _BOM = b"\xef\xbb\xbf"
 _EVENT_TYPE_CACHE_SIZE = 64
 # Bytes of an unfinished line between size checks and compactions of its pieces.
 _COMPACT_STEP = 65_536
+# Complete lines of a raw event kept as separate pieces before they are compacted.
+_RAW_PIECES = 16
+# One block, in raw mode, from a line start: non-blank lines, then a blank line.
+# Possessive: backtracking could split a CRLF into a line ending and a blank line.
+_BLOCK = re.compile(rb"(?:[^\r\n]++(?:\r\n?+|\n))*+(?:\r\n?+|\n)")
 
 
 class ServerSentEvent(NamedTuple):
@@ -84,6 +93,15 @@ class ServerSentEvent(NamedTuple):
 _new_tuple = tuple.__new__
 
 
+def _compact(pieces: list[bytes | bytearray]) -> None:
+    """Join ``pieces`` in place into one bytearray, which later joins extend."""
+    if len(pieces) > 1:
+        head = pieces[0]
+        compacted = head if isinstance(head, bytearray) else bytearray(head)
+        compacted += b"".join(pieces[1:])
+        pieces[:] = [compacted]
+
+
 def _too_large(what: str, size: int, limit: int) -> SSEEventTooLarge:
     return SSEEventTooLarge(
         f"{what} of {size} bytes is larger than max_event_size={limit} bytes; "
@@ -109,6 +127,11 @@ class SSEParser:
     offending line, that call returns them, and the error is raised by the next call of
     :meth:`feed` or :meth:`close`. Once failed, every call raises the same error.
 
+    Raw mode, for proxies: :meth:`feed_raw` parses exactly like :meth:`feed` and returns,
+    with each event, its original bytes, which a proxy can forward as they are. A parser
+    is used with one of the two for its whole life; :meth:`close` ends either. In raw
+    mode, ``max_event_size`` also bounds the bytes of each event.
+
     Args:
         max_event_size: the largest line, and the largest data of one event, in bytes.
 
@@ -125,6 +148,7 @@ class SSEParser:
         "_event_retry",
         "_event_type",
         "_event_types",
+        "_feed_refused",
         "_head",
         "_id_buffer",
         "_last_event_id",
@@ -132,6 +156,12 @@ class SSEParser:
         "_pending",
         "_pieces",
         "_plain",
+        "_raw_carry",
+        "_raw_pieces",
+        "_raw_plain",
+        "_raw_refused",
+        "_raw_retry",
+        "_raw_size",
         "_retry",
         "_skip_lf",
     )
@@ -164,8 +194,22 @@ class SSEParser:
         self._skip_lf = False
         self._closed = False
         self._error: SSEEventTooLarge | None = None
-        # True when feed() may skip the BOM / CR / closed / failed checks.
+        # True when feed() may skip the BOM / CR / closed / failed / mode checks.
         self._plain = False
+        # After close(), or once the other method has been called (the first call fixes
+        # the mode, where it drops a byte order mark: checking costs nothing after it).
+        self._feed_refused = False
+        self._raw_refused = False
+        # The same as _plain, for feed_raw().
+        self._raw_plain = False
+        # The original bytes of the event being built, up to the unfinished line (which
+        # is in _pieces: it has no line ending, so it is the same in both forms).
+        self._raw_pieces: list[bytes | bytearray] = []
+        self._raw_size = 0
+        # _raw_pieces starts with blocks kept for the id or retry they set.
+        self._raw_carry = False
+        # The reconnection time when the block being built began.
+        self._raw_retry: int | None = None
 
     @property
     def last_event_id(self) -> str:
@@ -199,7 +243,8 @@ class SSEParser:
         Raises:
             SSEEventTooLarge: a line or an event's data is longer than
                 ``max_event_size``, now or in an earlier call.
-            RuntimeError: :meth:`close` was called before.
+            RuntimeError: :meth:`close` was called before, or :meth:`feed_raw` was used
+                on this parser.
             TypeError: ``data`` is a ``str``.
         """
         # Fast path: an LF-only chunk, once the stream's first bytes are past. On
@@ -216,22 +261,78 @@ class SSEParser:
             return self._feed_lines(data)
         return self._feed_slow(data)
 
+    def feed_raw(self, data: bytes) -> list[tuple[ServerSentEvent, bytes]]:
+        """Parse the next chunk like :meth:`feed`; return each event with its original bytes.
+
+        For a proxy that forwards events without decoding and re-encoding them. The bytes
+        of an event are its whole block, from the end of the blank line before it through
+        the line ending of the blank line that dispatched it: comments, unknown fields,
+        ``id`` and ``retry`` lines and line endings (CR, LF, CRLF) untouched. Sending the
+        bytes of every event, in order, to a client makes the client's parser produce the
+        same events, ``id`` and ``retry`` included.
+
+        A block that dispatches nothing (a ``: keep-alive`` comment; ``event: x`` with
+        no data) is dropped, unless it changed the last event ID or the reconnection time
+        (``id: 7`` alone): then it is kept, and the bytes of the next event start with
+        it and with any block after it, so that the client sees the same ids. Kept
+        blocks that no event follows before the end of the stream are never returned.
+
+        The bytes of an event are a slice of the stream, with two exceptions, both
+        harmless to a parser. The leading byte order mark of the stream is not part of
+        any event. When a chunk ends between the CR and the LF of the CRLF that ends an
+        event, the event is returned at once, as :meth:`feed` returns it, so its bytes
+        end with the CR and the LF is dropped. One trap: a client's parser takes bytes
+        that start its stream with a byte order mark (an event whose first line starts
+        with U+FEFF, an unknown field here) for the stream's BOM; a proxy that forwards
+        such events first sends a BOM of its own.
+
+        Args:
+            data: the next bytes of the body, split anywhere. A ``bytearray`` or
+                ``memoryview`` is accepted too, and copied.
+
+        Returns:
+            ``(event, raw_bytes)`` for each event that this chunk completed, in order.
+
+        Raises:
+            SSEEventTooLarge: the bytes of an event (kept blocks included, the blank
+                line that ends it not) are longer than ``max_event_size``, now or in an
+                earlier call. This bounds lines and data too, a little more tightly than
+                :meth:`feed` does. As for :meth:`feed`, the events completed before the
+                offending one are returned first, and the next call raises.
+            RuntimeError: :meth:`close` was called before, or :meth:`feed` was used on
+                this parser.
+            TypeError: ``data`` is a ``str``.
+        """
+        # The same fast path as feed()'s: an LF-only chunk once the first bytes are past.
+        if self._raw_plain and data.__class__ is bytes and not data.partition(b"\r")[1]:
+            if not data.partition(b"\n")[1]:
+                self._pieces.append(data)
+                self._pending += len(data)
+                if self._pending > self._checkpoint:
+                    self._raw_line_grew()
+                return []
+            return self._feed_raw_lines(data, False)
+        return self._feed_raw_slow(data)
+
     def close(self) -> list[ServerSentEvent]:
         """Mark the end of the stream.
 
         As the standard says, an event without its terminating blank line is
-        discarded, and so is an unterminated last line: this returns ``[]``. Calling
+        discarded, and so is an unterminated last line: this returns ``[]``, in raw
+        mode too (where blocks kept for an event that never came are dropped). Calling
         it again does nothing.
 
         Returns:
             ``[]``: the end of the stream completes no event.
 
         Raises:
-            SSEEventTooLarge: an earlier :meth:`feed` failed (see the class docstring).
+            SSEEventTooLarge: an earlier :meth:`feed` or :meth:`feed_raw` failed (see
+                the class docstring).
         """
         if self._error is not None:
             raise self._error.with_traceback(None)
         self._closed = True
+        self._feed_refused = self._raw_refused = True
         self._plain = False
         self._pieces = []
         self._pending = 0
@@ -240,31 +341,25 @@ class SSEParser:
         self._event_type = ""
         self._event_retry = None
         self._head = None
+        self._raw_plain = False
+        self._raw_pieces = []
+        self._raw_size = 0
+        self._raw_carry = False
         return []
 
     # -- the slow path: first bytes, CR line endings, closed or failed parser --------
 
     def _feed_slow(self, data: bytes) -> list[ServerSentEvent]:
+        # Every chunk of a CRLF stream comes here: it checks no more than it must.
         if self._error is not None:
             raise self._error.with_traceback(None)
-        if self._closed:
-            raise RuntimeError(
-                "SSEParser.feed() called after close(); use a new SSEParser for a new stream"
-            )
-        if data.__class__ is not bytes:
-            chunk: object = data  # the annotation says bytes; a caller may not
-            if isinstance(chunk, str):
-                raise TypeError("SSEParser.feed() takes bytes, got str: pass the raw body")
-            data = bytes(data)  # a bytearray could change under us while buffered
-        head = self._head
-        if head is not None:
-            data = head + data
-            if len(data) < len(_BOM) and _BOM.startswith(data):
-                self._head = data  # could still become a byte order mark
+        if self._feed_refused or data.__class__ is not bytes:
+            data = self._checked(data, "feed", self._feed_refused)
+        if self._head is not None:
+            self._raw_refused = True  # the first call: this parser is for feed()
+            data = self._after_head(data)
+            if not data:
                 return []
-            if data.startswith(_BOM):
-                data = data[len(_BOM) :]
-            self._head = None
         if self._skip_lf and data:
             if data[0] == 0x0A:
                 data = data[1:]  # the LF of a CRLF split across chunks
@@ -278,9 +373,40 @@ class SSEParser:
         self._plain = not self._skip_lf
         return self._feed_lines(data)
 
+    def _checked(self, data: bytes, method: str, refused: bool) -> bytes:
+        """``data`` as bytes, once ``method`` may be called: not failed, not refused."""
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if refused and self._closed:
+            raise RuntimeError(
+                f"SSEParser.{method}() called after close(); use a new SSEParser for a new stream"
+            )
+        if refused:
+            other = "feed_raw" if method == "feed" else "feed"
+            raise RuntimeError(
+                f"SSEParser.{method}() called on a parser used with {other}(); a parser "
+                "works in one mode for its whole life: use a new SSEParser"
+            )
+        if data.__class__ is not bytes:
+            chunk: object = data  # the annotation says bytes; a caller may not
+            if isinstance(chunk, str):
+                raise TypeError(f"SSEParser.{method}() takes bytes, got str: pass the raw body")
+            data = bytes(data)  # a bytearray could change under us while buffered
+        return data
+
+    def _after_head(self, data: bytes) -> bytes:
+        """Drop a leading byte order mark, even split across chunks."""
+        data = self._head + data if self._head else data
+        if len(data) < len(_BOM) and _BOM.startswith(data):
+            self._head = data  # could still become a byte order mark
+            return b""
+        self._head = None
+        return data[len(_BOM) :] if data.startswith(_BOM) else data
+
     def _fail(self, error: SSEEventTooLarge) -> None:
         self._error = error
         self._plain = False
+        self._raw_plain = False
         raise error
 
     def _unfinished_line_grew(self) -> None:
@@ -294,13 +420,228 @@ class SSEParser:
         limit = self._max_event_size
         if pending > limit:
             self._fail(_too_large("an unfinished line", pending, limit))
-        pieces = self._pieces
-        if len(pieces) > 1:
-            head = pieces[0]
-            compacted = head if isinstance(head, bytearray) else bytearray(head)
-            compacted += b"".join(pieces[1:])
-            self._pieces = [compacted]
+        _compact(self._pieces)
         self._checkpoint = min(limit, pending + _COMPACT_STEP)
+
+    # -- raw mode: feed_raw() ---------------------------------------------------------
+    #
+    # The bytes of the event being built are kept in _raw_pieces as they came; the line
+    # machine above them is the one feed() uses. A chunk is handled in one of three
+    # forms: LF-only (the fast paths of feed()); CRLF-only, parsed in its LF form whose
+    # bytes are turned back into CRLF ("crlf"); any other mix of CR, LF and CRLF, cut
+    # into blocks by a regular expression ("mixed").
+
+    def _feed_raw_slow(self, data: bytes) -> list[tuple[ServerSentEvent, bytes]]:
+        data = self._checked(data, "feed_raw", self._raw_refused)
+        if self._head is not None:
+            self._feed_refused = True  # the first call: this parser is for feed_raw()
+            data = self._after_head(data)
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]  # the LF of a CRLF split across chunks
+                if self._raw_pieces:  # else it ended a block already returned or dropped
+                    self._raw_pieces.append(b"\n")
+                    self._raw_size += 1
+                    limit = self._max_event_size
+                    if self._raw_size > limit:
+                        size = self._raw_size
+                        self._fail(_too_large("the bytes of an unfinished event", size, limit))
+                    self._checkpoint = min(limit - self._raw_size, _COMPACT_STEP)
+        cr = data.find(b"\r") >= 0
+        if cr:
+            self._skip_lf = data[-1] == 0x0D
+        self._raw_plain = self._head is None and not self._skip_lf
+        if cr or data.find(b"\n") >= 0:
+            return self._feed_raw_lines(data, cr)
+        if data:
+            self._pieces.append(data)
+            self._pending += len(data)
+            if self._pending > self._checkpoint:
+                self._raw_line_grew()
+        return []
+
+    def _raw_line_grew(self) -> None:
+        """Like :meth:`_unfinished_line_grew`, for the bytes of the event being built."""
+        size = self._raw_size + self._pending
+        limit = self._max_event_size
+        if size > limit:
+            self._fail(_too_large("the bytes of an unfinished event", size, limit))
+        _compact(self._pieces)
+        self._checkpoint = min(limit - self._raw_size, self._pending + _COMPACT_STEP)
+
+    def _feed_raw_lines(self, data: bytes, cr: bool) -> list[tuple[ServerSentEvent, bytes]]:
+        """Parse ``data``, which has a line ending, and has no CR unless ``cr``."""
+        end = (max(data.rfind(b"\n"), data.rfind(b"\r")) if cr else data.rfind(b"\n")) + 1
+        limit = self._max_event_size
+        pieces = self._pieces
+        if pieces:
+            pieces.append(data)
+            data = b"".join(pieces)
+            end += self._pending
+            pieces.clear()
+        # data[:end] is complete lines; data[end:] is the start of the next line.
+        crlf = mixed = False
+        if cr:
+            line_endings = data.count(b"\n")
+            if data.count(b"\r") == line_endings == data.count(b"\r\n"):
+                data = data.replace(b"\r\n", b"\n")
+                end -= line_endings
+                crlf = True
+            else:
+                mixed = True
+        pairs: list[tuple[ServerSentEvent, bytes]] = []
+        try:
+            start = self._raw_blocks(data, end, crlf, mixed, pairs)
+            # data[start:] belongs to the event being built.
+            raw = data[start:end]
+            if crlf:
+                raw = raw.replace(b"\n", b"\r\n")
+            size = self._raw_size + len(raw) + len(data) - end
+            if size > limit:
+                raise _too_large("the bytes of an unfinished event", size, limit)
+            if start < end:
+                if mixed:
+                    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                    self._parse_span(lines, 0, len(lines), [])
+                else:
+                    self._parse_span(data, start, end, [])
+                self._keep_raw(raw)
+        except SSEEventTooLarge as error:
+            self._error = error
+            self._raw_plain = False
+            if not pairs:
+                raise
+            return pairs  # what came before the offending event; the error comes next
+        pending = len(data) - end
+        if pending:
+            pieces.append(data[end:])
+        self._pending = pending
+        self._checkpoint = min(limit - self._raw_size, pending + _COMPACT_STEP)
+        return pairs
+
+    def _keep_raw(self, piece: bytes) -> None:
+        raw_pieces = self._raw_pieces
+        raw_pieces.append(piece)
+        self._raw_size += len(piece)
+        if len(raw_pieces) > _RAW_PIECES:
+            _compact(raw_pieces)  # many lines, each in its own chunk
+
+    def _raw_blocks(
+        self,
+        data: bytes,
+        end: int,
+        crlf: bool,
+        mixed: bool,
+        pairs: list[tuple[ServerSentEvent, bytes]],
+    ) -> int:
+        """Finish the blocks that end in ``data[:end]``; return where the next one starts.
+
+        ``data`` starts at a line start. Blocks of the usual shapes go through
+        :meth:`_simple_events`, as in :meth:`feed`; the others one by one.
+        """
+        if mixed:
+            position = 0
+            while (match := _BLOCK.match(data, position, end)) is not None:
+                stop = match.end()
+                self._raw_block(data, position, stop, False, True, pairs)
+                position = stop
+            return position
+        last_blank = data.rfind(b"\n\n")
+        # If data starts a block, no event is half-built: all may be usual.
+        if (
+            not self._raw_pieces
+            and last_blank >= 0
+            and self._raw_simple(data, 0, last_blank, crlf, pairs)
+        ):
+            return last_blank + 2
+        if data[0] == 0x0A:
+            first = 1  # a blank line at once
+        elif last_blank < 0:
+            return 0
+        else:
+            first = data.find(b"\n\n") + 2
+        self._raw_block(data, 0, first, crlf, False, pairs)
+        position = first
+        last = max(last_blank + 2, first)
+        if (
+            position < last_blank
+            and not self._raw_pieces
+            and self._raw_simple(data, position, last_blank, crlf, pairs)
+        ):
+            return last
+        while position < last:
+            stop = position + 1 if data[position] == 0x0A else data.find(b"\n\n", position) + 2
+            self._raw_block(data, position, stop, crlf, False, pairs)
+            position = stop
+        return last
+
+    def _raw_simple(
+        self,
+        data: bytes,
+        start: int,
+        last_blank: int,
+        crlf: bool,
+        pairs: list[tuple[ServerSentEvent, bytes]],
+    ) -> bool:
+        """The events of ``data[start:last_blank]`` if it has a usual shape."""
+        # The region bounds the bytes of each event, which are checked no further; a
+        # CRLF-only region was up to twice as long.
+        if (last_blank - start + 1) * (2 if crlf else 1) > self._max_event_size:
+            return False
+        raws: list[bytes] = []
+        events = self._simple_events(data, start, last_blank, raws)
+        if events is None:
+            return False
+        if crlf:
+            raws = [raw.replace(b"\n", b"\r\n") for raw in raws]
+        pairs += zip(events, raws, strict=True)
+        self._last_event_id = self._id_buffer
+        return True
+
+    def _raw_block(
+        self,
+        data: bytes,
+        start: int,
+        stop: int,
+        crlf: bool,
+        mixed: bool,
+        pairs: list[tuple[ServerSentEvent, bytes]],
+    ) -> None:
+        """Finish the block that ``data[start:stop]`` ends; return, keep or drop it."""
+        raw = data[start:stop]
+        if crlf:
+            raw = raw.replace(b"\n", b"\r\n")
+        size = self._raw_size + len(raw)
+        # The blank line does not count: a CRLF split across chunks loses its LF.
+        checked = size - (2 if (crlf or mixed) and raw.endswith(b"\r\n") else 1)
+        if checked > self._max_event_size:
+            raise _too_large("the bytes of an event", checked, self._max_event_size)
+        last_event_id = self._last_event_id  # as of the block's start: set at blank lines
+        retry = self._raw_retry
+        events: list[ServerSentEvent] = []
+        if mixed:
+            lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            self._parse_span(lines, 0, len(lines), events)
+        else:
+            self._parse_span(data, start, stop, events)
+        self._raw_retry = self._retry
+        raw_pieces = self._raw_pieces
+        if events:
+            if raw_pieces:
+                raw_pieces.append(raw)
+                raw = b"".join(raw_pieces)
+                raw_pieces.clear()
+                self._raw_size = 0
+                self._raw_carry = False
+            pairs.append((events[0], raw))
+        elif self._raw_carry or self._last_event_id != last_event_id or self._retry != retry:
+            # The client must see this id or retry: the next event's bytes start here.
+            self._keep_raw(raw)
+            self._raw_carry = True
+        elif raw_pieces:
+            raw_pieces.clear()
+            self._raw_size = 0
 
     # -- the core: LF-only bytes, starting where the unfinished line starts ------------
 
@@ -399,7 +740,7 @@ class SSEParser:
             self._parse_lines(lines, events)
 
     def _simple_events(
-        self, data: bytes, start: int, last_blank: int
+        self, data: bytes, start: int, last_blank: int, raws: list[bytes] | None = None
     ) -> list[ServerSentEvent] | None:
         """The events of ``data[start:last_blank]`` if it has a usual shape, else None.
 
@@ -407,6 +748,8 @@ class SSEParser:
         ``event: `` line and one ``data: `` line (Anthropic). Splitting on the
         separator between events and counting the LFs proves the shape without a
         Python loop over lines. The caller checked that no event is half-built.
+        In raw mode, the bytes of each event are added to ``raws``, rebuilt from the
+        pieces of the split: cheaper than cutting them out of ``data``.
         """
         event_id = self._id_buffer
         if data[start : start + 6] == b"data: ":
@@ -415,6 +758,8 @@ class SSEParser:
             # Every LF is in a separator: each event is exactly one data line.
             if region.count(b"\n") != 2 * len(payloads) - 2:
                 return None
+            if raws is not None:
+                raws += [b"data: %b\n\n" % payload for payload in payloads]
             try:
                 return [
                     _new_tuple(ServerSentEvent, ("message", payload.decode(), event_id, None))
@@ -451,6 +796,8 @@ class SSEParser:
                         ),
                     )
                 )
+            if raws is not None:
+                raws += [b"event: %b\n\n" % block for block in blocks]
             return events
         return None
 

@@ -13,7 +13,7 @@ import trio.testing
 import streammgr
 from streammgr import CloseReason, Phase, StreamManager
 from streammgr.sources import Reconnect, SourceTimeouts, SSESource
-from streammgr.sse import ServerSentEvent
+from streammgr.sse import ServerSentEvent, SSEParser
 
 API_KEY = "sk-test-secret-0123456789"
 SSE = {"content-type": "text/event-stream"}
@@ -403,3 +403,31 @@ def test_bad_arguments_are_named() -> None:
         Reconnect(jitter=2)
     with pytest.raises(ValueError, match="max_event_size"):
         SSESource(client, "http://x", max_event_size=0)
+
+
+async def test_raw_events_hand_over_the_original_bytes(autojump_clock: trio.abc.Clock) -> None:
+    body = (
+        b": hello\r\n\r\n"
+        b'data: {"x": 1}\r\n\r\n'
+        b"event: tick\nid: 9\ndata: a\ndata: b\n\n"
+        b": keep-alive\n\n"
+        b"data: [DONE]\n\n"
+    )
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*[body[i : i + 5] for i in range(0, len(body), 5)]))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/")
+        async with manager.open(source.raw_events) as stream:
+            pairs = [pair async for pair in stream]
+        info = manager.get(stream.id)
+        assert info is not None
+        assert info.bytes == len(body)
+    events = [event for event, _ in pairs]
+    assert [event.data for event in events] == ['{"x": 1}', "a\nb", "[DONE]"]
+    assert [raw for _, raw in pairs] == [
+        b'data: {"x": 1}\r\n\r\n',
+        b"event: tick\nid: 9\ndata: a\ndata: b\n\n",
+        b"data: [DONE]\n\n",
+    ]
+    # Forwarded as they are, the bytes give a client the same events.
+    assert SSEParser().feed(b"".join(raw for _, raw in pairs)) == events

@@ -5,6 +5,11 @@ byte, split at every offset, split at every pair of offsets (short fixtures), an
 trailing garbage; all must give the same events. :func:`reference_parse` is a
 deliberately naive, line-by-line transcription of the standard over the whole stream
 decoded at once; property tests compare the parser with it.
+
+Raw mode (``feed_raw``) goes through the same fixtures (whole, byte by byte, split at
+every offset): same events as ``feed``, each event's bytes as :func:`reference_raw`
+cuts them out of the stream, and the same events again when those bytes are forwarded
+to a fresh parser.
 """
 
 from __future__ import annotations
@@ -43,11 +48,13 @@ class Outcome:
         last_event_id: str,
         retry: int | None,
         error: SSEEventTooLarge | None = None,
+        raws: list[bytes] | None = None,
     ) -> None:
         self.events = events
         self.last_event_id = last_event_id
         self.retry = retry
         self.error = error
+        self.raws = raws  # raw mode: the bytes of each event
 
     def key(self) -> tuple[object, ...]:
         error = None if self.error is None else type(self.error)
@@ -67,17 +74,38 @@ def run(chunks: Sequence[bytes], max_event_size: int = 1_048_576) -> Outcome:
     return Outcome(events, parser.last_event_id, parser.retry)
 
 
+def run_raw(chunks: Sequence[bytes], max_event_size: int = 1_048_576) -> Outcome:
+    """Like :func:`run`, with ``feed_raw``; the outcome has the bytes of each event."""
+    parser = SSEParser(max_event_size=max_event_size)
+    pairs: list[tuple[ServerSentEvent, bytes]] = []
+    error = None
+    try:
+        for chunk in chunks:
+            pairs.extend(parser.feed_raw(chunk))
+        assert parser.close() == []
+    except SSEEventTooLarge as exc:
+        error = exc
+    events = [event for event, _ in pairs]
+    raws = [raw for _, raw in pairs]
+    return Outcome(events, parser.last_event_id, parser.retry, error, raws)
+
+
 def split_at(stream: bytes, offsets: Sequence[int]) -> list[bytes]:
     bounds = [0, *offsets, len(stream)]
     return [stream[start:end] for start, end in itertools.pairwise(bounds)]
 
 
-def chunkings(stream: bytes, pairs_up_to: int = 40) -> Iterator[list[bytes]]:
-    """Whole; byte by byte; two chunks split anywhere; three chunks if short."""
+def simple_chunkings(stream: bytes) -> Iterator[list[bytes]]:
+    """Whole; byte by byte; two chunks split anywhere."""
     yield [stream]
     yield [stream[index : index + 1] for index in range(len(stream))]
     for offset in range(len(stream) + 1):
         yield split_at(stream, [offset])
+
+
+def chunkings(stream: bytes, pairs_up_to: int = 40) -> Iterator[list[bytes]]:
+    """Whole; byte by byte; two chunks split anywhere; three chunks if short."""
+    yield from simple_chunkings(stream)
     if len(stream) <= pairs_up_to:
         for first in range(len(stream) + 1):
             for second in range(first, len(stream) + 1):
@@ -94,21 +122,117 @@ def assert_parses(
     last_event_id: str | None = None,
     retry: int | None = None,
 ) -> None:
-    """Every chunking of ``stream`` gives ``expected``; so does the reference."""
+    """Every chunking of ``stream`` gives ``expected``; so does the reference.
+
+    Raw mode too, for the chunkings of :func:`simple_chunkings`: see
+    :func:`assert_raw_parses`.
+    """
     assert [tuple(event) for event in reference_parse(stream).events] == [
         tuple(event) for event in expected
     ], "the fixture disagrees with the reference transcription of the standard"
-    for chunks in chunkings(stream):
+    spans = reference_raw(stream)
+    clients: dict[bytes, list[ServerSentEvent]] = {}
+    simple = len(stream) + 3  # the first chunkings: see simple_chunkings()
+    for index, chunks in enumerate(chunkings(stream)):
         outcome = run(chunks)
         assert outcome.error is None
         assert outcome.events == expected, chunks
         if last_event_id is not None:
             assert outcome.last_event_id == last_event_id, chunks
         assert outcome.retry == retry, chunks
+        if index < simple:
+            assert_raw_parses(stream, chunks, spans, outcome, clients)
     # An unterminated partial line after the last event changes nothing before it.
     for offset in range(len(GARBAGE) + 1):
         assert run([stream + GARBAGE[:offset]]).events == expected
         assert run([stream, GARBAGE[:offset], GARBAGE[offset:]]).events == expected
+    assert run_raw([stream, GARBAGE]).events == expected
+
+
+def assert_raw_parses(
+    stream: bytes,
+    chunks: Sequence[bytes],
+    spans: list[RawSpan],
+    outcome: Outcome,
+    clients: dict[bytes, list[ServerSentEvent]] | None = None,
+) -> Outcome:
+    """``feed_raw`` agrees with ``outcome`` (of ``feed``), and its bytes with ``spans``.
+
+    A client's parser, fed the bytes of the events, sees the same events; ``clients``
+    caches what it saw, by bytes sent, across chunkings of one stream.
+    """
+    raw = run_raw(chunks)
+    assert raw.key() == outcome.key(), chunks
+    assert raw.raws is not None
+    assert raw.raws == expected_raws(stream, spans, chunks), chunks
+    sent = forwarded(raw.raws)
+    if clients is None or sent not in clients:
+        client = run([sent])
+        assert client.error is None
+        clients = {} if clients is None else clients
+        clients[sent] = client.events
+    assert clients[sent] == raw.events, chunks
+    return raw
+
+
+RawSpan = tuple[ServerSentEvent, int, int]
+BOM = b"\xef\xbb\xbf"
+LINE_ENDING = re.compile(rb"\r\n|\r|\n")
+
+
+def reference_raw(stream: bytes) -> list[RawSpan]:
+    """Raw mode, naively: each event and where its bytes are in ``stream``.
+
+    Cuts the stream into blocks at blank lines; :func:`reference_parse`, run on the
+    stream up to the end of each block, tells whether the block dispatched an event
+    (its bytes end there), changed the last event ID or the reconnection time (kept:
+    the next event's bytes start with it), or neither (dropped, unless a kept block
+    came before it).
+    """
+    start = len(BOM) if stream.startswith(BOM) else 0
+    span_start = block_start = line_start = start
+    before = reference_parse(b"")
+    spans = []
+    for match in LINE_ENDING.finditer(stream, start):
+        if match.start() == line_start:  # a blank line: the block ends
+            after = reference_parse(stream[: match.end()])
+            if len(after.events) > len(before.events):
+                spans.append((after.events[-1], span_start, match.end()))
+                span_start = match.end()
+            elif span_start == block_start and (after.last_event_id, after.retry) == (
+                before.last_event_id,
+                before.retry,
+            ):
+                span_start = match.end()
+            before = after
+            block_start = match.end()
+        line_start = match.end()
+    return spans
+
+
+def expected_raws(stream: bytes, spans: list[RawSpan], chunks: Sequence[bytes]) -> list[bytes]:
+    """The bytes of each event when ``stream`` is fed as ``chunks``.
+
+    The slices of ``spans``, except that an event whose final CRLF is split across
+    chunks is returned at the CR, without the LF.
+    """
+    ends = set(itertools.accumulate(len(chunk) for chunk in chunks))
+    raws = []
+    for _, start, stop in spans:
+        split_crlf = stream[stop - 2 : stop] == b"\r\n" and stop - 1 in ends
+        raws.append(stream[start : stop - split_crlf])
+    return raws
+
+
+def forwarded(raws: Sequence[bytes]) -> bytes:
+    """What a proxy sends: the bytes of the events, after a BOM if they start with one.
+
+    A block that starts with U+FEFF is an unknown field to the proxy's parser, but at
+    the start of a stream the client's parser drops it as a byte order mark (see
+    docs/sse.md, "Raw mode").
+    """
+    body = b"".join(raws)
+    return BOM + body if body.startswith(BOM) else body
 
 
 def reference_parse(stream: bytes) -> Outcome:
@@ -599,6 +723,268 @@ def test_a_long_line_in_tiny_chunks_is_kept_correctly() -> None:
     assert "unfinished line" in str(outcome.error)
 
 
+# -- raw mode: feed_raw() ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        pytest.param(
+            b"data: a\n\nevent: e\ndata: b\n\n",
+            [(E(data="a"), b"data: a\n\n"), (E("e", "b"), b"event: e\ndata: b\n\n")],
+            id="LF",
+        ),
+        pytest.param(
+            b"data: a\r\n\r\nid: 1\r\ndata: b\r\n\r\n",
+            [(E(data="a"), b"data: a\r\n\r\n"), (E(data="b", id="1"), b"id: 1\r\ndata: b\r\n\r\n")],
+            id="CRLF",
+        ),
+        pytest.param(
+            b"data: a\r\n\r\ndata: b\r\n\r\nevent: e\r\ndata: c\r\n\r\nevent: f\r\ndata: d\r\n\r\n",
+            [
+                (E(data="a"), b"data: a\r\n\r\n"),
+                (E(data="b"), b"data: b\r\n\r\n"),
+                (E("e", "c"), b"event: e\r\ndata: c\r\n\r\n"),
+                (E("f", "d"), b"event: f\r\ndata: d\r\n\r\n"),
+            ],
+            id="CRLF-usual-shapes",
+        ),
+        pytest.param(
+            b"data: a\r\rdata: b\rdata: c\r\r",
+            [(E(data="a"), b"data: a\r\r"), (E(data="b\nc"), b"data: b\rdata: c\r\r")],
+            id="CR",
+        ),
+        pytest.param(
+            b"data: a\r\n: c\rdata: b\n\r\ndata: c\n\r",
+            [(E(data="a\nb"), b"data: a\r\n: c\rdata: b\n\r\n"), (E(data="c"), b"data: c\n\r")],
+            id="mixed",
+        ),
+        pytest.param(
+            b": hi\nfoo: bar\ndata: x\nretry: 10\nData: y\n: bye\n\n",
+            [(E(data="x", retry=10), b": hi\nfoo: bar\ndata: x\nretry: 10\nData: y\n: bye\n\n")],
+            id="comments-and-unknown-fields-inside",
+        ),
+        pytest.param(
+            b": ping\n\ndata: a\n\n: ping\n\n:\n\n\nevent: x\n\ndata: b\n\n",
+            [(E(data="a"), b"data: a\n\n"), (E(data="b"), b"data: b\n\n")],
+            id="keep-alives-and-empty-blocks-between",
+        ),
+        pytest.param(
+            b"data: a\n\nid: 7\n\ndata: b\n\n",
+            [(E(data="a"), b"data: a\n\n"), (E(data="b", id="7"), b"id: 7\n\ndata: b\n\n")],
+            id="id-only-block",
+        ),
+        pytest.param(
+            b"id: 7\r\n\r\n: ping\r\n\r\nevent: x\r\n\r\ndata: b\r\n\r\n",
+            [(E(data="b", id="7"), b"id: 7\r\n\r\n: ping\r\n\r\nevent: x\r\n\r\ndata: b\r\n\r\n")],
+            id="id-only-block-then-keep-alive",
+        ),
+        pytest.param(
+            b"id: 7\ndata: a\n\nid: 7\n\nid: 7\x00\n\ndata: b\n\n",
+            [(E(data="a", id="7"), b"id: 7\ndata: a\n\n"), (E(data="b", id="7"), b"data: b\n\n")],
+            id="id-block-that-changes-nothing",
+        ),
+        pytest.param(
+            b"id: 7\ndata: a\n\nid\n\ndata: b\n\n",
+            [(E(data="a", id="7"), b"id: 7\ndata: a\n\n"), (E(data="b"), b"id\n\ndata: b\n\n")],
+            id="id-reset-block",
+        ),
+        pytest.param(
+            b"retry: 500\n\ndata: a\n\nretry: 500\n\ndata: b\n\n",
+            [(E(data="a"), b"retry: 500\n\ndata: a\n\n"), (E(data="b"), b"data: b\n\n")],
+            id="retry-only-block",
+        ),
+        pytest.param(
+            b"data: a\n\nid: 9\n\n",
+            [(E(data="a"), b"data: a\n\n")],
+            id="id-only-block-at-the-end",
+        ),
+        pytest.param(
+            b"\xef\xbb\xbfdata: a\n\n",
+            [(E(data="a"), b"data: a\n\n")],
+            id="BOM",
+        ),
+        pytest.param(
+            b"\xef\xbb\xbf: hi\r\n\r\ndata: a\r\n\r\n",
+            [(E(data="a"), b"data: a\r\n\r\n")],
+            id="BOM-then-keep-alive",
+        ),
+        pytest.param(
+            b"data: \xff\xe2\x82\nevent: \xc0\n\n",
+            [(E("\ufffd", "\ufffd\ufffd"), b"data: \xff\xe2\x82\nevent: \xc0\n\n")],
+            id="invalid-UTF-8-untouched",
+        ),
+    ],
+)
+def test_raw_bytes_are_the_event_blocks(
+    stream: bytes, expected: list[tuple[ServerSentEvent, bytes]]
+) -> None:
+    spans = reference_raw(stream)
+    assert [(event, stream[start:stop]) for event, start, stop in spans] == expected
+    whole = run([stream])
+    for chunks in chunkings(stream):
+        raw = assert_raw_parses(stream, chunks, spans, whole)
+        assert raw.raws is not None
+        # Each event's bytes: the next slice of the stream, or the split CRLF case.
+        position = 0
+        for (_, block), got in zip(expected, raw.raws, strict=True):
+            position = stream.index(block, position)
+            assert got == block or (block.endswith(b"\r\n") and got == block[:-1]), chunks
+            position += len(block)
+
+
+def test_raw_bytes_of_an_event_are_returned_as_soon_as_it_is_complete() -> None:
+    parser = SSEParser()
+    assert parser.feed_raw(b"data: a\r") == []
+    # The CR ended a line of the event being built: the LF is part of its bytes.
+    assert parser.feed_raw(b"\n\r") == [(E(data="a"), b"data: a\r\n\r")]
+    # The CR ended the event, which was returned: the LF that completes the CRLF is
+    # dropped, not given to the next event.
+    assert parser.feed_raw(b"\ndata: b\n\n") == [(E(data="b"), b"data: b\n\n")]
+    parser = SSEParser()
+    assert parser.feed_raw(b"id: 1\r\r") == []  # kept: the next event starts with it
+    assert parser.feed_raw(b"\ndata: b\n") == []
+    assert parser.feed_raw(b"\n") == [(E(data="b", id="1"), b"id: 1\r\r\ndata: b\n\n")]
+
+
+def test_forwarding_the_raw_bytes_keeps_ids_and_retry() -> None:
+    stream = (
+        b"retry: 3000\n\n"
+        b"id: 1\ndata: a\n\n"
+        b": ping\n\n"
+        b"id: 2\n\n"  # an id-only block: the next event's id
+        b": ping\n\n"
+        b"data: b\n\n"
+        b"id\n\n"  # resets the id
+        b"data: c\n\n"
+    )
+    upstream = SSEParser()
+    pairs = upstream.feed_raw(stream)
+    assert [raw for _, raw in pairs] == [
+        b"retry: 3000\n\nid: 1\ndata: a\n\n",
+        b"id: 2\n\n: ping\n\ndata: b\n\n",
+        b"id\n\ndata: c\n\n",
+    ]
+    client = SSEParser()
+    events = client.feed(b"".join(raw for _, raw in pairs))
+    assert events == [event for event, _ in pairs] == run([stream]).events
+    assert events == [E(data="a", id="1"), E(data="b", id="2"), E(data="c", id="")]
+    assert (client.last_event_id, client.retry) == (upstream.last_event_id, upstream.retry)
+
+
+def test_raw_bytes_starting_with_a_bom_need_a_bom_before_them() -> None:
+    # The proxy's parser ignores the field "\ufeffdata"; a client's parser that
+    # receives these bytes first drops the BOM and reads "data: a".
+    stream = b": hi\n\n\xef\xbb\xbfdata: a\ndata: b\n\n"
+    raw = run_raw([stream])
+    assert raw.events == [E(data="b")]
+    assert raw.raws == [b"\xef\xbb\xbfdata: a\ndata: b\n\n"]
+    assert run(raw.raws).events == [E(data="a\nb")]
+    assert run([BOM, *raw.raws]).events == raw.events
+
+
+def test_feed_and_feed_raw_cannot_be_mixed() -> None:
+    parser = SSEParser()
+    parser.feed(b"data: a\n")
+    with pytest.raises(RuntimeError, match=r"feed_raw\(\) called on a parser used with feed\(\)"):
+        parser.feed_raw(b"\n")
+    assert parser.feed(b"\n") == [E(data="a")]  # the parser is still usable
+    parser = SSEParser()
+    parser.feed_raw(b"")
+    with pytest.raises(RuntimeError, match=r"feed\(\) called on a parser used with feed_raw"):
+        parser.feed(b"data: a\n\n")
+    assert parser.feed_raw(b"data: a\n\n") == [(E(data="a"), b"data: a\n\n")]
+
+
+def test_feed_raw_input_and_close() -> None:
+    parser = SSEParser()
+    buffer = bytearray(b"data: ab")
+    assert parser.feed_raw(buffer) == []  # type: ignore[arg-type]
+    buffer[:] = b"XXXXXXXX"
+    assert parser.feed_raw(memoryview(b"\n\n")) == [  # type: ignore[arg-type]
+        (E(data="ab"), b"data: ab\n\n")
+    ]
+    with pytest.raises(TypeError, match="bytes"):
+        parser.feed_raw("data: x\n\n")  # type: ignore[arg-type]
+    assert parser.feed_raw(b"id: 1\n\ndata: unfinished\n") == []
+    assert parser.close() == []
+    assert parser.close() == []
+    with pytest.raises(RuntimeError, match="after close"):
+        parser.feed_raw(b"\n")
+
+
+def test_raw_bytes_are_bounded_by_max_event_size() -> None:
+    # The limit counts an event's bytes without its blank line: here 11 bytes.
+    assert run_raw([b"data: 1234\n\n"], max_event_size=11).events == [E(data="1234")]
+    outcome = run_raw([b"data: 1234\r\n\r\n"], max_event_size=11)
+    assert isinstance(outcome.error, SSEEventTooLarge)
+    assert "the bytes of an event of 12 bytes" in str(outcome.error)
+    assert run_raw([b"data: 1234\r\n\r\n"], max_event_size=12).events == [E(data="1234")]
+    # Stricter than feed(), whose limit is on lines and data only.
+    assert run([b"data: 1234\n\n"], max_event_size=10).error is None
+    assert isinstance(run_raw([b"data: 1234\n\n"], max_event_size=10).error, SSEEventTooLarge)
+    # Blocks kept for their id count, and so does what follows them.
+    second = b"id: 1\n\n" + b": ping\n\n" * 3 + b"data: b\n\n"
+    stream = b"data: a\n\n" + second
+    outcome = run_raw([stream], max_event_size=len(second) - 2)
+    assert outcome.events == [E(data="a")]
+    assert isinstance(outcome.error, SSEEventTooLarge)
+    assert run_raw([stream], max_event_size=len(second) - 1).raws == [b"data: a\n\n", second]
+
+
+def test_a_long_raw_event_raises_as_soon_as_it_is_too_long() -> None:
+    parser = SSEParser(max_event_size=16)
+    assert parser.feed_raw(b"data: a\n\n") == [(E(data="a"), b"data: a\n\n")]
+    for chunk in (b"data: 1\n", b"data: 2\n"):
+        assert parser.feed_raw(chunk) == []
+    with pytest.raises(SSEEventTooLarge, match="unfinished event of 17 bytes") as first:
+        parser.feed_raw(b"d")
+    with pytest.raises(SSEEventTooLarge) as again:
+        parser.close()
+    assert again.value is first.value
+    parser = SSEParser(max_event_size=16)
+    for _ in range(16):
+        assert parser.feed_raw(b"x") == []
+    with pytest.raises(SSEEventTooLarge, match="unfinished event of 17 bytes"):
+        parser.feed_raw(b"x")
+    # The LF of a CRLF split across chunks counts when it arrives.
+    parser = SSEParser(max_event_size=8)
+    assert parser.feed_raw(b"data: 1\r") == []
+    with pytest.raises(SSEEventTooLarge, match="unfinished event of 9 bytes"):
+        parser.feed_raw(b"\n")
+
+
+def test_raw_events_before_the_error_are_returned_and_the_error_deferred() -> None:
+    parser = SSEParser(max_event_size=16)
+    pairs = parser.feed_raw(b"data: a\n\n: x\ndata: " + b"y" * 20 + b"\n\ndata: c\n\n")
+    assert pairs == [(E(data="a"), b"data: a\n\n")]
+    with pytest.raises(SSEEventTooLarge, match="the bytes of an event") as first:
+        parser.feed_raw(b"data: d\n\n")
+    with pytest.raises(SSEEventTooLarge) as second:
+        parser.close()
+    assert first.value is second.value
+
+
+def test_a_long_raw_event_in_tiny_chunks_is_kept_correctly() -> None:
+    # Exercises compacting the bytes of the event: many lines, one chunk each.
+    lines = [b"data: %d\r\n" % index for index in range(5_000)]
+    stream = b"id: 1\n\n: ping\n\n" + b"".join(lines) + b"\r\n"
+    parser = SSEParser()
+    pairs = []
+    for line in (b"id: 1\n\n", b": ping\n\n", *lines, b"\r\n"):
+        pairs += parser.feed_raw(line)
+    assert pairs == [(E(data="\n".join(map(str, range(5_000))), id="1"), stream)]
+    chunks = [stream[index : index + 5] for index in range(0, len(stream), 5)]
+    assert run_raw(chunks).raws == [stream]
+    outcome = run_raw(chunks, max_event_size=len(stream) // 2)
+    assert isinstance(outcome.error, SSEEventTooLarge)
+    assert "unfinished event" in str(outcome.error)
+    # One long line, in chunks: compacted every 64 KiB, as feed() does.
+    stream = b"data: " + bytes(range(32, 127)) * 1500 + b"\n\n"
+    chunks = [stream[index : index + 999] for index in range(0, len(stream), 999)]
+    assert run_raw(chunks).raws == [stream]
+
+
 # -- encode ---------------------------------------------------------------------------
 
 
@@ -768,3 +1154,31 @@ def test_size_errors_and_events_before_them_match_under_any_chunking(
     chunked_outcome = run(chunked(data, stream), max_event_size=limit)
     assert chunked_outcome.events == whole.events
     assert type(chunked_outcome.error) is type(whole.error)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=streams, data=st.data())
+def test_raw_mode_under_any_chunking_matches_feed_and_forwards_the_same_events(
+    stream: bytes, data: st.DataObject
+) -> None:
+    chunks = chunked(data, stream)
+    assert_raw_parses(stream, chunks, reference_raw(stream), run([stream]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=streams, data=st.data(), limit=st.integers(1, 24))
+def test_raw_size_errors_and_events_before_them_match_under_any_chunking(
+    stream: bytes, data: st.DataObject, limit: int
+) -> None:
+    whole = run_raw([stream], max_event_size=limit)
+    chunks = chunked(data, stream)
+    chunked_outcome = run_raw(chunks, max_event_size=limit)
+    assert chunked_outcome.events == whole.events
+    assert whole.raws is not None
+    assert (
+        chunked_outcome.raws
+        == expected_raws(stream, reference_raw(stream), chunks)[: len(whole.raws)]
+    )
+    assert type(chunked_outcome.error) is type(whole.error)
+    if whole.error is None:
+        assert whole.events == run([stream]).events
