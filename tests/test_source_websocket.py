@@ -6,7 +6,9 @@ fragmented message, an HTTP server that does not speak WebSocket) use a raw TCP
 server driving wsproto by hand.
 
 No test sleeps to wait for something: the server's handler sets a ``trio.Event``
-when it sees the client's close frame. The timeout tests use small *real*
+when it sees the client's close frame. The tests of an early end give the source a
+long ``close_timeout`` inside a short ``fail_after``: the close handshake must
+complete, not time out. The timeout tests use small *real*
 timeouts (a real socket cannot run on the mock clock: the autojump would fire
 while the kernel delivers bytes); they only check a lower bound on the elapsed
 time, so a slow machine cannot make them fail.
@@ -14,11 +16,14 @@ time, so a slow machine cannot make them fail.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import socket
 import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -38,10 +43,12 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 import streammgr
 import streammgr.sources
 from streammgr import CloseReason, Phase
-from streammgr.sources._websocket import WebSocketSource
+from streammgr._stream import PUSH, producer_kind
+from streammgr.sources import WebSocketSource
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 WAIT = 5  # seconds: only a bound that turns a bug into a failure instead of a hang
+LONG = 60  # seconds: a close_timeout that a test must never wait out
 
 
 class Upstream:
@@ -237,16 +244,20 @@ async def test_reader_leaving_early_closes_cleanly_with_1001() -> None:
         await upstream.send_then_read(ws, [f"m{index}" for index in range(5)])
 
     async with serve(handler) as url, streammgr.StreamManager() as manager:
-        async with manager.open(WebSocketSource(url)) as stream:
-            async for item in stream:
-                assert item == "m0"
-                break
-        # The producer finished before the block exited; the server saw a close frame.
+        with structlog.testing.capture_logs() as logs, trio.fail_after(WAIT):
+            async with manager.open(WebSocketSource(url, close_timeout=LONG)) as stream:
+                async for item in stream:
+                    assert item == "m0"
+                    break
+        # The producer finished before the block exited; the server saw a close frame,
+        # and answered it: the close did not wait for close_timeout.
+        assert upstream.closed.is_set()
         assert await upstream.wait_closed() == 1001
         info = manager.get(stream.id)
     assert info is not None
     assert info.close_reason is CloseReason.READER_EXIT
     assert info.items == 1
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []
 
 
 async def test_manager_cancel_closes_cleanly_with_1001() -> None:
@@ -257,34 +268,43 @@ async def test_manager_cancel_closes_cleanly_with_1001() -> None:
         await upstream.send_then_read(ws, ["first"])
 
     async with serve(handler) as url, streammgr.StreamManager() as manager:
-        async with manager.open(WebSocketSource(url)) as stream:
-            assert await stream.__anext__() == "first"
-            with trio.fail_after(WAIT):
+        with structlog.testing.capture_logs() as logs, trio.fail_after(WAIT):
+            async with manager.open(WebSocketSource(url, close_timeout=LONG)) as stream:
+                assert await stream.__anext__() == "first"
                 # The producer is now waiting inside the source for the next message.
                 await trio.testing.wait_all_tasks_blocked()
-            assert manager.cancel(stream.id, reason="operator cut it")
-            with pytest.raises(streammgr.StreamCancelled) as caught:
-                await stream.__anext__()
+                assert manager.cancel(stream.id, reason="operator cut it")
+                with pytest.raises(streammgr.StreamCancelled) as caught:
+                    await stream.__anext__()
+            assert upstream.closed.is_set()
         assert await upstream.wait_closed() == 1001
         info = manager.get(stream.id)
     assert caught.value.reason == "operator cut it"
     assert info is not None
     assert info.close_reason is CloseReason.CANCELLED
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []
 
 
-async def test_used_without_a_manager_closes_cleanly_too() -> None:
+async def test_manager_shutdown_closes_cleanly_with_1001() -> None:
     upstream = Upstream()
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await upstream.accept(request)
-        await upstream.send_then_read(ws, ["a", "b"])
+        await upstream.send_then_read(ws, ["first"])
 
-    async with serve(handler) as url:
-        async with aclosing(WebSocketSource(url)()) as messages:
-            async for message in messages:
-                assert message == "a"
-                break
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        with trio.fail_after(WAIT):
+            async with manager.open(WebSocketSource(url, close_timeout=LONG)) as stream:
+                assert await stream.__anext__() == "first"
+                await manager.aclose(grace=0)
+                # aclose returns once the producer has finished: the close is done.
+                assert upstream.closed.is_set()
+                with pytest.raises(streammgr.StreamCancelled):
+                    await stream.__anext__()
         assert await upstream.wait_closed() == 1001
+        info = manager.get(stream.id)
+    assert info is not None
+    assert info.close_reason is CloseReason.SHUTDOWN
 
 
 async def test_close_timeout_bounds_an_upstream_that_never_answers_the_close() -> None:
@@ -362,6 +382,27 @@ async def test_connection_dropped_without_close_frame() -> None:
     assert info.close_reason is CloseReason.UPSTREAM_ERROR
 
 
+async def test_invalid_frame_ends_with_a_protocol_error_code() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        ws = await raw_accept(stream)
+        await stream.send_all(ws.send(TextMessage(data="valid")))
+        await stream.send_all(b"\xf1\x02hi")  # a text frame with its reserved bits set
+        while await stream.receive_some():  # keep the connection until the client leaves
+            pass
+
+    async with serve_raw(handler) as url, streammgr.StreamManager() as manager:
+        received: list[str | bytes] = []
+        async with manager.open(WebSocketSource(url)) as stream:
+            with trio.fail_after(WAIT), pytest.raises(streammgr.UpstreamClosed) as caught:
+                async for item in stream:
+                    received.append(item)
+
+    assert received == ["valid"]
+    assert caught.value.code == 1002
+    assert caught.value.reason == "Reserved bit set unexpectedly"
+    assert "protocol error" in str(caught.value)
+
+
 async def test_handshake_rejected_raises_status_error_with_body() -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.reject(403, body=b'{"error": "forbidden: missing scope feed:read"}')
@@ -385,10 +426,10 @@ async def test_rejection_keeps_retry_after_and_bounds_the_body() -> None:
     async def handler(request: WebSocketRequest) -> None:
         await request.reject(429, extra_headers=[(b"Retry-After", b"7")], body=b"x" * 100_000)
 
-    async with serve(handler) as url:
-        with pytest.raises(streammgr.UpstreamStatusError) as caught:
-            async with aclosing(WebSocketSource(url)()) as messages:
-                await messages.__anext__()
+    async with serve(handler) as url, streammgr.StreamManager() as manager:
+        async with manager.open(WebSocketSource(url)) as stream:
+            with pytest.raises(streammgr.UpstreamStatusError) as caught:
+                await stream.__anext__()
 
     assert caught.value.status_code == 429
     assert caught.value.retry_after == 7.0
@@ -420,10 +461,26 @@ async def test_upstream_that_does_not_speak_websocket(
             while await stream.receive_some():  # keep the connection until the client leaves
                 pass
 
-    async with serve_raw(handler) as url:
-        with pytest.raises(error, match=text):
-            async with aclosing(WebSocketSource(url)()) as messages:
-                await messages.__anext__()
+    async with serve_raw(handler) as url, streammgr.StreamManager() as manager:
+        # At once: not after connect_timeout (LONG), as if the upstream were only slow.
+        async with manager.open(WebSocketSource(url, connect_timeout=LONG)) as stream:
+            with trio.fail_after(WAIT), pytest.raises(error, match=text):
+                await stream.__anext__()
+
+
+async def test_tls_failure_raises_connect_error_at_once() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some()  # the TLS ClientHello
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")  # a plain HTTP server
+
+    async with serve_raw(handler) as url, streammgr.StreamManager() as manager:
+        source = WebSocketSource(url.replace("ws://", "wss://"), connect_timeout=LONG)
+        async with manager.open(source) as stream:
+            with trio.fail_after(WAIT), pytest.raises(streammgr.UpstreamConnectError) as caught:
+                await stream.__anext__()
+
+    assert "TLS handshake" in str(caught.value)
+    assert isinstance(caught.value.__cause__, trio.BrokenResourceError)
 
 
 async def test_connection_refused_raises_connect_error() -> None:
@@ -620,7 +677,6 @@ def test_bad_url_error_does_not_show_the_token() -> None:
 
 
 def test_missing_optional_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "wsproto", None)
     monkeypatch.setitem(sys.modules, "trio_websocket", None)
     # The module itself imports without it...
     monkeypatch.delitem(sys.modules, "streammgr.sources._websocket")
@@ -630,3 +686,50 @@ def test_missing_optional_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
     # ...and using it says what to install.
     with pytest.raises(ImportError, match=r"pip install 'streammgr\[websocket\]'"):
         module.WebSocketSource("ws://example.com/feed")
+
+
+# -- the producer itself ----------------------------------------------------------------------
+
+
+def test_is_a_push_producer() -> None:
+    """The connection lives inside one await in the producer's task (it owns a
+    nursery), never across a yield."""
+    assert producer_kind(WebSocketSource("ws://example.com/feed")) == PUSH
+
+
+async def test_every_socket_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However the stream ends, the client's socket is closed, not left to the
+    garbage collector (which would warn: unclosed socket)."""
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(str(hook.exc_value)))
+
+    async def normal(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("x" * 20)
+        await ws.aclose(1000)
+
+    async def failing(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.aclose(1011)
+
+    async def rejecting(request: WebSocketRequest) -> None:
+        await request.reject(403)
+
+    async def dropping(stream: trio.SocketStream) -> None:
+        await raw_accept(stream)
+
+    async with streammgr.StreamManager() as manager:
+        for handler in (normal, failing, rejecting):
+            async with serve(handler) as url:
+                for source in (WebSocketSource(url), WebSocketSource(url, max_message_size=10)):
+                    async with manager.open(source) as stream:
+                        with trio.fail_after(WAIT), contextlib.suppress(streammgr.UpstreamError):
+                            _ = [item async for item in stream]
+        async with serve_raw(dropping) as url, manager.open(WebSocketSource(url)) as stream:
+            with trio.fail_after(WAIT), pytest.raises(streammgr.UpstreamClosed):
+                _ = [item async for item in stream]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        gc.collect()
+    assert unraisable == []

@@ -1,22 +1,37 @@
 """WebSocket feeds: connect, subscribe, stream every message, close cleanly.
 
-:class:`WebSocketSource` is a producer: ``manager.open(WebSocketSource(url))``
+:class:`WebSocketSource` is a push-style producer: ``manager.open(WebSocketSource(url))``
 streams an upstream's WebSocket messages (``str`` for text, ``bytes`` for binary)
-to the reader. Every way the upstream can fail is mapped, at this edge, to a typed
-:class:`~streammgr.UpstreamError`; and on every path, including a cancellation
-by the manager, the connection ends with a WebSocket close handshake (code 1001,
-"going away"), shielded and bounded by ``close_timeout``, so the upstream sees a
-clean close and not a dropped connection (1006).
+to the reader. trio-websocket speaks the protocol (opening handshake, pings,
+fragmented messages, ``max_message_size``, the close handshake); this module opens
+the connection, bounds every wait with Trio's clock, maps every failure to a typed
+:class:`~streammgr.UpstreamError` at this edge, and ends every early exit (the
+reader left, a ``manager.cancel``, a timeout, an error) with a close frame (code
+1001, "going away"), shielded and bounded by ``close_timeout``, so the upstream
+sees a clean close and not a dropped connection (1006).
 
-Why wsproto and not trio-websocket's connection object: a trio-websocket
-connection needs a background reader task, hence a nursery, and a producer is an
-async generator. A nursery held across a ``yield`` leaks its cancel scope into
-the consumer's task, and Trio reports "Cancel scope stack corrupted" as soon as
-the manager closes the generator early. So this module drives *wsproto* (the
-sans-IO protocol engine trio-websocket is built on, installed with the
-``streammgr[websocket]`` extra) from the producer's own task: the protocol state
-machine does no I/O, this thin layer reads and writes the socket, and no cancel
-scope is ever held across a ``yield``.
+Why push-style: trio-websocket runs a background reader task, so a connection
+needs a nursery, and a nursery must not be held across an async generator's
+``yield`` (its cancel scope would leak into the reader's task). A push producer,
+``async def __call__(self, send)``, holds the whole connection inside one
+``await`` in the producer's own task and hands each message over with
+``await send.send(message)``, which waits while the reader is behind.
+
+Why ``wrap_client_stream`` over a stream this module opens, and not
+``open_websocket_url`` (trio-websocket 0.12), which would:
+
+- run its reader task inside the stream's cancel scope, so a cancelled stream
+  loses its reader first: ``aclose(1001)`` still sends the close frame, then waits
+  all of ``close_timeout`` for a reply that nobody reads. Here the reader runs in a
+  nursery shielded from the stream's cancellation, which the source cancels itself
+  once the close handshake is over;
+- notice a connection that ends before the handshake is answered (a TLS failure, an
+  upstream that hangs up at once) only when its connect timeout expires
+  (python-trio/trio-websocket#199). Here TLS is negotiated before the handshake and
+  :class:`_WatchedStream` reports a silent hang-up at once;
+- leave the socket open for the garbage collector whenever the upstream closed
+  first, dropped, or sent a message over ``max_message_size``. Here the source
+  closes its own stream on every path.
 """
 
 from __future__ import annotations
@@ -25,8 +40,7 @@ import math
 import re
 import ssl
 import urllib.parse
-from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -47,7 +61,9 @@ from .._stream import current_producer
 from .._validate import check_seconds
 
 if TYPE_CHECKING:
-    from wsproto.events import CloseConnection, Event
+    from trio_websocket import CloseReason, WebSocketConnection
+
+    from .._stream import StreamSender
 
 __all__ = ["NORMAL_CLOSE_CODES", "WebSocketSource"]
 
@@ -56,14 +72,15 @@ NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})
 away) and 1005 (a close frame without a code: a clean close handshake)."""
 
 _INSTALL_HINT = (
-    "WebSocketSource needs the optional WebSocket dependencies (wsproto, installed "
-    "with trio-websocket): pip install 'streammgr[websocket]'"
+    "WebSocketSource needs the optional WebSocket dependency (trio-websocket): "
+    "pip install 'streammgr[websocket]'"
 )
 _RECEIVE_BYTES = 65_536  # one socket read
 _BODY_LIMIT = 2048  # bytes of a rejected handshake's body kept for the error
 _MESSAGE_EXCERPT = 300  # characters of an upstream's text quoted in an error message
 _MIN_SECRET_LENGTH = 4  # shorter query values are not scrubbed from upstream text
 _GOING_AWAY = 1001
+_ABNORMAL_CLOSURE = 1006  # trio-websocket's code for a connection that ended without a close frame
 _MESSAGE_TOO_BIG = 1009
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
 _RESERVED_HEADERS = frozenset(
@@ -84,29 +101,30 @@ _CREDENTIAL_SCHEMES = frozenset({"basic", "bearer", "token"})
 _SECRET_HEADER_WORDS = ("auth", "cookie", "key", "password", "secret", "signature", "token")
 
 
-def _require_wsproto() -> None:
+def _require_trio_websocket() -> None:
     """Raise a helpful :class:`ImportError` if the optional dependency is missing."""
     try:
-        import wsproto  # noqa: F401
+        import trio_websocket  # noqa: F401
     except ImportError as exc:
-        raise ImportError(_INSTALL_HINT, name="wsproto") from exc
+        raise ImportError(_INSTALL_HINT, name="trio_websocket") from exc
 
 
 class WebSocketSource:
     """A producer that streams the messages of a WebSocket upstream.
 
     ``manager.open(WebSocketSource("wss://feed.example/v1?token=..."))`` connects,
-    sends the ``send`` messages (a subscription, typically), then yields every
-    message the upstream sends: ``str`` for text messages, ``bytes`` for binary
-    ones. Each call of the instance opens a new connection, so one source can
-    feed many streams.
+    sends the ``send`` messages (a subscription, typically), then hands the reader
+    every message the upstream sends: ``str`` for text messages, ``bytes`` for
+    binary ones. Each call of the instance opens a new connection, so one source
+    can feed many streams.
 
     The stream ends normally when the upstream closes with code 1000, 1001 or
-    1005 (:data:`NORMAL_CLOSE_CODES`). Pings are answered while the source waits
-    for a message. Whenever the stream ends early (the reader left, a timeout, a
-    ``manager.cancel``, shutdown, an error), the source sends a close frame with
-    code 1001 and waits up to ``close_timeout`` seconds for the upstream's reply,
-    so the upstream sees a clean close, never a dropped connection.
+    1005 (:data:`NORMAL_CLOSE_CODES`). Pings are answered between messages (so not
+    while a slow reader holds a message back). Whenever the stream ends
+    early (the reader left, a timeout, a ``manager.cancel``, shutdown, an error),
+    the source sends a close frame with code 1001 and waits up to
+    ``close_timeout`` seconds for the upstream's reply, so the upstream sees a
+    clean close, never a dropped connection.
 
     Args:
         url: a ``ws://`` or ``wss://`` URL. Every query value of 4 characters or
@@ -149,11 +167,11 @@ class WebSocketSource:
             status (``.status_code``, ``.body`` excerpt, ``.retry_after``).
         UpstreamConnectError: the connection could not be made (refused,
             unreachable, DNS, TLS), or closed before the handshake was answered.
-        UpstreamProtocolError: the upstream does not speak WebSocket properly, or
-            sent a message over ``max_message_size``.
+        UpstreamProtocolError: the upstream does not speak WebSocket (an invalid
+            handshake answer), or sent a message over ``max_message_size``.
         UpstreamClosed: the upstream closed with another code (``.code``,
-            ``.reason``), or the connection dropped without a close frame
-            (``.code`` is ``None``).
+            ``.reason``; 1002 and 1007 also when it sent invalid WebSocket data),
+            or the connection dropped without a close frame (``.code`` is ``None``).
         UpstreamConnectTimeout / UpstreamIdleTimeout / UpstreamDeadlineExceeded:
             ``connect_timeout`` / ``idle_timeout`` / ``deadline`` expired.
     """
@@ -173,7 +191,7 @@ class WebSocketSource:
         ssl_context: ssl.SSLContext | None = None,
         secrets: Iterable[str] = (),
     ) -> None:
-        _require_wsproto()
+        _require_trio_websocket()
         headers = _check_headers(extra_headers)
         self._secrets: tuple[str, ...] = tuple(
             value
@@ -237,150 +255,331 @@ class WebSocketSource:
     def __repr__(self) -> str:
         return f"WebSocketSource({self._shown_url})"
 
-    def __call__(self) -> AsyncGenerator[str | bytes, None]:
-        """Connect and stream the upstream's messages (a new connection per call)."""
-        return self._stream()
+    async def __call__(self, send: StreamSender[str | bytes]) -> None:
+        """Connect, then hand each of the upstream's messages to ``send`` until it
+        closes: the push-style producer protocol (a new connection per call).
 
-    async def _stream(self) -> AsyncGenerator[str | bytes, None]:
-        # No cancel scope is held across a yield: each await in _Connection has
-        # its own scope, with the deadline that applies to it.
+        The manager calls it in the stream's own task and cancels that task's scope
+        when the stream ends early; the connection is closed before this returns.
+        """
         connection = _Connection(self)
         try:
-            await connection.open()
-            while True:
-                message = await connection.receive()
-                if message is None:
-                    return
-                yield message
-        finally:
-            await connection.aclose()
+            await connection.run(send)
+        except BaseExceptionGroup as group:
+            error = connection.error_from(group)
+            if error is None:
+                raise  # cancellations only: the canceller's scope takes them
+        else:
+            return
+        # Raised outside the except block, so the reader sees the error as itself,
+        # without the exception group chained to it.
+        raise error
+
+
+async def _open_reader_nursery(
+    *, task_status: trio.TaskStatus[trio.Nursery] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Hold a nursery for trio-websocket's reader task until it is cancelled.
+
+    Shielded, so that cancelling the stream does not kill the reader that the close
+    handshake still needs; :meth:`_Connection.run` cancels it, always, last.
+    """
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()
 
 
 class _Connection:
-    """One WebSocket connection: wsproto's state machine plus a trio stream.
+    """One connection of a :class:`WebSocketSource`: connect, talk, close.
 
     Every network wait is bounded by an absolute time, and raises the typed
     timeout of the phase it belongs to when it expires.
     """
 
     def __init__(self, source: WebSocketSource) -> None:
-        from wsproto import ConnectionType, WSConnection
-
         self._source = source
-        self._protocol = WSConnection(ConnectionType.CLIENT)
-        self._stream: trio.abc.Stream | None = None
-        self._pending: deque[Event] = deque()
-        self._eof = False
-        self._received = False  # any bytes at all from the upstream
-        self._drop: BaseException | None = None  # why the connection broke, if it did
-        self._send_cut = False  # a send timed out half-way: no more frames can follow
-        self._established = False
-        self._close_code = _GOING_AWAY
-        self._close_reason: str | None = None
         now = trio.current_time()
-        self._deadline_at = now + source._deadline if source._deadline is not None else math.inf
+        timeout, deadline = source._connect_timeout, source._deadline
+        self._connect_at = now + timeout if timeout is not None else math.inf
+        self._deadline_at = now + deadline if deadline is not None else math.inf
+        self._stream: _WatchedStream | None = None
+        self._closed_seen = False  # trio-websocket reported the WebSocket closed
+        self._send_cut = False  # a send timed out: a frame may be half written
 
-    # -- opening -----------------------------------------------------------------
+    async def run(self, send: StreamSender[str | bytes]) -> None:
+        """The connection's whole life; the socket is closed when it returns."""
+        transport = await self._connect()
+        try:
+            self._stream = _WatchedStream(transport)
+            async with trio.open_nursery() as nursery:
+                reader_nursery: trio.Nursery = await nursery.start(_open_reader_nursery)
+                try:
+                    await self._talk(reader_nursery, self._stream, send)
+                finally:
+                    reader_nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(transport)
 
-    async def open(self) -> None:
-        """Connect, complete the handshake and send the ``send`` messages."""
-        from wsproto.connection import ConnectionState
-        from wsproto.events import BytesMessage, Request, TextMessage
-
+    async def _connect(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        """TCP, then TLS for ``wss://``, before the connect timeout and the deadline."""
         source = self._source
-        timeout = source._connect_timeout
-        phase_at = trio.current_time() + timeout if timeout is not None else math.inf
-        until = min(phase_at, self._deadline_at)
-        with trio.move_on_at(until):
-            try:
-                self._stream = await self._connect()
-            except OSError as exc:
-                raise UpstreamConnectError(
-                    f"could not connect to {source.url}: {self._redact(str(exc))}; check the "
-                    f"URL and that the upstream is up",
-                    url=source.url,
-                ) from exc
-        if self._stream is None:
-            raise self._expired(phase_at, "connect")
-        request = Request(
-            host=source._host_header,
-            target=source._target,
-            subprotocols=list(source._subprotocols),
-            extra_headers=list(source._headers),
-        )
-        if not await self._send(self._protocol.send(request), until):
-            raise self._expired(phase_at, "connect")
-        if self._drop is not None:
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+        connected = False
+        try:
+            with trio.move_on_at(min(self._connect_at, self._deadline_at)):
+                stream = await trio.open_tcp_stream(source._host, source._port)
+                if source._tls:
+                    stream = trio.SSLStream(
+                        stream,
+                        source._ssl_context or ssl.create_default_context(),
+                        server_hostname=source._host,
+                        https_compatible=True,
+                    )
+                    await stream.do_handshake()
+                connected = True
+        except OSError as exc:
             raise UpstreamConnectError(
-                f"the connection to {source.url} broke before the WebSocket handshake "
-                f"({self._describe_drop()}); check ws:// versus wss:// and the TLS settings",
+                f"could not connect to {source.url}: {self._redact(str(exc))}; check the "
+                f"URL and that the upstream is up",
                 url=source.url,
-            ) from self._drop
-        await self._handshake(until, phase_at)
-        self._established = True
-        context = current_producer()
-        if context is not None:
-            context.connected()
-        for message in source._send:
-            if self._protocol.state is not ConnectionState.OPEN or self._drop is not None:
-                break  # the upstream is closing: receive() reports how
-            event = (
-                TextMessage(data=message)
-                if isinstance(message, str)
-                else BytesMessage(data=message)
-            )
-            if not await self._send(self._protocol.send(event), until):
-                raise self._expired(phase_at, "connect")
+            ) from exc
+        except trio.BrokenResourceError as exc:
+            raise UpstreamConnectError(
+                f"the TLS handshake with {source.url} failed ({_describe(exc, self._redact)}); "
+                f"check wss:// versus ws://, the certificate and ssl_context",
+                url=source.url,
+            ) from exc
+        finally:
+            if not connected and stream is not None:
+                await trio.aclose_forcefully(stream)
+        if stream is None or not connected:
+            raise self._expired(self._connect_at, "connect")
+        return stream
 
-    async def _connect(self) -> trio.abc.Stream:
+    async def _talk(
+        self,
+        reader_nursery: trio.Nursery,
+        stream: _WatchedStream,
+        send: StreamSender[str | bytes],
+    ) -> None:
+        """The WebSocket handshake, the ``send`` messages, then every message."""
+        from trio_websocket import wrap_client_stream
+
         source = self._source
-        if not source._tls:
-            return await trio.open_tcp_stream(source._host, source._port)
-        context = source._ssl_context or ssl.create_default_context()
-        return await trio.open_ssl_over_tcp_stream(
-            source._host, source._port, ssl_context=context, https_compatible=True
+        websocket: WebSocketConnection | None = None
+        try:
+            with trio.move_on_at(min(self._connect_at, self._deadline_at)):
+                websocket = await wrap_client_stream(
+                    reader_nursery,
+                    # Annotated as a socket or TLS stream; any trio.abc.Stream works
+                    # (trio-websocket's docs say so, and only repr() tells them apart).
+                    cast("trio.SocketStream", stream),
+                    source._host_header,
+                    source._target,
+                    subprotocols=source._subprotocols,
+                    extra_headers=list(source._headers),
+                    message_queue_size=0,  # the manager's channel is the only buffer
+                    max_message_size=source._max_message_size,
+                    receive_buffer_size=_RECEIVE_BYTES,
+                )
+            if websocket is None:
+                raise self._expired(self._connect_at, "connect")
+            context = current_producer()
+            if context is not None:
+                context.connected()
+            await self._send_messages(websocket)
+            await self._forward(websocket, send)
+        finally:
+            if websocket is not None:
+                await self._close(websocket)
+
+    async def _send_messages(self, websocket: WebSocketConnection) -> None:
+        from trio_websocket import ConnectionClosed
+
+        until = min(self._connect_at, self._deadline_at)
+        for message in self._source._send:
+            with trio.move_on_at(until) as waited:
+                try:
+                    await websocket.send_message(message)
+                except ConnectionClosed:
+                    return  # the upstream is closing: _forward reports how
+            if waited.cancelled_caught:
+                self._send_cut = True
+                raise self._expired(self._connect_at, "connect")
+
+    async def _forward(
+        self, websocket: WebSocketConnection, send: StreamSender[str | bytes]
+    ) -> None:
+        """Hand every message to the reader until the upstream closes."""
+        from trio_websocket import ConnectionClosed
+
+        idle_timeout = self._source._idle_timeout
+        deadline_at = self._deadline_at
+        while True:
+            idle_at = trio.current_time() + idle_timeout if idle_timeout is not None else math.inf
+            message: str | bytes | None = None
+            with trio.move_on_at(min(idle_at, deadline_at)):
+                try:
+                    message = await websocket.get_message()
+                except ConnectionClosed as exc:
+                    self._closed_seen = True
+                    error = self._closed_error(exc.reason)
+                    if error is None:
+                        return
+                    raise error from exc
+            if message is None:
+                raise self._expired(idle_at, "idle")
+            # The deadline bounds the whole stream, a slow reader included.
+            with trio.move_on_at(deadline_at) as handed:
+                await send.send(message)
+            if handed.cancelled_caught:
+                raise self._expired(deadline_at, "idle")
+
+    async def _close(self, websocket: WebSocketConnection) -> None:
+        """The close handshake (code 1001) unless the WebSocket is closed already.
+
+        Shielded, so it runs when the stream was cancelled, and bounded by
+        ``close_timeout``, so it cannot hang the stream's close.
+        """
+        if self._closed_seen or self._send_cut:
+            return  # nothing to close, or a half-written frame: only the socket closes
+        source = self._source
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + source._close_timeout
+            await websocket.aclose(_GOING_AWAY)
+        # trio-websocket may swallow the deadline's Cancelled: ask the scope.
+        if scope.cancel_called:
+            get_logger().warning(
+                "websocket.close_timeout", url=source.url, close_timeout=source._close_timeout
+            )
+
+    # -- errors ------------------------------------------------------------------------
+
+    def error_from(self, group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+        """The one exception to raise for what the connection's tasks raised.
+
+        ``None`` if they were all cancelled. This source's own errors win; a
+        trio-websocket (or network) error from its reader task is mapped; anything
+        else is a bug and is raised as itself, or as the group if there are several.
+        """
+        failures = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
+        if not failures:
+            return None
+        for failure in failures:
+            if isinstance(failure, UpstreamError):
+                return failure
+        if len(failures) > 1:
+            return group
+        failure = failures[0]
+        mapped = self._map_reader_error(failure)
+        if mapped is None:
+            return failure
+        # _NoAnswer is this module's signal, not a cause: chain what it carries.
+        mapped.__cause__ = failure.__cause__ if isinstance(failure, _NoAnswer) else failure
+        return mapped
+
+    def _map_reader_error(self, error: BaseException) -> UpstreamError | None:
+        """Map what trio-websocket's reader task raised; ``None`` if it is not ours to map."""
+        import h11
+        from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
+        from wsproto.utilities import ProtocolError
+
+        source = self._source
+        if isinstance(error, _NoAnswer):
+            return UpstreamConnectError(
+                f"{source.url} closed the connection without answering the WebSocket "
+                f"handshake ({self._describe_drop()}); check ws:// versus wss:// and that "
+                f"the upstream speaks WebSocket",
+                url=source.url,
+            )
+        if isinstance(error, ConnectionRejected):
+            return self._rejected(error.status_code, error.headers, error.body)
+        if isinstance(error, ProtocolError | h11.ProtocolError):
+            # trio-websocket answers wsproto's RemoteProtocolError with a second error
+            # of its own; the first one says what was wrong.
+            return UpstreamProtocolError(
+                f"{source.url} answered the WebSocket handshake with something invalid "
+                f"({_one_line(self._redact(_protocol_detail(error)))}); check that the URL "
+                f"is a WebSocket endpoint",
+                url=source.url,
+            )
+        if isinstance(error, ConnectionClosed):
+            return self._closed_error(error.reason) or self._dropped()
+        if isinstance(error, HandshakeError | OSError | trio.BrokenResourceError):
+            return UpstreamConnectError(
+                f"the connection to {source.url} broke ({_describe(error, self._redact)}); retry",
+                url=source.url,
+            )
+        return None
+
+    def _closed_error(self, reason: CloseReason | None) -> UpstreamError | None:
+        """The error for how the WebSocket closed; ``None`` for a normal close."""
+        source = self._source
+        if reason is None or reason.code == _ABNORMAL_CLOSURE:
+            return self._dropped()
+        code = reason.code
+        text = self._redact(reason.reason or "")
+        limit = source._max_message_size
+        if code == _MESSAGE_TOO_BIG and reason.reason == (
+            f"Exceeded maximum message size: {limit} bytes"  # trio-websocket's own close
+        ):
+            return UpstreamProtocolError(
+                f"{source.url} sent a message larger than max_message_size ({limit}); the "
+                f"connection is closed with code 1009; raise max_message_size if messages "
+                f"this big are expected",
+                url=source.url,
+            )
+        if code in NORMAL_CLOSE_CODES:
+            return None
+        if code >= 3000:
+            name = "application code"
+        elif reason.name in {"RFC_RESERVED", "INVALID_CODE"}:
+            name = "unknown code"
+        else:
+            name = reason.name
+        if code == 1008:
+            hint = "the upstream refused the session: check the credentials and the send messages"
+        elif code in {1002, 1007}:
+            hint = (
+                "a protocol error: the upstream sent invalid WebSocket data, or refused what "
+                "this client sent"
+            )
+        elif code in {1003, 1009}:
+            hint = "the upstream refused what this client sent: check the send messages"
+        elif code in {1011, 1012, 1013, 1014}:
+            hint = "the upstream failed or is restarting: retry later"
+        elif code >= 3000:
+            hint = "an application-defined code: see the upstream's documentation"
+        else:
+            hint = "see the reason"
+        shown_reason = f": {_one_line(text)!r}" if text else ""
+        return UpstreamClosed(
+            f"{source.url} closed the WebSocket with code {code} ({name}){shown_reason}; {hint}",
+            code=code,
+            reason=text,
+            url=source.url,
         )
 
-    async def _handshake(self, until: float, phase_at: float) -> None:
-        """Wait for the upstream's answer: accepted, or an error that says why not."""
-        from wsproto.events import AcceptConnection, RejectConnection, RejectData
-
+    def _dropped(self) -> UpstreamClosed:
         source = self._source
-        status: int | None = None
-        headers: list[tuple[bytes, bytes]] = []
-        body = bytearray()
-        while True:
-            try:
-                event = await self._next_event(until, phase_at, "connect")
-            except UpstreamTimeout:
-                if status is None:
-                    raise
-                raise self._rejected(status, headers, body) from None  # body cut short
-            if event is None:  # end of input, and wsproto made no event of it
-                if status is not None:
-                    raise self._rejected(status, headers, body)
-                raise UpstreamConnectError(
-                    f"{source.url} closed the connection without answering the WebSocket "
-                    f"handshake ({self._describe_drop()}); check ws:// versus wss:// and that "
-                    f"the upstream speaks WebSocket",
-                    url=source.url,
-                ) from self._drop
-            if isinstance(event, AcceptConnection):
-                return
-            if isinstance(event, RejectConnection):
-                status, headers = event.status_code, list(event.headers)
-                if not event.has_body:
-                    raise self._rejected(status, headers, body)
-            elif isinstance(event, RejectData) and status is not None:
-                body += event.data[: _BODY_LIMIT - len(body)]
-                if event.body_finished or len(body) >= _BODY_LIMIT:
-                    raise self._rejected(status, headers, body)
+        error = UpstreamClosed(
+            f"the connection to {source.url} dropped without a WebSocket close frame "
+            f"(1006, {self._describe_drop()}); the upstream crashed or a proxy cut the "
+            f"connection: retry",
+            code=None,
+            reason="",
+            url=source.url,
+        )
+        if self._stream is not None and self._stream.broken is not None:
+            error.__cause__ = self._stream.broken
+        return error
 
     def _rejected(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytearray
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
     ) -> UpstreamError:
         source = self._source
-        excerpt = self._redact(bytes(body).decode("utf-8", "replace"))
+        excerpt = self._redact((body or b"")[:_BODY_LIMIT].decode("utf-8", "replace"))
         quoted = _one_line(excerpt) or "(empty body)"
         if 200 <= status < 300:
             return UpstreamProtocolError(
@@ -409,164 +608,6 @@ class _Connection:
             retry_after=retry_after,
         )
 
-    # -- streaming -----------------------------------------------------------------
-
-    async def receive(self) -> str | bytes | None:
-        """The next whole message, or ``None`` when the upstream closed normally."""
-        from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-
-        source = self._source
-        idle = source._idle_timeout
-        phase_at = trio.current_time() + idle if idle is not None else math.inf
-        until = min(phase_at, self._deadline_at)
-        limit = source._max_message_size
-        parts: list[str | bytes] = []
-        size = 0
-        while True:
-            event = await self._next_event(until, phase_at, "idle")
-            if isinstance(event, TextMessage | BytesMessage):
-                data = event.data
-                size += len(data)
-                if size > limit:
-                    self._close_code = _MESSAGE_TOO_BIG
-                    self._close_reason = "message too big"
-                    raise UpstreamProtocolError(
-                        f"{source.url} sent a message larger than max_message_size ({limit}); "
-                        f"raise max_message_size if messages this big are expected",
-                        url=source.url,
-                    )
-                if not isinstance(data, str):
-                    data = bytes(data)
-                if event.message_finished and not parts:
-                    return data
-                parts.append(data)
-                if event.message_finished:  # a fragmented message: one kind throughout
-                    if isinstance(data, str):
-                        return "".join(cast("list[str]", parts))
-                    return b"".join(cast("list[bytes]", parts))
-            elif isinstance(event, Ping):
-                await self._send(self._protocol.send(event.response()), until)
-            elif isinstance(event, CloseConnection):
-                await self._closed_by_upstream(event, until)  # raises unless normal
-                return None
-            elif event is None:  # cannot happen once connected: wsproto reports 1006
-                raise self._dropped()
-
-    async def _closed_by_upstream(self, event: CloseConnection, until: float) -> None:
-        """Answer the upstream's close frame; raise unless the close was normal."""
-        from wsproto.connection import ConnectionState
-        from wsproto.frame_protocol import CloseReason
-
-        source = self._source
-        code = int(event.code)
-        reason = self._redact(event.reason or "")
-        state = self._protocol.state
-        if state is ConnectionState.OPEN:
-            # wsproto could not parse what the upstream sent: close with its code.
-            self._close_code, self._close_reason = code, "invalid frame"
-            raise UpstreamProtocolError(
-                f"{source.url} sent invalid WebSocket data ({_one_line(reason)}); the "
-                f"connection is closed with code {code}",
-                url=source.url,
-            )
-        if state is ConnectionState.REMOTE_CLOSING:
-            await self._send(self._protocol.send(event.response()), until)
-        if self._eof and code == CloseReason.ABNORMAL_CLOSURE:
-            raise self._dropped()
-        if code in NORMAL_CLOSE_CODES:
-            return
-        try:
-            name = CloseReason(code).name
-        except ValueError:
-            name = "application code" if code >= 3000 else "unknown code"
-        if code == 1008:
-            hint = "the upstream refused the session: check the credentials and the send messages"
-        elif code in {1002, 1003, 1007, 1009}:
-            hint = "the upstream refused what this client sent: check the send messages"
-        elif code in {1011, 1012, 1013, 1014}:
-            hint = "the upstream failed or is restarting: retry later"
-        elif code >= 3000:
-            hint = "an application-defined code: see the upstream's documentation"
-        else:
-            hint = "see the reason"
-        shown_reason = f": {_one_line(reason)!r}" if reason else ""
-        raise UpstreamClosed(
-            f"{source.url} closed the WebSocket with code {code} ({name}){shown_reason}; {hint}",
-            code=code,
-            reason=reason,
-            url=source.url,
-        )
-
-    def _dropped(self) -> UpstreamClosed:
-        source = self._source
-        error = UpstreamClosed(
-            f"the connection to {source.url} dropped without a WebSocket close frame "
-            f"(1006, {self._describe_drop()}); the upstream crashed or a proxy cut the "
-            f"connection: retry",
-            code=None,
-            reason="",
-            url=source.url,
-        )
-        error.__cause__ = self._drop
-        return error
-
-    # -- the network -----------------------------------------------------------------
-
-    async def _next_event(self, until: float, phase_at: float, phase: str) -> Event | None:
-        """The next protocol event, reading as needed; ``None`` at the end of input
-        when wsproto has no event for it (during the handshake)."""
-        from wsproto.utilities import RemoteProtocolError
-
-        pending = self._pending
-        while not pending:
-            if self._eof:
-                return None
-            stream = self._stream
-            assert stream is not None
-            data = None
-            with trio.move_on_at(until):
-                try:
-                    data = await stream.receive_some(_RECEIVE_BYTES)
-                except trio.BrokenResourceError as exc:
-                    self._drop, data = exc, b""
-            if data is None:
-                raise self._expired(phase_at, phase)
-            if data:
-                self._received = True
-            else:
-                self._eof = True
-            try:
-                self._protocol.receive_data(bytes(data) if data else None)
-            except RemoteProtocolError as exc:
-                if self._eof and not self._received:
-                    return None  # closed without a word: the caller says so
-                raise UpstreamProtocolError(
-                    f"{self._source.url} answered the WebSocket handshake with something "
-                    f"invalid ({exc}); check that the URL is a WebSocket endpoint",
-                    url=self._source.url,
-                ) from exc
-            pending.extend(self._protocol.events())
-        return pending.popleft()
-
-    async def _send(self, data: bytes, until: float) -> bool:
-        """Send bytes before ``until``; ``False`` if time ran out.
-
-        A broken connection is only recorded: what the upstream sent before it
-        broke (a close frame, say) is more useful, and the next read reports it.
-        """
-        stream = self._stream
-        assert stream is not None
-        if self._drop is not None:
-            return True
-        with trio.move_on_at(until):
-            try:
-                await stream.send_all(data)
-            except trio.BrokenResourceError as exc:
-                self._drop = exc
-            return True
-        self._send_cut = True
-        return False
-
     def _expired(self, phase_at: float, phase: str) -> UpstreamTimeout:
         source = self._source
         if self._deadline_at <= phase_at:
@@ -593,69 +634,93 @@ class _Connection:
             url=source.url,
         )
 
-    # -- closing ---------------------------------------------------------------------
-
-    async def aclose(self) -> None:
-        """End the connection on every path: a close handshake, then the socket.
-
-        Shielded, so it runs when the stream was cancelled, and bounded by
-        ``close_timeout``, so it cannot hang the stream's close.
-        """
-        from wsproto.connection import ConnectionState
-        from wsproto.events import CloseConnection
-        from wsproto.utilities import ProtocolError
-
-        stream = self._stream
-        if stream is None:
-            return
-        self._stream = None
-        protocol = self._protocol
-        source = self._source
-        usable = self._established and self._drop is None and not self._send_cut
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + source._close_timeout
-            try:
-                close: CloseConnection | None = None
-                if protocol.state is ConnectionState.OPEN:
-                    close = CloseConnection(code=self._close_code, reason=self._close_reason)
-                elif protocol.state is ConnectionState.REMOTE_CLOSING:
-                    # The upstream's close frame is parsed but was never read: answer it.
-                    close = next(
-                        (e.response() for e in self._pending if isinstance(e, CloseConnection)),
-                        CloseConnection(code=1000),
-                    )
-                if close is not None and usable:
-                    await stream.send_all(protocol.send(close))
-                # Wait for the upstream's close frame, then for it to close TCP first
-                # (RFC 6455 7.1.1), unless the connection is already gone.
-                while usable and not self._eof:
-                    data = await stream.receive_some(_RECEIVE_BYTES)
-                    if not data:
-                        break
-                    if protocol.state is ConnectionState.LOCAL_CLOSING:
-                        protocol.receive_data(bytes(data))
-                        for _ in protocol.events():
-                            pass  # messages after our close frame are discarded
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
-                pass  # the connection is going away anyway
-            finally:
-                await trio.aclose_forcefully(stream)
-        if scope.cancelled_caught:
-            get_logger().warning(
-                "websocket.close_timeout", url=source.url, close_timeout=source._close_timeout
-            )
-
-    # -- helpers -----------------------------------------------------------------------
-
     def _redact(self, text: str) -> str:
         return redact(text, self._source._secrets)
 
     def _describe_drop(self) -> str:
-        drop = self._drop
-        if drop is None:
+        broken = self._stream.broken if self._stream is not None else None
+        if broken is None:
             return "end of input"
-        cause = drop.__cause__ or drop
-        return self._redact(f"{type(cause).__name__}: {cause}")
+        return _describe(broken, self._redact)
+
+
+class _NoAnswer(Exception):
+    """The connection ended before the upstream sent a single byte."""
+
+
+class _WatchedStream(trio.abc.Stream):
+    """The connection's bytes, as trio-websocket reads and writes them.
+
+    trio-websocket takes a connection that ends before the handshake is answered
+    for a slow upstream and waits out its connect timeout; this stream raises
+    :class:`_NoAnswer` in the reader task instead, as soon as the connection ends
+    without a byte from the upstream. It also keeps why the connection broke.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._answered = False
+        self.broken: trio.BrokenResourceError | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except trio.BrokenResourceError as exc:
+            self.broken = exc
+            if not self._answered:
+                raise _NoAnswer from exc
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError as exc:
+            self.broken = exc
+            if not self._answered:
+                raise _NoAnswer from exc
+            raise
+        if data:
+            self._answered = True
+        elif not self._answered:
+            raise _NoAnswer
+        return data
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions in ``group`` and its nested groups."""
+    for exception in group.exceptions:
+        if isinstance(exception, BaseExceptionGroup):
+            yield from _leaves(exception)
+        else:
+            yield exception
+
+
+def _describe(error: BaseException, scrub: Callable[[str], str]) -> str:
+    """``"Type: message"`` of the root cause (a trio error wraps the OS's or ssl's)."""
+    cause = error.__cause__ or error
+    return _one_line(scrub(f"{type(cause).__name__}: {cause}"))
+
+
+def _protocol_detail(error: BaseException) -> str:
+    """What wsproto found wrong in a handshake answer, from ``error``'s chain."""
+    import h11
+    from wsproto.utilities import RemoteProtocolError
+
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, RemoteProtocolError):
+            inner = link.__context__  # h11's own words, when h11 found the fault
+            return f"{link}: {inner}" if isinstance(inner, h11.ProtocolError) else str(link)
+        link = link.__cause__ or link.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 # -- argument checks -------------------------------------------------------------------
