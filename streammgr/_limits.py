@@ -343,6 +343,11 @@ class FairLimiter(Limiter):
             self._heap_seq.pop(waiter.key, None)
         else:
             self._mark_ready(waiter.key)
+        if len(self._ready) > 2 * len(self._heap_seq) + 64:
+            # Waiters that gave up while every slot was held leave superseded
+            # entries that only _admit() would pop: rebuild from the current ones.
+            self._ready = [(seq, key) for key, seq in self._heap_seq.items()]
+            heapq.heapify(self._ready)
 
     def _blocked_rejection(self, key: str, timeout: float | None) -> StreamLimitExceeded:
         if not self._key_has_room(key):

@@ -79,11 +79,26 @@ def redact_secrets(
         structlog.configure(processors=[streammgr.redact_secrets, ...])
     """
     for name, value in event_dict.items():
-        if name.lower() in _SECRET_KEYS:
-            event_dict[name] = _REDACTED
-        elif isinstance(value, str):
-            event_dict[name] = redact(value)
+        event_dict[name] = _REDACTED if name.lower() in _SECRET_KEYS else _redact_value(value)
     return event_dict
+
+
+def _redact_value(value: object, depth: int = 0) -> object:
+    """Redact strings, also inside dicts, lists and tuples (a few levels deep)."""
+    if isinstance(value, str):
+        return redact(value)
+    if depth >= 4:
+        return value
+    if isinstance(value, dict):
+        return {
+            key: _REDACTED
+            if isinstance(key, str) and key.lower() in _SECRET_KEYS
+            else _redact_value(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item, depth + 1) for item in value)
+    return value
 
 
 def get_logger() -> Any:

@@ -38,6 +38,7 @@ from ._errors import (
     ReaderTimeout,
     StreamCancelled,
     StreamLimitExceeded,
+    UpstreamError,
 )
 from ._limits import UNSET, FairLimiter, Limiter, LimiterSnapshot, _Unset
 from ._logging import describe_error, get_logger
@@ -138,8 +139,11 @@ class StreamManager:
             item is handed over directly: strongest back-pressure).
         shutdown_grace: seconds active streams get to finish when the block exits
             normally.
-        cleanup_timeout: the most seconds a cancelled producer's cleanup (its
-            ``finally`` blocks, closing its upstream) may take, shielded.
+        cleanup_timeout: the most seconds the shielded ``aclose()`` of a cancelled
+            async generator (its ``finally`` blocks, closing its upstream) may take
+            when it was parked at ``yield``. Cleanup that runs while the producer
+            is cancelled mid-``await`` (and a push producer's own cleanup) is the
+            producer's: Trio cannot abandon a task, so bound slow cleanup there.
         history_size: how many closed streams ``history()`` remembers.
         limiter: an admission :class:`Limiter` to use instead of the in-memory
             :class:`FairLimiter` (then the three limits above must be left unset).
@@ -485,6 +489,8 @@ class StreamManager:
         except Exception as exc:
             error = exc
         finally:
+            # The end of the stream is "produced" now: the reader's turn starts here.
+            record.produced_at = trio.current_time()
             record.producer_done = True
             send_channel.close()
             self._running_producers -= 1
@@ -551,9 +557,10 @@ class StreamManager:
             # The upstream is gone, so the slot goes back now; the record closes
             # when the reader has taken the buffered items and then the error.
             record.exception = error
-            reason = getattr(error, "close_reason", None)
             record.close_reason = (
-                reason if isinstance(reason, CloseReason) else CloseReason.PRODUCER_ERROR
+                error.close_reason
+                if isinstance(error, UpstreamError)
+                else CloseReason.PRODUCER_ERROR
             )
             record.error = describe_error(error, self._secrets)
             record.move_to(Phase.CLOSING)

@@ -131,7 +131,13 @@ class StreamSender(Generic[T]):
             pass
         else:
             return
-        await self._channel.send(item)  # outside the except: no exception kept alive
+        try:
+            await self._channel.send(item)  # outside the except: no exception kept alive
+        except BaseException:
+            # Not delivered (e.g. the producer gave up with move_on_after): it must not
+            # count as an item the reader owes, or the reader gets blamed for it.
+            record.produced -= 1
+            raise
 
     def __repr__(self) -> str:
         return f"<StreamSender for stream {self._record.id}>"
@@ -261,7 +267,7 @@ class ManagedStream(Generic[T]):
 
     async def __anext__(self) -> T:
         record = self._record
-        if record.close_reason in _CANCEL_REASONS:
+        if record.close_reason in _CANCEL_REASONS and record.exception is None:
             raise self._manager._cancelled_error(record)
         try:
             # Take a ready item without a trip through the scheduler; wait only

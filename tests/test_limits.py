@@ -262,3 +262,15 @@ async def test_manager_acquire_timeout(autojump_clock: trio.abc.Clock, probe: Pr
 def test_manager_refuses_limits_and_limiter_together() -> None:
     with pytest.raises(ValueError, match="not both"):
         StreamManager(max_streams=3, limiter=FairLimiter(max_streams=3))
+
+
+async def test_waiters_giving_up_leave_no_garbage(autojump_clock: trio.abc.Clock) -> None:
+    """While every slot is held, thousands of waiters that time out must not grow
+    the limiter's internal heap without bound."""
+    limiter = FairLimiter(max_streams=1)
+    await limiter.acquire("held")
+    for index in range(5000):
+        with pytest.raises(StreamLimitExceeded):
+            await limiter.acquire(f"k{index % 7}", timeout=0.01)
+    assert limiter.snapshot().waiting == 0
+    assert len(limiter._ready) <= 64 + 2 * 7

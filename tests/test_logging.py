@@ -95,3 +95,16 @@ def test_import_does_not_configure_logging() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_redact_secrets_looks_inside_containers() -> None:
+    event = {
+        "event": "x",
+        "labels": {"tenant": "a", "api_key": "plain-secret", "note": f"Bearer {SECRET}"},
+        "items": [f"token={SECRET}", ("ok",)],
+    }
+    out = streammgr.redact_secrets(None, "info", event)
+    assert SECRET not in repr(out)
+    assert "plain-secret" not in repr(out)
+    assert out["labels"]["tenant"] == "a"
+    assert out["items"][1] == ("ok",)

@@ -702,3 +702,75 @@ async def test_callable_objects_count_by_their_call(autojump_clock: trio.abc.Clo
             assert [item async for item in stream] == ["p1", "p2"]
         async with manager.open(GeneratorSource(), "g") as stream:
             assert [item async for item in stream] == ["ga"]
+
+
+async def test_reader_timeout_counts_from_the_end_of_the_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The end of a stream becomes the reader's to take when the producer finishes,
+    not when it produced its last item."""
+
+    async def producer() -> AsyncIterator[int]:
+        yield 1
+        await trio.sleep(100)  # finishing takes a while after the last item
+
+    async with StreamManager(reader_timeout=30, idle_timeout=1000) as manager:
+        async with manager.open(producer) as stream:
+            assert await stream.__anext__() == 1
+            await trio.sleep(125)  # the end has been ready for 25 s only
+            assert stream.info().close_reason is None
+            await trio.sleep(10)
+            assert stream.info().close_reason is CloseReason.READER_TIMEOUT
+            assert stream.info().closed_at == pytest.approx(130)
+
+
+async def test_push_send_given_up_does_not_blame_the_reader(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A push producer that drops an item (send abandoned by move_on_after) owes the
+    next one: the idle timeout applies, not the reader's."""
+
+    async def producer(send: StreamSender[int]) -> None:
+        with trio.move_on_after(1):
+            await send.send(1)  # nobody reads yet: dropped after 1 s
+        await trio.sleep_forever()
+
+    async with StreamManager(reader_timeout=10, idle_timeout=60) as manager:
+        with pytest.raises(streammgr.IdleTimeout):
+            async with manager.open(producer) as stream:
+                await trio.sleep(3)
+                async for _ in stream:
+                    pass  # pragma: no cover
+        # Idle since it last produced (t=0): a reader timeout would have fired at t=10.
+        assert trio.current_time() == pytest.approx(60)
+
+
+async def test_relayed_cancellation_reaches_the_reader_as_itself(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A producer relaying another managed stream re-raises its StreamCancelled: the
+    outer reader gets that same exception after the items before it."""
+
+    async def hung() -> AsyncIterator[int]:
+        yield 1
+        await trio.sleep_forever()
+        yield 2  # pragma: no cover
+
+    async with StreamManager() as manager:
+
+        async def relay() -> AsyncIterator[int]:
+            async with manager.open(hung, idle_timeout=5) as inner:
+                async for item in inner:
+                    yield item * 10
+
+        received = []
+        with pytest.raises(streammgr.IdleTimeout) as caught:
+            async with manager.open(relay, buffer_size=4) as outer:
+                async for item in outer:
+                    received.append(item)
+        assert received == [10]
+        assert caught.value.timeout == 5
+        assert caught.value.stream_id != outer.id
+        info = manager.get(outer.id)
+        assert info is not None
+        assert info.close_reason is CloseReason.PRODUCER_ERROR

@@ -231,3 +231,21 @@ def test_bad_arguments_are_named() -> None:
         OpenAIChat(client, api_key="k", model="m", messages=[])
     with pytest.raises(ValueError, match="always streams"):
         OpenAIChat(client, api_key="k", model="m", messages=[{"a": 1}], stream=False)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'data: {"choices": ["oops"]}\n\n',
+        b'data: {"choices": [{"index": null, "delta": {}}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": null}}\n\n',
+    ],
+)
+async def test_malformed_chunk_is_a_protocol_error(
+    autojump_clock: trio.abc.Clock, payload: bytes
+) -> None:
+    client, _ = transport([payload])
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="malformed chunk"):
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)

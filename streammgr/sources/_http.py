@@ -32,7 +32,7 @@ from .._errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from .._logging import redact
+from .._logging import describe_error, get_logger, redact
 from .._stream import current_producer
 from .._validate import check_seconds
 from ..sse import ServerSentEvent, SSEParser
@@ -42,8 +42,12 @@ __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 _CLOSE_TIMEOUT = 5.0  # seconds a response's close may take, shielded
 _ERROR_READ_TIMEOUT = 5.0  # seconds to read the excerpt of an error body
 _NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
+# After a response is closed, its body iterator is pulled at most this many times:
+# a real closed stream fails at once; one that does not is left, not drained.
+_FINISH_PULLS = 100
 # Headers whose values are credentials, scrubbed from every error message.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|session", re.IGNORECASE)
+_SIGNATURE = re.compile(r"sig|credential", re.IGNORECASE)  # signed URLs (X-Amz-Signature...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +214,9 @@ class SSESource:
                 parts.append(credential)
         if self._url.password:
             parts.append(self._url.password)
+        for name, value in self._url.params.multi_items():
+            if _SECRET_HEADER.search(name) or _SIGNATURE.search(name):
+                parts.append(value)
         return parts
 
     @property
@@ -294,10 +301,12 @@ class SSESource:
                         attempt = 0
                         if idle is None:
                             deadline = math.inf
-                    if idle is not None:
-                        deadline = trio.current_time() + idle
                     for item in items:
                         yield item
+                    if idle is not None:
+                        # From now: time parked at yield behind a slow reader is not
+                        # the upstream's idleness.
+                        deadline = trio.current_time() + idle
                     last = items[-1]
                     last_event_id = (last[0] if raw else last).id  # type: ignore[union-attr]
                 if self._reconnect is None:
@@ -311,9 +320,7 @@ class SSESource:
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
                     if response is not None:
-                        await response.aclose()
-                    if chunks is not None:
-                        await _finish(chunks)
+                        await _close(response, chunks)
             policy = self._reconnect
             assert policy is not None
             attempt += 1
@@ -354,6 +361,12 @@ class SSESource:
                     f"{self._redact(str(exc))})",
                     url=self.url,
                 )
+            ) from exc
+        except httpx.HTTPError as exc:  # DecodingError and anything httpx adds later
+            raise UpstreamProtocolError(
+                f"could not read the upstream's body ({type(exc).__name__}: "
+                f"{self._redact(str(exc))}); check its Content-Encoding",
+                url=self.url,
             ) from exc
 
     def _request(self, last_event_id: str) -> httpx.Request:
@@ -444,6 +457,12 @@ class SSESource:
                     url=self.url,
                 )
             ) from exc
+        except httpx.HTTPError as exc:  # TooManyRedirects, and anything httpx adds later
+            raise UpstreamProtocolError(
+                f"the request to the upstream failed ({type(exc).__name__}: "
+                f"{self._redact(str(exc))})",
+                url=self.url,
+            ) from exc
         if response is None:
             if total_deadline <= deadline:
                 raise self._total_timeout("the upstream stream outlived its total timeout")
@@ -505,18 +524,23 @@ class SSESource:
     async def _excerpt(self, response: httpx.Response) -> str:
         """Up to ``error_body_limit`` bytes of the body, decoded leniently, redacted."""
         limit = self._error_body_limit
-        chunks: list[bytes] = []
+        pieces: list[bytes] = []
         size = 0
-        with trio.move_on_after(_ERROR_READ_TIMEOUT):
-            try:
-                async for chunk in response.aiter_bytes():
-                    chunks.append(chunk)
+        body = response.aiter_bytes()
+        try:
+            with trio.move_on_after(_ERROR_READ_TIMEOUT):
+                async for chunk in body:
+                    pieces.append(chunk)
                     size += len(chunk)
                     if size >= limit:
                         break
-            except httpx.HTTPError:
-                pass  # an excerpt is best effort: the status is the error
-        text = b"".join(chunks)[:limit].decode("utf-8", "replace")
+        except httpx.HTTPError:
+            pass  # an excerpt is best effort: the status is the error
+        finally:
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
+                await _close(response, body)
+        text = b"".join(pieces)[:limit].decode("utf-8", "replace")
         return self._redact(text)
 
 
@@ -530,10 +554,20 @@ async def _finish(chunks: AsyncIterator[bytes]) -> None:
     that failure runs every layer to its end: nothing is left suspended.
     """
     try:
-        while True:
+        for _ in range(_FINISH_PULLS):
             await chunks.__anext__()
     except Exception:
         pass
+
+
+async def _close(response: httpx.Response, chunks: AsyncIterator[bytes] | None) -> None:
+    """Close a response, then run its body iterator to its end (see :func:`_finish`)."""
+    try:
+        await response.aclose()
+    except Exception as exc:  # closing is best effort; the stream is over either way
+        get_logger().warning("source.close_failed", error=describe_error(exc))
+    if chunks is not None:
+        await _finish(chunks)
 
 
 def _retry_after(value: str | None) -> float | None:

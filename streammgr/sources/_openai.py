@@ -210,7 +210,14 @@ class OpenAIChat:
                     )
                 if "error" in payload:
                     raise self._api_error(payload, url)
-                for chunk in _chunks_of(payload):
+                try:
+                    chunks = _chunks_of(payload)
+                except (TypeError, ValueError, AttributeError) as exc:
+                    raise UpstreamProtocolError(
+                        f"upstream sent a malformed chunk ({exc}): {self._excerpt(data)!r}",
+                        url=url,
+                    ) from None
+                for chunk in chunks:
                     if chunk.finish_reason is not None:
                         finished = True
                     yield chunk
