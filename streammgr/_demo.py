@@ -1,7 +1,8 @@
 """The demo: many streams against a simulated upstream, limits enforced, registry shown.
 
-``python -m streammgr demo`` opens a burst of chat-completion-like streams from
-several tenants against an in-process simulated upstream (no network, no API key).
+``python -m streammgr demo`` opens a burst of chat-completion streams from several
+tenants with :class:`~streammgr.sources.OpenAIChat`, against an in-process
+simulated OpenAI-compatible upstream (an httpx transport: no network, no API key).
 Some readers leave early, one upstream hangs, an operator cancels a tenant. It
 prints the registry while it runs and the totals at the end, and checks that the
 limits were never exceeded.
@@ -15,17 +16,54 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 
+import httpx
 import structlog
 import trio
 
 from ._errors import StreamCancelled, StreamLimitExceeded
 from ._manager import StreamManager
+from .sources import OpenAIChat, collect_chat
 
 WORDS = ["streams", "close", "deterministically", "when", "their", "readers", "leave", "early"]
 
 
+class _SimulatedBody(httpx.AsyncByteStream):
+    """One streaming response body: OpenAI-style chunks, paced like a real model."""
+
+    def __init__(self, upstream: SimulatedUpstream, tokens: int, hang: bool) -> None:
+        self.upstream = upstream
+        self.tokens = tokens
+        self.hang = hang
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        rng = self.upstream.random
+        await trio.sleep(rng.uniform(0.05, 0.2))  # time to first token
+        for index in range(self.tokens):
+            if self.closed:
+                raise httpx.StreamClosed()  # like a real connection read after its close
+            if self.hang and index == 3:
+                await trio.sleep_forever()  # the upstream stops sending: a hung provider
+            await trio.sleep(rng.uniform(0.01, 0.08))
+            delta = {"content": (" " if index else "") + WORDS[index % len(WORDS)]}
+            chunk = {"id": "sim", "model": "sim-1", "choices": [{"index": 0, "delta": delta}]}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.upstream.open_connections -= 1
+            self.upstream.closed_connections += 1
+
+
 class SimulatedUpstream:
-    """An in-process stand-in for an LLM provider that streams SSE-style chunks."""
+    """An in-process stand-in for an OpenAI-compatible provider (an httpx transport).
+
+    It streams chat completions over Server-Sent Events and counts its open
+    connections, so the demo can show that none is ever left open.
+    """
 
     def __init__(self, seed: int) -> None:
         self.random = random.Random(seed)
@@ -33,23 +71,15 @@ class SimulatedUpstream:
         self.max_open_connections = 0
         self.closed_connections = 0
 
-    async def chat(self, prompt: str, tokens: int, hang: bool = False) -> AsyncIterator[str]:
-        """Yield ``data: {...}`` lines like an OpenAI chat completion stream."""
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one ``POST /chat/completions`` with a stream."""
+        body = json.loads(request.content)
         self.open_connections += 1
         self.max_open_connections = max(self.max_open_connections, self.open_connections)
-        try:
-            await trio.sleep(self.random.uniform(0.05, 0.2))  # time to first token
-            for index in range(tokens):
-                if hang and index == 3:
-                    await trio.sleep_forever()
-                await trio.sleep(self.random.uniform(0.01, 0.08))
-                word = WORDS[index % len(WORDS)]
-                chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
-                yield f"data: {json.dumps(chunk)}"
-            yield "data: [DONE]"
-        finally:
-            self.open_connections -= 1
-            self.closed_connections += 1
+        stream = _SimulatedBody(
+            self, body["max_tokens"], request.headers.get("x-simulate") == "hang"
+        )
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
 
 
 def render(manager: StreamManager, start: float) -> str:
@@ -79,19 +109,23 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     rng = random.Random(seed)
     upstream = SimulatedUpstream(seed)
+    answers: list[str] = []
     outcomes: Counter[str] = Counter()
     max_streams, max_per_key = 10, 4
     print(
         f"streammgr demo: {streams} streams from 4 tenants, max_streams={max_streams}, "
         f"max_streams_per_key={max_per_key}, max_waiting=20, acquire_timeout=2s, idle_timeout=1s"
     )
-    async with StreamManager(
-        max_streams=max_streams,
-        max_streams_per_key=max_per_key,
-        max_waiting=20,
-        acquire_timeout=2.0,
-        idle_timeout=1.0,
-    ) as manager:
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle)) as http,
+        StreamManager(
+            max_streams=max_streams,
+            max_streams_per_key=max_per_key,
+            max_waiting=20,
+            acquire_timeout=2.0,
+            idle_timeout=1.0,
+        ) as manager,
+    ):
         start = trio.current_time()
 
         async def client(index: int) -> None:
@@ -99,16 +133,26 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
             hang = index == 1  # this upstream stops sending: idle_timeout cuts it
             leaves_early = not hang and rng.random() < 0.2
             await trio.sleep(0 if index < 12 else rng.uniform(0, 1.5))
+            chat = OpenAIChat(
+                http,
+                base_url="http://simulated-llm.local/v1",
+                api_key="sk-demo-not-a-real-key",
+                model="sim-1",
+                messages=[{"role": "user", "content": f"prompt {index}"}],
+                max_tokens=rng.randint(5, 30),
+                headers={"x-simulate": "hang"} if hang else None,
+            )
             try:
-                async with manager.open(
-                    upstream.chat, f"prompt {index}", rng.randint(5, 30), hang,
-                    key=tenant, labels={"model": "sim-1"},
-                ) as stream:  # fmt: skip
-                    received = 0
-                    async for _line in stream:
-                        received += 1
-                        if leaves_early and received == 3:
-                            break
+                async with manager.open(chat, key=tenant, labels={"model": "sim-1"}) as stream:
+                    if leaves_early:
+                        received = 0
+                        async for _chunk in stream:
+                            received += 1
+                            if received == 3:
+                                break
+                    else:
+                        answer = await collect_chat(stream)
+                        answers.append(answer.text)
                 outcomes["left early" if leaves_early else "completed"] += 1
             except StreamLimitExceeded as exc:
                 outcomes[f"rejected ({exc.limit})"] += 1
@@ -137,6 +181,8 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
         stats = manager.stats()
     print("\nfinished in %.2fs" % (trio.current_time() - start))
     print("readers saw:", dict(sorted(outcomes.items())))
+    if answers:
+        print(f"a complete answer (OpenAIChat + collect_chat): {answers[0]!r}")
     print("registry closed by reason:", {k: v for k, v in stats.closed_by_reason.items() if v})
     print(
         f"upstream connections: most open at once {upstream.max_open_connections} "
