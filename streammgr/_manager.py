@@ -593,8 +593,19 @@ class StreamManager:
                 self._request_cancel(record, CloseReason.READER_EXIT, detail)
             # The producer closes the channel as its very last act: drain until then.
             with trio.CancelScope(shield=True):
-                async for _ in channel:
-                    pass
+                with trio.move_on_after(self._cleanup_timeout) as patience:
+                    async for _ in channel:
+                        pass
+                if patience.cancelled_caught:
+                    # Still waiting (guarantee 1), but say which stream holds its reader.
+                    self._log.warning(
+                        "stream.cleanup_slow",
+                        stream_id=record.id,
+                        key=record.key,
+                        waited=self._cleanup_timeout,
+                    )
+                    async for _ in channel:
+                        pass
             return
         if record.close_reason is not None:
             self._finish(record)  # the producer failed; the reader left before the error

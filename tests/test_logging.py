@@ -108,3 +108,31 @@ def test_redact_secrets_looks_inside_containers() -> None:
     assert "plain-secret" not in repr(out)
     assert out["labels"]["tenant"] == "a"
     assert out["items"][1] == ("ok",)
+
+
+async def test_slow_producer_cleanup_is_logged_and_still_awaited(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    structlog.reset_defaults()
+    cleaned: list[float] = []
+
+    async def stubborn() -> AsyncIterator[int]:
+        try:
+            while True:
+                await trio.sleep(1)
+                yield 1
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(60)  # a cleanup that ignores cancellation
+            cleaned.append(trio.current_time())
+
+    with capture_logs() as logs:
+        async with StreamManager(cleanup_timeout=5) as manager:
+            async with manager.open(stubborn) as stream:
+                async for _ in stream:
+                    break
+            assert cleaned == [pytest.approx(61)]  # the block waited for the cleanup
+    slow = [entry for entry in logs if entry["event"] == "stream.cleanup_slow"]
+    assert len(slow) == 1
+    assert slow[0]["stream_id"] == stream.id
+    assert slow[0]["log_level"] == "warning"
