@@ -53,7 +53,7 @@ from ._registry import (
 from ._states import CloseReason, Phase
 from ._stream import CURRENT_RECORD, PUSH, ManagedStream, StreamSender, producer_kind
 from ._timeouts import TimeoutWatchdog
-from ._validate import check_seconds
+from ._validate import check_count, check_seconds, check_strings
 
 __all__ = ["ManagerStats", "StreamManager"]
 
@@ -179,13 +179,13 @@ class StreamManager:
         self._reader_timeout = check_seconds("reader_timeout", reader_timeout)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
         self._deadline = check_seconds("deadline", deadline)
-        self._buffer_size = self._check_buffer_size(buffer_size)
+        self._buffer_size = check_count("buffer_size", buffer_size, minimum=0)
         if not shutdown_grace >= 0:
             raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
         self._shutdown_grace = float(shutdown_grace)
         self._cleanup_timeout = cast(float, check_seconds("cleanup_timeout", cleanup_timeout))
         self._registry = Registry(history_size)
-        self._secrets = [s for s in secrets if s]
+        self._secrets = [value for value in check_strings("secrets", secrets) if value]
         self._log = get_logger()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
@@ -198,12 +198,6 @@ class StreamManager:
         self._producers_done: trio.Event | None = None
         self._rejected_total = 0
         self._watchdog = TimeoutWatchdog(self._timeout_expired)
-
-    @staticmethod
-    def _check_buffer_size(buffer_size: int) -> int:
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
-            raise ValueError(f"buffer_size must be a non-negative int, got {buffer_size!r}")
-        return buffer_size
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else "open"
@@ -396,7 +390,9 @@ class StreamManager:
             self._acquire_timeout
             if acquire_timeout is DEFAULT
             else check_seconds("acquire_timeout", acquire_timeout),
-            self._buffer_size if buffer_size is DEFAULT else self._check_buffer_size(buffer_size),
+            self._buffer_size
+            if buffer_size is DEFAULT
+            else check_count("buffer_size", buffer_size, minimum=0),
             item_size,
         )
 

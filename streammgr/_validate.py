@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
-__all__ = ["check_seconds"]
+__all__ = ["check_count", "check_seconds", "check_strings"]
 
 
 def check_seconds(name: str, value: float | None) -> float | None:
@@ -23,3 +24,39 @@ def check_seconds(name: str, value: float | None) -> float | None:
             f"{name} must be a positive, finite number of seconds or None, got {value}"
         )
     return float(value)
+
+
+def check_count(name: str, value: int, *, minimum: int) -> int:
+    """An int of at least ``minimum`` (bools refused).
+
+    Raises:
+        TypeError: not an int.
+        ValueError: below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        bound = "a positive" if minimum == 1 else "a non-negative" if minimum == 0 else "an"
+        extra = "" if minimum in (0, 1) else f" of at least {minimum}"
+        raise ValueError(f"{name} must be {bound} int{extra}, got {value}")
+    return value
+
+
+def check_strings(name: str, values: object) -> list[str]:
+    """A list of the str values of an iterable; a lone str is refused, not split.
+
+    Raises:
+        TypeError: a str or bytes (``secrets="key"`` would otherwise be read one
+            character at a time), not iterable, or holding something else than str.
+    """
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"{name} must be a list of str (wrap a single one: {name}=[...]), "
+            f"got {type(values).__name__}"
+        )
+    checked: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must contain str values, got {type(value).__name__}")
+        checked.append(value)
+    return checked

@@ -618,6 +618,8 @@ async def test_error_text_in_registry_is_redacted(autojump_clock: trio.abc.Clock
         ({"buffer_size": -1}, ValueError, "buffer_size must be a non-negative int"),
         ({"history_size": -1}, ValueError, "history_size"),
         ({"shutdown_grace": -1}, ValueError, "shutdown_grace"),
+        ({"buffer_size": 1.5}, TypeError, "buffer_size must be an int"),
+        ({"secrets": "sk-one-key"}, TypeError, "secrets must be a list of str"),
     ],
 )
 def test_bad_manager_arguments_are_named(

@@ -404,6 +404,10 @@ def test_bad_arguments_are_named() -> None:
         Reconnect(jitter=2)
     with pytest.raises(ValueError, match="max_event_size"):
         SSESource(client, "http://x", max_event_size=0)
+    with pytest.raises(TypeError, match="secrets must be a list of str"):
+        SSESource(client, "http://x", secrets="sk-one-key")  # not split into characters
+    with pytest.raises(ValueError, match="error_body_limit must be a non-negative int"):
+        SSESource(client, "http://x", error_body_limit=-1)
 
 
 async def test_raw_events_hand_over_the_original_bytes(autojump_clock: trio.abc.Clock) -> None:

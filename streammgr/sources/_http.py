@@ -34,7 +34,7 @@ from .._errors import (
 )
 from .._logging import describe_error, get_logger, redact
 from .._stream import current_producer
-from .._validate import check_seconds
+from .._validate import check_count, check_seconds, check_strings
 from ..sse import ServerSentEvent, SSEParser
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
@@ -179,10 +179,8 @@ class SSESource:
             raise TypeError(f"client must be an httpx.AsyncClient, got {type(client).__name__}")
         if json is not None and content is not None:
             raise ValueError("pass either json= or content=, not both")
-        if isinstance(error_body_limit, bool) or not isinstance(error_body_limit, int):
-            raise TypeError(f"error_body_limit must be an int, got {error_body_limit!r}")
-        if error_body_limit < 0:
-            raise ValueError(f"error_body_limit must be >= 0, got {error_body_limit}")
+        check_count("error_body_limit", error_body_limit, minimum=0)
+        extra_secrets = check_strings("secrets", secrets)
         SSEParser(max_event_size)  # validates max_event_size
         self._client = client
         self._method = method.upper()
@@ -198,7 +196,7 @@ class SSESource:
         self._max_event_size = max_event_size
         self._error_body_limit = error_body_limit
         self._secrets = tuple(
-            value for value in (*secrets, *self._credential_parts()) if len(value) >= 4
+            value for value in (*extra_secrets, *self._credential_parts()) if len(value) >= 4
         )
         self._rng = random.Random()
 

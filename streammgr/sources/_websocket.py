@@ -58,7 +58,7 @@ from .._errors import (
 )
 from .._logging import get_logger, redact
 from .._stream import current_producer
-from .._validate import check_seconds
+from .._validate import check_count, check_seconds, check_strings
 
 if TYPE_CHECKING:
     from trio_websocket import CloseReason, WebSocketConnection
@@ -195,7 +195,11 @@ class WebSocketSource:
         headers = _check_headers(extra_headers)
         self._secrets: tuple[str, ...] = tuple(
             value
-            for value in (*_check_secrets(secrets), *_header_secrets(headers), *_query_values(url))
+            for value in (
+                *check_strings("secrets", secrets),
+                *_header_secrets(headers),
+                *_query_values(url),
+            )
             if value
         )
         (self._host, self._port, self._host_header, self._target, self._tls) = self._parse_url(url)
@@ -211,7 +215,7 @@ class WebSocketSource:
         if checked_close_timeout is None:
             raise ValueError("close_timeout must be a positive number of seconds, got None")
         self._close_timeout = checked_close_timeout
-        self._max_message_size = _check_max_message_size(max_message_size)
+        self._max_message_size = check_count("max_message_size", max_message_size, minimum=1)
 
     def _parse_url(self, url: object) -> tuple[str, int, str, str, bool]:
         """``(host, port, Host header, request target, tls)`` from a ws(s) URL."""
@@ -726,20 +730,6 @@ def _protocol_detail(error: BaseException) -> str:
 # -- argument checks -------------------------------------------------------------------
 
 
-def _check_secrets(secrets: object) -> list[str]:
-    if isinstance(secrets, str | bytes) or not isinstance(secrets, Iterable):
-        raise TypeError(
-            f"secrets must be a list of str (wrap a single one: secrets=[...]), "
-            f"got {type(secrets).__name__}"
-        )
-    checked: list[str] = []
-    for value in secrets:
-        if not isinstance(value, str):
-            raise TypeError(f"secrets must contain str values, got {type(value).__name__}")
-        checked.append(value)
-    return checked
-
-
 def _check_headers(extra_headers: object) -> list[tuple[str, str]]:
     if isinstance(extra_headers, str | bytes) or not isinstance(extra_headers, Iterable):
         raise TypeError(
@@ -817,14 +807,6 @@ def _check_ssl_context(ssl_context: object, tls: bool) -> ssl.SSLContext | None:
     if not tls:
         raise ValueError("ssl_context is only used with wss:// URLs; this URL is ws://")
     return ssl_context
-
-
-def _check_max_message_size(max_message_size: object) -> int:
-    if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
-        raise TypeError(f"max_message_size must be an int, got {max_message_size!r}")
-    if max_message_size < 1:
-        raise ValueError(f"max_message_size must be a positive int, got {max_message_size}")
-    return max_message_size
 
 
 def _check_subprotocols(subprotocols: object) -> tuple[str, ...]:
