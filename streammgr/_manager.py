@@ -51,7 +51,7 @@ from ._registry import (
     snapshot_all,
 )
 from ._states import CloseReason, Phase
-from ._stream import CURRENT_RECORD, PUSH, ManagedStream, StreamSender, producer_kind
+from ._stream import CURRENT_RECORD, ManagedStream, StreamSender, is_push_producer
 from ._timeouts import TimeoutWatchdog
 from ._validate import check_count, check_seconds, check_strings
 
@@ -357,7 +357,7 @@ class StreamManager:
             StreamCancelled: (on entering) cancelled while waiting for a slot.
             TypeError / ValueError: a bad argument, named in the message.
         """
-        kind = producer_kind(producer)
+        push = is_push_producer(producer)
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
         frozen_labels = freeze_labels(labels)
@@ -386,7 +386,7 @@ class StreamManager:
             record,
             producer,
             args,
-            kind,
+            push,
             self._acquire_timeout
             if acquire_timeout is DEFAULT
             else check_seconds("acquire_timeout", acquire_timeout),
@@ -456,7 +456,7 @@ class StreamManager:
         record.scope = trio.CancelScope()
         self._running_producers += 1
         self._nursery.start_soon(
-            self._run_producer, record, stream._producer, stream._producer_args, stream._kind,
+            self._run_producer, record, stream._producer, stream._producer_args, stream._push,
             send_channel,
         )  # fmt: skip
         self._watchdog.watch(record, now)
@@ -467,7 +467,7 @@ class StreamManager:
         record: StreamRecord,
         producer: Callable[..., Any],
         args: tuple[object, ...],
-        kind: int,
+        push: bool,
         send_channel: trio.MemorySendChannel[Any],
     ) -> None:
         """The producer's task: run it in its own scope, always close the channel last."""
@@ -477,7 +477,7 @@ class StreamManager:
         CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
         try:
             with record.scope:
-                if kind == PUSH:
+                if push:
                     await producer(StreamSender(record, send_channel), *args)
                 else:
                     await self._pump(record, producer(*args), send_channel)

@@ -24,14 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CURRENT_RECORD",
-    "GENERATOR",
-    "ITERABLE",
-    "PUSH",
     "ManagedStream",
     "ProducerContext",
     "StreamSender",
     "current_producer",
-    "producer_kind",
+    "is_push_producer",
 ]
 
 T = TypeVar("T")
@@ -143,34 +140,31 @@ class StreamSender(Generic[T]):
         return f"<StreamSender for stream {self._record.id}>"
 
 
-GENERATOR, PUSH, ITERABLE = 0, 1, 2  # producer kinds
 _END: Any = object()  # the reader's marker for "the channel is closed"
 _WAIT: Any = object()  # the reader's marker for "nothing ready: wait"
 
 
-def producer_kind(producer: object) -> int:
-    """How to run ``producer``: GENERATOR, PUSH (takes a StreamSender) or ITERABLE.
+def is_push_producer(producer: object) -> bool:
+    """Whether ``producer`` pushes (``async def p(send, *args)``) rather than being
+    called for an async iterator (an async generator function, or any callable
+    returning an async iterator).
 
     A callable object counts by its ``__call__``: ``async def __call__(self, send)``
     is a push producer. That is how a source that needs a nursery of its own (a
     WebSocket client) stays inside one ``await`` instead of across ``yield``s.
     """
+    if not callable(producer):
+        raise TypeError(
+            f"producer must be an async generator function, an async function taking a "
+            f"StreamSender, or a callable returning an async iterator; got {producer!r}"
+        )
     if inspect.isasyncgenfunction(producer):
-        return GENERATOR
+        return False
     if inspect.iscoroutinefunction(producer):
-        return PUSH
+        return True
+    # Anything else is called for an iterator, unless its __call__ is async def.
     call = getattr(type(producer), "__call__", None)  # noqa: B004 - the method itself is needed
-    if call is not None and not inspect.isfunction(producer):
-        if inspect.iscoroutinefunction(call):
-            return PUSH
-        if inspect.isasyncgenfunction(call):
-            return GENERATOR
-    if callable(producer):
-        return ITERABLE
-    raise TypeError(
-        f"producer must be an async generator function, an async function taking a "
-        f"StreamSender, or a callable returning an async iterator; got {producer!r}"
-    )
+    return inspect.iscoroutinefunction(call)
 
 
 class ManagedStream(Generic[T]):
@@ -187,10 +181,10 @@ class ManagedStream(Generic[T]):
         "_acquire_timeout",
         "_buffer_size",
         "_item_size",
-        "_kind",
         "_manager",
         "_producer",
         "_producer_args",
+        "_push",
         "_receive",
         "_receive_channel",
         "_receive_nowait",
@@ -203,7 +197,7 @@ class ManagedStream(Generic[T]):
         record: StreamRecord,
         producer: Callable[..., Any],
         args: tuple[object, ...],
-        kind: int,
+        push: bool,
         acquire_timeout: float | None,
         buffer_size: int,
         item_size: Callable[[T], int],
@@ -212,7 +206,7 @@ class ManagedStream(Generic[T]):
         self._record = record
         self._producer = producer
         self._producer_args = args
-        self._kind = kind
+        self._push = push
         self._acquire_timeout = acquire_timeout
         self._buffer_size = buffer_size
         self._item_size = item_size

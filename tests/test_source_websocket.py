@@ -43,7 +43,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 import streammgr
 import streammgr.sources
 from streammgr import CloseReason, Phase
-from streammgr._stream import PUSH, producer_kind
+from streammgr._stream import is_push_producer
 from streammgr.sources import WebSocketSource
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
@@ -694,7 +694,7 @@ def test_missing_optional_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_is_a_push_producer() -> None:
     """The connection lives inside one await in the producer's task (it owns a
     nursery), never across a yield."""
-    assert producer_kind(WebSocketSource("ws://example.com/feed")) == PUSH
+    assert is_push_producer(WebSocketSource("ws://example.com/feed"))
 
 
 async def test_every_socket_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
