@@ -60,8 +60,16 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 def describe_error(error: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``"ErrorType: message"``, redacted and cut to :data:`MAX_ERROR_TEXT`."""
-    text = redact(f"{type(error).__name__}: {error}", secrets)
+    """``"ErrorType: message"``, redacted and cut to :data:`MAX_ERROR_TEXT`.
+
+    Never raises: an exception whose ``__str__`` fails (a common application bug)
+    is described as ``"ErrorType: <str() raised AttributeError>"``.
+    """
+    try:
+        message = str(error)
+    except Exception as exc:  # an application's __str__ bug must not break a close
+        message = f"<str() raised {type(exc).__name__}>"
+    text = redact(f"{type(error).__name__}: {message}", secrets)
     if len(text) > MAX_ERROR_TEXT:
         text = text[: MAX_ERROR_TEXT - 3] + "..."
     return text
