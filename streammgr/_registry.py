@@ -13,7 +13,7 @@ import collections
 import math
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import trio
 
@@ -91,6 +91,7 @@ class StreamRecord:
     """The manager's mutable bookkeeping for one stream (private)."""
 
     __slots__ = (
+        "__weakref__",
         "admitted_at",
         "bytes",
         "cached",
@@ -117,7 +118,7 @@ class StreamRecord:
         "reader_saw_end",
         "reader_timeout",
         "scope",
-        "timed",
+        "timer",
         "wait_scope",
     )
 
@@ -156,7 +157,8 @@ class StreamRecord:
         self.reader_timeout: float | None = None
         self.idle_timeout: float | None = None
         self.deadline: float | None = None
-        self.timed = False  # has an entry in the timeout watchdog's heap
+        # Its entry in the timeout watchdog's heap, while it has one.
+        self.timer: list[Any] | None = None
         # The last snapshot, reused until something changes. Every change goes
         # through move_to() or the reader's per-item update, and both drop it.
         self.cached: StreamInfo | None = None

@@ -15,11 +15,13 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from ._registry import StreamRecord
-from ._states import CloseReason, Phase
+from ._states import CloseReason
+from ._validate import MIN_SECONDS
 
 __all__ = ["TimeoutWatchdog", "next_check"]
 
@@ -74,6 +76,13 @@ def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | N
 class TimeoutWatchdog:
     """The heap of check times and the task that works through it.
 
+    A heap entry is a small list ``[check time, order, record]``; when a stream
+    closes, :meth:`forget` empties its entry's record slot at once, so nothing of
+    a closed stream (its exception, traceback, producer frames) stays reachable
+    from the heap until the entry's check time. Entries emptied this way are
+    skipped when popped, and swept as soon as they are most of a heap of more than
+    ``_SWEEP_AT`` entries, so their number stays bounded by the open streams.
+
     Args:
         on_expired: called (synchronously) with the record, the reason and a
             human-readable detail when one of its timeouts expires.
@@ -81,7 +90,7 @@ class TimeoutWatchdog:
 
     def __init__(self, on_expired: Callable[[StreamRecord, CloseReason, str], None]) -> None:
         self._on_expired = on_expired
-        self._heap: list[tuple[float, int, StreamRecord]] = []
+        self._heap: list[list[Any]] = []
         self._order = itertools.count()
         self._stale = 0  # entries whose stream has closed
         self._scope: trio.CancelScope | None = None
@@ -89,18 +98,35 @@ class TimeoutWatchdog:
     def watch(self, record: StreamRecord, now: float) -> None:
         """Start watching a just-admitted stream (if it has any timeout)."""
         if record.reader_timeout or record.idle_timeout or record.deadline:
-            self._push(record, next_check(record, now)[0])
+            self._push(record, next_check(record, now)[0], now)
 
     def forget(self, record: StreamRecord) -> None:
-        """A stream closed: its heap entry, if any, is now stale."""
-        if record.timed:
+        """A stream closed: drop the heap's reference to it now."""
+        entry = record.timer
+        if entry is not None:
+            entry[2] = None
+            record.timer = None
             self._stale += 1
+            if self._stale > _SWEEP_AT and self._stale * 2 > len(self._heap):
+                self._sweep()
 
-    def _push(self, record: StreamRecord, when: float) -> None:
+    def _sweep(self) -> None:
+        """Drop the emptied entries (amortised: only when they are most of the heap)."""
+        heap = self._heap
+        heap[:] = [entry for entry in heap if entry[2] is not None]
+        heapq.heapify(heap)
+        self._stale = 0
+
+    def _push(self, record: StreamRecord, when: float, now: float) -> None:
         if when == math.inf:
             return
-        record.timed = True
-        heapq.heappush(self._heap, (when, next(self._order), record))
+        # Never look again sooner than the shortest timeout allowed: a timeout that
+        # vanishes in the clock (``now + t == now``) would otherwise have the
+        # watchdog re-check forever without a checkpoint.
+        when = max(when, now + MIN_SECONDS)
+        entry = [when, next(self._order), record]
+        record.timer = entry
+        heapq.heappush(self._heap, entry)
         scope = self._scope
         if scope is not None and when < scope.deadline:
             scope.deadline = when
@@ -115,21 +141,15 @@ class TimeoutWatchdog:
             self._scope = None
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                _, _, record = heapq.heappop(heap)
-                record.timed = False
-                if record.phase is Phase.CLOSED:
+                record: StreamRecord | None = heapq.heappop(heap)[2]
+                if record is None:
                     self._stale -= 1
                     continue
+                record.timer = None
                 if record.close_reason is not None:
                     continue  # already ending for another reason
                 when, reason, detail = next_check(record, now)
                 if reason is not None:
                     self._on_expired(record, reason, detail)
                 else:
-                    self._push(record, when)
-            if self._stale > _SWEEP_AT and self._stale * 2 > len(heap):
-                for _, _, record in heap:
-                    record.timed = record.phase is not Phase.CLOSED
-                heap[:] = [entry for entry in heap if entry[2].timed]
-                heapq.heapify(heap)
-                self._stale = 0
+                    self._push(record, when, now)

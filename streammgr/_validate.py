@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-__all__ = ["check_count", "check_seconds", "check_strings"]
+__all__ = ["MIN_SECONDS", "check_count", "check_seconds", "check_strings"]
+
+MIN_SECONDS = 0.001
+"""The shortest timeout accepted anywhere: one millisecond."""
 
 
 def check_seconds(name: str, value: float | None) -> float | None:
-    """``None``, or a positive, finite number of seconds as a float.
+    """``None``, or a finite number of seconds of at least :data:`MIN_SECONDS`, as a float.
 
     Raises:
         TypeError: not a number (bools are refused too).
-        ValueError: zero, negative, NaN or infinite.
+        ValueError: zero, negative, NaN, infinite, or below :data:`MIN_SECONDS`.
     """
     if value is None:
         return None
@@ -22,6 +25,13 @@ def check_seconds(name: str, value: float | None) -> float | None:
     if not value > 0 or math.isinf(value):
         raise ValueError(
             f"{name} must be a positive, finite number of seconds or None, got {value}"
+        )
+    if value < MIN_SECONDS:
+        # Shorter is below what a scheduler can honour, and at a large clock value
+        # ``now + value == now``: such a timeout could never be waited for.
+        raise ValueError(
+            f"{name} must be at least {MIN_SECONDS:g} seconds, got {value:g}; "
+            f"use None for no timeout"
         )
     return float(value)
 

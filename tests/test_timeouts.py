@@ -65,10 +65,14 @@ async def test_stale_entries_are_swept(autojump_clock: trio.abc.Clock) -> None:
                 async for _ in stream:
                     pass
         heap = manager._watchdog._heap
-        assert len(heap) == 3000  # closed streams leave their entries until a wake-up
+        # Closed streams' entries hold no reference to them, and are swept as they
+        # become most of the heap: their number stays bounded.
+        assert len(heap) <= 1025
+        assert all(entry[2] is None for entry in heap)
         with pytest.raises(streammgr.DeadlineExceeded):
             async with manager.open(one, deadline=1) as stream:
                 await trio.sleep(5)
                 async for _ in stream:
                     pass
-        assert len(heap) == 0
+        assert len(heap) <= 1025
+        assert all(entry[2] is None for entry in heap)
