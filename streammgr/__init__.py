@@ -5,6 +5,7 @@ The public API is re-exported here; the modules that define it are private.
 
 from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import IdleTimeout as IdleTimeout
+from ._errors import LimiterError as LimiterError
 from ._errors import ManagerClosed as ManagerClosed
 from ._errors import ReaderTimeout as ReaderTimeout
 from ._errors import SSEError as SSEError
@@ -51,6 +52,7 @@ __all__ = [
     "FairLimiter",
     "IdleTimeout",
     "Limiter",
+    "LimiterError",
     "LimiterSnapshot",
     "ManagedStream",
     "ManagerClosed",

@@ -5,6 +5,7 @@
     StreamError                      anything streammgr raises on purpose
     ├── StreamLimitExceeded          not admitted: .limit names the limit, .retry_after in seconds
     ├── ManagerClosed                open() on a manager that is shutting down or closed
+    ├── LimiterError                 the admission limiter itself failed (a Redis error...)
     ├── StreamCancelled              the stream was ended from outside: .reason, .close_reason
     │   └── StreamTimeout            ended by one of its timeouts: .timeout in seconds
     │       ├── ReaderTimeout        the reader did not take an item for reader_timeout
@@ -43,6 +44,7 @@ from ._states import CloseReason
 __all__ = [
     "DeadlineExceeded",
     "IdleTimeout",
+    "LimiterError",
     "ManagerClosed",
     "ReaderTimeout",
     "SSEError",
@@ -92,18 +94,38 @@ class ManagerClosed(StreamError):
     """``open()`` was called on a manager that is shutting down or already closed."""
 
 
+class LimiterError(StreamError):
+    """The admission limiter raised instead of admitting or refusing a stream.
+
+    A limiter backed by a network service (Redis) fails this way when the service
+    is unreachable. The stream was not opened and holds nothing; the limiter's own
+    exception is the ``__cause__``. Recorded with close reason ``limiter_error``.
+
+    Attributes:
+        key: the admission key of the stream.
+        stream_id: the id of the stream.
+    """
+
+    def __init__(self, message: str, *, key: str, stream_id: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.stream_id = stream_id
+
+
 class StreamCancelled(StreamError):
     """The stream was ended from outside before it finished.
 
     Attributes:
         reason: human-readable text: what the canceller passed to
-            ``manager.cancel(..., reason=...)``, or a description of the timeout.
+            ``manager.cancel(..., reason=...)`` (``""`` when it gave none), or a
+            description of the timeout.
         close_reason: the :class:`CloseReason` recorded in the registry.
         stream_id: the id of the stream.
     """
 
     def __init__(self, reason: str, *, close_reason: CloseReason, stream_id: str) -> None:
-        super().__init__(f"stream {stream_id} was cancelled ({close_reason}): {reason}")
+        message = f"stream {stream_id} was cancelled ({close_reason})"
+        super().__init__(f"{message}: {reason}" if reason else message)
         self.reason = reason
         self.close_reason = close_reason
         self.stream_id = stream_id

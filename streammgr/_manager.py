@@ -34,6 +34,7 @@ import trio
 from ._errors import (
     DeadlineExceeded,
     IdleTimeout,
+    LimiterError,
     ManagerClosed,
     ReaderTimeout,
     StreamCancelled,
@@ -88,7 +89,11 @@ class ManagerStats:
     """Counters and limits of a manager at one moment.
 
     Attributes:
-        active: streams holding a slot (admitted, not yet closed).
+        active: streams holding an admission slot: admitted, and their producer
+            has not finished yet. The slot is the upstream's, so it goes back the
+            moment the producer has finished (its upstream closed), even while
+            the reader still has buffered items or the producer's error to take;
+            ``len(manager.streams())`` counts those too.
         waiting: streams queued for a slot.
         max_streams: global limit (``None``: unlimited).
         max_streams_per_key: per-key limit (``None``: unlimited).
@@ -232,7 +237,18 @@ class StreamManager:
             # Also when aclose was interrupted: nothing may outlive the block.
             self._cancel_everything()
             self._nursery.cancel_scope.cancel()
-            await self._nursery_manager.__aexit__(None, None, None)
+            try:
+                await self._nursery_manager.__aexit__(None, None, None)
+            except BaseExceptionGroup as group:
+                # Only a producer's BaseException (KeyboardInterrupt, SystemExit, a
+                # custom one) gets here: raise it as itself, not wrapped.
+                if len(group.exceptions) != 1:
+                    raise
+                lone = group.exceptions[0]
+                try:
+                    raise lone from None
+                finally:
+                    del lone, group
 
     async def aclose(self, grace: float | None = None) -> None:
         """Shut down: stop admitting, let streams finish, then cancel the rest.
@@ -428,6 +444,28 @@ class StreamManager:
             )
             self._finish(record, CloseReason.REJECTED, error=exc)
             raise
+        except trio.Cancelled:
+            # The reader's own task was cancelled while it waited.
+            self._finish(record, CloseReason.READER_EXIT, detail="the reader's task was cancelled")
+            raise
+        except Exception as exc:
+            # The limiter itself failed (a remote one: a network error).
+            text = describe_error(exc, self._secrets)
+            self._log.error(
+                "stream.limiter_error",
+                stream_id=record.id,
+                key=record.key,
+                operation="acquire",
+                error=text,
+            )
+            self._finish(record, CloseReason.LIMITER_ERROR, error=exc)
+            raise LimiterError(
+                f"the admission limiter failed to acquire a slot for stream {record.id} "
+                f"(key {record.key!r}): {text}; the stream was not opened: check the "
+                f"limiter's backend, then open it again",
+                key=record.key,
+                stream_id=record.id,
+            ) from exc
         except BaseException as exc:
             # The reader's own task was cancelled (or failed) while it waited.
             detail, error = _reader_exit_detail(exc)
@@ -436,8 +474,7 @@ class StreamManager:
         record.wait_scope = None
         if record.close_reason is not None:
             # Cancelled while waiting (or in the instant it was admitted).
-            if permit is not None:
-                self._limiter.release(permit)
+            record.permit = permit
             self._finish(record)
             raise self._cancelled_error(record)
         assert permit is not None
@@ -472,6 +509,7 @@ class StreamManager:
     ) -> None:
         """The producer's task: run it in its own scope, always close the channel last."""
         error: BaseException | None = None
+        fatal = False
         completed = False
         assert record.scope is not None
         CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
@@ -484,13 +522,22 @@ class StreamManager:
                 completed = True
         except Exception as exc:
             error = exc
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit, a custom BaseException: as in Trio, it
+            # propagates, through the nursery, and ends the manager and every stream.
+            error, fatal = exc, True
+            raise
         finally:
             # The end of the stream is "produced" now: the reader's turn starts here.
             record.produced_at = trio.current_time()
             record.producer_done = True
             send_channel.close()
             self._running_producers -= 1
-            self._producer_ended(record, error, completed)
+            # The upstream is closed: its slot goes back now, whoever reads what is left.
+            self._release(record)
+            self._producer_ended(record, error, completed, fatal)
             if not self._running_producers and self._producers_done is not None:
                 self._producers_done.set()
 
@@ -545,13 +592,21 @@ class StreamManager:
                     )
 
     def _producer_ended(
-        self, record: StreamRecord, error: BaseException | None, completed: bool
+        self, record: StreamRecord, error: BaseException | None, completed: bool, fatal: bool
     ) -> None:
         if record.phase is Phase.CLOSED:
             return
-        if error is not None and record.close_reason is None:
-            # The upstream is gone, so the slot goes back now; the record closes
-            # when the reader has taken the buffered items and then the error.
+        if fatal and record.close_reason is None:
+            # The exception leaves through the nursery, not through the reader: the
+            # reader gets StreamCancelled (producer_error) if it reads again.
+            assert error is not None
+            self._finish(record, CloseReason.PRODUCER_ERROR, error=error)
+            # The manager ends with it: say so for every other stream at once,
+            # before their readers' tasks see the nursery's cancellation.
+            self._cancel_everything()
+        elif error is not None and record.close_reason is None:
+            # The record closes when the reader has taken the buffered items and
+            # then the error (or leaves the block).
             record.exception = error
             record.close_reason = (
                 error.close_reason
@@ -560,8 +615,6 @@ class StreamManager:
             )
             record.error = describe_error(error, self._secrets)
             record.move_to(Phase.CLOSING)
-            if record.permit is not None:
-                self._limiter.release(record.permit)
         elif record.close_reason is not None:
             if error is not None:
                 # Failed while being cancelled: keep the cancel reason, note the error.
@@ -584,9 +637,9 @@ class StreamManager:
         if not record.producer_done:
             if record.close_reason is None:
                 detail, error = _reader_exit_detail(exc)
-                if error is not None:
-                    record.error = describe_error(error, self._secrets)
                 self._request_cancel(record, CloseReason.READER_EXIT, detail)
+                if error is not None:  # described after the cancel it accompanies
+                    record.error = describe_error(error, self._secrets)
             # The producer closes the channel as its very last act: drain until then.
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._cleanup_timeout) as patience:
@@ -618,7 +671,7 @@ class StreamManager:
         if record.close_reason is not None or record.phase is Phase.CLOSED:
             return False
         record.close_reason = reason
-        record.detail = detail
+        record.detail = detail or None  # an empty reason is no reason
         if record.phase is Phase.WAITING:
             record.move_to(Phase.CLOSING)
             if record.wait_scope is not None:
@@ -651,8 +704,7 @@ class StreamManager:
         now = trio.current_time()
         record.closed_at = now
         record.move_to(Phase.CLOSED)
-        if record.permit is not None:
-            self._limiter.release(record.permit)
+        self._release(record)
         self._watchdog.forget(record)
         self._registry.remove(record)
         self._log.info(
@@ -668,10 +720,32 @@ class StreamManager:
         if self._drained is not None and not self._registry.active:
             self._drained.set()
 
+    def _release(self, record: StreamRecord) -> None:
+        """Give the stream's slot back, once; a failing limiter breaks nothing here.
+
+        The stream's outcome is already decided when its slot goes back, so a
+        limiter whose ``release`` raises is logged (``stream.limiter_error``) and
+        the close goes on: the record still closes and leaves ``streams()``.
+        """
+        permit = record.permit
+        if permit is None:
+            return
+        record.permit = None
+        try:
+            self._limiter.release(permit)
+        except Exception as exc:
+            self._log.error(
+                "stream.limiter_error",
+                stream_id=record.id,
+                key=record.key,
+                operation="release",
+                error=describe_error(exc, self._secrets),
+            )
+
     def _cancelled_error(self, record: StreamRecord) -> StreamCancelled:
         reason = record.close_reason
         assert reason is not None
-        detail = record.detail or str(reason)
+        detail = record.detail or ""
         error_class = _TIMEOUT_ERRORS.get(reason)
         if error_class is not None:
             timeout = {
@@ -739,7 +813,9 @@ class StreamManager:
         Args:
             stream_id: the id of the stream.
             reason: free text, recorded as the close ``detail`` and passed to the
-                reader's :class:`StreamCancelled`. Never put secrets here.
+                reader's :class:`StreamCancelled`. An empty reason means none was
+                given: the detail is ``None`` and the reader's error names only the
+                close reason. Never put secrets here.
             close_reason: the :class:`CloseReason` to record (the gateway uses
                 ``CLIENT_DISCONNECTED``).
 

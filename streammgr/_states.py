@@ -51,6 +51,8 @@ class CloseReason(enum.StrEnum):
     """The manager shut down before the stream finished."""
     REJECTED = "rejected"
     """Never admitted: the queue was full or the wait for a slot timed out."""
+    LIMITER_ERROR = "limiter_error"
+    """Never admitted: the admission limiter itself failed (``LimiterError``)."""
     CLIENT_DISCONNECTED = "client_disconnected"
     """The HTTP client of a gateway went away."""
     UPSTREAM_ERROR = "upstream_error"

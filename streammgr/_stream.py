@@ -286,7 +286,10 @@ class ManagedStream(Generic[T]):
             # Raised outside the except block, so the producer's exception reaches
             # the reader as itself, without EndOfChannel chained to it.
             if record.close_reason is None:
+                # The end has been read: the stream is completed, now. Nothing that
+                # happens while the reader stays in its block can rewrite that.
                 record.reader_saw_end = True
+                self._manager._finish(record, CloseReason.COMPLETED)
                 raise StopAsyncIteration
             if record.exception is not None:
                 self._manager._finish(record)

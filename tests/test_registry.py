@@ -223,9 +223,12 @@ async def test_producer_context_reports_connection_and_bytes(
         assert (info.phase, info.bytes) == (Phase.FIRST_ITEM, 100)
         assert seen == [stream.id]
         gate.set()
-        assert [item async for item in stream] == ["event"]
+        assert stream.info().phase is Phase.FIRST_ITEM
+        assert await stream.__anext__() == "event"
         info = stream.info()
         assert (info.phase, info.items, info.bytes) == (Phase.STREAMING, 1, 105)
+        assert [item async for item in stream] == []
+        assert stream.info().phase is Phase.CLOSED  # the end has been read
     # The reader's task never sees the producer's context.
     assert streammgr.current_producer() is None
 
