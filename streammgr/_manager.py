@@ -1,21 +1,9 @@
-"""The StreamManager: one nursery, one cancel scope per stream, timeouts, shutdown.
+"""The StreamManager: the public face of a set of streams run in one nursery.
 
-How a stream runs::
-
-    reader task                         manager nursery
-    -----------                         ---------------
-    async with manager.open(p) as s:    (admission: wait for a slot, FIFO)
-                                        producer task, in its own cancel scope
-        async for item in s:   <------  memory channel (bounded) <---- p yields
-            ...
-    # exit: cancel the producer's scope, wait (shielded) until it has finished
-    # its cleanup, release the slot, move the record to history.
-
-The producer closes the channel as the very last thing it does, so "the channel
-is closed" means "the producer has finished": the reader's exit waits on that,
-with no extra event per stream. Timeouts are watched by one watchdog task for the
-whole manager, from a heap of per-stream check times, so the per-item cost is two
-counter updates and two clock reads.
+It holds the configuration (limits, default timeouts, buffer), opens streams,
+and answers inspection and control calls. Running them is the
+:class:`~streammgr._runner.StreamRunner`'s job, and every change of a stream's
+state is decided by :mod:`streammgr._lifecycle`.
 """
 
 from __future__ import annotations
@@ -31,18 +19,8 @@ from typing import Any, Concatenate, TypeVar, cast, overload
 
 import trio
 
-from ._errors import (
-    DeadlineExceeded,
-    IdleTimeout,
-    LimiterError,
-    ManagerClosed,
-    ReaderTimeout,
-    StreamCancelled,
-    StreamLimitExceeded,
-    UpstreamError,
-)
 from ._limits import UNSET, FairLimiter, Limiter, LimiterSnapshot, _Unset
-from ._logging import describe_error, get_logger
+from ._logging import get_logger
 from ._registry import (
     Registry,
     RegistryWatcher,
@@ -51,20 +29,14 @@ from ._registry import (
     freeze_labels,
     snapshot_all,
 )
-from ._states import CloseReason, Phase
-from ._stream import CURRENT_RECORD, ManagedStream, StreamSender, is_push_producer
-from ._timeouts import TimeoutWatchdog
+from ._runner import StreamRunner
+from ._states import CloseReason
+from ._stream import ManagedStream, StreamSender, is_push_producer
 from ._validate import check_count, check_seconds, check_strings
 
 __all__ = ["ManagerStats", "StreamManager"]
 
 T = TypeVar("T")
-
-_TIMEOUT_ERRORS = {
-    CloseReason.READER_TIMEOUT: ReaderTimeout,
-    CloseReason.IDLE_TIMEOUT: IdleTimeout,
-    CloseReason.DEADLINE: DeadlineExceeded,
-}
 
 
 class _Default:
@@ -191,21 +163,16 @@ class StreamManager:
         self._cleanup_timeout = cast(float, check_seconds("cleanup_timeout", cleanup_timeout))
         self._registry = Registry(history_size)
         self._secrets = [value for value in check_strings("secrets", secrets) if value]
-        self._log = get_logger()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
-        self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
-        self._closing = False
-        self._closed = False
-        self._drained: trio.Event | None = None
-        self._running_producers = 0
-        self._producers_done: trio.Event | None = None
-        self._rejected_total = 0
-        self._watchdog = TimeoutWatchdog(self._timeout_expired)
+        self._runner = StreamRunner(
+            limiter, self._registry, self._secrets, self._cleanup_timeout, get_logger()
+        )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "closing" if self._closing else "open"
+        runner = self._runner
+        state = "closed" if runner.closed else "closing" if runner.closing else "open"
         return (
             f"<StreamManager {state} active={len(self._registry.active)} limiter={self._limiter!r}>"
         )
@@ -213,15 +180,16 @@ class StreamManager:
     # -- lifetime ----------------------------------------------------------------
 
     async def __aenter__(self) -> StreamManager:
-        if self._nursery is not None or self._closed:
+        runner = self._runner
+        if runner.nursery is not None or runner.closed:
             raise RuntimeError("a StreamManager can be entered only once")
         # Resolve structlog's configuration once, now that the application has had
         # its chance to configure it: a bound logger is much cheaper per call than
         # the lazy proxy (and free when the level filters the event out).
-        self._log = self._log.bind()
+        runner.log = runner.log.bind()
         self._nursery_manager = trio.open_nursery()
-        self._nursery = await self._nursery_manager.__aenter__()
-        self._nursery.start_soon(self._watchdog.run, name="streammgr-watchdog")
+        runner.nursery = await self._nursery_manager.__aenter__()
+        runner.nursery.start_soon(runner.watchdog.run, name="streammgr-watchdog")
         return self
 
     async def __aexit__(
@@ -230,13 +198,14 @@ class StreamManager:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        assert self._nursery is not None
+        runner = self._runner
+        assert runner.nursery is not None
         try:
             await self.aclose(grace=self._shutdown_grace if exc is None else 0.0)
         finally:
             # Also when aclose was interrupted: nothing may outlive the block.
-            self._cancel_everything()
-            self._nursery.cancel_scope.cancel()
+            runner.cancel_everything()
+            runner.nursery.cancel_scope.cancel()
             try:
                 await self._nursery_manager.__aexit__(None, None, None)
             except BaseExceptionGroup as group:
@@ -259,39 +228,25 @@ class StreamManager:
         with reason ``shutdown``. Returns when every producer has finished its
         cleanup. Safe to call from any task, and more than once.
         """
-        if self._nursery is None:
-            self._closing = self._closed = True
+        runner = self._runner
+        if runner.nursery is None:
+            runner.closing = runner.closed = True
             return
         grace = self._shutdown_grace if grace is None else grace
         if not grace >= 0:
             raise ValueError(f"grace must be >= 0 seconds, got {grace}")
-        self._closing = True
-        for record in list(self._registry.active.values()):
-            if record.phase is Phase.WAITING:
-                self._request_cancel(record, CloseReason.SHUTDOWN, "the manager is shutting down")
+        runner.closing = True
+        runner.cancel_waiting()
         if self._registry.active and grace > 0:
-            if self._drained is None:  # another task may be in aclose() too
-                self._drained = trio.Event()
+            if runner.drained is None:  # another task may be in aclose() too
+                runner.drained = trio.Event()
             with trio.move_on_after(grace):
-                await self._drained.wait()
-        self._cancel_everything()
-        if self._running_producers:
-            if self._producers_done is None:
-                self._producers_done = trio.Event()
-            await self._producers_done.wait()
-
-    def _cancel_everything(self) -> None:
-        """Stop admitting and cancel every stream, waiting or active (sync)."""
-        self._closing = True
-        for record in list(self._registry.active.values()):
-            if record.producer_done and record.close_reason is not None:
-                self._finish(record)  # failed producer whose reader has not looked yet
-            else:
-                self._request_cancel(record, CloseReason.SHUTDOWN, "the manager shut down")
-        if not self._closed:
-            self._closed = True
-            for watcher in self._registry.watchers:
-                watcher.close()
+                await runner.drained.wait()
+        runner.cancel_everything()
+        if runner.running_producers:
+            if runner.producers_done is None:
+                runner.producers_done = trio.Event()
+            await runner.producers_done.wait()
 
     # -- opening streams -----------------------------------------------------------
 
@@ -398,7 +353,7 @@ class StreamManager:
             self._deadline if deadline is DEFAULT else check_seconds("deadline", deadline)
         )
         return ManagedStream(
-            self,
+            self._runner,
             record,
             producer,
             args,
@@ -411,356 +366,6 @@ class StreamManager:
             else check_count("buffer_size", buffer_size, minimum=0),
             item_size,
         )
-
-    async def _start(self, stream: ManagedStream[T]) -> trio.MemoryReceiveChannel[T]:
-        """Admit a stream and start its producer; called by ``__aenter__``."""
-        record = stream._record
-        if self._closing or self._nursery is None:
-            if self._nursery is None and not self._closed:
-                raise RuntimeError(
-                    "the StreamManager is not running: use it as "
-                    "'async with StreamManager(...) as manager:' before opening streams"
-                )
-            raise ManagerClosed(
-                f"the StreamManager is shutting down; stream for key {record.key!r} not opened"
-            )
-        registry = self._registry
-        registry.add(record)
-        self._log.info(
-            "stream.opened", stream_id=record.id, key=record.key, labels=dict(record.labels)
-        )
-        permit = None
-        try:
-            with trio.CancelScope() as record.wait_scope:
-                permit = await self._limiter.acquire(record.key, timeout=stream._acquire_timeout)
-        except StreamLimitExceeded as exc:
-            self._rejected_total += 1
-            self._log.info(
-                "stream.rejected",
-                stream_id=record.id,
-                key=record.key,
-                limit=exc.limit,
-                retry_after=exc.retry_after,
-            )
-            self._finish(record, CloseReason.REJECTED, error=exc)
-            raise
-        except trio.Cancelled:
-            # The reader's own task was cancelled while it waited.
-            self._finish(record, CloseReason.READER_EXIT, detail="the reader's task was cancelled")
-            raise
-        except Exception as exc:
-            # The limiter itself failed (a remote one: a network error).
-            text = describe_error(exc, self._secrets)
-            self._log.error(
-                "stream.limiter_error",
-                stream_id=record.id,
-                key=record.key,
-                operation="acquire",
-                error=text,
-            )
-            self._finish(record, CloseReason.LIMITER_ERROR, error=exc)
-            raise LimiterError(
-                f"the admission limiter failed to acquire a slot for stream {record.id} "
-                f"(key {record.key!r}): {text}; the stream was not opened: check the "
-                f"limiter's backend, then open it again",
-                key=record.key,
-                stream_id=record.id,
-            ) from exc
-        except BaseException as exc:
-            # The reader's own task was cancelled (or failed) while it waited.
-            detail, error = _reader_exit_detail(exc)
-            self._finish(record, CloseReason.READER_EXIT, detail=detail, error=error)
-            raise
-        record.wait_scope = None
-        if record.close_reason is not None:
-            # Cancelled while waiting (or in the instant it was admitted).
-            record.permit = permit
-            self._finish(record)
-            raise self._cancelled_error(record)
-        assert permit is not None
-        now = trio.current_time()
-        record.permit = permit
-        record.admitted_at = record.produced_at = now
-        record.move_to(Phase.CONNECTING)
-        registry.admitted(record)
-        self._log.info(
-            "stream.admitted",
-            stream_id=record.id,
-            key=record.key,
-            wait=now - record.created_at,
-        )
-        send_channel, receive_channel = trio.open_memory_channel[T](stream._buffer_size)
-        record.scope = trio.CancelScope()
-        self._running_producers += 1
-        self._nursery.start_soon(
-            self._run_producer, record, stream._producer, stream._producer_args, stream._push,
-            send_channel,
-        )  # fmt: skip
-        self._watchdog.watch(record, now)
-        return receive_channel
-
-    async def _run_producer(
-        self,
-        record: StreamRecord,
-        producer: Callable[..., Any],
-        args: tuple[object, ...],
-        push: bool,
-        send_channel: trio.MemorySendChannel[Any],
-    ) -> None:
-        """The producer's task: run it in its own scope, always close the channel last."""
-        error: BaseException | None = None
-        fatal = False
-        completed = False
-        assert record.scope is not None
-        CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
-        try:
-            with record.scope:
-                if push:
-                    await producer(StreamSender(record, send_channel), *args)
-                else:
-                    await self._pump(record, producer(*args), send_channel)
-                completed = True
-        except Exception as exc:
-            error = exc
-        except trio.Cancelled:
-            raise
-        except BaseException as exc:
-            # KeyboardInterrupt, SystemExit, a custom BaseException: as in Trio, it
-            # propagates, through the nursery, and ends the manager and every stream.
-            error, fatal = exc, True
-            raise
-        finally:
-            # The end of the stream is "produced" now: the reader's turn starts here.
-            record.produced_at = trio.current_time()
-            record.producer_done = True
-            send_channel.close()
-            self._running_producers -= 1
-            # The upstream is closed: its slot goes back now, whoever reads what is left.
-            self._release(record)
-            self._producer_ended(record, error, completed, fatal)
-            if not self._running_producers and self._producers_done is not None:
-                self._producers_done.set()
-
-    async def _pump(
-        self,
-        record: StreamRecord,
-        iterator: AsyncIterator[Any],
-        channel: trio.MemorySendChannel[Any],
-    ) -> None:
-        """Move items from an async iterator to the channel; always ``aclose()`` it.
-
-        An item goes in without a trip through the scheduler when the channel has
-        room (or a reader is waiting); only a full channel makes the producer wait.
-        A hand-off through the scheduler costs more than everything else streammgr
-        does per item, and the buffer bounds how far the producer can run ahead.
-        """
-        next_item = getattr(iterator, "__anext__", None)
-        if next_item is None:
-            raise TypeError(
-                f"the producer returned {type(iterator).__name__}, not an async iterator; "
-                f"pass an async generator function or a callable returning an async iterator"
-            )
-        clock = trio.current_time
-        send, send_nowait, would_block = channel.send, channel.send_nowait, trio.WouldBlock
-        try:
-            while True:
-                try:
-                    item = await next_item()
-                except StopAsyncIteration:
-                    return
-                record.produced += 1
-                record.produced_at = clock()
-                try:
-                    send_nowait(item)
-                    continue
-                except would_block:
-                    pass
-                await send(item)  # outside the except: no exception kept alive
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                # Runs even when cancelled, and cannot hang the stream's close.
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + self._cleanup_timeout
-                    await aclose()
-                if cleanup.cancelled_caught:
-                    self._log.warning(
-                        "stream.cleanup_timeout",
-                        stream_id=record.id,
-                        key=record.key,
-                        cleanup_timeout=self._cleanup_timeout,
-                    )
-
-    def _producer_ended(
-        self, record: StreamRecord, error: BaseException | None, completed: bool, fatal: bool
-    ) -> None:
-        if record.phase is Phase.CLOSED:
-            return
-        if fatal and record.close_reason is None:
-            # The exception leaves through the nursery, not through the reader: the
-            # reader gets StreamCancelled (producer_error) if it reads again.
-            assert error is not None
-            self._finish(record, CloseReason.PRODUCER_ERROR, error=error)
-            # The manager ends with it: say so for every other stream at once,
-            # before their readers' tasks see the nursery's cancellation.
-            self._cancel_everything()
-        elif error is not None and record.close_reason is None:
-            # The record closes when the reader has taken the buffered items and
-            # then the error (or leaves the block).
-            record.exception = error
-            record.close_reason = (
-                error.close_reason
-                if isinstance(error, UpstreamError)
-                else CloseReason.PRODUCER_ERROR
-            )
-            record.error = describe_error(error, self._secrets)
-            record.move_to(Phase.CLOSING)
-        elif record.close_reason is not None:
-            if error is not None:
-                # Failed while being cancelled: keep the cancel reason, note the error.
-                record.error = describe_error(error, self._secrets)
-            self._finish(record)
-        elif not completed:
-            # Cancelled from outside its own scope: the manager's nursery is shutting down.
-            self._finish(record, CloseReason.SHUTDOWN, detail="the manager shut down")
-        # else: finished normally; the reader closes it once it has read the end.
-
-    async def _end(
-        self,
-        record: StreamRecord,
-        channel: trio.MemoryReceiveChannel[Any],
-        exc: BaseException | None,
-    ) -> None:
-        """The reader left the block: stop the producer, wait for it, close the record."""
-        if record.phase is Phase.CLOSED:
-            return
-        if not record.producer_done:
-            if record.close_reason is None:
-                detail, error = _reader_exit_detail(exc)
-                self._request_cancel(record, CloseReason.READER_EXIT, detail)
-                if error is not None:  # described after the cancel it accompanies
-                    record.error = describe_error(error, self._secrets)
-            # The producer closes the channel as its very last act: drain until then.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(self._cleanup_timeout) as patience:
-                    async for _ in channel:
-                        pass
-                if patience.cancelled_caught:
-                    # Still waiting (guarantee 1), but say which stream holds its reader.
-                    self._log.warning(
-                        "stream.cleanup_slow",
-                        stream_id=record.id,
-                        key=record.key,
-                        waited=self._cleanup_timeout,
-                    )
-                    async for _ in channel:
-                        pass
-            return
-        if record.close_reason is not None:
-            self._finish(record)  # the producer failed; the reader left before the error
-        elif record.reader_saw_end:
-            self._finish(record, CloseReason.COMPLETED)
-        else:
-            detail, error = _reader_exit_detail(exc)
-            self._finish(record, CloseReason.READER_EXIT, detail=detail, error=error)
-
-    # -- closing -----------------------------------------------------------------
-
-    def _request_cancel(self, record: StreamRecord, reason: CloseReason, detail: str) -> bool:
-        """Ask a stream to end with ``reason``; the first reason wins."""
-        if record.close_reason is not None or record.phase is Phase.CLOSED:
-            return False
-        record.close_reason = reason
-        record.detail = detail or None  # an empty reason is no reason
-        if record.phase is Phase.WAITING:
-            record.move_to(Phase.CLOSING)
-            if record.wait_scope is not None:
-                record.wait_scope.cancel()
-            return True
-        record.move_to(Phase.CLOSING)
-        if record.producer_done:
-            self._finish(record)
-        elif record.scope is not None:
-            record.scope.cancel()
-        return True
-
-    def _finish(
-        self,
-        record: StreamRecord,
-        reason: CloseReason | None = None,
-        *,
-        detail: str | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        """Close a record for good: release its slot, move it to history, log it."""
-        if record.phase is Phase.CLOSED:
-            return
-        if reason is not None and record.close_reason is None:
-            record.close_reason = reason
-        if detail is not None and record.detail is None:
-            record.detail = detail
-        if error is not None and record.error is None:
-            record.error = describe_error(error, self._secrets)
-        now = trio.current_time()
-        record.closed_at = now
-        record.move_to(Phase.CLOSED)
-        self._release(record)
-        self._watchdog.forget(record)
-        self._registry.remove(record)
-        self._log.info(
-            "stream.closed",
-            stream_id=record.id,
-            key=record.key,
-            reason=str(record.close_reason),
-            duration=now - record.created_at,
-            items=record.items,
-            bytes=record.bytes,
-            error=record.error,
-        )
-        if self._drained is not None and not self._registry.active:
-            self._drained.set()
-
-    def _release(self, record: StreamRecord) -> None:
-        """Give the stream's slot back, once; a failing limiter breaks nothing here.
-
-        The stream's outcome is already decided when its slot goes back, so a
-        limiter whose ``release`` raises is logged (``stream.limiter_error``) and
-        the close goes on: the record still closes and leaves ``streams()``.
-        """
-        permit = record.permit
-        if permit is None:
-            return
-        record.permit = None
-        try:
-            self._limiter.release(permit)
-        except Exception as exc:
-            self._log.error(
-                "stream.limiter_error",
-                stream_id=record.id,
-                key=record.key,
-                operation="release",
-                error=describe_error(exc, self._secrets),
-            )
-
-    def _cancelled_error(self, record: StreamRecord) -> StreamCancelled:
-        reason = record.close_reason
-        assert reason is not None
-        detail = record.detail or ""
-        error_class = _TIMEOUT_ERRORS.get(reason)
-        if error_class is not None:
-            timeout = {
-                CloseReason.READER_TIMEOUT: record.reader_timeout,
-                CloseReason.IDLE_TIMEOUT: record.idle_timeout,
-                CloseReason.DEADLINE: record.deadline,
-            }[reason]
-            return error_class(
-                detail, close_reason=reason, stream_id=record.id, timeout=timeout or 0.0
-            )
-        return StreamCancelled(detail, close_reason=reason, stream_id=record.id)
-
-    def _timeout_expired(self, record: StreamRecord, reason: CloseReason, detail: str) -> None:
-        self._log.info("stream.timeout", stream_id=record.id, key=record.key, reason=str(reason))
-        self._request_cancel(record, reason, detail)
 
     # -- inspection and control ------------------------------------------------------
 
@@ -789,12 +394,12 @@ class StreamManager:
             max_waiting=limits.max_waiting,
             opened_total=registry.opened_total,
             admitted_total=registry.admitted_total,
-            rejected_total=self._rejected_total,
+            rejected_total=self._runner.rejected_total,
             closed_total=sum(closed.values()),
             closed_by_reason=closed,
             active_by_key=limits.active_by_key,
             waiting_by_key=limits.waiting_by_key,
-            closing=self._closing,
+            closing=self._runner.closing,
         )
 
     def cancel(
@@ -825,7 +430,7 @@ class StreamManager:
         record = self._registry.active.get(stream_id)
         if record is None:
             return False
-        return self._request_cancel(record, close_reason, reason)
+        return self._runner.cancel(record, close_reason, reason)
 
     def cancel_key(
         self,
@@ -836,7 +441,7 @@ class StreamManager:
     ) -> int:
         """End every stream of ``key`` (see :meth:`cancel`); returns how many."""
         records = [r for r in self._registry.active.values() if r.key == key]
-        return sum(self._request_cancel(record, close_reason, reason) for record in records)
+        return sum(self._runner.cancel(record, close_reason, reason) for record in records)
 
     def set_limits(
         self,
@@ -871,7 +476,7 @@ class StreamManager:
         Iteration ends when the manager closes.
         """
         watcher = RegistryWatcher(max_buffer)
-        if self._closed:
+        if self._runner.closed:
             watcher.close()
         self._registry.watchers.append(watcher)
         try:
@@ -884,13 +489,3 @@ class StreamManager:
     def limiter(self) -> Limiter:
         """The admission limiter in use."""
         return self._limiter
-
-
-def _reader_exit_detail(exc: BaseException | None) -> tuple[str, BaseException | None]:
-    if exc is None:
-        return "the reader left the block", None
-    if isinstance(exc, trio.Cancelled):
-        return "the reader's task was cancelled", None
-    if isinstance(exc, GeneratorExit | KeyboardInterrupt | SystemExit):
-        return f"the reader stopped ({type(exc).__name__})", None
-    return "the reader raised an exception", exc

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import trio
 
-from ._states import CloseReason, Phase, check_transition
+from ._lifecycle import State
+from ._states import CloseReason, Phase
 
 if TYPE_CHECKING:
     from ._limits import Permit
@@ -114,10 +115,9 @@ class StreamRecord:
         "phase",
         "produced",
         "produced_at",
-        "producer_done",
-        "reader_saw_end",
         "reader_timeout",
         "scope",
+        "state",
         "timer",
         "wait_scope",
     )
@@ -133,7 +133,8 @@ class StreamRecord:
         self.id = stream_id
         self.key = key
         self.labels = labels
-        self.phase = Phase.WAITING
+        self.state = State.WAITING  # changed only by _lifecycle.apply()
+        self.phase = Phase.WAITING  # the public face of the state
         self.created_at = created_at
         self.created_wall = created_wall
         self.admitted_at: float | None = None
@@ -144,8 +145,6 @@ class StreamRecord:
         self.produced = 0
         self.items = 0
         self.bytes = 0
-        self.producer_done = False
-        self.reader_saw_end = False
         self.close_reason: CloseReason | None = None
         self.detail: str | None = None
         self.error: str | None = None
@@ -160,17 +159,11 @@ class StreamRecord:
         # Its entry in the timeout watchdog's heap, while it has one.
         self.timer: list[Any] | None = None
         # The last snapshot, reused until something changes. Every change goes
-        # through move_to() or the reader's per-item update, and both drop it.
+        # through _lifecycle.apply() or the reader's per-item update; both drop it.
         self.cached: StreamInfo | None = None
 
     def __repr__(self) -> str:
         return f"<StreamRecord {self.id} key={self.key!r} phase={self.phase}>"
-
-    def move_to(self, phase: Phase) -> None:
-        """Change phase, checked against the transition table."""
-        check_transition(self.phase, phase)
-        self.phase = phase
-        self.cached = None
 
     def snapshot(self) -> StreamInfo:
         """An immutable :class:`StreamInfo` of this record now."""

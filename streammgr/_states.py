@@ -1,16 +1,14 @@
-"""The states a stream moves through and the reasons it can end.
+"""The public vocabulary of a stream's life: its phases and the reasons it can end.
 
-Everything here is plain data: the phase enum, the literal table of allowed phase
-moves, and the fixed taxonomy of close reasons. The registry moves a stream's phase
-only through :func:`check_transition`, so a bad move is a precise error, not silent
-corruption.
+Plain data, standard library only (the exception tree imports it). The rules that
+move a stream from phase to phase live in :mod:`streammgr._lifecycle`.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["ALLOWED_TRANSITIONS", "CloseReason", "InvalidTransition", "Phase", "check_transition"]
+__all__ = ["CloseReason", "Phase"]
 
 
 class Phase(enum.StrEnum):
@@ -18,14 +16,16 @@ class Phase(enum.StrEnum):
 
     ``WAITING`` (for an admission slot) -> ``CONNECTING`` (admitted, the producer is
     opening its upstream) -> ``FIRST_ITEM`` (connected, nothing delivered yet) ->
-    ``STREAMING`` -> ``CLOSING`` (cancelled or ending; the producer is cleaning up) ->
-    ``CLOSED``.
+    ``STREAMING`` -> ``DRAINING`` (the producer finished; the reader has not read
+    the end yet) or ``CLOSING`` (cancelled or failed: the producer is cleaning up,
+    or the reader has not taken the error yet) -> ``CLOSED``.
     """
 
     WAITING = "waiting"
     CONNECTING = "connecting"
     FIRST_ITEM = "first_item"
     STREAMING = "streaming"
+    DRAINING = "draining"
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -68,23 +68,3 @@ class CloseReason(enum.StrEnum):
     """The upstream went quiet between events for too long."""
     UPSTREAM_DEADLINE = "upstream_deadline"
     """The upstream stream outlived its total deadline."""
-
-
-class InvalidTransition(RuntimeError):
-    """A phase move that the table does not allow: always a bug in streammgr."""
-
-
-ALLOWED_TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.WAITING: frozenset({Phase.CONNECTING, Phase.CLOSING, Phase.CLOSED}),
-    Phase.CONNECTING: frozenset({Phase.FIRST_ITEM, Phase.STREAMING, Phase.CLOSING, Phase.CLOSED}),
-    Phase.FIRST_ITEM: frozenset({Phase.STREAMING, Phase.CLOSING, Phase.CLOSED}),
-    Phase.STREAMING: frozenset({Phase.CLOSING, Phase.CLOSED}),
-    Phase.CLOSING: frozenset({Phase.CLOSED}),
-    Phase.CLOSED: frozenset(),
-}
-
-
-def check_transition(current: Phase, new: Phase) -> None:
-    """Raise :class:`InvalidTransition` unless ``current -> new`` is in the table."""
-    if new not in ALLOWED_TRANSITIONS[current]:
-        raise InvalidTransition(f"a stream cannot move from phase {current} to {new}")

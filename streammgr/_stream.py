@@ -1,9 +1,10 @@
 """The reader's side of a stream: ManagedStream, and StreamSender for push producers.
 
-A :class:`ManagedStream` is what ``manager.open()`` returns: entering it asks the
-manager for admission and starts the producer; iterating it takes items from the
+A :class:`ManagedStream` is what ``manager.open()`` returns: entering it asks its
+owner for admission and starts the producer; iterating it takes items from the
 channel and counts them in the registry (the per-item hot path); leaving it asks
-the manager to end the stream and waits until the producer has finished.
+the owner to end the stream and waits until the producer has finished. It knows
+its owner only through the small :class:`StreamOwner` interface.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ import contextvars
 import inspect
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from ._errors import StreamCancelled
+from ._lifecycle import CANCEL_REASONS, Action, Event, ReaderOutcome, State, apply, reader_outcome
 from ._registry import StreamInfo, StreamRecord
-from ._states import CloseReason, Phase
-
-if TYPE_CHECKING:
-    from ._manager import StreamManager
 
 __all__ = [
     "CURRENT_RECORD",
     "ManagedStream",
     "ProducerContext",
+    "StreamOwner",
     "StreamSender",
     "current_producer",
     "is_push_producer",
@@ -33,19 +33,30 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Reasons after which the reader gets StreamCancelled (rather than items or the
-# producer's own error).
-_CANCEL_REASONS = frozenset(
-    {
-        CloseReason.CANCELLED,
-        CloseReason.READER_TIMEOUT,
-        CloseReason.IDLE_TIMEOUT,
-        CloseReason.DEADLINE,
-        CloseReason.SHUTDOWN,
-        CloseReason.CLIENT_DISCONNECTED,
-        CloseReason.READER_EXIT,
-    }
-)
+
+class StreamOwner(Protocol):
+    """What a :class:`ManagedStream` needs from whoever runs its producer."""
+
+    async def admit(self, stream: ManagedStream[T]) -> trio.MemoryReceiveChannel[T]:
+        """Wait for a slot, start the producer, return the channel to read from."""
+        ...
+
+    async def reader_left(
+        self,
+        record: StreamRecord,
+        channel: trio.MemoryReceiveChannel[Any],
+        exc: BaseException | None,
+    ) -> None:
+        """The reader's block exited (with ``exc``): end the stream, wait for the producer."""
+        ...
+
+    def handle(self, record: StreamRecord, event: Event) -> tuple[Action, ...]:
+        """Apply a lifecycle event and carry out its actions."""
+        ...
+
+    def cancelled_error(self, record: StreamRecord) -> StreamCancelled:
+        """The error for a reader whose stream was ended from outside."""
+        ...
 
 
 # Set in each producer's task, so a producer (a source) can reach its own stream.
@@ -75,8 +86,8 @@ class ProducerContext:
     def connected(self) -> None:
         """The upstream has answered: the stream now waits for its first item."""
         record = self._record
-        if record.phase is Phase.CONNECTING:
-            record.move_to(Phase.FIRST_ITEM)
+        if record.state is State.CONNECTING:
+            apply(record, Event.CONNECTED)
 
     def add_bytes(self, count: int) -> None:
         """Count ``count`` bytes received from the upstream in the registry."""
@@ -181,7 +192,7 @@ class ManagedStream(Generic[T]):
         "_acquire_timeout",
         "_buffer_size",
         "_item_size",
-        "_manager",
+        "_owner",
         "_producer",
         "_producer_args",
         "_push",
@@ -193,7 +204,7 @@ class ManagedStream(Generic[T]):
 
     def __init__(
         self,
-        manager: StreamManager,
+        owner: StreamOwner,
         record: StreamRecord,
         producer: Callable[..., Any],
         args: tuple[object, ...],
@@ -202,7 +213,7 @@ class ManagedStream(Generic[T]):
         buffer_size: int,
         item_size: Callable[[T], int],
     ) -> None:
-        self._manager = manager
+        self._owner = owner
         self._record = record
         self._producer = producer
         self._producer_args = args
@@ -236,9 +247,9 @@ class ManagedStream(Generic[T]):
         return f"<ManagedStream {record.id} key={record.key!r} phase={record.phase}>"
 
     async def __aenter__(self) -> ManagedStream[T]:
-        if self._receive_channel is not None or self._record.phase is not Phase.WAITING:
+        if self._receive_channel is not None or self._record.state is not State.WAITING:
             raise RuntimeError("a ManagedStream can be entered only once; call open() again")
-        self._receive_channel = await self._manager._start(self)
+        self._receive_channel = await self._owner.admit(self)
         self._receive = self._receive_channel.receive
         self._receive_nowait = self._receive_channel.receive_nowait
         return self
@@ -252,7 +263,7 @@ class ManagedStream(Generic[T]):
         channel = self._receive_channel
         assert channel is not None
         try:
-            await self._manager._end(self._record, channel, exc)
+            await self._owner.reader_left(self._record, channel, exc)
         finally:
             channel.close()
 
@@ -261,8 +272,8 @@ class ManagedStream(Generic[T]):
 
     async def __anext__(self) -> T:
         record = self._record
-        if record.close_reason in _CANCEL_REASONS and record.exception is None:
-            raise self._manager._cancelled_error(record)
+        if record.close_reason in CANCEL_REASONS:
+            raise self._owner.cancelled_error(record)
         try:
             # Take a ready item without a trip through the scheduler; wait only
             # when there is none (at most buffer_size + 1 items are ever ready).
@@ -285,21 +296,21 @@ class ManagedStream(Generic[T]):
         if item is _END:
             # Raised outside the except block, so the producer's exception reaches
             # the reader as itself, without EndOfChannel chained to it.
-            if record.close_reason is None:
+            outcome = reader_outcome(record)
+            if outcome is ReaderOutcome.END:
                 # The end has been read: the stream is completed, now. Nothing that
                 # happens while the reader stays in its block can rewrite that.
-                record.reader_saw_end = True
-                self._manager._finish(record, CloseReason.COMPLETED)
+                self._owner.handle(record, Event.READ_END)
                 raise StopAsyncIteration
-            if record.exception is not None:
-                self._manager._finish(record)
+            if outcome is ReaderOutcome.ERROR:
+                self._owner.handle(record, Event.ERROR_TAKEN)
+                assert record.exception is not None
                 raise record.exception
-            raise self._manager._cancelled_error(record)
+            raise self._owner.cancelled_error(record)
         now = trio.current_time()
         if record.first_item_at is None:
             record.first_item_at = now
-            if record.phase is Phase.CONNECTING or record.phase is Phase.FIRST_ITEM:
-                record.move_to(Phase.STREAMING)
+            apply(record, Event.FIRST_ITEM_READ)
         record.items += 1
         record.bytes += self._item_size(item)
         record.last_item_at = now

@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from ._lifecycle import State
 from ._registry import StreamRecord
 from ._states import CloseReason
 from ._validate import MIN_SECONDS
@@ -50,7 +51,8 @@ def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | N
     last_item_at = record.last_item_at
     if last_item_at is not None and last_item_at > last:
         last = last_item_at
-    reader_turn = record.producer_done or record.produced > record.items
+    producer_done = record.state is State.DRAINING
+    reader_turn = producer_done or record.produced > record.items
     reader_timeout, idle_timeout = record.reader_timeout, record.idle_timeout
     if reader_timeout is not None:
         if reader_turn:
@@ -68,7 +70,7 @@ def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | N
                 detail = f"the producer delivered nothing for {idle_timeout:g}s"
                 return now, CloseReason.IDLE_TIMEOUT, detail
             check = min(check, expires)
-        elif not record.producer_done:
+        elif not producer_done:
             check = min(check, now + idle_timeout)
     return check, None, ""
 

@@ -10,6 +10,7 @@ import trio.testing
 
 import streammgr
 from streammgr import CloseReason, StreamManager
+from streammgr._lifecycle import State
 from streammgr._registry import StreamRecord
 from streammgr._timeouts import next_check
 
@@ -51,7 +52,7 @@ def test_next_check_deadline_wins() -> None:
 
 def test_finished_producer_is_the_readers_turn_only() -> None:
     record = admitted_record(0.0, idle_timeout=1, reader_timeout=10)
-    record.producer_done = True
+    record.state = State.DRAINING  # the producer has finished
     assert next_check(record, 0.5) == (10.0, None, "")
 
 
@@ -64,7 +65,7 @@ async def test_stale_entries_are_swept(autojump_clock: trio.abc.Clock) -> None:
             async with manager.open(one) as stream:
                 async for _ in stream:
                     pass
-        heap = manager._watchdog._heap
+        heap = manager._runner.watchdog._heap
         # Closed streams' entries hold no reference to them, and are swept as they
         # become most of the heap: their number stays bounded.
         assert len(heap) <= 1025
