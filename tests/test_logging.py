@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 import streammgr
 from streammgr import StreamManager
+from streammgr._logging import MAX_ERROR_TEXT, describe_error, excerpt
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -136,3 +137,68 @@ async def test_slow_producer_cleanup_is_logged_and_still_awaited(
     assert len(slow) == 1
     assert slow[0]["stream_id"] == stream.id
     assert slow[0]["log_level"] == "warning"
+
+
+# -- redaction of encoded and overlapping secrets, and cuts ------------------------------
+
+HEX_KEY = "0123456789abcdefGHIJ"  # no credential shape: only known, never guessed
+
+
+def test_redact_finds_a_secret_in_any_encoding() -> None:
+    text = (
+        "sig=ab%2Bcd%2Fef%3D lower ab%2bcd%2fef%3d json ab+cd\\/ef= "
+        "mixed ab%2Bcd/ef%3d plain ab+cd/ef="
+    )
+    assert streammgr.redact(text, ["ab+cd/ef="]) == (
+        "sig=[REDACTED] lower [REDACTED] json [REDACTED] mixed [REDACTED] plain [REDACTED]"
+    )
+    # Form encoding writes a space as "+".
+    assert streammgr.redact("q=my+pass+phrase", ["my pass phrase"]) == "q=[REDACTED]"
+
+
+def test_redact_overlapping_secrets_leaves_no_remainder() -> None:
+    # Replaced one after the other, the first would leave "ij" of the second.
+    assert streammgr.redact("<abcdEFGHij>", ["abcdEFGH", "EFGHij"]) == "<[REDACTED]>"
+    # The shorter one first would leave "EFGH" of the longer.
+    assert streammgr.redact("<abcdEFGH>", ["abcd", "abcdEFGH"]) == "<[REDACTED]>"
+
+
+def test_describe_error_cut_splits_no_marker() -> None:
+    # Redacted, the secret's marker starts 5 characters before the cut (at 497).
+    error = RuntimeError("x" * 478 + HEX_KEY + " rejected")
+    text = describe_error(error, [HEX_KEY])
+    assert text == "RuntimeError: " + "x" * 478 + "..."
+
+
+@pytest.mark.parametrize("kept", [1, 4, 12, len(HEX_KEY) - 1])
+def test_describe_error_cut_leaves_no_beginning_of_a_secret(kept: int) -> None:
+    # The message quotes the beginning of a known secret, and the cut falls in it.
+    error = RuntimeError("x" * (483 - kept) + HEX_KEY[:-1] + " and more" * 10)
+    text = describe_error(error, [HEX_KEY])
+    assert text == "RuntimeError: " + "x" * (483 - kept) + "..."
+    assert len(text) <= MAX_ERROR_TEXT
+
+
+@pytest.mark.parametrize("cut", range(1, 50))
+def test_excerpt_never_leaves_a_fragment_at_the_cut(cut: int) -> None:
+    key = "0123456789abcdef+/=0123456789abc"
+    shown_whole = "x" * 20 + "[REDACTED] tail"
+    percent = key.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    for written in (key, percent):
+        body = "x" * 20 + written + " tail"
+        # Redacted first, then cut: the marker is kept whole or dropped.
+        shown = excerpt(body, 20 + cut, [key])
+        assert shown_whole.startswith(shown)
+        assert len(shown) == 20 or len(shown) >= 30
+        # A text that is itself a cut (read up to a limit) loses a trailing fragment.
+        partial = excerpt(body[: 20 + cut], 1000, [key], complete=False)
+        assert partial == "x" * 20 or partial.startswith("x" * 20 + "[REDACTED]")
+
+
+def test_excerpt_keeps_what_is_not_cut() -> None:
+    assert excerpt(f"all of it {HEX_KEY}", 100, [HEX_KEY]) == "all of it [REDACTED]"
+    assert excerpt("abcdefgh", 5, ["zzzz"], ellipsis="...") == "ab..."
+    # Cut, "ab" ends with the first character of a secret: it goes too.
+    assert excerpt("abcdefgh", 5, ["bzzz"], ellipsis="...") == "a..."
+    # Not cut, nothing is taken away.
+    assert excerpt("xyz b", 100, ["bzzz"]) == "xyz b"
