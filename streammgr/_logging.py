@@ -1,10 +1,15 @@
-"""Lifecycle logging with structlog, and secret redaction.
+"""Lifecycle logging, and secret redaction.
 
-streammgr never configures logging: it asks ``structlog.get_logger("streammgr")``
-for a logger and emits dotted events (``stream.opened``, ``stream.admitted``,
-``stream.rejected``, ``stream.closed``) with data in keys. Applications configure
-structlog; :func:`redact_secrets` is a processor they can add so that nothing that
-looks like a credential reaches their log sink, whoever logged it.
+streammgr never configures logging. When the application has configured structlog
+(``structlog.is_configured()``), events go to ``structlog.get_logger("streammgr")``;
+otherwise they go to the standard library's ``logging.getLogger("streammgr")``, which
+stays silent at ``info`` until the application asks for it (the root logger is at
+``WARNING``), so an application that configured neither sees only streammgr's
+warnings. The choice is made each time :func:`get_logger` is called; the manager
+calls it when it starts. Events are dotted (``stream.opened``, ``stream.admitted``,
+``stream.rejected``, ``stream.closed``) with data in keys. :func:`redact_secrets` is
+a structlog processor applications can add so that nothing that looks like a
+credential reaches their log sink, whoever logged it.
 
 What streammgr itself logs is built to be secret-free: ids, keys, labels, close
 reasons, counts, and error text that has passed through :func:`redact` and, when it
@@ -15,8 +20,10 @@ survives the cut).
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import re
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -262,6 +269,84 @@ def _redact_value(value: object, depth: int = 0) -> object:
     return value
 
 
+# LogRecord attributes an ``extra`` key must not overwrite (logging raises KeyError).
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_BARE = re.compile(r"[^\s\"'=\\]+")  # a value logfmt shows without quotes
+
+
+def _format(value: object) -> str:
+    """One value of a rendered event, as logfmt would show it."""
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bool | int) or value is None:
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class _StdlibLogger:
+    """streammgr's events through :mod:`logging`, for when structlog is not configured.
+
+    Each event is one record of the ``"streammgr"`` logger: its message is the
+    event rendered in logfmt style (``stream.closed stream_id=... reason=completed``),
+    and the event's name and keys are attributes of the record (``record.event``,
+    ``record.stream_id``...; a key that clashes with a ``LogRecord`` attribute gets a
+    trailing ``_``), for formatters that emit structured output. Values pass through
+    :func:`redact_secrets`. A level the logger does not emit costs one
+    ``isEnabledFor`` check: nothing is rendered or redacted.
+    """
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: Mapping[str, object] | None = None) -> None:
+        self._logger = logger
+        self._context: dict[str, object] = dict(context or {})
+
+    def bind(self, **values: object) -> _StdlibLogger:
+        """A logger that adds ``values`` to every event."""
+        return _StdlibLogger(self._logger, {**self._context, **values})
+
+    def debug(self, event: str, **values: object) -> None:
+        """Log ``event`` at DEBUG."""
+        if self._logger.isEnabledFor(logging.DEBUG):
+            self._emit(logging.DEBUG, event, values)
+
+    def info(self, event: str, **values: object) -> None:
+        """Log ``event`` at INFO."""
+        if self._logger.isEnabledFor(logging.INFO):
+            self._emit(logging.INFO, event, values)
+
+    def warning(self, event: str, **values: object) -> None:
+        """Log ``event`` at WARNING."""
+        if self._logger.isEnabledFor(logging.WARNING):
+            self._emit(logging.WARNING, event, values)
+
+    def error(self, event: str, **values: object) -> None:
+        """Log ``event`` at ERROR."""
+        if self._logger.isEnabledFor(logging.ERROR):
+            self._emit(logging.ERROR, event, values)
+
+    def _emit(self, level: int, event: str, values: dict[str, object]) -> None:
+        fields = redact_secrets(None, logging.getLevelName(level).lower(), self._context | values)
+        rendered = " ".join(
+            [event, *(f"{name}={_format(value)}" for name, value in fields.items())]
+        )
+        extra = {"event": event}
+        for name, value in fields.items():
+            extra[f"{name}_" if name in _RECORD_ATTRIBUTES else name] = value
+        # stacklevel: the record names the line that logged the event, not this one.
+        self._logger.log(level, rendered, extra=extra, stacklevel=3)
+
+
 def get_logger() -> Any:
-    """The logger streammgr logs to (``structlog.get_logger("streammgr")``)."""
-    return structlog.get_logger(LOGGER_NAME)
+    """The logger streammgr logs to, chosen now: ``structlog.get_logger("streammgr")``
+    if the application has configured structlog, else an adapter to the standard
+    library's ``logging.getLogger("streammgr")`` (see :class:`_StdlibLogger`).
+
+    Either has ``bind(**values)``, and ``debug`` / ``info`` / ``warning`` / ``error``
+    taking an event name and keys.
+    """
+    if structlog.is_configured():
+        return structlog.get_logger(LOGGER_NAME)
+    return _StdlibLogger(logging.getLogger(LOGGER_NAME))

@@ -213,7 +213,7 @@ class StreamManager:
         # Resolve structlog's configuration once, now that the application has had
         # its chance to configure it: a bound logger is much cheaper per call than
         # the lazy proxy (and free when the level filters the event out).
-        self._log = self._log.bind()
+        self._log = get_logger().bind()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._watchdog.run, name="streammgr-watchdog")

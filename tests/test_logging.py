@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from structlog.testing import capture_logs
 
 import streammgr
 from streammgr import StreamManager
-from streammgr._logging import MAX_ERROR_TEXT, describe_error, excerpt
+from streammgr._logging import MAX_ERROR_TEXT, describe_error, excerpt, get_logger
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -202,3 +203,167 @@ def test_excerpt_keeps_what_is_not_cut() -> None:
     assert excerpt("abcdefgh", 5, ["bzzz"], ellipsis="...") == "a..."
     # Not cut, nothing is taken away.
     assert excerpt("xyz b", 100, ["bzzz"]) == "xyz b"
+
+
+# -- quiet by default: the standard library's logging when structlog is not configured -----
+
+
+async def one_stream(secret: str = SECRET) -> None:
+    """Open, admit and close one stream that fails with a secret in its error."""
+
+    async def producer() -> AsyncIterator[str]:
+        yield "a"
+        raise PermissionError(f"upstream rejected Authorization: Bearer {secret}")
+
+    async with StreamManager(secrets=[secret]) as manager:
+        with pytest.raises(PermissionError):
+            async with manager.open(producer, key="k", labels={"model": "m"}) as stream:
+                async for _ in stream:
+                    pass
+
+
+async def test_configured_structlog_receives_the_events(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    structlog.reset_defaults()
+    caplog.set_level(logging.INFO, logger="streammgr")
+    with capture_logs() as logs:  # configures structlog
+        await one_stream()
+    assert [entry["event"] for entry in logs] == [
+        "stream.opened",
+        "stream.admitted",
+        "stream.closed",
+    ]
+    assert caplog.records == []  # not both
+
+
+async def test_unconfigured_structlog_logs_through_the_standard_library(
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structlog.reset_defaults()
+    caplog.set_level(logging.INFO, logger="streammgr")
+    await one_stream()
+    records = [record for record in caplog.records if record.name == "streammgr"]
+    assert [record.getMessage().split()[0] for record in records] == [
+        "stream.opened",
+        "stream.admitted",
+        "stream.closed",
+    ]
+    closed = records[-1]
+    assert closed.levelno == logging.INFO
+    assert closed.event == "stream.closed"  # type: ignore[attr-defined]
+    assert closed.reason == "producer_error"  # type: ignore[attr-defined]
+    assert closed.items == 1  # type: ignore[attr-defined]
+    message = closed.getMessage()
+    assert f"stream_id={closed.stream_id} key=k reason=producer_error" in message  # type: ignore[attr-defined]
+    assert "error=" in message
+    assert records[0].getMessage().endswith('labels={"model":"m"}')
+    assert closed.filename == "_manager.py"  # the line that logged it, not the adapter
+    assert SECRET not in repr([vars(record) for record in records])
+    assert "[REDACTED]" in message
+    assert capsys.readouterr() == ("", "")  # structlog's defaults did not print
+
+
+async def test_unconfigured_info_is_silent_until_the_application_asks(
+    autojump_clock: trio.abc.Clock,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structlog.reset_defaults()
+    caplog.set_level(logging.WARNING)  # the standard library's default level
+    await one_stream()
+    assert [record for record in caplog.records if record.name == "streammgr"] == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_stdlib_path_renders_nothing_for_a_disabled_level(caplog: pytest.LogCaptureFixture) -> None:
+    structlog.reset_defaults()
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise AssertionError("rendered although the level is disabled")
+
+        __str__ = __repr__
+
+    log = get_logger().bind(stream_id="s-1")
+    caplog.set_level(logging.WARNING, logger="streammgr")
+    log.info("stream.opened", labels=Unprintable())
+    assert caplog.records == []
+    caplog.set_level(logging.INFO, logger="streammgr")
+    log.info("x.y", url=f"http://h/?token={SECRET}", authorization="Bearer abc", text="a b")
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        'x.y stream_id=s-1 url="http://h/?token=[REDACTED]" authorization=[REDACTED] text="a b"'
+    )
+    assert record.url == "http://h/?token=[REDACTED]"  # type: ignore[attr-defined]
+    log.warning("x.z", name="clashes with LogRecord.name")
+    assert caplog.records[-1].name == "streammgr"
+    assert caplog.records[-1].name_ == "clashes with LogRecord.name"  # type: ignore[attr-defined]
+
+
+# Run in a fresh interpreter that configures nothing: what an embedding app sees.
+QUIET_APP = """
+import trio, trio.testing
+import streammgr
+
+async def producer():
+    yield "a"
+
+async def slow_cleanup():
+    try:
+        yield "a"
+        await trio.sleep(1)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(60)
+
+async def main():
+    async with streammgr.StreamManager(cleanup_timeout=5) as manager:
+        async with manager.open(producer) as stream:
+            async for _ in stream:
+                pass
+        if WARN:
+            async with manager.open(slow_cleanup) as stream:
+                async for _ in stream:
+                    break
+
+trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+"""
+
+
+def run_app(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+
+
+def test_an_app_that_configures_nothing_sees_nothing() -> None:
+    result = run_app("WARN = False\n" + QUIET_APP)
+    assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_an_app_that_configures_nothing_sees_warnings_on_stderr() -> None:
+    result = run_app("WARN = True\n" + QUIET_APP)
+    assert result.stdout == ""
+    # logging's last-resort handler: WARNING and above, the message only.
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("stream.cleanup_slow stream_id=")
+    assert line.endswith(" key=default waited=5")
+
+
+def test_an_app_turns_the_events_on_with_logging() -> None:
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(name)s %(levelname)s %(message)s')\n"
+        "logging.getLogger('streammgr').setLevel(logging.INFO)\n"
+        "WARN = False\n" + QUIET_APP
+    )
+    lines = run_app(code).stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [
+        ["streammgr", "INFO", "stream.opened"],
+        ["streammgr", "INFO", "stream.admitted"],
+        ["streammgr", "INFO", "stream.closed"],
+    ]
+    assert "reason=completed" in lines[-1]
