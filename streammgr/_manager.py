@@ -183,10 +183,12 @@ class StreamManager:
         runner = self._runner
         if runner.nursery is not None or runner.closed:
             raise RuntimeError("a StreamManager can be entered only once")
-        # Resolve structlog's configuration once, now that the application has had
+        # Resolve the logging configuration once, now that the application has had
         # its chance to configure it: a bound logger is much cheaper per call than
         # the lazy proxy (and free when the level filters the event out).
-        runner.log = runner.log.bind()
+        # Decided now, not at import: structlog if the application configured it,
+        # else the standard library's "streammgr" logger (silent at INFO by default).
+        runner.log = get_logger().bind()
         self._nursery_manager = trio.open_nursery()
         runner.nursery = await self._nursery_manager.__aenter__()
         runner.nursery.start_soon(runner.watchdog.run, name="streammgr-watchdog")

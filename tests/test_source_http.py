@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -501,3 +502,122 @@ def test_signed_url_parameters_are_redacted() -> None:
     assert "abcdef123456" not in repr(source)
     assert "AIzaSyABCDEF" not in source.url
     assert "q=visible" in source.url
+
+
+# -- secrets: encoded in the URL, at the excerpt's cut, in headers ---------------------------
+
+KEY32 = "kQ7vR2mX9pL4wN8sT1yB6hJ3dF5gZ0cV"  # no credential shape: known, never guessed
+
+
+def assert_no_fragment(secret: str, *texts: str) -> None:
+    """No 4 characters in a row of ``secret`` survive in ``texts``."""
+    for text in texts:
+        for start in range(len(secret) - 3):
+            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
+
+
+async def test_encoded_url_secrets_are_redacted(autojump_clock: trio.abc.Clock) -> None:
+    url = (
+        "https://user:p%40ss%2Bw0rd@acct.blob.example/c/path%2Fsecret%2B1"
+        "?sv=2022-11-02&sig=Ab%2Bcd%2Fef0123%3D&X-Goog-Signature=9f%2F8e7d6c5&key=AIza%2BSyQ"
+    )
+    decoded = ["p@ss+w0rd", "path/secret+1", "Ab+cd/ef0123=", "9f/8e7d6c5", "AIza+SyQ", "k y/z=42"]
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(
+            # The upstream echoes the signature decoded, and the URL as it was sent.
+            f"bad signature Ab+cd/ef0123= for {url}".encode(),
+            status=403,
+            headers={},
+        )
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, url, params={"api_key": "k y/z=42"}, secrets=["path/secret+1"])
+        assert source.url == (
+            "https://user:[REDACTED]@acct.blob.example/c/[REDACTED]?sv=2022-11-02"
+            "&sig=[REDACTED]&X-Goog-Signature=[REDACTED]&key=[REDACTED]&api_key=[REDACTED]"
+        )
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+        texts = [
+            source.url,
+            repr(source),
+            caught.value.url,
+            str(caught.value),
+            caught.value.body,
+            repr(manager.history()),
+        ]
+    assert "bad signature [REDACTED] for " in caught.value.body
+    for secret in decoded:
+        assert_no_fragment(secret.replace("+", "").replace("/", "").replace("=", ""), *texts)
+    assert "sig=Ab%2Bcd%2Fef0123%3D" in str(upstream.requests[0].url)  # sent as given
+
+
+@pytest.mark.parametrize("cut_into", [1, 16, 31])
+async def test_a_secret_at_the_body_limit_is_redacted_whole(
+    autojump_clock: trio.abc.Clock, cut_into: int
+) -> None:
+    """The upstream echoes the key so that the 2048-byte limit falls inside it."""
+    before = "x" * (2048 - cut_into)
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(f"{before}{KEY32} is not a valid key".encode(), status=401, headers={})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/v1", headers={"Authorization": f"Bearer {KEY32}"})
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+        history = repr(manager.history())
+    # Redacted first, the text is shorter: the marker fits unless the cut splits it.
+    shown = f"{before}[REDACTED] is not a valid key"[:2048]
+    assert caught.value.body == (before if cut_into < len("[REDACTED]") else shown)
+    assert_no_fragment(KEY32, caught.value.body, str(caught.value), history)
+
+
+async def test_a_secret_cut_by_the_read_limit_leaves_no_fragment(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Redaction shortens the text below the limit, so the end of what was read
+    (the middle of a key) is the end of the excerpt: the key's beginning goes."""
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(f"{KEY32} ".encode() * 200, status=401, headers={}))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/v1", secrets=[KEY32])
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+    body = caught.value.body
+    assert body.startswith("[REDACTED] [REDACTED] ")
+    assert body.replace("[REDACTED]", "").strip() == ""
+    assert len(body) <= 2048
+
+
+@pytest.mark.parametrize(
+    "name", ["Session-Id", "X-Signature", "X-Passwd", "X-Goog-Credential", "Proxy-Authorization"]
+)
+async def test_credential_headers_are_scrubbed(autojump_clock: trio.abc.Clock, name: str) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(f"unknown {name}: {KEY32}".encode(), status=401, headers={})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/v1", headers={name: KEY32})
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+    assert caught.value.body == f"unknown {name}: [REDACTED]"
+
+
+async def test_the_password_of_basic_credentials_is_scrubbed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    credentials = base64.b64encode(b"alice:hunter2-correct-horse").decode()
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"wrong password hunter2-correct-horse for alice", status=401, headers={})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(
+            client, "http://up/v1", headers={"Authorization": f"Basic {credentials}"}
+        )
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+    assert caught.value.body == "wrong password [REDACTED] for alice"

@@ -249,3 +249,59 @@ async def test_malformed_chunk_is_a_protocol_error(
         with pytest.raises(streammgr.UpstreamProtocolError, match="malformed chunk"):
             async with manager.open(chat(client)) as stream:
                 await collect_chat(stream)
+
+
+HEX_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"  # an Azure-style key: no credential shape
+
+
+def assert_no_fragment(secret: str, *texts: str) -> None:
+    """No 4 characters in a row of ``secret`` survive in ``texts``."""
+    for text in texts:
+        for start in range(len(secret) - 3):
+            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
+
+
+@pytest.mark.parametrize("cut_into", [1, 16, 31])
+async def test_a_key_at_the_excerpt_cut_does_not_leak(
+    autojump_clock: trio.abc.Clock, cut_into: int
+) -> None:
+    """The upstream echoes the key where the 200-character excerpt is cut."""
+    data = "x" * (200 - cut_into) + HEX_KEY + " is not valid"
+    client, _ = transport([f"data: {data}\n\n".encode()])
+    async with client, StreamManager() as manager:
+        source = OpenAIChat(
+            client, api_key=HEX_KEY, model="m", messages=[{"role": "user"}], base_url=BASE
+        )
+        with pytest.raises(streammgr.UpstreamProtocolError) as caught:
+            async with manager.open(source) as stream:
+                await collect_chat(stream)
+        history = repr(manager.history())
+    assert "not JSON" in str(caught.value)
+    assert_no_fragment(HEX_KEY, str(caught.value), history)
+
+
+async def test_a_key_in_a_malformed_chunk_does_not_leak(autojump_clock: trio.abc.Clock) -> None:
+    # int() quotes the value it could not read in its own error message.
+    body = f'data: {{"choices": [{{"index": "{HEX_KEY}", "delta": {{}}}}]}}\n\n'.encode()
+    client, _ = transport([body])
+    async with client, StreamManager() as manager:
+        source = OpenAIChat(
+            client, api_key=HEX_KEY, model="m", messages=[{"role": "user"}], base_url=BASE
+        )
+        with pytest.raises(streammgr.UpstreamProtocolError) as caught:
+            async with manager.open(source) as stream:
+                await collect_chat(stream)
+    assert "malformed chunk" in str(caught.value)
+    assert_no_fragment(HEX_KEY, str(caught.value))
+
+
+def test_an_encoded_password_in_base_url_is_redacted() -> None:
+    source = OpenAIChat(
+        httpx.AsyncClient(),
+        api_key=API_KEY,
+        model="m",
+        messages=[{"role": "user"}],
+        base_url="https://proxy:pa%2Bss%2Fw0rd%3D@gateway.example/v1",
+    )
+    assert source.url == "https://proxy:[REDACTED]@gateway.example/v1/chat/completions"
+    assert "[REDACTED]@gateway.example" in repr(source)

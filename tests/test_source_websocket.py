@@ -733,3 +733,63 @@ async def test_every_socket_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
         warnings.simplefilter("error", ResourceWarning)
         gc.collect()
     assert unraisable == []
+
+
+KEY32 = "kQ7vR2mX9pL4wN8sT1yB6hJ3dF5gZ0cV"  # no credential shape: known, never guessed
+
+
+def assert_no_fragment(secret: str, *texts: str) -> None:
+    """No 4 characters in a row of ``secret`` survive in ``texts``."""
+    for text in texts:
+        for start in range(len(secret) - 3):
+            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
+
+
+async def rejection(body: bytes, **options: Any) -> streammgr.UpstreamStatusError:
+    """The error of a source whose handshake the upstream rejects with ``body``."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(401, body=body)
+
+    async with serve(handler) as url:
+        source = WebSocketSource(url, **options)
+        async with streammgr.StreamManager() as manager:
+            async with manager.open(source) as stream:
+                with pytest.raises(streammgr.UpstreamStatusError) as caught:
+                    await stream.__anext__()
+    return caught.value
+
+
+@pytest.mark.parametrize("cut_into", [1, 16, 31])
+async def test_a_secret_at_the_rejection_body_limit_is_redacted_whole(cut_into: int) -> None:
+    before = "x" * (2048 - cut_into)
+    error = await rejection(
+        f"{before}{KEY32} is not a valid token".encode(),
+        extra_headers={"Authorization": f"Bearer {KEY32}"},
+    )
+    shown = f"{before}[REDACTED] is not a valid token"[:2048]
+    assert error.body == (before if cut_into < len("[REDACTED]") else shown)
+    assert_no_fragment(KEY32, error.body, str(error))
+
+
+async def test_the_quoted_rejection_body_splits_no_marker() -> None:
+    # The message quotes 300 characters: the marker would straddle that cut.
+    error = await rejection(b"x" * 292 + KEY32.encode(), secrets=[KEY32])
+    assert f": {'x' * 292}...; check the credentials" in str(error)
+    assert "[RED" not in str(error)
+
+
+@pytest.mark.parametrize("name", ["Session-Id", "X-Signature", "X-Passwd", "X-Goog-Credential"])
+async def test_credential_headers_are_scrubbed(name: str) -> None:
+    error = await rejection(f"unknown {name}: {KEY32}".encode(), extra_headers={name: KEY32})
+    assert error.body == f"unknown {name}: [REDACTED]"
+
+
+def test_encoded_secrets_in_the_url_are_redacted() -> None:
+    source = WebSocketSource(
+        "wss://feed.example/v1/ab%2Bcd%2Fef42?ch=fx&sig=Q%2Bq%2Fq%3D",
+        secrets=["ab+cd/ef42"],
+    )
+    # Every query value of 4 characters or more is taken for a secret; "fx" is not.
+    assert source.url == "wss://feed.example/v1/[REDACTED]?ch=fx&sig=[REDACTED]"
+    assert source.url in repr(source)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json as jsonlib
 import math
 import random
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
@@ -32,10 +31,11 @@ from .._errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from .._logging import describe_error, get_logger, redact
+from .._logging import describe_error, excerpt, get_logger, redact
 from .._stream import current_producer
 from .._validate import check_count, check_seconds, check_strings
 from ..sse import ServerSentEvent, SSEParser
+from ._common import excerpt_margin, header_secrets, redact_url, url_secrets
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 
@@ -45,9 +45,6 @@ _NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
 # After a response is closed, its body iterator is pulled at most this many times:
 # a real closed stream fails at once; one that does not is left, not drained.
 _FINISH_PULLS = 100
-# Headers whose values are credentials, scrubbed from every error message.
-_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|session", re.IGNORECASE)
-_SIGNATURE = re.compile(r"sig|credential", re.IGNORECASE)  # signed URLs (X-Amz-Signature...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +141,10 @@ class SSESource:
         url: the upstream URL.
         method: the HTTP method (default ``"GET"``).
         headers: request headers. Credentials belong here (never in the URL); they
-            never appear in errors, logs or reprs.
+            never appear in errors, logs or reprs: the value of every header named
+            like a credential (``auth``, ``key``, ``token``, ``session``, ``sig``...:
+            see ``sources/_common.py``) and any ``Bearer`` / ``Basic`` / ``Token``
+            credential.
         params: query parameters.
         json: a JSON body (for POST streams such as chat completions).
         content: a raw body, instead of ``json``.
@@ -153,9 +153,12 @@ class SSESource:
             reconnect; a POST completion cannot be resumed, a GET feed can.
         last_event_id: the ``Last-Event-ID`` to send on the first request.
         max_event_size: the parser's bound on one line or event, in bytes.
-        error_body_limit: how many bytes of an error response to keep.
-        secrets: extra values to scrub from error messages (header values are
-            scrubbed already).
+        error_body_limit: the longest excerpt of an error response kept, in
+            characters; a little more is read and redacted before the cut, so that
+            a secret at the limit is removed whole.
+        secrets: extra values to scrub from the URL and error messages, in any
+            encoding (credential headers, the URL's password and credential
+            parameters are scrubbed already).
     """
 
     def __init__(
@@ -195,32 +198,24 @@ class SSESource:
         self._last_event_id = last_event_id
         self._max_event_size = max_event_size
         self._error_body_limit = error_body_limit
+        # The secret parts of the request itself (credential headers, the URL's
+        # userinfo and credential parameters), compared decoded: see _common.
         self._secrets = tuple(
-            value for value in (*extra_secrets, *self._credential_parts()) if len(value) >= 4
+            dict.fromkeys(
+                [
+                    *(value for value in extra_secrets if value),
+                    *header_secrets(self._headers.multi_items()),
+                    *url_secrets(str(self._url)),
+                ]
+            )
         )
+        self._shown_url = redact_url(str(self._url), self._secrets)
         self._rng = random.Random()
-
-    def _credential_parts(self) -> list[str]:
-        """The secret parts of the request itself: credential headers, URL password."""
-        parts = []
-        for name, value in self._headers.items():
-            if not _SECRET_HEADER.search(name):
-                continue
-            parts.append(value)
-            _, _, credential = value.partition(" ")
-            if credential:
-                parts.append(credential)
-        if self._url.password:
-            parts.append(self._url.password)
-        for name, value in self._url.params.multi_items():
-            if _SECRET_HEADER.search(name) or _SIGNATURE.search(name):
-                parts.append(value)
-        return parts
 
     @property
     def url(self) -> str:
         """The upstream URL with credentials redacted."""
-        return self._redact(str(self._url))
+        return self._shown_url
 
     def __repr__(self) -> str:
         return f"SSESource({self._method} {self.url})"
@@ -520,26 +515,35 @@ class SSESource:
         return True
 
     async def _excerpt(self, response: httpx.Response) -> str:
-        """Up to ``error_body_limit`` bytes of the body, decoded leniently, redacted."""
+        """Up to ``error_body_limit`` characters of the body, decoded leniently:
+        redacted first, then cut (:func:`~streammgr._logging.excerpt`).
+
+        A little more than the limit is read, so that a secret the upstream echoes
+        across the limit is recognised whole before the cut.
+        """
         limit = self._error_body_limit
+        wanted = limit + excerpt_margin(self._secrets)
         pieces: list[bytes] = []
         size = 0
+        complete = False
         body = response.aiter_bytes()
         try:
             with trio.move_on_after(_ERROR_READ_TIMEOUT):
                 async for chunk in body:
                     pieces.append(chunk)
                     size += len(chunk)
-                    if size >= limit:
+                    if size > wanted:
                         break
+                else:
+                    complete = True
         except httpx.HTTPError:
             pass  # an excerpt is best effort: the status is the error
         finally:
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
                 await _close(response, body)
-        text = b"".join(pieces)[:limit].decode("utf-8", "replace")
-        return self._redact(text)
+        text = b"".join(pieces)[:wanted].decode("utf-8", "replace")
+        return excerpt(text, limit, self._secrets, complete=complete)
 
 
 async def _finish(chunks: AsyncIterator[bytes]) -> None:

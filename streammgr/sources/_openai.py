@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from .._errors import UpstreamAPIError, UpstreamProtocolError, UpstreamTruncated
-from .._logging import redact
+from .._logging import excerpt, redact
 from ..sse import OPENAI_DONE
 from ._http import SourceTimeouts, SSESource
 
@@ -165,7 +165,6 @@ class OpenAIChat:
             options = dict(body.get("stream_options") or {})  # type: ignore[call-overload]
             options["include_usage"] = True
             body["stream_options"] = options
-        self._api_key = api_key
         self._model = model
         self._source = SSESource(
             client,
@@ -176,6 +175,8 @@ class OpenAIChat:
             timeouts=timeouts,
             secrets=(api_key,),
         )
+        # The key and every other credential of the request (see SSESource).
+        self._secrets = self._source._secrets
 
     @property
     def url(self) -> str:
@@ -200,8 +201,8 @@ class OpenAIChat:
                     done = True
                     break
                 if event.event == "error":
-                    raise self._api_error(_loads(data, url, self._api_key), url)
-                payload = _loads(data, url, self._api_key)
+                    raise self._api_error(_loads(data, url, self._secrets), url)
+                payload = _loads(data, url, self._secrets)
                 if not isinstance(payload, dict):
                     raise UpstreamProtocolError(
                         f"upstream sent {type(payload).__name__} where a chunk object was "
@@ -214,7 +215,8 @@ class OpenAIChat:
                     chunks = _chunks_of(payload)
                 except (TypeError, ValueError, AttributeError) as exc:
                     raise UpstreamProtocolError(
-                        f"upstream sent a malformed chunk ({exc}): {self._excerpt(data)!r}",
+                        f"upstream sent a malformed chunk ({self._redact(str(exc))}): "
+                        f"{self._excerpt(data)!r}",
                         url=url,
                     ) from None
                 for chunk in chunks:
@@ -229,13 +231,17 @@ class OpenAIChat:
             )
 
     def _excerpt(self, text: str) -> str:
-        return redact(text[:_EXCERPT], (self._api_key,))
+        """``text`` redacted, then cut (so no part of a secret survives the cut)."""
+        return excerpt(text, _EXCERPT, self._secrets)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
 
     def _api_error(self, payload: object, url: str) -> UpstreamAPIError:
         error = payload.get("error", payload) if isinstance(payload, dict) else payload
         if not isinstance(error, dict):
             error = {"message": str(error)}
-        message = redact(str(error.get("message") or "unknown error"), (self._api_key,))
+        message = self._redact(str(error.get("message") or "unknown error"))
         error_type = error.get("type")
         code = error.get("code")
         return UpstreamAPIError(
@@ -246,12 +252,12 @@ class OpenAIChat:
         )
 
 
-def _loads(data: str, url: str, api_key: str) -> Any:
+def _loads(data: str, url: str, secrets: Sequence[str]) -> Any:
     try:
         return json.loads(data)
     except ValueError:
         raise UpstreamProtocolError(
-            f"upstream sent data that is not JSON: {redact(data[:_EXCERPT], (api_key,))!r}; "
+            f"upstream sent data that is not JSON: {excerpt(data, _EXCERPT, secrets)!r}; "
             f"check that base_url points at an OpenAI-compatible API",
             url=url,
         ) from None

@@ -40,7 +40,7 @@ import math
 import re
 import ssl
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -56,9 +56,10 @@ from .._errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from .._logging import get_logger, redact
+from .._logging import excerpt, get_logger, redact
 from .._stream import current_producer
 from .._validate import check_count, check_seconds, check_strings
+from ._common import excerpt_margin, header_secrets, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from trio_websocket import CloseReason, WebSocketConnection
@@ -78,7 +79,6 @@ _INSTALL_HINT = (
 _RECEIVE_BYTES = 65_536  # one socket read
 _BODY_LIMIT = 2048  # bytes of a rejected handshake's body kept for the error
 _MESSAGE_EXCERPT = 300  # characters of an upstream's text quoted in an error message
-_MIN_SECRET_LENGTH = 4  # shorter query values are not scrubbed from upstream text
 _GOING_AWAY = 1001
 _ABNORMAL_CLOSURE = 1006  # trio-websocket's code for a connection that ended without a close frame
 _MESSAGE_TOO_BIG = 1009
@@ -97,8 +97,6 @@ _RESERVED_HEADERS = frozenset(
         "upgrade",
     }
 )
-_CREDENTIAL_SCHEMES = frozenset({"basic", "bearer", "token"})
-_SECRET_HEADER_WORDS = ("auth", "cookie", "key", "password", "secret", "signature", "token")
 
 
 def _require_trio_websocket() -> None:
@@ -155,7 +153,8 @@ class WebSocketSource:
             connection with code 1009.
         ssl_context: the TLS context for ``wss://`` URLs (default: the system's
             trusted CAs, ``ssl.create_default_context()``).
-        secrets: more exact values to scrub from error messages.
+        secrets: more exact values to scrub from the URL and error messages, in
+            any encoding (percent-encoded, ``+`` for a space).
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
@@ -197,13 +196,13 @@ class WebSocketSource:
             value
             for value in (
                 *check_strings("secrets", secrets),
-                *_header_secrets(headers),
-                *_query_values(url),
+                *header_secrets(headers),
+                *(url_secrets(url, every_query_value=True) if isinstance(url, str) else ()),
             )
             if value
         )
         (self._host, self._port, self._host_header, self._target, self._tls) = self._parse_url(url)
-        self._shown_url = redact(url, self._secrets)
+        self._shown_url = redact_url(url, self._secrets, every_query_value=True)
         self._ssl_context = _check_ssl_context(ssl_context, self._tls)
         self._subprotocols = _check_subprotocols(subprotocols)
         self._headers = [(name.encode("ascii"), value.encode("latin-1")) for name, value in headers]
@@ -221,7 +220,7 @@ class WebSocketSource:
         """``(host, port, Host header, request target, tls)`` from a ws(s) URL."""
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}")
-        shown = redact(url, self._secrets)
+        shown = redact_url(url, self._secrets, every_query_value=True)
         if not url.isascii() or any(character.isspace() for character in url):
             raise ValueError(
                 f"url must be ASCII without spaces (percent-encode the rest), got {shown!r}"
@@ -350,7 +349,7 @@ class _Connection:
             ) from exc
         except trio.BrokenResourceError as exc:
             raise UpstreamConnectError(
-                f"the TLS handshake with {source.url} failed ({_describe(exc, self._redact)}); "
+                f"the TLS handshake with {source.url} failed ({self._describe(exc)}); "
                 f"check wss:// versus ws://, the certificate and ssl_context",
                 url=source.url,
             ) from exc
@@ -504,7 +503,7 @@ class _Connection:
             # of its own; the first one says what was wrong.
             return UpstreamProtocolError(
                 f"{source.url} answered the WebSocket handshake with something invalid "
-                f"({_one_line(self._redact(_protocol_detail(error)))}); check that the URL "
+                f"({self._one_line(_protocol_detail(error))}); check that the URL "
                 f"is a WebSocket endpoint",
                 url=source.url,
             )
@@ -512,7 +511,7 @@ class _Connection:
             return self._closed_error(error.reason) or self._dropped()
         if isinstance(error, HandshakeError | OSError | trio.BrokenResourceError):
             return UpstreamConnectError(
-                f"the connection to {source.url} broke ({_describe(error, self._redact)}); retry",
+                f"the connection to {source.url} broke ({self._describe(error)}); retry",
                 url=source.url,
             )
         return None
@@ -557,7 +556,7 @@ class _Connection:
             hint = "an application-defined code: see the upstream's documentation"
         else:
             hint = "see the reason"
-        shown_reason = f": {_one_line(text)!r}" if text else ""
+        shown_reason = f": {self._one_line(text)!r}" if text else ""
         return UpstreamClosed(
             f"{source.url} closed the WebSocket with code {code} ({name}){shown_reason}; {hint}",
             code=code,
@@ -583,8 +582,15 @@ class _Connection:
         self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
     ) -> UpstreamError:
         source = self._source
-        excerpt = self._redact((body or b"")[:_BODY_LIMIT].decode("utf-8", "replace"))
-        quoted = _one_line(excerpt) or "(empty body)"
+        # Redacted before it is cut: read past the limit so that a secret the
+        # upstream echoed across it is seen whole.
+        raw = body or b""
+        wanted = _BODY_LIMIT + excerpt_margin(self._source._secrets)
+        text = raw[:wanted].decode("utf-8", "replace")
+        body_excerpt = excerpt(
+            text, _BODY_LIMIT, self._source._secrets, complete=len(raw) <= wanted
+        )
+        quoted = self._one_line(body_excerpt) or "(empty body)"
         if 200 <= status < 300:
             return UpstreamProtocolError(
                 f"{source.url} answered the WebSocket handshake with HTTP {status} instead of "
@@ -607,7 +613,7 @@ class _Connection:
         return UpstreamStatusError(
             f"{source.url} rejected the WebSocket handshake with HTTP {status}: {quoted}; {hint}",
             status_code=status,
-            body=excerpt,
+            body=body_excerpt,
             url=source.url,
             retry_after=retry_after,
         )
@@ -641,11 +647,26 @@ class _Connection:
     def _redact(self, text: str) -> str:
         return redact(text, self._source._secrets)
 
+    def _one_line(self, text: str) -> str:
+        """``text`` redacted, on one line, then cut to :data:`_MESSAGE_EXCERPT`
+        characters (no fragment of a secret or of ``[REDACTED]`` at the cut)."""
+        return excerpt(
+            " ".join(self._redact(text).split()),
+            _MESSAGE_EXCERPT,
+            self._source._secrets,
+            ellipsis="...",
+        )
+
+    def _describe(self, error: BaseException) -> str:
+        """``"Type: message"`` of the root cause (a trio error wraps the OS's or ssl's)."""
+        cause = error.__cause__ or error
+        return self._one_line(f"{type(cause).__name__}: {cause}")
+
     def _describe_drop(self) -> str:
         broken = self._stream.broken if self._stream is not None else None
         if broken is None:
             return "end of input"
-        return _describe(broken, self._redact)
+        return self._describe(broken)
 
 
 class _NoAnswer(Exception):
@@ -705,12 +726,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exception
 
 
-def _describe(error: BaseException, scrub: Callable[[str], str]) -> str:
-    """``"Type: message"`` of the root cause (a trio error wraps the OS's or ssl's)."""
-    cause = error.__cause__ or error
-    return _one_line(scrub(f"{type(cause).__name__}: {cause}"))
-
-
 def _protocol_detail(error: BaseException) -> str:
     """What wsproto found wrong in a handshake answer, from ``error``'s chain."""
     import h11
@@ -764,37 +779,6 @@ def _check_headers(extra_headers: object) -> list[tuple[str, str]]:
             raise ValueError(f"extra_headers value of {name!r} is not Latin-1 text") from None
         checked.append((name, value))
     return checked
-
-
-def _header_secrets(headers: list[tuple[str, str]]) -> list[str]:
-    """Values of the handshake headers worth scrubbing from error text: credentials
-    (``Bearer <token>``) and the values of headers named like a secret."""
-    found: list[str] = []
-    for name, value in headers:
-        scheme, _, credential = value.partition(" ")
-        if credential and scheme.lower() in _CREDENTIAL_SCHEMES:
-            found.append(credential.strip())
-        lowered = name.lower()
-        if len(value) >= _MIN_SECRET_LENGTH and any(w in lowered for w in _SECRET_HEADER_WORDS):
-            found.append(value)
-    return found
-
-
-def _query_values(url: object) -> list[str]:
-    """The URL's query values (``?token=...``): treated as secrets."""
-    if not isinstance(url, str):
-        return []
-    query = urllib.parse.urlsplit(url).query
-    found: list[str] = []
-    for part in query.split("&"):
-        _, _, value = part.partition("=")
-        if len(value) >= _MIN_SECRET_LENGTH:
-            found.append(value)
-            decoded = urllib.parse.unquote_plus(value)
-            if decoded != value:
-                found.append(decoded)
-    # Longest first, so a value that contains another is replaced whole.
-    return sorted(found, key=len, reverse=True)
 
 
 def _check_ssl_context(ssl_context: object, tls: bool) -> ssl.SSLContext | None:
@@ -851,11 +835,3 @@ def _retry_after(value: bytes) -> float | None:
     except ValueError:
         return None  # an HTTP date
     return seconds if 0 <= seconds < 86_400 else None
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line, cut to :data:`_MESSAGE_EXCERPT` characters."""
-    line = " ".join(text.split())
-    if len(line) > _MESSAGE_EXCERPT:
-        line = line[: _MESSAGE_EXCERPT - 3] + "..."
-    return line
