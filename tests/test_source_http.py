@@ -501,3 +501,64 @@ def test_signed_url_parameters_are_redacted() -> None:
     assert "abcdef123456" not in repr(source)
     assert "AIzaSyABCDEF" not in source.url
     assert "q=visible" in source.url
+
+
+def fail_with_cause(
+    error: Exception, cause: Exception
+) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    async def respond(request: httpx.Request) -> httpx.Response:
+        raise error from cause
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.ConnectError("connection refused"), streammgr.UpstreamConnectError),
+        (httpx.ConnectTimeout("slow"), streammgr.UpstreamConnectTimeout),
+        (httpx.ReadTimeout("slow"), streammgr.UpstreamConnectTimeout),
+    ],
+)
+async def test_giving_up_raises_the_last_error_with_its_cause(
+    autojump_clock: trio.abc.Clock, raised: httpx.HTTPError, expected: type[Exception]
+) -> None:
+    root = ConnectionRefusedError(111, "Connection refused")
+    upstream = Upstream(fail_with_cause(raised, root))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=2, jitter=0)
+        with pytest.raises(expected) as caught:
+            await read_all(manager, SSESource(client, "http://up/", reconnect=policy))
+    assert len(upstream.requests) == 3
+    assert caught.value.__cause__ is raised  # the upstream's own error, not a wrapper
+    assert raised.__cause__ is root  # with its chain intact
+
+
+async def test_giving_up_mid_stream_keeps_the_cause(autojump_clock: trio.abc.Clock) -> None:
+    broken = httpx.ReadError("connection reset by peer")
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(broken))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1, jitter=0))
+        with pytest.raises(streammgr.UpstreamConnectError, match="broke mid-stream") as caught:
+            await read_all(manager, source)
+    assert caught.value.__cause__ is broken
+    assert upstream.opened == upstream.closed == 2
+
+
+async def test_no_time_left_to_reconnect_names_the_last_error(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    refused = httpx.ConnectError("connection refused")
+    upstream = Upstream(fail(refused))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(
+            client,
+            "http://up/",
+            timeouts=SourceTimeouts(total=2),
+            reconnect=Reconnect(initial_delay=1, jitter=0),
+        )
+        with pytest.raises(streammgr.UpstreamDeadlineExceeded) as caught:
+            await read_all(manager, source)
+    assert isinstance(caught.value.__cause__, streammgr.UpstreamConnectError)
+    assert caught.value.__cause__.__cause__ is refused

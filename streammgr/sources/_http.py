@@ -121,9 +121,13 @@ class Reconnect:
 
 
 class _Retryable(Exception):
-    """Internal: this connection ended in a way a reconnection may cure."""
+    """Internal: this connection ended in a way a reconnection may cure.
 
-    def __init__(self, error: UpstreamError | None, delay: float | None = None) -> None:
+    Raised ``from`` the upstream's own error (httpx's, when there is one); the
+    reconnect loop hands that cause on to :attr:`error`, which is what the user gets.
+    """
+
+    def __init__(self, error: UpstreamError, delay: float | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.delay = delay
@@ -311,6 +315,9 @@ class SSESource:
                     return
             except _Retryable as retryable:
                 outcome = retryable
+                if retryable.__cause__ is not None:
+                    # The user gets the error, never the wrapper: give it the cause.
+                    retryable.error.__cause__ = retryable.__cause__
             finally:
                 if parser.retry is not None:
                     server_retry = parser.retry
@@ -322,9 +329,10 @@ class SSESource:
             policy = self._reconnect
             assert policy is not None
             attempt += 1
+            last_error = outcome.error if outcome is not None else None
             if attempt > policy.max_attempts:
-                if outcome is not None and outcome.error is not None:
-                    raise outcome.error
+                if last_error is not None:
+                    raise last_error
                 raise UpstreamConnectError(
                     f"the upstream kept closing the stream without sending an event: gave up "
                     f"after {policy.max_attempts} reconnections",
@@ -334,7 +342,9 @@ class SSESource:
             if delay is None:
                 delay = policy.delay(attempt, server_retry, self._rng)
             if trio.current_time() + delay >= total_deadline:
-                raise self._total_timeout("no time left to reconnect within the total timeout")
+                raise self._total_timeout(
+                    "no time left to reconnect within the total timeout"
+                ) from last_error
             await trio.sleep(delay)
 
     async def _read_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
