@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
@@ -562,3 +563,118 @@ async def test_no_time_left_to_reconnect_names_the_last_error(
             await read_all(manager, source)
     assert isinstance(caught.value.__cause__, streammgr.UpstreamConnectError)
     assert caught.value.__cause__.__cause__ is refused
+
+
+async def test_a_reconnect_storm_is_bounded(autojump_clock: trio.abc.Clock) -> None:
+    # retry: 0 and one event per connection used to reset the attempt count with no
+    # delay at all: a tight loop of reconnections that max_attempts never ended.
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"retry: 0\n\ndata: x\n\n"))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=3, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        received = 0
+        with pytest.raises(streammgr.UpstreamConnectError, match="healthy_after") as caught:
+            async with manager.open(source) as stream:
+                async for _ in stream:
+                    received += 1
+                    if received > 20:
+                        break  # a storm: pytest.raises fails
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR
+    assert "gave up after 3 reconnections" in str(caught.value)
+    assert (len(upstream.requests), received) == (4, 4)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    # The floor under the server's retry: 0, doubled per attempt in a row.
+    assert gaps == pytest.approx([policy.min_delay, 2 * policy.min_delay, 4 * policy.min_delay])
+    assert upstream.opened == upstream.closed == 4
+
+
+async def test_a_connection_that_stayed_up_resets_the_attempt_count(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # One event, then up for healthy_after seconds, then a drop: a healthy connection
+    # each time, so even max_attempts=1 reconnects as long as the upstream does this.
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: x\n\n", 6.0, httpx.ReadError("reset")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=1, initial_delay=1, healthy_after=6, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        received = 0
+        async with manager.open(source) as stream:
+            async for _ in stream:
+                received += 1
+                if received == 10:
+                    break
+    assert len(upstream.requests) == 10
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    assert gaps == pytest.approx([7.0] * 9)  # 6 s up, then initial_delay, never doubled
+
+
+async def test_a_connection_that_dropped_too_soon_does_not_reset_the_count(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: x\n\n", 4.0, httpx.ReadError("reset")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=2, initial_delay=1, healthy_after=5, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        with pytest.raises(streammgr.UpstreamConnectError, match="reset") as caught:
+            await read_all(manager, source)
+    assert isinstance(caught.value.__cause__, httpx.ReadError)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    assert gaps == pytest.approx([4 + 1, 4 + 2])
+
+
+async def test_retry_after_above_max_delay_gives_up_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"overloaded", status=503, headers={"retry-after": "3000"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_delay=30))
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+    assert len(upstream.requests) == 1
+    assert trio.current_time() == 0  # no 3,000 s wait, and no early retry either
+    error = caught.value
+    assert (error.status_code, error.retry_after, error.body) == (503, 3000, "overloaded")
+    message = str(error)
+    assert "3000s" in message
+    assert "max_delay" in message
+    assert "overloaded" in message
+
+
+async def test_retry_after_zero_waits_min_delay(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        upstream.stream(b"busy", status=429, headers={"retry-after": "0"}),
+        upstream.stream(b"data: ok\n\n"),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(min_delay=0.25, initial_delay=1, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        async with manager.open(source) as stream:
+            assert (await stream.__anext__()).data == "ok"
+    assert upstream.times[1] - upstream.times[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"min_delay": 0}, ValueError, "min_delay must be a positive"),
+        ({"min_delay": None}, TypeError, "min_delay must be a number of seconds, got None"),
+        ({"min_delay": 2, "initial_delay": 1}, ValueError, "initial_delay .* below min_delay"),
+        ({"min_delay": 40, "initial_delay": 50}, ValueError, "min_delay .* above max_delay"),
+        ({"healthy_after": 0}, ValueError, "healthy_after must be a positive"),
+        ({"initial_delay": None}, TypeError, "initial_delay must be a number of seconds"),
+        ({"max_delay": None}, TypeError, "max_delay must be a number of seconds"),
+    ],
+)
+def test_reconnect_delays_are_checked(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Reconnect(**arguments)  # type: ignore[arg-type]

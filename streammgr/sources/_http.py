@@ -78,18 +78,46 @@ class Reconnect:
     A dropped connection, a clean end of the response body, a connect / first-event
     / idle timeout, or a status in ``retry_statuses`` is followed by a new request
     carrying ``Last-Event-ID``, after a delay: the server's ``retry`` value if it
-    sent one (else ``initial_delay``), doubled by ``multiplier`` for each failed
-    attempt in a row, capped at ``max_delay``, with up to ``jitter`` (a fraction)
-    added at random. An event received resets the count. HTTP 204, another error
-    status, a wrong content type and the total timeout are final.
+    sent one (else ``initial_delay``), never less than ``min_delay``, doubled by
+    ``multiplier`` for each failed attempt in a row, capped at ``max_delay``, with
+    up to ``jitter`` (a fraction) added at random. HTTP 204, another error status, a
+    wrong content type and the total timeout are final.
+
+    The count of attempts in a row resets only after a *healthy* connection: one
+    that delivered at least one event and stayed up for at least ``healthy_after``
+    seconds (from its response headers to its end). A connection that delivers an
+    event and drops at once counts as a failed attempt, so an upstream that sends
+    ``retry: 0`` and one event per connection is given up on after
+    ``max_attempts`` reconnections instead of being hammered forever.
+
+    A ``Retry-After`` header on a retryable status is honoured (raised to
+    ``min_delay`` if smaller) when it is at most ``max_delay``. A longer one is
+    final: the status error is raised at once, saying how long the upstream asked
+    to wait, rather than either waiting that long inside the stream or coming back
+    early against the upstream's explicit wish. Raise ``max_delay`` to honour such
+    waits. The SSE ``retry`` field is a standing preference, not a refusal: a value
+    above ``max_delay`` is capped at ``max_delay``.
 
     Attributes:
-        max_attempts: reconnections in a row without an event before giving up.
+        max_attempts: reconnections in a row without a healthy connection before
+            giving up; the last error is raised.
         initial_delay: seconds before the first reconnection, if the server set none.
-        max_delay: the longest delay, in seconds.
+        max_delay: the longest delay, in seconds; also the longest ``Retry-After``
+            that is waited for.
         multiplier: backoff factor per failed attempt in a row.
         jitter: random extra delay, as a fraction of the delay (0 for none).
         retry_statuses: statuses worth trying again (``Retry-After`` is honoured).
+        min_delay: the shortest delay, in seconds, whatever the server asks for
+            (``retry: 0``, ``Retry-After: 0``); at most ``initial_delay``.
+        healthy_after: seconds a connection must stay up, with at least one event,
+            to reset the count of attempts.
+
+    Raises:
+        TypeError: a delay is not a number (``None`` included), or ``max_attempts``
+            is not an int.
+        ValueError: a delay is not positive and finite, ``min_delay`` is above
+            ``initial_delay`` or ``max_delay``, ``max_attempts < 1``,
+            ``multiplier < 1``, or ``jitter`` is outside 0..1.
     """
 
     max_attempts: int = 5
@@ -100,22 +128,47 @@ class Reconnect:
     retry_statuses: frozenset[int] = field(
         default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504})
     )
+    min_delay: float = 0.5
+    healthy_after: float = 5.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        check_seconds("initial_delay", self.initial_delay)
-        check_seconds("max_delay", self.max_delay)
+        for name in ("initial_delay", "max_delay", "min_delay", "healthy_after"):
+            value = getattr(self, name)
+            if value is None:
+                raise TypeError(f"{name} must be a number of seconds, got None")
+            check_seconds(name, value)
+        if self.min_delay > self.max_delay:
+            raise ValueError(
+                f"min_delay ({self.min_delay:g}s) must not be above max_delay ({self.max_delay:g}s)"
+            )
+        if self.initial_delay < self.min_delay:
+            raise ValueError(
+                f"initial_delay ({self.initial_delay:g}s) is below min_delay "
+                f"({self.min_delay:g}s): lower min_delay too, or raise initial_delay"
+            )
         if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
 
     def delay(self, attempt: int, server_retry_ms: int | None, rng: random.Random) -> float:
-        """Seconds to wait before reconnection number ``attempt`` (1-based)."""
+        """Seconds to wait before reconnection number ``attempt`` (1-based).
+
+        Args:
+            attempt: the reconnection's number in the current run of failures.
+            server_retry_ms: the server's last ``retry`` value, or ``None``.
+            rng: the source of the jitter.
+
+        Returns:
+            The backoff from ``server_retry_ms`` (else ``initial_delay``), at least
+            ``min_delay``, capped at ``max_delay``, plus jitter.
+        """
         base = server_retry_ms / 1000 if server_retry_ms is not None else self.initial_delay
+        base = max(base, self.min_delay)
         delay = min(base * self.multiplier ** (attempt - 1), self.max_delay)
         return delay * (1 + self.jitter * rng.random())
 
@@ -265,11 +318,14 @@ class SSESource:
             outcome: _Retryable | None = None
             response: httpx.Response | None = None
             chunks: AsyncIterator[bytes] | None = None
+            seen_event = False
+            connected_at = ended_at = math.inf
             try:
                 started = trio.current_time()
                 response = await self._send(self._request(last_event_id), total_deadline)
                 if not await self._check(response):
                     return  # 204 No Content: nothing to stream, and never reconnect
+                connected_at = trio.current_time()
                 if context is not None:
                     context.connected()
                 first_event, idle = timeouts.first_event, timeouts.idle
@@ -278,7 +334,6 @@ class SSESource:
                     if first_event is not None
                     else (started + idle if idle is not None else math.inf)
                 )
-                seen_event = False
                 chunks = response.aiter_bytes()
                 while True:
                     chunk = await self._next_chunk(
@@ -300,7 +355,6 @@ class SSESource:
                         continue
                     if not seen_event:
                         seen_event = True
-                        attempt = 0
                         if idle is None:
                             deadline = math.inf
                     for item in items:
@@ -319,6 +373,7 @@ class SSESource:
                     # The user gets the error, never the wrapper: give it the cause.
                     retryable.error.__cause__ = retryable.__cause__
             finally:
+                ended_at = trio.current_time()
                 if parser.retry is not None:
                     server_retry = parser.retry
                 # Closed on every path, even when cancelled, and it cannot hang.
@@ -328,18 +383,35 @@ class SSESource:
                         await _close(response, chunks)
             policy = self._reconnect
             assert policy is not None
+            uptime = ended_at - connected_at  # -inf when the upstream never answered
+            if seen_event and uptime >= policy.healthy_after:
+                attempt = 0  # a healthy connection: a fresh run of attempts
             attempt += 1
             last_error = outcome.error if outcome is not None else None
+            server_delay = outcome.delay if outcome is not None else None
+            if server_delay is not None and server_delay > policy.max_delay:
+                assert isinstance(last_error, UpstreamStatusError)
+                raise self._wait_refused(last_error, server_delay, policy.max_delay)
             if attempt > policy.max_attempts:
                 if last_error is not None:
                     raise last_error
+                if seen_event:
+                    raise UpstreamConnectError(
+                        f"the upstream kept closing the stream soon after opening it (the "
+                        f"last connection lasted {uptime:.3g}s, less than "
+                        f"Reconnect.healthy_after={policy.healthy_after:g}s): gave up after "
+                        f"{policy.max_attempts} reconnections; lower healthy_after if the "
+                        f"upstream legitimately closes this soon",
+                        url=self.url,
+                    )
                 raise UpstreamConnectError(
                     f"the upstream kept closing the stream without sending an event: gave up "
                     f"after {policy.max_attempts} reconnections",
                     url=self.url,
                 )
-            delay = outcome.delay if outcome is not None else None
-            if delay is None:
+            if server_delay is not None:
+                delay = max(server_delay, policy.min_delay)
+            else:
                 delay = policy.delay(attempt, server_retry, self._rng)
             if trio.current_time() + delay >= total_deadline:
                 raise self._total_timeout(
@@ -483,6 +555,22 @@ class SSESource:
                 )
             )
         return response
+
+    def _wait_refused(
+        self, error: UpstreamStatusError, retry_after: float, max_delay: float
+    ) -> UpstreamStatusError:
+        """The error for a ``Retry-After`` longer than the policy's ``max_delay``."""
+        refused = UpstreamStatusError(
+            f"{error}; it asked to wait {retry_after:g}s before trying again (Retry-After), "
+            f"longer than Reconnect.max_delay={max_delay:g}s, so the source gave up instead "
+            f"of waiting; raise max_delay to {retry_after:g} or more to honour such waits",
+            status_code=error.status_code,
+            body=error.body,
+            url=error.url,
+            retry_after=retry_after,
+        )
+        refused.__cause__ = error.__cause__
+        return refused
 
     def _retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
         """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
