@@ -455,19 +455,24 @@ async def test_time_parked_behind_a_slow_reader_is_not_upstream_idleness(
 
 
 # A body that fails to decode raises inside httpx's aiter_bytes, which ends that
-# generator while the aiter_raw under it stays suspended, out of this source's reach:
-# Trio finalizes it and warns. Only this rare path (a corrupt Content-Encoding) does so.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# generator while the aiter_raw under it stays suspended: unless the source closes
+# it, Trio finalizes it and warns, which filterwarnings = error turns into a failure.
+@pytest.mark.parametrize("reconnect", [None, Reconnect(max_attempts=1)])
 async def test_undecodable_body_and_redirect_loops_are_mapped(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, reconnect: Reconnect | None
 ) -> None:
     upstream = Upstream()
     upstream.responses.append(
-        upstream.stream(b"not gzip at all", headers={**SSE, "content-encoding": "gzip"})
+        upstream.stream(b"data: ", b"not gzip at all", headers={**SSE, "content-encoding": "gzip"})
     )
     async with upstream.client() as client, StreamManager() as manager:
-        with pytest.raises(streammgr.UpstreamProtocolError, match="Content-Encoding"):
-            await read_all(manager, SSESource(client, "http://up/"))
+        source = SSESource(client, "http://up/", reconnect=reconnect)
+        with pytest.raises(streammgr.UpstreamProtocolError, match="Content-Encoding") as caught:
+            await read_all(manager, source)
+        assert "gzip" in str(caught.value)
+        assert isinstance(caught.value.__cause__, httpx.DecodingError)
+    assert len(upstream.requests) == 1  # a corrupt body is not worth another try
+    assert upstream.opened == upstream.closed == 1
 
     async def redirect(request: httpx.Request) -> httpx.Response:
         return httpx.Response(302, headers={"location": str(request.url)})
@@ -476,6 +481,20 @@ async def test_undecodable_body_and_redirect_loops_are_mapped(
     async with looping, StreamManager() as manager:
         with pytest.raises(streammgr.UpstreamProtocolError, match="TooManyRedirects"):
             await read_all(manager, SSESource(looping, "http://up/"))
+
+
+async def test_undecodable_error_body_leaves_no_generator_behind(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"\x1f\x8b", b"not gzip", status=500, headers={"content-encoding": "gzip"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, SSESource(client, "http://up/"))
+        assert caught.value.status_code == 500
+    assert upstream.opened == upstream.closed == 1
 
 
 async def test_large_error_body_leaves_no_generator_behind(

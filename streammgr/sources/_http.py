@@ -10,6 +10,7 @@ reader's ``async with`` block returns.
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import math
 import random
@@ -317,7 +318,7 @@ class SSESource:
             feed = parser.feed_raw if raw else parser.feed
             outcome: _Retryable | None = None
             response: httpx.Response | None = None
-            chunks: AsyncIterator[bytes] | None = None
+            body: _Body | None = None
             seen_event = False
             connected_at = ended_at = math.inf
             try:
@@ -334,10 +335,11 @@ class SSESource:
                     if first_event is not None
                     else (started + idle if idle is not None else math.inf)
                 )
-                chunks = response.aiter_bytes()
+                body = _Body(response)
+                chunks = body.chunks
                 while True:
                     chunk = await self._next_chunk(
-                        chunks, min(deadline, total_deadline), seen_event, total_deadline
+                        chunks, min(deadline, total_deadline), seen_event, total_deadline, body
                     )
                     if chunk is None:
                         parser.close()
@@ -380,7 +382,7 @@ class SSESource:
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
                     if response is not None:
-                        await _close(response, chunks)
+                        await _close(response, body)
             policy = self._reconnect
             assert policy is not None
             uptime = ended_at - connected_at  # -inf when the upstream never answered
@@ -419,7 +421,7 @@ class SSESource:
                 ) from last_error
             await trio.sleep(delay)
 
-    async def _read_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+    async def _read_chunk(self, chunks: AsyncIterator[bytes], body: _Body) -> bytes | None:
         """The next body chunk, ``None`` at the end; httpx's errors mapped."""
         try:
             return await chunks.__anext__()
@@ -442,10 +444,18 @@ class SSESource:
                     url=self.url,
                 )
             ) from exc
-        except httpx.HTTPError as exc:  # DecodingError and anything httpx adds later
+        except httpx.DecodingError as exc:
+            encoding = body.encoding or "none"
+            raise UpstreamProtocolError(
+                f"the upstream's body does not decode as its Content-Encoding says "
+                f"({encoding!r}): {self._redact(str(exc))}; the upstream or a proxy on the "
+                f"way sent a corrupt or mislabelled body: check its Content-Encoding",
+                url=self.url,
+            ) from exc
+        except httpx.HTTPError as exc:  # StreamClosed and anything httpx adds later
             raise UpstreamProtocolError(
                 f"could not read the upstream's body ({type(exc).__name__}: "
-                f"{self._redact(str(exc))}); check its Content-Encoding",
+                f"{self._redact(str(exc))})",
                 url=self.url,
             ) from exc
 
@@ -473,15 +483,16 @@ class SSESource:
         deadline: float,
         seen_event: bool,
         total_deadline: float,
+        body: _Body,
     ) -> bytes | None:
         """The next body chunk (``None`` at the end), within ``deadline``."""
         if deadline == math.inf:
             # No timeout applies: skip the cancel scope, which costs as much as
             # parsing the chunk (benchmarks/bench_sources.py).
-            return await self._read_chunk(chunks)
+            return await self._read_chunk(chunks, body)
         timeouts = self._timeouts
         with trio.CancelScope(deadline=deadline) as scope:
-            return await self._read_chunk(chunks)
+            return await self._read_chunk(chunks, body)
         assert scope.cancelled_caught
         if deadline >= total_deadline:
             raise self._total_timeout("the upstream stream outlived its total timeout")
@@ -622,10 +633,10 @@ class SSESource:
         limit = self._error_body_limit
         pieces: list[bytes] = []
         size = 0
-        body = response.aiter_bytes()
+        body = _Body(response)
         try:
             with trio.move_on_after(_ERROR_READ_TIMEOUT):
-                async for chunk in body:
+                async for chunk in body.chunks:
                     pieces.append(chunk)
                     size += len(chunk)
                     if size >= limit:
@@ -640,30 +651,65 @@ class SSESource:
         return self._redact(text)
 
 
-async def _finish(chunks: AsyncIterator[bytes]) -> None:
-    """Run a body iterator to its end after its response was closed.
+class _Body:
+    """A response's decoded body chunks, with every generator under them in reach.
 
-    httpx's body iterators are async generators stacked several deep (httpx,
-    httpcore). ``aclose()`` on the outer one leaves the inner ones suspended, and
-    Trio warns when it garbage-collects them. Once the response is closed, pulling
-    again makes the innermost one fail (or drain what was already buffered), and
-    that failure runs every layer to its end: nothing is left suspended.
+    httpx's ``aiter_bytes()`` decodes what ``aiter_raw()`` yields, and both are async
+    generators over the transport's own (stacked several deep: httpx, httpcore).
+    When the decoder fails (a corrupt ``Content-Encoding``), ``aiter_bytes`` ends
+    with the error while ``aiter_raw`` stays suspended inside it, where nobody can
+    reach it, and Trio warns when it garbage-collects it. So this starts
+    ``aiter_raw`` itself and gives it to the response, whose ``aiter_bytes`` calls
+    ``self.aiter_raw()``: :meth:`finish` can then run both to their end. (Should
+    httpx stop calling it, the generator kept here is never started, which Trio
+    does not warn about, and pulling it in :meth:`finish` only raises.)
+
+    Attributes:
+        chunks: the decoded chunks (``response.aiter_bytes()``).
+        encoding: the response's ``Content-Encoding``, ``""`` if none, for errors.
     """
-    try:
-        for _ in range(_FINISH_PULLS):
-            await chunks.__anext__()
-    except Exception:
-        pass
+
+    __slots__ = ("_raw", "chunks", "encoding")
+
+    def __init__(self, response: httpx.Response) -> None:
+        raw = response.aiter_raw()
+
+        def aiter_raw(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+            return raw
+
+        response.aiter_raw = aiter_raw  # type: ignore[method-assign]
+        self._raw: AsyncGenerator[bytes, None] = cast("AsyncGenerator[bytes, None]", raw)
+        self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+        self.encoding = response.headers.get("content-encoding", "")
+
+    async def finish(self) -> None:
+        """Run both generators to their end, once the response is closed.
+
+        ``aclose()`` on an outer generator leaves the ones it iterates suspended, and
+        Trio warns when it garbage-collects them. Once the response is closed, pulling
+        again makes the innermost one fail (or drain what was already buffered), and
+        that failure runs every layer to its end: nothing is left suspended. Each
+        generator is pulled at most ``_FINISH_PULLS`` times (one that still yields is
+        left, not drained), then closed.
+        """
+        for generator in (self.chunks, self._raw):
+            try:
+                for _ in range(_FINISH_PULLS):
+                    await generator.__anext__()
+            except Exception:
+                pass  # the end we wanted: StopAsyncIteration, StreamClosed, a read error
+            with contextlib.suppress(Exception):
+                await generator.aclose()  # a no-op for a generator that has ended
 
 
-async def _close(response: httpx.Response, chunks: AsyncIterator[bytes] | None) -> None:
-    """Close a response, then run its body iterator to its end (see :func:`_finish`)."""
+async def _close(response: httpx.Response, body: _Body | None) -> None:
+    """Close a response, then run its body's generators to their end (see :class:`_Body`)."""
     try:
         await response.aclose()
     except Exception as exc:  # closing is best effort; the stream is over either way
         get_logger().warning("source.close_failed", error=describe_error(exc))
-    if chunks is not None:
-        await _finish(chunks)
+    if body is not None:
+        await body.finish()
 
 
 def _retry_after(value: str | None) -> float | None:
