@@ -102,6 +102,27 @@ def _compact(pieces: list[bytes | bytearray]) -> None:
         pieces[:] = [compacted]
 
 
+def _skip_comments(data: bytes, start: int, stop: int, mixed: bool) -> int:
+    """Where the first line of ``data[start:stop]`` that is not a comment starts.
+
+    ``data[start:stop]`` is complete lines, ending with LF only unless ``mixed`` (then
+    with CR, LF or CRLF); ``stop`` if every line is a comment.
+    """
+    while start < stop and data[start] == 0x3A:  # ":"
+        line_feed = data.find(b"\n", start, stop)
+        if not mixed:
+            start = line_feed + 1
+            continue
+        carriage_return = data.find(b"\r", start, line_feed if line_feed >= 0 else stop)
+        if carriage_return < 0:
+            start = line_feed + 1
+        elif carriage_return + 1 == line_feed:
+            start = line_feed + 1  # CRLF
+        else:
+            start = carriage_return + 1
+    return start
+
+
 def _too_large(what: str, size: int, limit: int) -> SSEEventTooLarge:
     return SSEEventTooLarge(
         f"{what} of {size} bytes is larger than max_event_size={limit} bytes; "
@@ -156,7 +177,8 @@ class SSEParser:
         "_pending",
         "_pieces",
         "_plain",
-        "_raw_carry",
+        "_raw_kept",
+        "_raw_kept_size",
         "_raw_pieces",
         "_raw_plain",
         "_raw_refused",
@@ -202,12 +224,17 @@ class SSEParser:
         self._raw_refused = False
         # The same as _plain, for feed_raw().
         self._raw_plain = False
-        # The original bytes of the event being built, up to the unfinished line (which
-        # is in _pieces: it has no line ending, so it is the same in both forms).
+        # The original bytes of the block being built, from its first line that is not a
+        # comment up to the unfinished line (which is in _pieces: it has no line ending,
+        # so it is the same in both forms).
         self._raw_pieces: list[bytes | bytearray] = []
+        # Blocks kept for the next event because they changed the last event ID or the
+        # reconnection time: (bytes, still the last to set the id, ... the retry). At
+        # most two: a later block that sets the same thing replaces the earlier one.
+        self._raw_kept: list[tuple[bytes, bool, bool]] = []
+        self._raw_kept_size = 0
+        # The bytes of the event being built: kept blocks, then _raw_pieces.
         self._raw_size = 0
-        # _raw_pieces starts with blocks kept for the id or retry they set.
-        self._raw_carry = False
         # The reconnection time when the block being built began.
         self._raw_retry: int | None = None
 
@@ -265,26 +292,29 @@ class SSEParser:
         """Parse the next chunk like :meth:`feed`; return each event with its original bytes.
 
         For a proxy that forwards events without decoding and re-encoding them. The bytes
-        of an event are its whole block, from the end of the blank line before it through
-        the line ending of the blank line that dispatched it: comments, unknown fields,
-        ``id`` and ``retry`` lines and line endings (CR, LF, CRLF) untouched. Sending the
-        bytes of every event, in order, to a client makes the client's parser produce the
-        same events, ``id`` and ``retry`` included.
+        of an event are its block, from its first line that is not a comment through the
+        line ending of the blank line that dispatched it: comments after that first line,
+        unknown fields, ``id`` and ``retry`` lines and line endings (CR, LF, CRLF)
+        untouched. Sending the bytes of every event, in order, to a client makes the
+        client's parser produce the same events, ``id`` and ``retry`` included.
 
         A block that dispatches nothing (a ``: keep-alive`` comment; ``event: x`` with
-        no data) is dropped, unless it changed the last event ID or the reconnection time
-        (``id: 7`` alone): then it is kept, and the bytes of the next event start with
-        it and with any block after it, so that the client sees the same ids. Kept
-        blocks that no event follows before the end of the stream are never returned.
+        no data) is dropped, and so are comment lines before a block's first field: the
+        parser holds none of them, so keep-alives never accumulate. A block that changed
+        the last event ID or the reconnection time (``id: 7`` alone) is kept: the bytes
+        of the next event start with it, so that the client sees the same ids. Only the
+        last block to set the id and the last to set the retry are kept (at most two).
+        Kept blocks that no event follows before the end of the stream are never
+        returned.
 
-        The bytes of an event are a slice of the stream, with two exceptions, both
-        harmless to a parser. The leading byte order mark of the stream is not part of
-        any event. When a chunk ends between the CR and the LF of the CRLF that ends an
-        event, the event is returned at once, as :meth:`feed` returns it, so its bytes
-        end with the CR and the LF is dropped. One trap: a client's parser takes bytes
-        that start its stream with a byte order mark (an event whose first line starts
-        with U+FEFF, an unknown field here) for the stream's BOM; a proxy that forwards
-        such events first sends a BOM of its own.
+        Each block in an event's bytes is a slice of the stream, with two exceptions,
+        both harmless to a parser. The leading byte order mark of the stream is not part
+        of any event. When a chunk ends between the CR and the LF of the CRLF that ends a
+        block, the block ends at once, as :meth:`feed` ends it, so its bytes end with the
+        CR and the LF is dropped. One trap: a client's parser takes bytes that start its
+        stream with a byte order mark (an event whose first line starts with U+FEFF, an
+        unknown field here) for the stream's BOM; a proxy that forwards such events first
+        sends a BOM of its own.
 
         Args:
             data: the next bytes of the body, split anywhere. A ``bytearray`` or
@@ -297,7 +327,8 @@ class SSEParser:
             SSEEventTooLarge: the bytes of an event (kept blocks included, the blank
                 line that ends it not) are longer than ``max_event_size``, now or in an
                 earlier call. This bounds lines and data too, a little more tightly than
-                :meth:`feed` does. As for :meth:`feed`, the events completed before the
+                :meth:`feed` does; a dropped comment is bounded as a line, as by
+                :meth:`feed`. As for :meth:`feed`, the events completed before the
                 offending one are returned first, and the next call raises.
             RuntimeError: :meth:`close` was called before, or :meth:`feed` was used on
                 this parser.
@@ -343,8 +374,9 @@ class SSEParser:
         self._head = None
         self._raw_plain = False
         self._raw_pieces = []
+        self._raw_kept = []
+        self._raw_kept_size = 0
         self._raw_size = 0
-        self._raw_carry = False
         return []
 
     # -- the slow path: first bytes, CR line endings, closed or failed parser --------
@@ -463,12 +495,30 @@ class SSEParser:
 
     def _raw_line_grew(self) -> None:
         """Like :meth:`_unfinished_line_grew`, for the bytes of the event being built."""
-        size = self._raw_size + self._pending
+        pending = self._pending
         limit = self._max_event_size
-        if size > limit:
-            self._fail(_too_large("the bytes of an unfinished event", size, limit))
+        if self._dropped_line():
+            if pending > limit:
+                self._fail(_too_large("an unfinished line", pending, limit))
+            budget = limit
+        else:
+            if self._raw_size + pending > limit:
+                size = self._raw_size + pending
+                self._fail(_too_large("the bytes of an unfinished event", size, limit))
+            budget = limit - self._raw_size
         _compact(self._pieces)
-        self._checkpoint = min(limit - self._raw_size, self._pending + _COMPACT_STEP)
+        self._checkpoint = min(budget, pending + _COMPACT_STEP)
+
+    def _dropped_line(self) -> bool:
+        """Whether the unfinished line is a comment that starts a block: dropped, so
+        only the limit on a line applies to it, as in :meth:`feed`."""
+        return not self._raw_pieces and bool(self._pieces) and self._pieces[0][:1] == b":"
+
+    def _raw_budget(self) -> int:
+        """How long the unfinished line may grow before :meth:`_raw_line_grew` checks."""
+        if self._dropped_line():
+            return self._max_event_size
+        return self._max_event_size - self._raw_size
 
     def _feed_raw_lines(self, data: bytes, cr: bool) -> list[tuple[ServerSentEvent, bytes]]:
         """Parse ``data``, which has a line ending, and has no CR unless ``cr``."""
@@ -493,31 +543,37 @@ class SSEParser:
         pairs: list[tuple[ServerSentEvent, bytes]] = []
         try:
             start = self._raw_blocks(data, end, crlf, mixed, pairs)
-            # data[start:] belongs to the event being built.
-            raw = data[start:end]
+            # data[start:] belongs to the block being built; its bytes start at its
+            # first line that is not a comment.
+            first = start if self._raw_pieces else _skip_comments(data, start, end, mixed)
+            raw = data[first:end]
             if crlf:
                 raw = raw.replace(b"\n", b"\r\n")
-            size = self._raw_size + len(raw) + len(data) - end
-            if size > limit:
-                raise _too_large("the bytes of an unfinished event", size, limit)
+            pending = len(data) - end
+            if first < end or self._raw_pieces or data[end : end + 1] != b":":
+                size = self._raw_size + len(raw) + pending
+                if size > limit:
+                    raise _too_large("the bytes of an unfinished event", size, limit)
+            elif pending > limit:  # a comment that starts a block: dropped, but a line
+                raise _too_large("an unfinished line", pending, limit)
             if start < end:
                 if mixed:
-                    lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                    lines = data[start:end].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
                     self._parse_span(lines, 0, len(lines), [])
                 else:
                     self._parse_span(data, start, end, [])
-                self._keep_raw(raw)
+                if first < end:
+                    self._keep_raw(raw)
         except SSEEventTooLarge as error:
             self._error = error
             self._raw_plain = False
             if not pairs:
                 raise
             return pairs  # what came before the offending event; the error comes next
-        pending = len(data) - end
         if pending:
             pieces.append(data[end:])
         self._pending = pending
-        self._checkpoint = min(limit - self._raw_size, pending + _COMPACT_STEP)
+        self._checkpoint = min(self._raw_budget(), pending + _COMPACT_STEP)
         return pairs
 
     def _keep_raw(self, piece: bytes) -> None:
@@ -551,6 +607,7 @@ class SSEParser:
         # If data starts a block, no event is half-built: all may be usual.
         if (
             not self._raw_pieces
+            and not self._raw_kept
             and last_blank >= 0
             and self._raw_simple(data, 0, last_blank, crlf, pairs)
         ):
@@ -567,6 +624,7 @@ class SSEParser:
         if (
             position < last_blank
             and not self._raw_pieces
+            and not self._raw_kept
             and self._raw_simple(data, position, last_blank, crlf, pairs)
         ):
             return last
@@ -609,39 +667,59 @@ class SSEParser:
         pairs: list[tuple[ServerSentEvent, bytes]],
     ) -> None:
         """Finish the block that ``data[start:stop]`` ends; return, keep or drop it."""
-        raw = data[start:stop]
+        raw_pieces = self._raw_pieces
+        first = start if raw_pieces else _skip_comments(data, start, stop, mixed)
+        raw = data[first:stop]
         if crlf:
             raw = raw.replace(b"\n", b"\r\n")
-        size = self._raw_size + len(raw)
         # The blank line does not count: a CRLF split across chunks loses its LF.
-        checked = size - (2 if (crlf or mixed) and raw.endswith(b"\r\n") else 1)
-        if checked > self._max_event_size:
-            raise _too_large("the bytes of an event", checked, self._max_event_size)
+        blank = 2 if (crlf or mixed) and raw.endswith(b"\r\n") else 1
+        # Nothing but the blank line (no field, maybe comments): dropped, never counted.
+        if raw_pieces or len(raw) > blank:
+            checked = self._raw_size + len(raw) - blank
+            if checked > self._max_event_size:
+                raise _too_large("the bytes of an event", checked, self._max_event_size)
         last_event_id = self._last_event_id  # as of the block's start: set at blank lines
         retry = self._raw_retry
         events: list[ServerSentEvent] = []
         if mixed:
-            lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = data[start:stop].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             self._parse_span(lines, 0, len(lines), events)
         else:
             self._parse_span(data, start, stop, events)
         self._raw_retry = self._retry
-        raw_pieces = self._raw_pieces
+        kept = self._raw_kept
         if events:
-            if raw_pieces:
-                raw_pieces.append(raw)
-                raw = b"".join(raw_pieces)
+            if raw_pieces or kept:
+                raw = b"".join([*(block for block, _, _ in kept), *raw_pieces, raw])
                 raw_pieces.clear()
-                self._raw_size = 0
-                self._raw_carry = False
+                kept.clear()
+                self._raw_kept_size = self._raw_size = 0
             pairs.append((events[0], raw))
-        elif self._raw_carry or self._last_event_id != last_event_id or self._retry != retry:
-            # The client must see this id or retry: the next event's bytes start here.
-            self._keep_raw(raw)
-            self._raw_carry = True
-        elif raw_pieces:
-            raw_pieces.clear()
-            self._raw_size = 0
+            return
+        sets_id = self._last_event_id != last_event_id
+        sets_retry = self._retry != retry
+        if sets_id or sets_retry:
+            # The client must see this id or retry: the next event's bytes start with it.
+            self._keep_block(b"".join([*raw_pieces, raw]), sets_id, sets_retry)
+        raw_pieces.clear()
+        self._raw_size = self._raw_kept_size
+
+    def _keep_block(self, block: bytes, sets_id: bool, sets_retry: bool) -> None:
+        """Keep ``block`` for the next event, in place of the blocks it supersedes.
+
+        A kept block stays while it is the last to have set the id or the retry:
+        comments and blocks that change nothing are never kept, so a long stream of
+        keep-alives, or of ``id:``-only blocks, holds at most two blocks.
+        """
+        kept = [
+            (kept_block, sets_kept_id and not sets_id, sets_kept_retry and not sets_retry)
+            for kept_block, sets_kept_id, sets_kept_retry in self._raw_kept
+        ]
+        kept = [entry for entry in kept if entry[1] or entry[2]]
+        kept.append((block, sets_id, sets_retry))
+        self._raw_kept = kept
+        self._raw_kept_size = sum(len(entry[0]) for entry in kept)
 
     # -- the core: LF-only bytes, starting where the unfinished line starts ------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
@@ -455,19 +456,24 @@ async def test_time_parked_behind_a_slow_reader_is_not_upstream_idleness(
 
 
 # A body that fails to decode raises inside httpx's aiter_bytes, which ends that
-# generator while the aiter_raw under it stays suspended, out of this source's reach:
-# Trio finalizes it and warns. Only this rare path (a corrupt Content-Encoding) does so.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# generator while the aiter_raw under it stays suspended: unless the source closes
+# it, Trio finalizes it and warns, which filterwarnings = error turns into a failure.
+@pytest.mark.parametrize("reconnect", [None, Reconnect(max_attempts=1)])
 async def test_undecodable_body_and_redirect_loops_are_mapped(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, reconnect: Reconnect | None
 ) -> None:
     upstream = Upstream()
     upstream.responses.append(
-        upstream.stream(b"not gzip at all", headers={**SSE, "content-encoding": "gzip"})
+        upstream.stream(b"data: ", b"not gzip at all", headers={**SSE, "content-encoding": "gzip"})
     )
     async with upstream.client() as client, StreamManager() as manager:
-        with pytest.raises(streammgr.UpstreamProtocolError, match="Content-Encoding"):
-            await read_all(manager, SSESource(client, "http://up/"))
+        source = SSESource(client, "http://up/", reconnect=reconnect)
+        with pytest.raises(streammgr.UpstreamProtocolError, match="Content-Encoding") as caught:
+            await read_all(manager, source)
+        assert "gzip" in str(caught.value)
+        assert isinstance(caught.value.__cause__, httpx.DecodingError)
+    assert len(upstream.requests) == 1  # a corrupt body is not worth another try
+    assert upstream.opened == upstream.closed == 1
 
     async def redirect(request: httpx.Request) -> httpx.Response:
         return httpx.Response(302, headers={"location": str(request.url)})
@@ -476,6 +482,20 @@ async def test_undecodable_body_and_redirect_loops_are_mapped(
     async with looping, StreamManager() as manager:
         with pytest.raises(streammgr.UpstreamProtocolError, match="TooManyRedirects"):
             await read_all(manager, SSESource(looping, "http://up/"))
+
+
+async def test_undecodable_error_body_leaves_no_generator_behind(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"\x1f\x8b", b"not gzip", status=500, headers={"content-encoding": "gzip"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, SSESource(client, "http://up/"))
+        assert caught.value.status_code == 500
+    assert upstream.opened == upstream.closed == 1
 
 
 async def test_large_error_body_leaves_no_generator_behind(
@@ -621,3 +641,179 @@ async def test_the_password_of_basic_credentials_is_scrubbed(
         with pytest.raises(streammgr.UpstreamStatusError) as caught:
             await read_all(manager, source)
     assert caught.value.body == "wrong password [REDACTED] for alice"
+
+
+def fail_with_cause(
+    error: Exception, cause: Exception
+) -> Callable[[httpx.Request], Awaitable[httpx.Response]]:
+    async def respond(request: httpx.Request) -> httpx.Response:
+        raise error from cause
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (httpx.ConnectError("connection refused"), streammgr.UpstreamConnectError),
+        (httpx.ConnectTimeout("slow"), streammgr.UpstreamConnectTimeout),
+        (httpx.ReadTimeout("slow"), streammgr.UpstreamConnectTimeout),
+    ],
+)
+async def test_giving_up_raises_the_last_error_with_its_cause(
+    autojump_clock: trio.abc.Clock, raised: httpx.HTTPError, expected: type[Exception]
+) -> None:
+    root = ConnectionRefusedError(111, "Connection refused")
+    upstream = Upstream(fail_with_cause(raised, root))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=2, jitter=0)
+        with pytest.raises(expected) as caught:
+            await read_all(manager, SSESource(client, "http://up/", reconnect=policy))
+    assert len(upstream.requests) == 3
+    assert caught.value.__cause__ is raised  # the upstream's own error, not a wrapper
+    assert raised.__cause__ is root  # with its chain intact
+
+
+async def test_giving_up_mid_stream_keeps_the_cause(autojump_clock: trio.abc.Clock) -> None:
+    broken = httpx.ReadError("connection reset by peer")
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(broken))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1, jitter=0))
+        with pytest.raises(streammgr.UpstreamConnectError, match="broke mid-stream") as caught:
+            await read_all(manager, source)
+    assert caught.value.__cause__ is broken
+    assert upstream.opened == upstream.closed == 2
+
+
+async def test_no_time_left_to_reconnect_names_the_last_error(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    refused = httpx.ConnectError("connection refused")
+    upstream = Upstream(fail(refused))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(
+            client,
+            "http://up/",
+            timeouts=SourceTimeouts(total=2),
+            reconnect=Reconnect(initial_delay=1, jitter=0),
+        )
+        with pytest.raises(streammgr.UpstreamDeadlineExceeded) as caught:
+            await read_all(manager, source)
+    assert isinstance(caught.value.__cause__, streammgr.UpstreamConnectError)
+    assert caught.value.__cause__.__cause__ is refused
+
+
+async def test_a_reconnect_storm_is_bounded(autojump_clock: trio.abc.Clock) -> None:
+    # retry: 0 and one event per connection used to reset the attempt count with no
+    # delay at all: a tight loop of reconnections that max_attempts never ended.
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"retry: 0\n\ndata: x\n\n"))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=3, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        received = 0
+        with pytest.raises(streammgr.UpstreamConnectError, match="healthy_after") as caught:
+            async with manager.open(source) as stream:
+                async for _ in stream:
+                    received += 1
+                    if received > 20:
+                        break  # a storm: pytest.raises fails
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR
+    assert "gave up after 3 reconnections" in str(caught.value)
+    assert (len(upstream.requests), received) == (4, 4)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    # The floor under the server's retry: 0, doubled per attempt in a row.
+    assert gaps == pytest.approx([policy.min_delay, 2 * policy.min_delay, 4 * policy.min_delay])
+    assert upstream.opened == upstream.closed == 4
+
+
+async def test_a_connection_that_stayed_up_resets_the_attempt_count(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # One event, then up for healthy_after seconds, then a drop: a healthy connection
+    # each time, so even max_attempts=1 reconnects as long as the upstream does this.
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: x\n\n", 6.0, httpx.ReadError("reset")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=1, initial_delay=1, healthy_after=6, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        received = 0
+        async with manager.open(source) as stream:
+            async for _ in stream:
+                received += 1
+                if received == 10:
+                    break
+    assert len(upstream.requests) == 10
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    assert gaps == pytest.approx([7.0] * 9)  # 6 s up, then initial_delay, never doubled
+
+
+async def test_a_connection_that_dropped_too_soon_does_not_reset_the_count(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: x\n\n", 4.0, httpx.ReadError("reset")))
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(max_attempts=2, initial_delay=1, healthy_after=5, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        with pytest.raises(streammgr.UpstreamConnectError, match="reset") as caught:
+            await read_all(manager, source)
+    assert isinstance(caught.value.__cause__, httpx.ReadError)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(upstream.times)]
+    assert gaps == pytest.approx([4 + 1, 4 + 2])
+
+
+async def test_retry_after_above_max_delay_gives_up_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"overloaded", status=503, headers={"retry-after": "3000"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_delay=30))
+        with pytest.raises(streammgr.UpstreamStatusError) as caught:
+            await read_all(manager, source)
+    assert len(upstream.requests) == 1
+    assert trio.current_time() == 0  # no 3,000 s wait, and no early retry either
+    error = caught.value
+    assert (error.status_code, error.retry_after, error.body) == (503, 3000, "overloaded")
+    message = str(error)
+    assert "3000s" in message
+    assert "max_delay" in message
+    assert "overloaded" in message
+
+
+async def test_retry_after_zero_waits_min_delay(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        upstream.stream(b"busy", status=429, headers={"retry-after": "0"}),
+        upstream.stream(b"data: ok\n\n"),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(min_delay=0.25, initial_delay=1, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        async with manager.open(source) as stream:
+            assert (await stream.__anext__()).data == "ok"
+    assert upstream.times[1] - upstream.times[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"min_delay": 0}, ValueError, "min_delay must be a positive"),
+        ({"min_delay": None}, TypeError, "min_delay must be a number of seconds, got None"),
+        ({"min_delay": 2, "initial_delay": 1}, ValueError, "initial_delay .* below min_delay"),
+        ({"min_delay": 40, "initial_delay": 50}, ValueError, "min_delay .* above max_delay"),
+        ({"healthy_after": 0}, ValueError, "healthy_after must be a positive"),
+        ({"initial_delay": None}, TypeError, "initial_delay must be a number of seconds"),
+        ({"max_delay": None}, TypeError, "max_delay must be a number of seconds"),
+    ],
+)
+def test_reconnect_delays_are_checked(
+    arguments: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Reconnect(**arguments)  # type: ignore[arg-type]

@@ -27,7 +27,8 @@ from streammgr.sources import SSESource
 
 class EndlessFeed:
     """A raw ASGI app: ``/feed`` streams ``data: n`` forever and records when its
-    client goes away; ``/status`` answers 429 with a JSON error."""
+    client goes away; ``/gzip`` does the same under a ``Content-Encoding: gzip``
+    that the body is not; ``/status`` answers 429 with a JSON error."""
 
     def __init__(self) -> None:
         self.connected = trio.Event()
@@ -56,7 +57,10 @@ class EndlessFeed:
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")],
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    *([(b"content-encoding", b"gzip")] if scope["path"] == "/gzip" else []),
+                ],
             }
         )
         self.connected.set()
@@ -155,3 +159,19 @@ async def test_error_status_over_the_network(feed: tuple[EndlessFeed, str]) -> N
     assert caught.value.status_code == 429
     assert caught.value.retry_after == 3
     assert "slow down" in str(caught.value)
+
+
+async def test_corrupt_gzip_closes_the_connection_and_every_generator(
+    feed: tuple[EndlessFeed, str],
+) -> None:
+    app, base = feed
+    async with httpx.AsyncClient() as client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="Content-Encoding") as caught:
+            async with manager.open(SSESource(client, f"{base}/gzip")) as stream:
+                async for _ in stream:
+                    pass  # pragma: no cover
+        assert isinstance(caught.value.__cause__, httpx.DecodingError)
+        await closed_promptly(app)
+        # A body generator left suspended (httpx's or httpcore's) would be collected
+        # here, while Trio runs, and its ResourceWarning fail the test.
+        gc.collect()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import streammgr
 from streammgr import CloseReason, StreamManager
 from streammgr.sources import ChatChunk, OpenAIChat, ToolCall, Usage, collect_chat
+from streammgr.sources._openai import _chunks_of, _MalformedChunk
 
 API_KEY = "sk-proj-abcdefghijklmnop0123456789"
 BASE = "http://llm.local/v1"
@@ -295,6 +300,26 @@ async def test_a_key_in_a_malformed_chunk_does_not_leak(autojump_clock: trio.abc
     assert_no_fragment(HEX_KEY, str(caught.value))
 
 
+@pytest.mark.parametrize("offset", [0, 10, 30])
+async def test_a_key_in_a_wrongly_typed_field_does_not_leak_at_any_cut(
+    autojump_clock: trio.abc.Clock, offset: int
+) -> None:
+    # The wrong value is quoted in the message; the key sits where a cut of the value
+    # alone would fall: the message must be redacted before anything is cut.
+    value = "x" * offset + HEX_KEY
+    body = f'data: {{"choices": [{{"index": 0, "delta": {{"role": ["{value}"]}}}}]}}\n\n'
+    client, _ = transport([body.encode()])
+    async with client, StreamManager() as manager:
+        source = OpenAIChat(
+            client, api_key=HEX_KEY, model="m", messages=[{"role": "user"}], base_url=BASE
+        )
+        with pytest.raises(streammgr.UpstreamProtocolError, match="role") as caught:
+            async with manager.open(source) as stream:
+                await collect_chat(stream)
+        history = repr(manager.history())
+    assert_no_fragment(HEX_KEY, str(caught.value), history)
+
+
 def test_an_encoded_password_in_base_url_is_redacted() -> None:
     source = OpenAIChat(
         httpx.AsyncClient(),
@@ -305,3 +330,175 @@ def test_an_encoded_password_in_base_url_is_redacted() -> None:
     )
     assert source.url == "https://proxy:[REDACTED]@gateway.example/v1/chat/completions"
     assert "[REDACTED]@gateway.example" in repr(source)
+
+
+async def test_deeply_nested_json_is_a_protocol_error(autojump_clock: trio.abc.Clock) -> None:
+    client, _ = transport([b"data: " + b"[" * 100_000 + b"\n\n"])
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="nested too deeply"):
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR
+
+
+def choice_with(**fields: object) -> dict[str, object]:
+    return {"index": 0, "delta": {}, "finish_reason": None, **fields}
+
+
+def tool_call_with(**fields: object) -> dict[str, object]:
+    call: dict[str, object] = {"index": 0, "id": "call_1", "type": "function"}
+    call["function"] = {"name": "f", "arguments": "{}"}
+    call.update(fields)
+    return call
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"id": 7, "choices": []}, "id must be a string, got an integer"),
+        ({"model": ["m"], "choices": []}, "model must be a string, got an array"),
+        ({"choices": {"0": {}}}, "choices must be an array or null, got an object"),
+        ({"choices": [choice_with(delta={"content": 5})]},
+         "choices[0].delta.content must be a string or null, got an integer (5)"),
+        ({"choices": [choice_with(delta={"role": True})]},
+         "choices[0].delta.role must be a string or null, got a boolean"),
+        ({"choices": [choice_with(delta="hi")]},
+         "choices[0].delta must be an object or null, got a string"),
+        ({"choices": [choice_with(), choice_with(index="1")]},
+         "choices[1].index must be an integer, got a string"),
+        ({"choices": [choice_with(index=True)]}, "choices[0].index must be an integer"),
+        ({"choices": [choice_with(finish_reason=1.5)]},
+         "choices[0].finish_reason must be a string or null, got a number"),
+        ({"choices": [choice_with(delta={"tool_calls": {}})]},
+         "choices[0].delta.tool_calls must be an array or null"),
+        ({"choices": [choice_with(delta={"tool_calls": [None]})]},
+         "choices[0].delta.tool_calls[0] must be an object, got null"),
+        ({"choices": [choice_with(delta={"tool_calls": [tool_call_with(index=None)]})]},
+         "choices[0].delta.tool_calls[0].index must be an integer, got null"),
+        ({"choices": [choice_with(delta={"tool_calls": [tool_call_with(id=1)]})]},
+         "choices[0].delta.tool_calls[0].id must be a string or null"),
+        ({"choices": [choice_with(delta={"tool_calls": [tool_call_with(type={})]})]},
+         "choices[0].delta.tool_calls[0].type must be a string or null"),
+        ({"choices": [choice_with(delta={"tool_calls": [tool_call_with(function="f")]})]},
+         "choices[0].delta.tool_calls[0].function must be an object or null"),
+        ({"choices": [choice_with(delta={"tool_calls": [tool_call_with(function={"name": 2})]})]},
+         "choices[0].delta.tool_calls[0].function.name must be a string or null"),
+        ({"choices": [choice_with(delta={"tool_calls": [
+            tool_call_with(function={"arguments": {"city": "Paris"}})]})]},
+         "choices[0].delta.tool_calls[0].function.arguments must be a string or null"),
+        ({"choices": [], "usage": 12}, "usage must be an object or null, got an integer"),
+        ({"choices": [], "usage": {"prompt_tokens": "5"}},
+         "usage.prompt_tokens must be an integer, got a string"),
+        ({"choices": [], "usage": {"completion_tokens": 2.0}}, "usage.completion_tokens"),
+        ({"choices": [], "usage": {"total_tokens": False}}, "usage.total_tokens"),
+    ],
+)  # fmt: skip
+async def test_every_chunk_field_is_type_checked(
+    autojump_clock: trio.abc.Clock, payload: dict[str, object], message: str
+) -> None:
+    body = f"data: {json.dumps(payload)}\n\n".encode()
+    client, _ = transport([chunk({"content": "fine"}), body, chunk({}, finish="stop")])
+    async with client, StreamManager() as manager:
+        with pytest.raises(streammgr.UpstreamProtocolError, match="malformed chunk") as caught:
+            async with manager.open(chat(client)) as stream:
+                await collect_chat(stream)
+        assert message in str(caught.value)
+        (info,) = manager.history()
+        assert info.close_reason is CloseReason.UPSTREAM_ERROR  # never "completed"
+
+
+async def test_nulls_the_api_allows_are_accepted(autojump_clock: trio.abc.Clock) -> None:
+    nulls = [
+        chunk({"role": "assistant", "content": None, "tool_calls": None, "refusal": None}),
+        chunk({"tool_calls": [{"index": 0, "id": None, "type": None, "function": None}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": None, "arguments": None}}]}),
+        chunk({"content": "ok"}, usage=None),
+        b'data: {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": null}]}\n\n',
+        b'data: {"id": "chatcmpl-1", "choices": null, "error": null}\n\n',
+        chunk({}, finish="stop"),
+        b"data: [DONE]\n\n",
+    ]
+    client, _ = transport(nulls)
+    async with client, StreamManager() as manager, manager.open(chat(client)) as stream:
+        answer = await collect_chat(stream)
+    assert (answer.text, answer.finish_reason, answer.usage) == ("ok", "stop", None)
+    assert answer.tool_calls == (ToolCall("", "function", "", ""),)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3),
+    lambda children: (
+        st.lists(children, max_size=2)
+        | st.dictionaries(st.sampled_from(["index", "content", "name", "x"]), children, max_size=2)
+    ),
+    max_leaves=4,
+)
+VALID = {
+    "id": "chatcmpl-1",
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "delta": {
+                "role": "assistant",
+                "content": "hi",
+                "tool_calls": [
+                    {"index": 0, "id": "c", "type": "function",
+                     "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            "finish_reason": None,
+        }
+    ],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+}  # fmt: skip
+
+
+def paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every place in ``value`` a field or an item can be replaced."""
+    found: list[tuple[object, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.append((*prefix, key))
+            found += paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            found.append((*prefix, position))
+            found += paths(item, (*prefix, position))
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(paths(VALID)), value=JSON_VALUES)
+def test_any_field_of_any_json_type_is_typed_or_refused(
+    path: tuple[object, ...], value: object
+) -> None:
+    payload = copy.deepcopy(VALID)
+    target: Any = payload
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    try:
+        chunks = _chunks_of(payload)
+    except _MalformedChunk as exc:
+        refused = str(exc)
+        chunks = []
+    else:
+        refused = ""
+    if refused:  # names the field, what it must be and what came
+        assert re.fullmatch(r"[a-z_.\[\]0-9]+ must be (a|an) [a-z ]+, got .+", refused)
+    for item in chunks:
+        assert isinstance(item.id, str)
+        assert isinstance(item.model, str)
+        assert type(item.index) is int
+        for name in ("role", "content", "finish_reason"):
+            assert getattr(item, name) is None or isinstance(getattr(item, name), str)
+        for call in item.tool_calls:
+            assert type(call.index) is int
+            for name in ("id", "type", "name", "arguments"):
+                assert getattr(call, name) is None or isinstance(getattr(call, name), str)
+        if item.usage is not None:
+            usage = item.usage
+            counts = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+            assert all(type(count) is int for count in counts)

@@ -8,8 +8,8 @@ decoded at once; property tests compare the parser with it.
 
 Raw mode (``feed_raw``) goes through the same fixtures (whole, byte by byte, split at
 every offset): same events as ``feed``, each event's bytes as :func:`reference_raw`
-cuts them out of the stream, and the same events again when those bytes are forwarded
-to a fresh parser.
+cuts them out of the stream (the blocks kept for their id or retry, then the event's
+own block), and the same events again when those bytes are forwarded to a fresh parser.
 """
 
 from __future__ import annotations
@@ -175,52 +175,65 @@ def assert_raw_parses(
     return raw
 
 
-RawSpan = tuple[ServerSentEvent, int, int]
+RawSpan = tuple[ServerSentEvent, list[tuple[int, int]]]
 BOM = b"\xef\xbb\xbf"
 LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
 def reference_raw(stream: bytes) -> list[RawSpan]:
-    """Raw mode, naively: each event and where its bytes are in ``stream``.
+    """Raw mode, naively: each event and where the pieces of its bytes are in ``stream``.
 
-    Cuts the stream into blocks at blank lines; :func:`reference_parse`, run on the
-    stream up to the end of each block, tells whether the block dispatched an event
-    (its bytes end there), changed the last event ID or the reconnection time (kept:
-    the next event's bytes start with it), or neither (dropped, unless a kept block
-    came before it).
+    Cuts the stream into blocks at blank lines; a block's bytes start at its first line
+    that is not a comment. :func:`reference_parse`, run on the stream up to the end of
+    each block, tells whether the block dispatched an event (its bytes are the kept
+    blocks, then its own), changed the last event ID or the reconnection time (kept, in
+    place of the block kept before for the same reason), or neither (dropped).
     """
     start = len(BOM) if stream.startswith(BOM) else 0
-    span_start = block_start = line_start = start
+    block_start = line_start = start
+    first_field: int | None = None
     before = reference_parse(b"")
+    kept: list[tuple[int, int, bool, bool]] = []  # start, stop, sets the id, sets retry
     spans = []
     for match in LINE_ENDING.finditer(stream, start):
         if match.start() == line_start:  # a blank line: the block ends
             after = reference_parse(stream[: match.end()])
+            piece_start = line_start if first_field is None else first_field
             if len(after.events) > len(before.events):
-                spans.append((after.events[-1], span_start, match.end()))
-                span_start = match.end()
-            elif span_start == block_start and (after.last_event_id, after.retry) == (
-                before.last_event_id,
-                before.retry,
-            ):
-                span_start = match.end()
+                pieces = [(a, b) for a, b, _, _ in kept] + [(piece_start, match.end())]
+                spans.append((after.events[-1], pieces))
+                kept = []
+            else:
+                sets_id = after.last_event_id != before.last_event_id
+                sets_retry = after.retry != before.retry
+                if sets_id or sets_retry:
+                    kept = [(a, b, i and not sets_id, r and not sets_retry) for a, b, i, r in kept]
+                    kept = [piece for piece in kept if piece[2] or piece[3]]
+                    kept.append((piece_start, match.end(), sets_id, sets_retry))
             before = after
             block_start = match.end()
+            first_field = None
+        elif first_field is None and stream[line_start : line_start + 1] != b":":
+            first_field = line_start
         line_start = match.end()
+    del block_start
     return spans
 
 
 def expected_raws(stream: bytes, spans: list[RawSpan], chunks: Sequence[bytes]) -> list[bytes]:
     """The bytes of each event when ``stream`` is fed as ``chunks``.
 
-    The slices of ``spans``, except that an event whose final CRLF is split across
-    chunks is returned at the CR, without the LF.
+    The slices of ``spans``, except that a block (the event's or a kept one) whose
+    final CRLF is split across chunks ends at the CR, without the LF.
     """
     ends = set(itertools.accumulate(len(chunk) for chunk in chunks))
     raws = []
-    for _, start, stop in spans:
-        split_crlf = stream[stop - 2 : stop] == b"\r\n" and stop - 1 in ends
-        raws.append(stream[start : stop - split_crlf])
+    for _, pieces in spans:
+        raw = b""
+        for start, stop in pieces:
+            split_crlf = stream[stop - 2 : stop] == b"\r\n" and stop - 1 in ends
+            raw += stream[start : stop - split_crlf]
+        raws.append(raw)
     return raws
 
 
@@ -761,8 +774,13 @@ def test_a_long_line_in_tiny_chunks_is_kept_correctly() -> None:
         ),
         pytest.param(
             b": hi\nfoo: bar\ndata: x\nretry: 10\nData: y\n: bye\n\n",
-            [(E(data="x", retry=10), b": hi\nfoo: bar\ndata: x\nretry: 10\nData: y\n: bye\n\n")],
+            [(E(data="x", retry=10), b"foo: bar\ndata: x\nretry: 10\nData: y\n: bye\n\n")],
             id="comments-and-unknown-fields-inside",
+        ),
+        pytest.param(
+            b": a\r: b\nid: 3\n: inside\ndata: c\n\n",
+            [(E(data="c", id="3"), b"id: 3\n: inside\ndata: c\n\n")],
+            id="comment-lines-before-the-first-field",
         ),
         pytest.param(
             b": ping\n\ndata: a\n\n: ping\n\n:\n\n\nevent: x\n\ndata: b\n\n",
@@ -776,8 +794,33 @@ def test_a_long_line_in_tiny_chunks_is_kept_correctly() -> None:
         ),
         pytest.param(
             b"id: 7\r\n\r\n: ping\r\n\r\nevent: x\r\n\r\ndata: b\r\n\r\n",
-            [(E(data="b", id="7"), b"id: 7\r\n\r\n: ping\r\n\r\nevent: x\r\n\r\ndata: b\r\n\r\n")],
+            [(E(data="b", id="7"), b"id: 7\r\n\r\ndata: b\r\n\r\n")],
             id="id-only-block-then-keep-alive",
+        ),
+        pytest.param(
+            b"id: 7\n\n" + b": ping\n\n" * 3 + b":\n: x\n\n\nfoo\n\nevent: x\n\ndata: b\n\n",
+            [(E(data="b", id="7"), b"id: 7\n\ndata: b\n\n")],
+            id="keep-alives-and-empty-blocks-after-an-id-only-block",
+        ),
+        pytest.param(
+            b"retry: 5\n\n: ping\n\n:\ndata: b\n\n",
+            [(E(data="b"), b"retry: 5\n\ndata: b\n\n")],
+            id="keep-alives-after-a-retry-only-block",
+        ),
+        pytest.param(
+            b"id: 1\n\nretry: 5\n\nid: 2\n\nretry: 6\n\n: ping\n\ndata: b\n\n",
+            [(E(data="b", id="2"), b"id: 2\n\nretry: 6\n\ndata: b\n\n")],
+            id="id-and-retry-blocks-superseded",
+        ),
+        pytest.param(
+            b"id: 1\nretry: 5\n\nid: 2\n\ndata: b\n\n",
+            [(E(data="b", id="2"), b"id: 1\nretry: 5\n\nid: 2\n\ndata: b\n\n")],
+            id="a-block-kept-for-its-retry-when-its-id-is-superseded",
+        ),
+        pytest.param(
+            b"event: x\n\ndata\n\nevent: y\ndata:\n\n",
+            [(E(data=""), b"data\n\n"), (E("y", ""), b"event: y\ndata:\n\n")],
+            id="event-only-block-and-empty-data",
         ),
         pytest.param(
             b"id: 7\ndata: a\n\nid: 7\n\nid: 7\x00\n\ndata: b\n\n",
@@ -820,17 +863,12 @@ def test_raw_bytes_are_the_event_blocks(
     stream: bytes, expected: list[tuple[ServerSentEvent, bytes]]
 ) -> None:
     spans = reference_raw(stream)
-    assert [(event, stream[start:stop]) for event, start, stop in spans] == expected
+    assert [
+        (event, b"".join(stream[start:stop] for start, stop in pieces)) for event, pieces in spans
+    ] == expected
     whole = run([stream])
     for chunks in chunkings(stream):
-        raw = assert_raw_parses(stream, chunks, spans, whole)
-        assert raw.raws is not None
-        # Each event's bytes: the next slice of the stream, or the split CRLF case.
-        position = 0
-        for (_, block), got in zip(expected, raw.raws, strict=True):
-            position = stream.index(block, position)
-            assert got == block or (block.endswith(b"\r\n") and got == block[:-1]), chunks
-            position += len(block)
+        assert_raw_parses(stream, chunks, spans, whole)
 
 
 def test_raw_bytes_of_an_event_are_returned_as_soon_as_it_is_complete() -> None:
@@ -843,8 +881,9 @@ def test_raw_bytes_of_an_event_are_returned_as_soon_as_it_is_complete() -> None:
     assert parser.feed_raw(b"\ndata: b\n\n") == [(E(data="b"), b"data: b\n\n")]
     parser = SSEParser()
     assert parser.feed_raw(b"id: 1\r\r") == []  # kept: the next event starts with it
+    # The same for a kept block: it ended at the CR, so the LF is dropped.
     assert parser.feed_raw(b"\ndata: b\n") == []
-    assert parser.feed_raw(b"\n") == [(E(data="b", id="1"), b"id: 1\r\r\ndata: b\n\n")]
+    assert parser.feed_raw(b"\n") == [(E(data="b", id="1"), b"id: 1\r\rdata: b\n\n")]
 
 
 def test_forwarding_the_raw_bytes_keeps_ids_and_retry() -> None:
@@ -862,7 +901,7 @@ def test_forwarding_the_raw_bytes_keeps_ids_and_retry() -> None:
     pairs = upstream.feed_raw(stream)
     assert [raw for _, raw in pairs] == [
         b"retry: 3000\n\nid: 1\ndata: a\n\n",
-        b"id: 2\n\n: ping\n\ndata: b\n\n",
+        b"id: 2\n\ndata: b\n\n",
         b"id\n\ndata: c\n\n",
     ]
     client = SSEParser()
@@ -923,9 +962,9 @@ def test_raw_bytes_are_bounded_by_max_event_size() -> None:
     # Stricter than feed(), whose limit is on lines and data only.
     assert run([b"data: 1234\n\n"], max_event_size=10).error is None
     assert isinstance(run_raw([b"data: 1234\n\n"], max_event_size=10).error, SSEEventTooLarge)
-    # Blocks kept for their id count, and so does what follows them.
-    second = b"id: 1\n\n" + b": ping\n\n" * 3 + b"data: b\n\n"
-    stream = b"data: a\n\n" + second
+    # Blocks kept for their id count; the keep-alives after them are dropped.
+    second = b"id: 1\n\ndata: b\n\n"
+    stream = b"data: a\n\nid: 1\n\n" + b": ping\n\n" * 3 + b"data: b\n\n"
     outcome = run_raw([stream], max_event_size=len(second) - 2)
     assert outcome.events == [E(data="a")]
     assert isinstance(outcome.error, SSEEventTooLarge)
@@ -954,6 +993,38 @@ def test_a_long_raw_event_raises_as_soon_as_it_is_too_long() -> None:
         parser.feed_raw(b"\n")
 
 
+@pytest.mark.parametrize(
+    "kept",
+    [b"id: 1\n\n", b"retry: 10\n\n", b"id: 1\r\n\r\n", b"id: 1\nretry: 2\n\n", b""],
+)
+def test_keep_alives_never_accumulate_in_raw_mode(kept: bytes) -> None:
+    # A long idle stream: keep-alive comments, as blocks and as lone comment lines,
+    # after a block kept for its id or retry. feed() holds none of them; neither may
+    # feed_raw(), or the stream would fail at max_event_size.
+    event = b"data: x\n\n"
+    parser = SSEParser(max_event_size=64)
+    assert parser.feed_raw(b"data: a\n\n" + kept) == [(E(data="a"), b"data: a\n\n")]
+    for _ in range(1000):
+        assert parser.feed_raw(b": keep-alive\n\n") == []
+        assert parser.feed_raw(b":\n") == []
+        assert parser.feed_raw(b": ping\r\n:") == []
+        assert parser.feed_raw(b" pong\r\n\r\n") == []
+    for _ in range(1000):  # comment lines, and no blank line: the next event's block
+        assert parser.feed_raw(b": ping\n") == []
+    pairs = parser.feed_raw(event)
+    assert pairs == [(run([b"data: a\n\n" + kept + event]).events[1], kept + event)]
+
+
+def test_blocks_that_only_set_the_id_or_retry_never_accumulate_in_raw_mode() -> None:
+    parser = SSEParser(max_event_size=64)
+    for number in range(1000):
+        assert parser.feed_raw(b"id: %d\n\nretry: %d\n\n: ping\n\n" % (number, number)) == []
+    assert parser.feed_raw(b"data: x\n\n") == [
+        (E(data="x", id="999"), b"id: 999\n\nretry: 999\n\ndata: x\n\n")
+    ]
+    assert parser.retry == 999
+
+
 def test_raw_events_before_the_error_are_returned_and_the_error_deferred() -> None:
     parser = SSEParser(max_event_size=16)
     pairs = parser.feed_raw(b"data: a\n\n: x\ndata: " + b"y" * 20 + b"\n\ndata: c\n\n")
@@ -969,14 +1040,15 @@ def test_a_long_raw_event_in_tiny_chunks_is_kept_correctly() -> None:
     # Exercises compacting the bytes of the event: many lines, one chunk each.
     lines = [b"data: %d\r\n" % index for index in range(5_000)]
     stream = b"id: 1\n\n: ping\n\n" + b"".join(lines) + b"\r\n"
+    sent = b"id: 1\n\n" + b"".join(lines) + b"\r\n"
     parser = SSEParser()
     pairs = []
     for line in (b"id: 1\n\n", b": ping\n\n", *lines, b"\r\n"):
         pairs += parser.feed_raw(line)
-    assert pairs == [(E(data="\n".join(map(str, range(5_000))), id="1"), stream)]
+    assert pairs == [(E(data="\n".join(map(str, range(5_000))), id="1"), sent)]
     chunks = [stream[index : index + 5] for index in range(0, len(stream), 5)]
-    assert run_raw(chunks).raws == [stream]
-    outcome = run_raw(chunks, max_event_size=len(stream) // 2)
+    assert run_raw(chunks).raws == [sent]
+    outcome = run_raw(chunks, max_event_size=len(sent) // 2)
     assert isinstance(outcome.error, SSEEventTooLarge)
     assert "unfinished event" in str(outcome.error)
     # One long line, in chunks: compacted every 64 KiB, as feed() does.

@@ -10,6 +10,7 @@ reader's ``async with`` block returns.
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import math
 import random
@@ -75,18 +76,46 @@ class Reconnect:
     A dropped connection, a clean end of the response body, a connect / first-event
     / idle timeout, or a status in ``retry_statuses`` is followed by a new request
     carrying ``Last-Event-ID``, after a delay: the server's ``retry`` value if it
-    sent one (else ``initial_delay``), doubled by ``multiplier`` for each failed
-    attempt in a row, capped at ``max_delay``, with up to ``jitter`` (a fraction)
-    added at random. An event received resets the count. HTTP 204, another error
-    status, a wrong content type and the total timeout are final.
+    sent one (else ``initial_delay``), never less than ``min_delay``, doubled by
+    ``multiplier`` for each failed attempt in a row, capped at ``max_delay``, with
+    up to ``jitter`` (a fraction) added at random. HTTP 204, another error status, a
+    wrong content type and the total timeout are final.
+
+    The count of attempts in a row resets only after a *healthy* connection: one
+    that delivered at least one event and stayed up for at least ``healthy_after``
+    seconds (from its response headers to its end). A connection that delivers an
+    event and drops at once counts as a failed attempt, so an upstream that sends
+    ``retry: 0`` and one event per connection is given up on after
+    ``max_attempts`` reconnections instead of being hammered forever.
+
+    A ``Retry-After`` header on a retryable status is honoured (raised to
+    ``min_delay`` if smaller) when it is at most ``max_delay``. A longer one is
+    final: the status error is raised at once, saying how long the upstream asked
+    to wait, rather than either waiting that long inside the stream or coming back
+    early against the upstream's explicit wish. Raise ``max_delay`` to honour such
+    waits. The SSE ``retry`` field is a standing preference, not a refusal: a value
+    above ``max_delay`` is capped at ``max_delay``.
 
     Attributes:
-        max_attempts: reconnections in a row without an event before giving up.
+        max_attempts: reconnections in a row without a healthy connection before
+            giving up; the last error is raised.
         initial_delay: seconds before the first reconnection, if the server set none.
-        max_delay: the longest delay, in seconds.
+        max_delay: the longest delay, in seconds; also the longest ``Retry-After``
+            that is waited for.
         multiplier: backoff factor per failed attempt in a row.
         jitter: random extra delay, as a fraction of the delay (0 for none).
         retry_statuses: statuses worth trying again (``Retry-After`` is honoured).
+        min_delay: the shortest delay, in seconds, whatever the server asks for
+            (``retry: 0``, ``Retry-After: 0``); at most ``initial_delay``.
+        healthy_after: seconds a connection must stay up, with at least one event,
+            to reset the count of attempts.
+
+    Raises:
+        TypeError: a delay is not a number (``None`` included), or ``max_attempts``
+            is not an int.
+        ValueError: a delay is not positive and finite, ``min_delay`` is above
+            ``initial_delay`` or ``max_delay``, ``max_attempts < 1``,
+            ``multiplier < 1``, or ``jitter`` is outside 0..1.
     """
 
     max_attempts: int = 5
@@ -97,30 +126,59 @@ class Reconnect:
     retry_statuses: frozenset[int] = field(
         default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504})
     )
+    min_delay: float = 0.5
+    healthy_after: float = 5.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        check_seconds("initial_delay", self.initial_delay)
-        check_seconds("max_delay", self.max_delay)
+        for name in ("initial_delay", "max_delay", "min_delay", "healthy_after"):
+            value = getattr(self, name)
+            if value is None:
+                raise TypeError(f"{name} must be a number of seconds, got None")
+            check_seconds(name, value)
+        if self.min_delay > self.max_delay:
+            raise ValueError(
+                f"min_delay ({self.min_delay:g}s) must not be above max_delay ({self.max_delay:g}s)"
+            )
+        if self.initial_delay < self.min_delay:
+            raise ValueError(
+                f"initial_delay ({self.initial_delay:g}s) is below min_delay "
+                f"({self.min_delay:g}s): lower min_delay too, or raise initial_delay"
+            )
         if not self.multiplier >= 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
 
     def delay(self, attempt: int, server_retry_ms: int | None, rng: random.Random) -> float:
-        """Seconds to wait before reconnection number ``attempt`` (1-based)."""
+        """Seconds to wait before reconnection number ``attempt`` (1-based).
+
+        Args:
+            attempt: the reconnection's number in the current run of failures.
+            server_retry_ms: the server's last ``retry`` value, or ``None``.
+            rng: the source of the jitter.
+
+        Returns:
+            The backoff from ``server_retry_ms`` (else ``initial_delay``), at least
+            ``min_delay``, capped at ``max_delay``, plus jitter.
+        """
         base = server_retry_ms / 1000 if server_retry_ms is not None else self.initial_delay
+        base = max(base, self.min_delay)
         delay = min(base * self.multiplier ** (attempt - 1), self.max_delay)
         return delay * (1 + self.jitter * rng.random())
 
 
 class _Retryable(Exception):
-    """Internal: this connection ended in a way a reconnection may cure."""
+    """Internal: this connection ended in a way a reconnection may cure.
 
-    def __init__(self, error: UpstreamError | None, delay: float | None = None) -> None:
+    Raised ``from`` the upstream's own error (httpx's, when there is one); the
+    reconnect loop hands that cause on to :attr:`error`, which is what the user gets.
+    """
+
+    def __init__(self, error: UpstreamError, delay: float | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.delay = delay
@@ -255,12 +313,15 @@ class SSESource:
             feed = parser.feed_raw if raw else parser.feed
             outcome: _Retryable | None = None
             response: httpx.Response | None = None
-            chunks: AsyncIterator[bytes] | None = None
+            body: _Body | None = None
+            seen_event = False
+            connected_at = ended_at = math.inf
             try:
                 started = trio.current_time()
                 response = await self._send(self._request(last_event_id), total_deadline)
                 if not await self._check(response):
                     return  # 204 No Content: nothing to stream, and never reconnect
+                connected_at = trio.current_time()
                 if context is not None:
                     context.connected()
                 first_event, idle = timeouts.first_event, timeouts.idle
@@ -269,11 +330,11 @@ class SSESource:
                     if first_event is not None
                     else (started + idle if idle is not None else math.inf)
                 )
-                seen_event = False
-                chunks = response.aiter_bytes()
+                body = _Body(response)
+                chunks = body.chunks
                 while True:
                     chunk = await self._next_chunk(
-                        chunks, min(deadline, total_deadline), seen_event, total_deadline
+                        chunks, min(deadline, total_deadline), seen_event, total_deadline, body
                     )
                     if chunk is None:
                         parser.close()
@@ -291,7 +352,6 @@ class SSESource:
                         continue
                     if not seen_event:
                         seen_event = True
-                        attempt = 0
                         if idle is None:
                             deadline = math.inf
                     for item in items:
@@ -306,33 +366,57 @@ class SSESource:
                     return
             except _Retryable as retryable:
                 outcome = retryable
+                if retryable.__cause__ is not None:
+                    # The user gets the error, never the wrapper: give it the cause.
+                    retryable.error.__cause__ = retryable.__cause__
             finally:
+                ended_at = trio.current_time()
                 if parser.retry is not None:
                     server_retry = parser.retry
                 # Closed on every path, even when cancelled, and it cannot hang.
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
                     if response is not None:
-                        await _close(response, chunks)
+                        await _close(response, body)
             policy = self._reconnect
             assert policy is not None
+            uptime = ended_at - connected_at  # -inf when the upstream never answered
+            if seen_event and uptime >= policy.healthy_after:
+                attempt = 0  # a healthy connection: a fresh run of attempts
             attempt += 1
+            last_error = outcome.error if outcome is not None else None
+            server_delay = outcome.delay if outcome is not None else None
+            if server_delay is not None and server_delay > policy.max_delay:
+                assert isinstance(last_error, UpstreamStatusError)
+                raise self._wait_refused(last_error, server_delay, policy.max_delay)
             if attempt > policy.max_attempts:
-                if outcome is not None and outcome.error is not None:
-                    raise outcome.error
+                if last_error is not None:
+                    raise last_error
+                if seen_event:
+                    raise UpstreamConnectError(
+                        f"the upstream kept closing the stream soon after opening it (the "
+                        f"last connection lasted {uptime:.3g}s, less than "
+                        f"Reconnect.healthy_after={policy.healthy_after:g}s): gave up after "
+                        f"{policy.max_attempts} reconnections; lower healthy_after if the "
+                        f"upstream legitimately closes this soon",
+                        url=self.url,
+                    )
                 raise UpstreamConnectError(
                     f"the upstream kept closing the stream without sending an event: gave up "
                     f"after {policy.max_attempts} reconnections",
                     url=self.url,
                 )
-            delay = outcome.delay if outcome is not None else None
-            if delay is None:
+            if server_delay is not None:
+                delay = max(server_delay, policy.min_delay)
+            else:
                 delay = policy.delay(attempt, server_retry, self._rng)
             if trio.current_time() + delay >= total_deadline:
-                raise self._total_timeout("no time left to reconnect within the total timeout")
+                raise self._total_timeout(
+                    "no time left to reconnect within the total timeout"
+                ) from last_error
             await trio.sleep(delay)
 
-    async def _read_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+    async def _read_chunk(self, chunks: AsyncIterator[bytes], body: _Body) -> bytes | None:
         """The next body chunk, ``None`` at the end; httpx's errors mapped."""
         try:
             return await chunks.__anext__()
@@ -355,10 +439,18 @@ class SSESource:
                     url=self.url,
                 )
             ) from exc
-        except httpx.HTTPError as exc:  # DecodingError and anything httpx adds later
+        except httpx.DecodingError as exc:
+            encoding = body.encoding or "none"
+            raise UpstreamProtocolError(
+                f"the upstream's body does not decode as its Content-Encoding says "
+                f"({encoding!r}): {self._redact(str(exc))}; the upstream or a proxy on the "
+                f"way sent a corrupt or mislabelled body: check its Content-Encoding",
+                url=self.url,
+            ) from exc
+        except httpx.HTTPError as exc:  # StreamClosed and anything httpx adds later
             raise UpstreamProtocolError(
                 f"could not read the upstream's body ({type(exc).__name__}: "
-                f"{self._redact(str(exc))}); check its Content-Encoding",
+                f"{self._redact(str(exc))})",
                 url=self.url,
             ) from exc
 
@@ -386,15 +478,16 @@ class SSESource:
         deadline: float,
         seen_event: bool,
         total_deadline: float,
+        body: _Body,
     ) -> bytes | None:
         """The next body chunk (``None`` at the end), within ``deadline``."""
         if deadline == math.inf:
             # No timeout applies: skip the cancel scope, which costs as much as
             # parsing the chunk (benchmarks/bench_sources.py).
-            return await self._read_chunk(chunks)
+            return await self._read_chunk(chunks, body)
         timeouts = self._timeouts
         with trio.CancelScope(deadline=deadline) as scope:
-            return await self._read_chunk(chunks)
+            return await self._read_chunk(chunks, body)
         assert scope.cancelled_caught
         if deadline >= total_deadline:
             raise self._total_timeout("the upstream stream outlived its total timeout")
@@ -469,6 +562,22 @@ class SSESource:
             )
         return response
 
+    def _wait_refused(
+        self, error: UpstreamStatusError, retry_after: float, max_delay: float
+    ) -> UpstreamStatusError:
+        """The error for a ``Retry-After`` longer than the policy's ``max_delay``."""
+        refused = UpstreamStatusError(
+            f"{error}; it asked to wait {retry_after:g}s before trying again (Retry-After), "
+            f"longer than Reconnect.max_delay={max_delay:g}s, so the source gave up instead "
+            f"of waiting; raise max_delay to {retry_after:g} or more to honour such waits",
+            status_code=error.status_code,
+            body=error.body,
+            url=error.url,
+            retry_after=retry_after,
+        )
+        refused.__cause__ = error.__cause__
+        return refused
+
     def _retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
         """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
         if self._reconnect is None:
@@ -526,10 +635,10 @@ class SSESource:
         pieces: list[bytes] = []
         size = 0
         complete = False
-        body = response.aiter_bytes()
+        body = _Body(response)
         try:
             with trio.move_on_after(_ERROR_READ_TIMEOUT):
-                async for chunk in body:
+                async for chunk in body.chunks:
                     pieces.append(chunk)
                     size += len(chunk)
                     if size > wanted:
@@ -546,30 +655,65 @@ class SSESource:
         return excerpt(text, limit, self._secrets, complete=complete)
 
 
-async def _finish(chunks: AsyncIterator[bytes]) -> None:
-    """Run a body iterator to its end after its response was closed.
+class _Body:
+    """A response's decoded body chunks, with every generator under them in reach.
 
-    httpx's body iterators are async generators stacked several deep (httpx,
-    httpcore). ``aclose()`` on the outer one leaves the inner ones suspended, and
-    Trio warns when it garbage-collects them. Once the response is closed, pulling
-    again makes the innermost one fail (or drain what was already buffered), and
-    that failure runs every layer to its end: nothing is left suspended.
+    httpx's ``aiter_bytes()`` decodes what ``aiter_raw()`` yields, and both are async
+    generators over the transport's own (stacked several deep: httpx, httpcore).
+    When the decoder fails (a corrupt ``Content-Encoding``), ``aiter_bytes`` ends
+    with the error while ``aiter_raw`` stays suspended inside it, where nobody can
+    reach it, and Trio warns when it garbage-collects it. So this starts
+    ``aiter_raw`` itself and gives it to the response, whose ``aiter_bytes`` calls
+    ``self.aiter_raw()``: :meth:`finish` can then run both to their end. (Should
+    httpx stop calling it, the generator kept here is never started, which Trio
+    does not warn about, and pulling it in :meth:`finish` only raises.)
+
+    Attributes:
+        chunks: the decoded chunks (``response.aiter_bytes()``).
+        encoding: the response's ``Content-Encoding``, ``""`` if none, for errors.
     """
-    try:
-        for _ in range(_FINISH_PULLS):
-            await chunks.__anext__()
-    except Exception:
-        pass
+
+    __slots__ = ("_raw", "chunks", "encoding")
+
+    def __init__(self, response: httpx.Response) -> None:
+        raw = response.aiter_raw()
+
+        def aiter_raw(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+            return raw
+
+        response.aiter_raw = aiter_raw  # type: ignore[method-assign]
+        self._raw: AsyncGenerator[bytes, None] = cast("AsyncGenerator[bytes, None]", raw)
+        self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+        self.encoding = response.headers.get("content-encoding", "")
+
+    async def finish(self) -> None:
+        """Run both generators to their end, once the response is closed.
+
+        ``aclose()`` on an outer generator leaves the ones it iterates suspended, and
+        Trio warns when it garbage-collects them. Once the response is closed, pulling
+        again makes the innermost one fail (or drain what was already buffered), and
+        that failure runs every layer to its end: nothing is left suspended. Each
+        generator is pulled at most ``_FINISH_PULLS`` times (one that still yields is
+        left, not drained), then closed.
+        """
+        for generator in (self.chunks, self._raw):
+            try:
+                for _ in range(_FINISH_PULLS):
+                    await generator.__anext__()
+            except Exception:
+                pass  # the end we wanted: StopAsyncIteration, StreamClosed, a read error
+            with contextlib.suppress(Exception):
+                await generator.aclose()  # a no-op for a generator that has ended
 
 
-async def _close(response: httpx.Response, chunks: AsyncIterator[bytes] | None) -> None:
-    """Close a response, then run its body iterator to its end (see :func:`_finish`)."""
+async def _close(response: httpx.Response, body: _Body | None) -> None:
+    """Close a response, then run its body's generators to their end (see :class:`_Body`)."""
     try:
         await response.aclose()
     except Exception as exc:  # closing is best effort; the stream is over either way
         get_logger().warning("source.close_failed", error=describe_error(exc))
-    if chunks is not None:
-        await _finish(chunks)
+    if body is not None:
+        await body.finish()
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -209,14 +209,15 @@ class OpenAIChat:
                         f"expected: {self._excerpt(data)}",
                         url=url,
                     )
-                if "error" in payload:
+                if payload.get("error") is not None:
                     raise self._api_error(payload, url)
                 try:
                     chunks = _chunks_of(payload)
-                except (TypeError, ValueError, AttributeError) as exc:
+                except _MalformedChunk as exc:
                     raise UpstreamProtocolError(
-                        f"upstream sent a malformed chunk ({self._redact(str(exc))}): "
-                        f"{self._excerpt(data)!r}",
+                        f"upstream sent a malformed chunk: {self._excerpt(str(exc))}, in "
+                        f"{self._excerpt(data)!r}; check that base_url points at an "
+                        f"OpenAI-compatible API",
                         url=url,
                     ) from None
                 for chunk in chunks:
@@ -261,53 +262,144 @@ def _loads(data: str, url: str, secrets: Sequence[str]) -> Any:
             f"check that base_url points at an OpenAI-compatible API",
             url=url,
         ) from None
+    except RecursionError:  # json's decoder recurses once per nested array or object
+        raise UpstreamProtocolError(
+            f"upstream sent JSON nested too deeply to decode ({len(data)} characters): "
+            f"{excerpt(data, _EXCERPT, secrets)!r}; no chat chunk is nested like this",
+            url=url,
+        ) from None
+
+
+class _MalformedChunk(Exception):
+    """Internal: a field of a chunk has the wrong JSON type (the message names it)."""
+
+    def __init__(self, where: str, expected: str, value: object) -> None:
+        got = _JSON_TYPES.get(value.__class__, value.__class__.__name__)
+        shown = "" if value is None else f" ({_shown(value)})"
+        super().__init__(f"{where} must be {expected}, got {got}{shown}")
+
+
+_JSON_TYPES: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+_EMPTY: dict[str, Any] = {}
+
+
+def _shown(value: object) -> str:
+    # Not cut here: the whole message is redacted, then cut, where it is raised, so
+    # that no fragment of a secret in the value survives a cut.
+    return json.dumps(value)
+
+
+# The checks below are the hot path of OpenAIChat (one chunk per event): plain
+# ``__class__ is`` tests (bool is not accepted as an integer), and the field's name is
+# only built when one fails. Missing fields take the default the API implies; null
+# is accepted where the API sends it.
 
 
 def _chunks_of(payload: dict[str, Any]) -> list[ChatChunk]:
-    """The typed chunks of one ``chat.completion.chunk`` object."""
-    completion_id = str(payload.get("id", ""))
-    model = str(payload.get("model", ""))
+    """The typed chunks of one ``chat.completion.chunk`` object.
+
+    Raises:
+        _MalformedChunk: a field has a type that the API never sends there.
+    """
+    completion_id = payload.get("id", "")
+    if completion_id.__class__ is not str:
+        raise _MalformedChunk("id", "a string", completion_id)
+    model = payload.get("model", "")
+    if model.__class__ is not str:
+        raise _MalformedChunk("model", "a string", model)
     raw_usage = payload.get("usage")
-    usage = (
-        Usage(
-            int(raw_usage.get("prompt_tokens", 0)),
-            int(raw_usage.get("completion_tokens", 0)),
-            int(raw_usage.get("total_tokens", 0)),
-        )
-        if isinstance(raw_usage, dict)
-        else None
-    )
-    choices = payload.get("choices") or []
+    usage = None if raw_usage is None else _usage_of(raw_usage)
+    choices = payload.get("choices")
+    if choices is None:
+        choices = ()
+    elif choices.__class__ is not list:
+        raise _MalformedChunk("choices", "an array or null", choices)
     if not choices:
         if usage is None:
             return []
         return [ChatChunk(completion_id, model, 0, None, None, (), None, usage)]
     chunks = []
-    for choice in choices:
-        delta = choice.get("delta") or {}
-        tool_calls = tuple(
-            ToolCallDelta(
-                int(call.get("index", 0)),
-                call.get("id"),
-                call.get("type"),
-                (call.get("function") or {}).get("name"),
-                (call.get("function") or {}).get("arguments"),
+    for position, choice in enumerate(choices):
+        if choice.__class__ is not dict:
+            raise _MalformedChunk(f"choices[{position}]", "an object", choice)
+        index = choice.get("index", 0)
+        if index.__class__ is not int:
+            raise _MalformedChunk(f"choices[{position}].index", "an integer", index)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None and finish_reason.__class__ is not str:
+            raise _MalformedChunk(
+                f"choices[{position}].finish_reason", "a string or null", finish_reason
             )
-            for call in delta.get("tool_calls") or ()
-        )
+        delta = choice.get("delta")
+        if delta is None:
+            delta = _EMPTY
+        elif delta.__class__ is not dict:
+            raise _MalformedChunk(f"choices[{position}].delta", "an object or null", delta)
+        role = delta.get("role")
+        if role is not None and role.__class__ is not str:
+            raise _MalformedChunk(f"choices[{position}].delta.role", "a string or null", role)
+        content = delta.get("content")
+        if content is not None and content.__class__ is not str:
+            raise _MalformedChunk(f"choices[{position}].delta.content", "a string or null", content)
+        raw_calls = delta.get("tool_calls")
+        tool_calls = () if raw_calls is None else _tool_calls_of(raw_calls, position)
         chunks.append(
-            ChatChunk(
-                completion_id,
-                model,
-                int(choice.get("index", 0)),
-                delta.get("role"),
-                delta.get("content"),
-                tool_calls,
-                choice.get("finish_reason"),
-                usage,
-            )
+            ChatChunk(completion_id, model, index, role, content, tool_calls, finish_reason, usage)
         )
     return chunks
+
+
+def _usage_of(raw_usage: object) -> Usage:
+    """The token counts of a ``usage`` object (a missing count is 0)."""
+    if raw_usage.__class__ is not dict:
+        raise _MalformedChunk("usage", "an object or null", raw_usage)
+    assert isinstance(raw_usage, dict)
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        count = raw_usage.get(name, 0)
+        if count.__class__ is not int:
+            raise _MalformedChunk(f"usage.{name}", "an integer", count)
+        counts.append(count)
+    return Usage(*counts)
+
+
+def _tool_calls_of(raw_calls: object, position: int) -> tuple[ToolCallDelta, ...]:
+    """The tool-call pieces of ``choices[position].delta.tool_calls``."""
+    where = f"choices[{position}].delta.tool_calls"
+    if raw_calls.__class__ is not list:
+        raise _MalformedChunk(where, "an array or null", raw_calls)
+    assert isinstance(raw_calls, list)
+    calls = []
+    for number, call in enumerate(raw_calls):
+        if call.__class__ is not dict:
+            raise _MalformedChunk(f"{where}[{number}]", "an object", call)
+        index = call.get("index", 0)
+        if index.__class__ is not int:
+            raise _MalformedChunk(f"{where}[{number}].index", "an integer", index)
+        function = call.get("function")
+        if function is None:
+            function = _EMPTY
+        elif function.__class__ is not dict:
+            raise _MalformedChunk(f"{where}[{number}].function", "an object or null", function)
+        fields = (
+            ("id", call.get("id")),
+            ("type", call.get("type")),
+            ("function.name", function.get("name")),
+            ("function.arguments", function.get("arguments")),
+        )
+        for name, value in fields:
+            if value is not None and value.__class__ is not str:
+                raise _MalformedChunk(f"{where}[{number}].{name}", "a string or null", value)
+        calls.append(ToolCallDelta(index, *(value for _, value in fields)))
+    return tuple(calls)
 
 
 async def collect_chat(chunks: AsyncIterable[ChatChunk]) -> ChatCompletion:
