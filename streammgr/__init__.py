@@ -3,6 +3,8 @@
 The public API is re-exported here; the modules that define it are private.
 """
 
+from ._batch import BatchIterator as BatchIterator
+from ._batch import batched as batched
 from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import IdleTimeout as IdleTimeout
 from ._errors import LimiterError as LimiterError
@@ -47,6 +49,7 @@ from ._stream import current_producer as current_producer
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchIterator",
     "CloseReason",
     "DeadlineExceeded",
     "FairLimiter",
@@ -84,6 +87,7 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeout",
     "UpstreamTruncated",
+    "batched",
     "current_producer",
     "redact",
     "redact_secrets",

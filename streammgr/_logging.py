@@ -238,7 +238,9 @@ def describe_error(error: BaseException, secrets: Iterable[str] = ()) -> str:
     """
     try:
         message = str(error)
-    except Exception as exc:  # an application's __str__ bug must not break a close
+    except (KeyboardInterrupt, SystemExit):
+        raise  # the program is being stopped: not ours to describe away
+    except BaseException as exc:  # an application's __str__ bug must not break a close
         message = f"<str() raised {type(exc).__name__}>"
     return excerpt(f"{type(error).__name__}: {message}", MAX_ERROR_TEXT, secrets, ellipsis="...")
 

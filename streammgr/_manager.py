@@ -49,13 +49,6 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-def default_item_size(item: object) -> int:
-    """Bytes counted for an item: ``len()`` of bytes-like and str items, else 0."""
-    if isinstance(item, bytes | bytearray | memoryview | str):
-        return len(item)
-    return 0
-
-
 @dataclass(frozen=True, slots=True)
 class ManagerStats:
     """Counters and limits of a manager at one moment.
@@ -211,15 +204,9 @@ class StreamManager:
             try:
                 await self._nursery_manager.__aexit__(None, None, None)
             except BaseExceptionGroup as group:
-                # Only a producer's BaseException (KeyboardInterrupt, SystemExit, a
-                # custom one) gets here: raise it as itself, not wrapped.
-                if len(group.exceptions) != 1:
-                    raise
-                lone = group.exceptions[0]
-                try:
-                    raise lone from None
-                finally:
-                    del lone, group
+                _raise_from_nursery(group, exc)
+            finally:
+                runner.close_watchers()
 
     async def aclose(self, grace: float | None = None) -> None:
         """Shut down: stop admitting, let streams finish, then cancel the rest.
@@ -249,6 +236,7 @@ class StreamManager:
             if runner.producers_done is None:
                 runner.producers_done = trio.Event()
             await runner.producers_done.wait()
+        runner.close_watchers()  # every stream has closed: their events are out
 
     # -- opening streams -----------------------------------------------------------
 
@@ -265,7 +253,7 @@ class StreamManager:
         idle_timeout: float | None = ...,
         deadline: float | None = ...,
         buffer_size: int = ...,
-        item_size: Callable[[T], int] = ...,
+        item_size: Callable[[T], int] | None = ...,
     ) -> ManagedStream[T]: ...
 
     @overload
@@ -281,7 +269,7 @@ class StreamManager:
         idle_timeout: float | None = ...,
         deadline: float | None = ...,
         buffer_size: int = ...,
-        item_size: Callable[[T], int] = ...,
+        item_size: Callable[[T], int] | None = ...,
     ) -> ManagedStream[T]: ...
 
     def open(
@@ -296,7 +284,7 @@ class StreamManager:
         idle_timeout: float | None = DEFAULT,
         deadline: float | None = DEFAULT,
         buffer_size: int = DEFAULT,
-        item_size: Callable[[Any], int] = default_item_size,
+        item_size: Callable[[Any], int] | None = None,
     ) -> ManagedStream[Any]:
         """Open a stream: use the result as ``async with manager.open(...) as stream``.
 
@@ -319,9 +307,10 @@ class StreamManager:
             reader_timeout: override the manager's default (``None``: none).
             idle_timeout: override the manager's default (``None``: none).
             deadline: override the manager's default (``None``: none).
-            buffer_size: override the manager's default channel buffer.
+            buffer_size: override the manager's default channel buffer (counted in
+                hand-offs: an item, or a batch).
             item_size: how many bytes an item counts for in the registry; the
-                default counts ``len()`` of bytes and str items.
+                default (``None``) counts ``len()`` of bytes and str items.
 
         Raises:
             ManagerClosed: (on entering) the manager is shutting down or closed.
@@ -491,3 +480,28 @@ class StreamManager:
     def limiter(self) -> Limiter:
         """The admission limiter in use."""
         return self._limiter
+
+
+def _raise_from_nursery(
+    group: BaseExceptionGroup[BaseException], own: BaseException | None
+) -> None:
+    """What leaves the manager's block when its nursery ended with ``group``.
+
+    Only a producer's fatal ``BaseException`` (or cancellations meant for a scope
+    around the manager) get here. Cancellations alone give way to the block's own
+    exception, if it has one; a lone exception leaves as itself, not wrapped,
+    with its own cause and context kept.
+    """
+    if group.split(trio.Cancelled)[1] is None:
+        if own is not None:
+            return  # the block's own exception goes on
+        raise group
+    if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+        raise group
+    lone = group.exceptions[0]
+    cause, context, suppress = lone.__cause__, lone.__context__, lone.__suppress_context__
+    try:
+        raise lone
+    finally:
+        lone.__cause__, lone.__context__, lone.__suppress_context__ = cause, context, suppress
+        del lone, group

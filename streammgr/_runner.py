@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ._batch import _Batch
 from ._errors import (
     DeadlineExceeded,
     IdleTimeout,
@@ -147,6 +148,9 @@ class StreamRunner:
         self.closing = True
         for record in list(self.registry.active.values()):
             self.handle(record, Event.SHUTDOWN, detail="the manager shut down")
+
+    def close_watchers(self) -> None:
+        """The manager has closed: end every change feed, after its last ``closed`` event."""
         if not self.closed:
             self.closed = True
             for watcher in self.registry.watchers:
@@ -238,6 +242,9 @@ class StreamRunner:
             with trio.CancelScope() as record.wait_scope:
                 permit = await self.limiter.acquire(record.key, timeout=stream._acquire_timeout)
         except StreamLimitExceeded as exc:
+            if record.state is not State.WAITING:
+                # Cancelled in the same instant: the reader gets what the record says.
+                raise self.cancelled_error(record) from exc
             self.rejected_total += 1
             self.log.info(
                 "stream.rejected",
@@ -253,6 +260,8 @@ class StreamRunner:
             raise
         except Exception as exc:
             # The limiter itself failed (a remote one: a network error).
+            if record.state is not State.WAITING:
+                raise self.cancelled_error(record) from exc  # as above
             text = describe_error(exc, self.secrets)
             self.log.error(  # noqa: TRY400 - no traceback: it would carry unredacted text
                 "stream.limiter_error",
@@ -353,6 +362,20 @@ class StreamRunner:
             error, event = exc, Event.PRODUCER_FAILED
         except trio.Cancelled:
             raise
+        except BaseExceptionGroup as group:
+            # A push producer's own nursery, cancelled from outside: its Cancelled
+            # belong to the canceller's scope and go on; what else it holds is the
+            # producer's error (an Exception) or a fatal one.
+            cancelled, rest = group.split(trio.Cancelled)
+            if rest is None:
+                raise
+            if isinstance(rest, Exception):
+                error, event = rest, Event.PRODUCER_FAILED
+                if cancelled is not None:
+                    raise cancelled from None
+            else:
+                error, event = rest, Event.PRODUCER_ABORTED
+                raise
         except BaseException as exc:
             # KeyboardInterrupt, SystemExit, a custom BaseException: as in Trio, it
             # propagates, through the nursery, and ends the manager and every stream.
@@ -386,8 +409,12 @@ class StreamRunner:
 
         An item goes in without a trip through the scheduler when the channel has
         room (or a reader is waiting); only a full channel makes the producer wait.
-        A hand-off through the scheduler costs more than everything else streammgr
-        does per item, and the buffer bounds how far the producer can run ahead.
+        This departs from Trio's convention that every ``send`` checkpoints: a
+        hand-off through the scheduler costs more than everything else streammgr
+        does per item (docs/performance.md), and the buffer still bounds how far
+        the producer runs ahead. An iterator with ``anext_batch()`` (a
+        :class:`~streammgr.BatchIterator`) is read a batch at a time, each batch
+        one hand-off.
         """
         next_item = getattr(iterator, "__anext__", None)
         if next_item is None:
@@ -395,16 +422,30 @@ class StreamRunner:
                 f"the producer returned {type(iterator).__name__}, not an async iterator; "
                 f"pass an async generator function or a callable returning an async iterator"
             )
+        next_batch = getattr(iterator, "anext_batch", None)
+        # Only the activity timeouts need to know when the producer last produced.
+        stamp = record.reader_timeout is not None or record.idle_timeout is not None
         clock = trio.current_time
         send, send_nowait, would_block = channel.send, channel.send_nowait, trio.WouldBlock
         try:
             while True:
-                try:
-                    item = await next_item()
-                except StopAsyncIteration:
-                    return
-                record.produced += 1
-                record.produced_at = clock()
+                if next_batch is None:
+                    try:
+                        item = await next_item()
+                    except StopAsyncIteration:
+                        return
+                    record.produced += 1
+                else:
+                    try:
+                        items = await next_batch()
+                    except StopAsyncIteration:
+                        return
+                    if not items:
+                        continue
+                    record.produced += len(items)
+                    item = _Batch(items)
+                if stamp:
+                    record.produced_at = clock()
                 try:
                     send_nowait(item)
                     continue

@@ -141,17 +141,22 @@ class TimeoutWatchdog:
                 self._scope = scope
                 await trio.sleep_forever()
             self._scope = None
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                record: StreamRecord | None = heapq.heappop(heap)[2]
-                if record is None:
-                    self._stale -= 1
-                    continue
-                record.timer = None
-                if record.close_reason is not None:
-                    continue  # already ending for another reason
-                when, reason, detail = next_check(record, now)
-                if reason is not None:
-                    self._on_expired(record, reason, detail)
-                else:
-                    self._push(record, when, now)
+            self._check_due(trio.current_time())
+
+    def _check_due(self, now: float) -> None:
+        """Check every stream whose check time has come (a function of its own, so
+        that no local variable keeps the last record alive while the task sleeps)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            record: StreamRecord | None = heapq.heappop(heap)[2]
+            if record is None:
+                self._stale -= 1
+                continue
+            record.timer = None
+            if record.close_reason is not None:
+                continue  # already ending for another reason
+            when, reason, detail = next_check(record, now)
+            if reason is not None:
+                self._on_expired(record, reason, detail)
+            else:
+                self._push(record, when, now)

@@ -1,0 +1,127 @@
+"""Items that travel together: one hand-off for everything one upstream read produced.
+
+A Trio channel hand-off costs more than everything else streammgr does per item,
+and an upstream read typically carries about ten events. So a producer can hand
+over a *batch* (a list of items) in one hand-off:
+
+- a push producer calls ``await send.send_batch(items)``;
+- a pull producer returns a :class:`BatchIterator`: an async iterator of items
+  that also has ``anext_batch()``. The :func:`batched` decorator makes one from an
+  async generator function that yields lists. The manager reads it batch by batch;
+  anyone else iterating it gets the items one at a time, as from any iterator.
+
+On the channel a batch travels inside a :class:`_Batch` envelope, so the reader
+can tell it from an item that happens to be a list; the reader's
+``ManagedStream.batches()`` gets it back as the very list that was handed over.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+__all__ = ["BatchIterator", "batched"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _Batch:
+    """The channel envelope of a batch (private): one small object per hand-off."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+
+class BatchIterator(Generic[T]):
+    """An async iterator of items that can also be read a batch at a time.
+
+    Wraps an async iterator of lists (typically an async generator yielding, per
+    upstream read, the list of what it parsed). ``async for item in it`` yields the
+    items one by one; ``await it.anext_batch()`` returns the next non-empty list
+    whole. The manager uses the latter, so the items of one read reach the reader
+    in one hand-off. ``aclose()`` closes the wrapped iterator.
+
+    Args:
+        batches: the async iterator of lists to wrap. Empty lists are skipped.
+    """
+
+    __slots__ = ("_batches", "_index", "_pending")
+
+    def __init__(self, batches: AsyncIterator[list[T]]) -> None:
+        self._batches = batches
+        self._pending: list[T] | None = None
+        self._index = 0
+
+    def __aiter__(self) -> BatchIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        pending = self._pending
+        if pending is None:
+            pending = await self._next_list()
+            self._index = 0
+        index = self._index
+        item = pending[index]
+        index += 1
+        if index == len(pending):
+            self._pending = None
+        else:
+            self._pending, self._index = pending, index
+        return item
+
+    async def anext_batch(self) -> list[T]:
+        """The next non-empty list of items (what is left of one, after ``__anext__``).
+
+        Raises:
+            StopAsyncIteration: the wrapped iterator is exhausted.
+        """
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            return pending[self._index :]
+        return await self._next_list()
+
+    async def _next_list(self) -> list[T]:
+        next_batch = self._batches.__anext__
+        while True:
+            batch = await next_batch()
+            if batch:
+                return batch
+
+    async def aclose(self) -> None:
+        """Close the wrapped iterator (its ``finally`` blocks run now)."""
+        self._pending = None
+        aclose = getattr(self._batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def __repr__(self) -> str:
+        return f"<BatchIterator over {self._batches!r}>"
+
+
+def batched(
+    function: Callable[P, AsyncGenerator[list[T], None]],
+) -> Callable[P, BatchIterator[T]]:
+    """Make an async generator function that yields lists into a batch producer.
+
+    ``manager.open(producer)`` then hands each yielded list to the reader in one
+    hand-off (``stream.batches()`` gets it whole, ``async for item in stream`` one
+    item at a time); called directly, ``producer()`` iterates item by item::
+
+        @streammgr.batched
+        async def events(client, url):
+            parser = streammgr.sse.SSEParser()
+            async with client.stream("GET", url) as response:
+                async for chunk in response.aiter_bytes():
+                    yield parser.feed(chunk)  # everything one read carried
+    """
+
+    @functools.wraps(function)
+    def producer(*args: P.args, **kwargs: P.kwargs) -> BatchIterator[T]:
+        return BatchIterator(function(*args, **kwargs))
+
+    return producer
