@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from ._errors import StreamLimitExceeded
+from ._validate import UNSET, _Unset, check_limit
 
 __all__ = ["FairLimiter", "Limiter", "LimiterSnapshot", "Permit"]
 
@@ -71,32 +72,6 @@ class LimiterSnapshot:
     max_waiting: int | None
     active_by_key: Mapping[str, int]
     waiting_by_key: Mapping[str, int]
-
-
-class _Unset:
-    """Marker for "leave this limit as it is" in :meth:`Limiter.resize`."""
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET = _Unset()
-
-
-def check_limit(name: str, value: int | None) -> int | None:
-    """Validate a limit argument: ``None`` or a non-negative int.
-
-    Raises:
-        ValueError / TypeError: naming the argument and the bad value.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
-    if value < 0 or (value == 0 and name != "max_waiting"):
-        bound = "a non-negative" if name == "max_waiting" else "a positive"
-        raise ValueError(f"{name} must be {bound} int or None, got {value}")
-    return value
 
 
 class Limiter(abc.ABC):

@@ -19,7 +19,7 @@ from typing import Any, Concatenate, TypeVar, cast, overload
 
 import trio
 
-from ._limits import UNSET, FairLimiter, Limiter, LimiterSnapshot, _Unset
+from ._limits import FairLimiter, Limiter, LimiterSnapshot
 from ._logging import get_logger
 from ._registry import (
     Registry,
@@ -32,21 +32,11 @@ from ._registry import (
 from ._runner import StreamRunner
 from ._states import CloseReason
 from ._stream import ManagedStream, StreamSender, is_push_producer
-from ._validate import check_count, check_seconds, check_strings
+from ._validate import UNSET, _Unset, check_count, check_seconds, check_strings
 
 __all__ = ["ManagerStats", "StreamManager"]
 
 T = TypeVar("T")
-
-
-class _Default:
-    """Marker: use the manager's default for this per-stream setting."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT: Any = _Default()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +269,11 @@ class StreamManager:
         *args: object,
         key: str = "default",
         labels: Mapping[str, str] | None = None,
-        acquire_timeout: float | None = DEFAULT,
-        reader_timeout: float | None = DEFAULT,
-        idle_timeout: float | None = DEFAULT,
-        deadline: float | None = DEFAULT,
-        buffer_size: int = DEFAULT,
+        acquire_timeout: float | None = UNSET,
+        reader_timeout: float | None = UNSET,
+        idle_timeout: float | None = UNSET,
+        deadline: float | None = UNSET,
+        buffer_size: int = UNSET,
         item_size: Callable[[Any], int] | None = None,
     ) -> ManagedStream[Any]:
         """Open a stream: use the result as ``async with manager.open(...) as stream``.
@@ -332,16 +322,16 @@ class StreamManager:
         )
         record.reader_timeout = (
             self._reader_timeout
-            if reader_timeout is DEFAULT
+            if reader_timeout is UNSET
             else check_seconds("reader_timeout", reader_timeout)
         )
         record.idle_timeout = (
             self._idle_timeout
-            if idle_timeout is DEFAULT
+            if idle_timeout is UNSET
             else check_seconds("idle_timeout", idle_timeout)
         )
         record.deadline = (
-            self._deadline if deadline is DEFAULT else check_seconds("deadline", deadline)
+            self._deadline if deadline is UNSET else check_seconds("deadline", deadline)
         )
         return ManagedStream(
             self._runner,
@@ -350,10 +340,10 @@ class StreamManager:
             args,
             push,
             self._acquire_timeout
-            if acquire_timeout is DEFAULT
+            if acquire_timeout is UNSET
             else check_seconds("acquire_timeout", acquire_timeout),
             self._buffer_size
-            if buffer_size is DEFAULT
+            if buffer_size is UNSET
             else check_count("buffer_size", buffer_size, minimum=0),
             item_size,
         )
@@ -431,7 +421,7 @@ class StreamManager:
         close_reason: CloseReason = CloseReason.CANCELLED,
     ) -> int:
         """End every stream of ``key`` (see :meth:`cancel`); returns how many."""
-        records = [r for r in self._registry.active.values() if r.key == key]
+        records = list(self._registry.by_key.get(key, {}).values())
         return sum(self._runner.cancel(record, close_reason, reason) for record in records)
 
     def set_limits(

@@ -301,6 +301,8 @@ class Registry:
             raise ValueError(f"history_size must be a non-negative int, got {history_size!r}")
         self.history_size = history_size
         self.active: dict[str, StreamRecord] = {}
+        # The same records by key, for cancel_key (not a scan of every stream).
+        self.by_key: dict[str, dict[str, StreamRecord]] = {}
         self.history: collections.OrderedDict[str, StreamInfo] = collections.OrderedDict()
         self.watchers: list[RegistryWatcher] = []
         self.opened_total = 0
@@ -310,6 +312,10 @@ class Registry:
     def add(self, record: StreamRecord) -> None:
         """Register a new stream (phase WAITING)."""
         self.active[record.id] = record
+        of_key = self.by_key.get(record.key)
+        if of_key is None:
+            of_key = self.by_key[record.key] = {}
+        of_key[record.id] = record
         self.opened_total += 1
         if self.watchers:
             self.emit("opened", record)
@@ -323,6 +329,10 @@ class Registry:
     def remove(self, record: StreamRecord) -> StreamInfo:
         """Move a closed record to history and return its final snapshot."""
         del self.active[record.id]
+        of_key = self.by_key[record.key]
+        del of_key[record.id]
+        if not of_key:
+            del self.by_key[record.key]
         assert record.close_reason is not None
         self.closed_by_reason[record.close_reason] += 1
         info = record.snapshot()

@@ -1,11 +1,13 @@
-"""Argument checks shared by the manager and the sources (messages name the argument)."""
+"""Argument checks shared by the manager, the limiter and the sources, and the one
+"argument not given" marker (messages name the argument and say what to pass)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["MIN_SECONDS", "check_count", "check_seconds", "check_strings"]
+__all__ = ["MIN_SECONDS", "UNSET", "check_count", "check_limit", "check_seconds", "check_strings"]
 
 MIN_SECONDS = 0.001
 """The shortest timeout accepted anywhere: one millisecond."""
@@ -70,3 +72,34 @@ def check_strings(name: str, values: object) -> list[str]:
             raise TypeError(f"{name} must contain str values, got {type(value).__name__}")
         checked.append(value)
     return checked
+
+
+class _Unset:
+    """The type of :data:`UNSET`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""The one "argument not given" marker: use the manager's default (``open``), or
+leave a limit as it is (``set_limits``, ``Limiter.resize``). Typed ``Any`` so that
+``timeout: float | None = UNSET`` reads as the argument's real type."""
+
+
+def check_limit(name: str, value: int | None) -> int | None:
+    """Validate a limit argument: ``None`` or a non-negative int.
+
+    Raises:
+        ValueError / TypeError: naming the argument and the bad value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__} {value!r}")
+    if value < 0 or (value == 0 and name != "max_waiting"):
+        bound = "a non-negative" if name == "max_waiting" else "a positive"
+        raise ValueError(f"{name} must be {bound} int or None, got {value}")
+    return value

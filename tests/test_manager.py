@@ -280,8 +280,11 @@ async def test_cancel_key_ends_only_that_key(autojump_clock: trio.abc.Clock, pro
             nursery.start_soon(read, name, key)
         await trio.testing.wait_all_tasks_blocked()
         assert manager.cancel_key("a", reason="tenant suspended") == 2
+        assert manager.cancel_key("a") == 0  # already ending
+        assert manager.cancel_key("nobody") == 0
     assert results == {"a1": "tenant suspended", "a2": "tenant suspended", "b1": "completed"}
     assert probe.cleanups == 3
+    assert manager._registry.by_key == {}  # the per-key index keeps no closed stream
 
 
 async def test_cancel_after_producer_finished_but_before_reader_read_the_end(

@@ -18,8 +18,9 @@ import trio.testing
 
 import streammgr
 from streammgr import CloseReason, FairLimiter, Limiter, Phase, StreamManager, StreamSender
-from streammgr._limits import UNSET, LimiterSnapshot, Permit, _Unset
+from streammgr._limits import LimiterSnapshot, Permit
 from streammgr._logging import describe_error
+from streammgr._validate import UNSET, _Unset
 
 from .conftest import Probe
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 
@@ -39,3 +40,47 @@ def test_one_exception_tree() -> None:
     ]:
         assert issubclass(getattr(streammgr, name), streammgr.StreamError), name
     assert issubclass(streammgr.IdleTimeout, streammgr.StreamCancelled)
+
+
+def drawn_tree() -> dict[str, str | None]:
+    """Each class drawn in ``_errors.py``'s docstring, with the class drawn above it."""
+    from streammgr import _errors
+
+    assert _errors.__doc__ is not None
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in _errors.__doc__.splitlines():
+        match = re.match(r"^ {4}([ │├└─]*)([A-Z][A-Za-z]+)\b", line)
+        if match is None:
+            continue
+        depth, name = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[name] = stack[-1][1] if stack else None
+        stack.append((depth, name))
+    return parents
+
+
+def test_the_drawn_exception_tree_is_the_class_tree() -> None:
+    from streammgr import _errors
+
+    parents = drawn_tree()
+    assert parents["StreamError"] is None
+    classes = {
+        name: value
+        for name, value in vars(_errors).items()
+        if inspect.isclass(value)
+        and issubclass(value, BaseException)
+        and value.__module__ == _errors.__name__
+    }
+    assert set(parents) == set(classes), "a class is missing from the drawing, or drawn twice"
+    for name, parent in parents.items():
+        if parent is not None:
+            assert classes[name].__bases__ == (classes[parent],), (name, parent)
+
+
+def test_every_exception_is_exported_and_documented() -> None:
+    for name in drawn_tree():
+        value = getattr(streammgr, name)
+        assert name in streammgr.__all__, name
+        assert inspect.getdoc(value), name
