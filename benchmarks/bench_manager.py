@@ -180,6 +180,93 @@ async def hold_streams_bare(count: int, action: str) -> float:
     return result
 
 
+# -- throughput: items through the hand-off ---------------------------------------------
+
+ITEMS = 100_000
+BATCH = 10  # items an upstream read typically carries
+
+
+async def items_producer(count: int) -> AsyncIterator[int]:
+    for index in range(count):
+        yield index
+
+
+@streammgr.batched
+async def batches_producer(count: int) -> AsyncIterator[list[int]]:
+    for start in range(0, count, BATCH):
+        yield list(range(start, min(start + BATCH, count)))
+
+
+async def throughput_streammgr(mode: str, buffer_size: int) -> float:
+    """Seconds per item through a manager; mode: items, batches-per-item, batches."""
+    async with streammgr.StreamManager(buffer_size=buffer_size) as manager:
+        start = time.perf_counter()
+        taken = 0
+        if mode == "items":
+            async with manager.open(items_producer, ITEMS) as stream:
+                async for _ in stream:
+                    taken += 1
+        elif mode == "batches-per-item":
+            async with manager.open(batches_producer, ITEMS) as stream:
+                async for _ in stream:
+                    taken += 1
+        else:
+            async with manager.open(batches_producer, ITEMS) as stream:
+                async for batch in stream.batches():
+                    taken += len(batch)
+        assert taken == ITEMS
+        return (time.perf_counter() - start) / ITEMS
+
+
+async def throughput_floor(batch: int, buffer_size: int) -> float:
+    """The honest floor: a bare channel whose ends try send_nowait/receive_nowait
+    first (Trio's send()/receive() yield to the scheduler on every call, even when
+    the buffer has room), carrying lists of ``batch`` items when ``batch > 1``."""
+    send, receive = trio.open_memory_channel[object](buffer_size)
+
+    async def produce() -> None:
+        with send:
+            if batch == 1:
+                async for item in items_producer(ITEMS):
+                    try:
+                        send.send_nowait(item)
+                        continue
+                    except trio.WouldBlock:
+                        pass
+                    await send.send(item)
+            else:
+                iterator = batches_producer(ITEMS)
+                while True:
+                    try:
+                        items = await iterator.anext_batch()
+                    except StopAsyncIteration:
+                        return
+                    try:
+                        send.send_nowait(items)
+                        continue
+                    except trio.WouldBlock:
+                        pass
+                    await send.send(items)
+
+    taken = 0
+    async with trio.open_nursery() as nursery:
+        start = time.perf_counter()
+        nursery.start_soon(produce)
+        while True:
+            try:
+                got = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    got = await receive.receive()
+                except trio.EndOfChannel:
+                    break
+            except trio.EndOfChannel:
+                break
+            taken += 1 if batch == 1 else len(got)  # type: ignore[arg-type]
+    assert taken == ITEMS
+    return (time.perf_counter() - start) / ITEMS
+
+
 def median_of(repeats: int, function: Callable[[], Awaitable[float]]) -> float:
     samples = []
     for _ in range(repeats):
@@ -230,6 +317,21 @@ def main() -> None:
             f"target <=1.5x: {verdict(ours / floor <= 1.5)}"
         )
     tracemalloc.stop()
+
+    print(f"throughput, {ITEMS:,} items, batches of {BATCH} (items/s; ratio to the honest floor)")
+    for buffer_size in (0, 16):
+        floor_items = median_of(repeats, lambda b=buffer_size: throughput_floor(1, b))  # type: ignore[misc]
+        floor_batches = median_of(repeats, lambda b=buffer_size: throughput_floor(BATCH, b))  # type: ignore[misc]
+        for mode, floor, what in [
+            ("items", floor_items, "per item, item producer      "),
+            ("batches-per-item", floor_items, "per item, batch producer     "),
+            ("batches", floor_batches, "batches(), batch producer    "),
+        ]:
+            ours = median_of(repeats, lambda m=mode, b=buffer_size: throughput_streammgr(m, b))  # type: ignore[misc]
+            print(
+                f"  buffer_size={buffer_size:<2} {what} streammgr {1 / ours:10,.0f}/s  "
+                f"floor {1 / floor:10,.0f}/s  ratio {floor / ours:.2f}x"
+            )
 
     count = 10_000
     ours = median_of(repeats, lambda: hold_streams_streammgr(count, "cancel"))

@@ -18,7 +18,7 @@ can tell it from an item that happens to be a list; the reader's
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 __all__ = ["BatchIterator", "batched"]
@@ -104,7 +104,7 @@ class BatchIterator(Generic[T]):
 
 
 def batched(
-    function: Callable[P, AsyncGenerator[list[T], None]],
+    function: Callable[P, AsyncIterator[list[T]]],
 ) -> Callable[P, BatchIterator[T]]:
     """Make an async generator function that yields lists into a batch producer.
 

@@ -42,6 +42,10 @@ __all__ = [
 class State(enum.Enum):
     """Where a stream is in its life (finer than the public :class:`Phase`)."""
 
+    # Members are singletons compared by identity: hash them by identity too, in C
+    # (Enum's own __hash__ is Python code, and the table is looked up per event).
+    __hash__ = object.__hash__
+
     WAITING = "waiting"
     """Queued for an admission slot."""
     CONNECTING = "connecting"
@@ -62,6 +66,10 @@ class State(enum.Enum):
 
 class Event(enum.Enum):
     """What can happen to a stream. Each is caused by exactly one party."""
+
+    # Members are singletons compared by identity: hash them by identity too, in C
+    # (Enum's own __hash__ is Python code, and the table is looked up per event).
+    __hash__ = object.__hash__
 
     ADMITTED = "admitted"
     """The limiter granted a slot (manager)."""
@@ -96,6 +104,10 @@ class Event(enum.Enum):
 
 class Action(enum.Enum):
     """What the I/O layer must do after a move, in this order."""
+
+    # Members are singletons compared by identity: hash them by identity too, in C
+    # (Enum's own __hash__ is Python code, and the table is looked up per event).
+    __hash__ = object.__hash__
 
     START_PRODUCER = "start the producer"
     CANCEL_WAIT = "cancel the wait for a slot"
@@ -257,10 +269,17 @@ class LifecycleRecord(Protocol):
     cached: Any  # the record's snapshot cache: apply() drops it
 
 
+# The table as apply() reads it: one dict per state, each edge a plain tuple with
+# its target's public phase (the same data, laid out for the per-stream hot path).
+_EDGES: dict[State, dict[Event, tuple[State, CloseReason | None, tuple[Action, ...], Phase]]] = {
+    state: {event: (*edge, PHASE_OF[edge.target]) for event, edge in edges.items()}
+    for state, edges in TRANSITIONS.items()
+}
+
+
 def apply(
     record: LifecycleRecord,
     event: Event,
-    *,
     reason: CloseReason | None = None,
     detail: str | None = None,
     error: BaseException | None = None,
@@ -282,25 +301,26 @@ def apply(
         InvalidTransition: the event is neither accepted nor ignored in this state.
     """
     state = record.state
-    edge = TRANSITIONS[state].get(event)
+    edge = _EDGES[state].get(event)
     if edge is None:
         if event in IGNORED[state]:
             return ()
         raise InvalidTransition(
             f"a stream in state {state.value!r} cannot take the event {event.value!r}"
         )
+    target, edge_reason, actions, phase = edge
     if record.close_reason is None:
-        new_reason = edge.reason if edge.reason is not None else reason
+        new_reason = reason if edge_reason is None else edge_reason
         if new_reason is not None:
             record.close_reason = new_reason
             if detail:
                 record.detail = detail
-    if event is Event.PRODUCER_FAILED and edge.target is State.FAILED:
+    if target is State.FAILED and error is not None:
         record.exception = error
-    record.state = edge.target
-    record.phase = PHASE_OF[edge.target]
+    record.state = target
+    record.phase = phase
     record.cached = None
-    return edge.actions
+    return actions
 
 
 class ReaderOutcome(enum.Enum):

@@ -95,8 +95,10 @@ class StreamManager:
         reader_timeout: default seconds an item may wait for the reader to take it.
         idle_timeout: default seconds the producer may deliver nothing.
         deadline: default longest life of a stream, from admission.
-        buffer_size: default items buffered between producer and reader (``0``: each
-            item is handed over directly: strongest back-pressure).
+        buffer_size: default hand-offs (items or batches) buffered between producer
+            and reader. The default, 16, measured 4.3x the items/s of ``0`` per item
+            and 2.7x per batch (docs/performance.md); ``0`` hands each item over
+            directly: the strongest back-pressure.
         shutdown_grace: seconds active streams get to finish when the block exits
             normally.
         cleanup_timeout: the most seconds the shielded ``aclose()`` of a cancelled
@@ -120,7 +122,7 @@ class StreamManager:
         reader_timeout: float | None = None,
         idle_timeout: float | None = None,
         deadline: float | None = None,
-        buffer_size: int = 0,
+        buffer_size: int = 16,
         shutdown_grace: float = 5.0,
         cleanup_timeout: float = 5.0,
         history_size: int = 1000,

@@ -290,7 +290,7 @@ class StreamRunner:
             raise self.cancelled_error(record)
         now = trio.current_time()
         record.admitted_at = record.produced_at = now
-        self.handle(record, Event.ADMITTED)
+        apply(record, Event.ADMITTED)  # its one action, START_PRODUCER, is what follows
         self.registry.admitted(record)
         self.log.info(
             "stream.admitted",
@@ -315,6 +315,8 @@ class StreamRunner:
         exc: BaseException | None,
     ) -> None:
         """The reader left the block: end the stream, wait for its producer."""
+        if record.state is State.CLOSED:
+            return  # the common case: it read the end (the event would be ignored)
         detail, error = reader_exit_detail(exc)
         actions = self.handle(record, Event.READER_LEFT, detail=detail, error=error)
         if Action.AWAIT_PRODUCER not in actions:

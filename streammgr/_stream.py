@@ -13,7 +13,7 @@ import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import trio
 
@@ -310,14 +310,29 @@ class ManagedStream(Generic[T]):
                 self._index = index
             self._count_one(record, item)
             return item
-        item = await self._take(record)
-        if type(item) is _Batch:
-            items = item.items
-            item = items[0]
+        # Take a ready item without a trip through the scheduler (and without a
+        # coroutine call); wait only when there is none. At most buffer_size + 1
+        # hand-offs are ever ready.
+        taken: Any
+        try:
+            taken = self._receive_nowait()
+        except trio.WouldBlock:
+            taken = _WAIT  # awaited outside the except: no WouldBlock kept alive
+        except trio.EndOfChannel:
+            taken = _END
+        except trio.ClosedResourceError:
+            raise _iterated_after_exit(record) from None
+        if taken is _WAIT:
+            taken = await self._wait(record)
+        if taken is _END:
+            self._end(record)
+        if type(taken) is _Batch:
+            items = taken.items
+            taken = items[0]
             if len(items) > 1:
                 self._batch, self._index = items, 1
-        self._count_one(record, item)
-        return item
+        self._count_one(record, taken)
+        return taken  # type: ignore[no-any-return]
 
     def batches(self) -> AsyncIterator[list[T]]:
         """Iterate lists of the items that were ready together (each non-empty, in order).
@@ -339,7 +354,19 @@ class ManagedStream(Generic[T]):
             self._batch = None
             items = batch[self._index :]
         else:
-            item = await self._take(record)
+            item: Any
+            try:
+                item = self._receive_nowait()
+            except trio.WouldBlock:
+                item = _WAIT
+            except trio.EndOfChannel:
+                item = _END
+            except trio.ClosedResourceError:
+                raise _iterated_after_exit(record) from None
+            if item is _WAIT:
+                item = await self._wait(record)
+            if item is _END:
+                self._end(record)
             if type(item) is _Batch:
                 items = item.items
             else:
@@ -358,48 +385,36 @@ class ManagedStream(Generic[T]):
         self._count(record, items)
         return items
 
-    async def _take(self, record: StreamRecord) -> Any:
-        """The next item or batch envelope from the channel; at its end, the outcome."""
+    async def _wait(self, record: StreamRecord) -> Any:
+        """Nothing was ready: wait for the next item or batch envelope, or the end."""
         try:
-            # Take a ready item without a trip through the scheduler; wait only
-            # when there is none (at most buffer_size + 1 hand-offs are ever ready).
-            item = self._receive_nowait()
-        except trio.WouldBlock:
-            item = _WAIT
+            item = await self._receive()
         except trio.EndOfChannel:
-            item = _END
-        except trio.ClosedResourceError:
-            raise RuntimeError(
-                f"stream {record.id} was iterated after its async with block exited"
-            ) from None
-        if item is _WAIT:
-            # Awaited outside the except block: a reader parked here would otherwise
-            # keep the WouldBlock and its traceback alive (about 0.6 KiB a stream).
-            try:
-                item = await self._receive()
-            except trio.EndOfChannel:
-                item = _END
-            else:
-                if record.state is State.CLOSED or record.close_reason in CANCEL_REASONS:
-                    # Handed over in the same step as the close: the record, the
-                    # history and the logs have it without this item, and so does
-                    # the reader (as a cancel drops what is buffered).
-                    item = _END
-        if item is _END:
-            # Raised outside the except block, so the producer's exception reaches
-            # the reader as itself, without EndOfChannel chained to it.
-            outcome = reader_outcome(record)
-            if outcome is ReaderOutcome.END:
-                # The end has been read: the stream is completed, now. Nothing that
-                # happens while the reader stays in its block can rewrite that.
-                self._owner.handle(record, Event.READ_END)
-                raise StopAsyncIteration
-            if outcome is ReaderOutcome.ERROR:
-                self._owner.handle(record, Event.ERROR_TAKEN)
-                assert record.exception is not None
-                raise record.exception
-            raise self._owner.cancelled_error(record)
+            return _END
+        if record.state is State.CLOSED or record.close_reason in CANCEL_REASONS:
+            # Handed over in the same step as the close: the record, the history and
+            # the logs have it without this item, and so does the reader (as a
+            # cancel drops what is buffered).
+            return _END
         return item
+
+    def _end(self, record: StreamRecord) -> NoReturn:
+        """The channel has ended: raise what the lifecycle says the reader gets.
+
+        Raised outside the receive's except block, so the producer's exception
+        reaches the reader as itself, without EndOfChannel chained to it.
+        """
+        outcome = reader_outcome(record)
+        if outcome is ReaderOutcome.END:
+            # The end has been read: the stream is completed, now. Nothing that
+            # happens while the reader stays in its block can rewrite that.
+            self._owner.handle(record, Event.READ_END)
+            raise StopAsyncIteration
+        if outcome is ReaderOutcome.ERROR:
+            self._owner.handle(record, Event.ERROR_TAKEN)
+            assert record.exception is not None
+            raise record.exception
+        raise self._owner.cancelled_error(record)
 
     def _count_one(self, record: StreamRecord, item: T) -> None:
         """The registry's per-item bookkeeping: one clock read, a few counters."""
@@ -442,6 +457,10 @@ class ManagedStream(Generic[T]):
             record.bytes += sum(map(item_size, items))
         record.last_item_at = now
         record.cached = None
+
+
+def _iterated_after_exit(record: StreamRecord) -> RuntimeError:
+    return RuntimeError(f"stream {record.id} was iterated after its async with block exited")
 
 
 # The default size of an item: len() of bytes-like and str items, else 0. Decided

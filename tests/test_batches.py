@@ -157,7 +157,10 @@ async def test_a_batch_parked_in_send_is_not_counted_when_the_producer_gives_up(
             await send.send_batch([1, 2, 3])
         await trio.sleep_forever()
 
-    async with StreamManager(reader_timeout=10) as manager, manager.open(impatient) as stream:
+    async with (
+        StreamManager(reader_timeout=10, buffer_size=0) as manager,
+        manager.open(impatient) as stream,
+    ):
         await trio.sleep(20)  # the reader never pulls; the producer gave up after 5 s
         assert stream.info().close_reason is None  # not blamed for a batch it never got
 

@@ -308,7 +308,7 @@ async def test_cancel_after_producer_finished_but_before_reader_read_the_end(
 
 
 async def test_reader_timeout(autojump_clock: trio.abc.Clock, probe: Probe) -> None:
-    async with StreamManager(reader_timeout=30) as manager:
+    async with StreamManager(reader_timeout=30, buffer_size=0) as manager:
         async with manager.open(probe.ticker, 1000, 1.0) as stream:
             assert await stream.__anext__() == 0
             start = trio.current_time()
@@ -323,6 +323,25 @@ async def test_reader_timeout(autojump_clock: trio.abc.Clock, probe: Probe) -> N
         assert info.closed_at == pytest.approx(start + 1 + 30)
         assert caught.value.timeout == 30
         assert isinstance(caught.value, streammgr.StreamCancelled)
+
+
+async def test_reader_timeout_with_a_buffer_counts_from_the_last_hand_off(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    """With buffer_size > 0 the producer goes on handing over while the buffer has
+    room: a reader that stopped is cut reader_timeout after the buffer filled."""
+    async with StreamManager(reader_timeout=30, buffer_size=4) as manager:
+        async with manager.open(probe.ticker, 1000, 1.0) as stream:
+            assert await stream.__anext__() == 0
+            start = trio.current_time()
+            await trio.sleep(1000)
+            with pytest.raises(streammgr.ReaderTimeout):
+                await stream.__anext__()
+        info = manager.get(stream.id)
+        assert info is not None
+        # Items 1-4 filled the buffer by start + 4, item 5 was handed over at + 5 and
+        # parked in send: the producer's last hand-off. 30 s later: cut.
+        assert info.closed_at == pytest.approx(start + 5 + 30)
 
 
 async def test_slow_but_steady_reader_is_not_timed_out(
@@ -742,7 +761,7 @@ async def test_push_send_given_up_does_not_blame_the_reader(
             await send.send(1)  # nobody reads yet: dropped after 1 s
         await trio.sleep_forever()
 
-    async with StreamManager(reader_timeout=10, idle_timeout=60) as manager:
+    async with StreamManager(reader_timeout=10, idle_timeout=60, buffer_size=0) as manager:
         with pytest.raises(streammgr.IdleTimeout):
             async with manager.open(producer) as stream:
                 await trio.sleep(3)
