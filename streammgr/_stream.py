@@ -310,18 +310,7 @@ class ManagedStream(Generic[T]):
                 self._index = index
             self._count_one(record, item)
             return item
-        # Take a ready item without a trip through the scheduler (and without a
-        # coroutine call); wait only when there is none. At most buffer_size + 1
-        # hand-offs are ever ready.
-        taken: Any
-        try:
-            taken = self._receive_nowait()
-        except trio.WouldBlock:
-            taken = _WAIT  # awaited outside the except: no WouldBlock kept alive
-        except trio.EndOfChannel:
-            taken = _END
-        except trio.ClosedResourceError:
-            raise _iterated_after_exit(record) from None
+        taken = self._take_ready(record)
         if taken is _WAIT:
             taken = await self._wait(record)
         if taken is _END:
@@ -354,15 +343,7 @@ class ManagedStream(Generic[T]):
             self._batch = None
             items = batch[self._index :]
         else:
-            item: Any
-            try:
-                item = self._receive_nowait()
-            except trio.WouldBlock:
-                item = _WAIT
-            except trio.EndOfChannel:
-                item = _END
-            except trio.ClosedResourceError:
-                raise _iterated_after_exit(record) from None
+            item = self._take_ready(record)
             if item is _WAIT:
                 item = await self._wait(record)
             if item is _END:
@@ -384,6 +365,23 @@ class ManagedStream(Generic[T]):
                     items.append(ready)
         self._count(record, items)
         return items
+
+    def _take_ready(self, record: StreamRecord) -> Any:
+        """The next item or batch envelope if one is ready, else ``_WAIT``; ``_END``.
+
+        Takes it without a trip through the scheduler (and, being a plain function,
+        without a coroutine per item); at most ``buffer_size + 1`` hand-offs are
+        ever ready. The caller awaits :meth:`_wait` outside this except block, so
+        that no WouldBlock (and its traceback) is kept alive by a parked reader.
+        """
+        try:
+            return self._receive_nowait()
+        except trio.WouldBlock:
+            return _WAIT
+        except trio.EndOfChannel:
+            return _END
+        except trio.ClosedResourceError:
+            raise _iterated_after_exit(record) from None
 
     async def _wait(self, record: StreamRecord) -> Any:
         """Nothing was ready: wait for the next item or batch envelope, or the end."""
