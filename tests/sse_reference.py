@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from hypothesis import strategies as st
 
@@ -88,7 +88,7 @@ def run_raw(chunks: Sequence[bytes], max_event_size: int = 1_048_576) -> Outcome
 
 
 def run_batches(
-    chunks: Sequence[bytes], max_event_size: int = 1_048_576, pairs_at: Sequence[int] = ()
+    chunks: Sequence[bytes], max_event_size: int = 1_048_576, pairs_at: Collection[int] = ()
 ) -> Outcome:
     """Like :func:`run_raw`, with :meth:`RawSSEParser.feed`: the batch of each call.
 

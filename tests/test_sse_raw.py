@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streammgr._errors import SSEEventTooLarge
-from streammgr.sse import ServerSentEvent, SSEParser
+from streammgr.sse import RawBatch, RawSSEParser, ServerSentEvent, SSEParser
 
 from .sse_reference import (
     BOM,
@@ -23,6 +23,7 @@ from .sse_reference import (
     expected_raws,
     reference_raw,
     run,
+    run_batches,
     run_raw,
     streams,
 )
@@ -348,6 +349,141 @@ def test_a_long_raw_event_in_tiny_chunks_is_kept_correctly() -> None:
     assert run_raw(chunks).raws == [stream]
 
 
+# -- RawSSEParser and its batch ------------------------------------------------------------
+
+
+def test_a_batch_is_the_list_of_its_events_with_their_bytes_in_one_piece() -> None:
+    parser = RawSSEParser()
+    batch = parser.feed(b": hi\n\ndata: a\n\nid: 1\n\n: ping\n\nevent: e\ndata: b\n\ndata: c")
+    assert isinstance(batch, list)
+    assert batch == [E(data="a"), E("e", "b", "1")]
+    assert batch.raw == b"data: a\n\nid: 1\n\nevent: e\ndata: b\n\n"
+    empty = parser.feed(b"\n")
+    assert type(empty) is RawBatch
+    assert not empty
+    assert empty.raw == b""
+    assert parser.feed(b"\n").raw == b"data: c\n\n"
+    # Equality is the list's; repr shows the bytes.
+    assert RawBatch([E(data="a")], raw=b"data: a\n\n") == RawBatch([E(data="a")])
+    assert RawBatch() == []
+    assert RawBatch().raw == b""
+    assert repr(RawBatch([E(data="a")], b"data: a\n\n")) == (
+        "RawBatch([ServerSentEvent(event='message', data='a', id='', retry=None)], "
+        "raw=b'data: a\\n\\n')"
+    )
+
+
+def test_the_batch_of_a_read_of_usual_events_is_the_read_itself() -> None:
+    # No per-event bytes and no copy: the events' bytes are the chunk, one slice of it.
+    parser = RawSSEParser()
+    for chunk in (
+        b"data: a\n\ndata: b\n\n",  # the first call (BOM check)
+        b'data: {"x": 1}\n\ndata: [DONE]\n\n',  # the fast path
+        b"event: e\ndata: a\n\nevent: f\ndata: b\n\n",
+        b"data: a\r\n\r\ndata: b\r\n\r\n",  # CRLF: one replace, not one per event
+    ):
+        batch = parser.feed(chunk)
+        assert len(batch) == 2
+        assert batch.raw == chunk
+        if b"\r" not in chunk:
+            assert batch.raw is chunk
+
+
+def test_raw_parser_input_close_and_properties() -> None:
+    parser = RawSSEParser()
+    buffer = bytearray(b"retry: 5\nid: 7\ndata: ab")
+    assert parser.feed(buffer) == []  # type: ignore[arg-type]
+    buffer[:] = b"X" * len(buffer)
+    assert parser.retry == 5
+    assert parser.last_event_id == ""
+    batch = parser.feed(memoryview(b"\n\n"))  # type: ignore[arg-type]
+    assert batch == [E(data="ab", id="7", retry=5)]
+    assert batch.raw == b"retry: 5\nid: 7\ndata: ab\n\n"
+    assert parser.last_event_id == "7"
+    for method in (parser.feed, parser.feed_pairs):
+        takes_bytes = r"RawSSEParser\.feed(_pairs)?\(\) takes bytes, got str"
+        with pytest.raises(TypeError, match=takes_bytes):
+            method("data: x\n\n")  # type: ignore[arg-type]
+    assert parser.feed_pairs(b"id: 8\n\ndata: unfinished\n") == []
+    closed = parser.close()
+    assert type(closed) is RawBatch
+    assert (closed, closed.raw) == ([], b"")
+    assert parser.close() == []
+    assert parser.last_event_id == "8"
+    after_close = r"RawSSEParser\.feed\(\) called after close\(\); use a new RawSSEParser"
+    with pytest.raises(RuntimeError, match=after_close):
+        parser.feed(b"\n")
+    with pytest.raises(RuntimeError, match=r"RawSSEParser\.feed_pairs\(\) called after close"):
+        parser.feed_pairs(b"\n")
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "1024", True, None])
+def test_raw_parser_max_event_size_must_be_a_positive_int(value: object) -> None:
+    with pytest.raises(ValueError, match="max_event_size"):
+        RawSSEParser(max_event_size=value)  # type: ignore[arg-type]
+
+
+def test_a_raw_parser_returns_the_events_before_an_error_and_defers_it() -> None:
+    parser = RawSSEParser(max_event_size=16)
+    batch = parser.feed(b"data: a\n\n: x\ndata: " + b"y" * 20 + b"\n\ndata: c\n\n")
+    assert batch == [E(data="a")]
+    assert batch.raw == b"data: a\n\n"
+    with pytest.raises(SSEEventTooLarge, match="the bytes of an event") as first:
+        parser.feed(b"data: d\n\n")
+    with pytest.raises(SSEEventTooLarge) as second:
+        parser.feed_pairs(b"")
+    with pytest.raises(SSEEventTooLarge) as third:
+        parser.close()
+    assert first.value is second.value is third.value
+
+
+def test_a_failed_parser_raises_its_error_before_any_mode_or_type_error() -> None:
+    # The order of the checks: failed, then closed, then the other mode, then str.
+    parser = SSEParser(max_event_size=8)
+    with pytest.raises(SSEEventTooLarge) as failed:
+        parser.feed(b"data: 123456789")
+    for call in (
+        lambda: parser.feed_raw(b"data: a\n\n"),
+        lambda: parser.feed_raw("str"),  # type: ignore[arg-type]
+        lambda: parser.feed("str"),  # type: ignore[arg-type]
+        parser.close,
+    ):
+        with pytest.raises(SSEEventTooLarge) as again:
+            call()
+        assert again.value is failed.value
+    parser = SSEParser(max_event_size=8)
+    with pytest.raises(SSEEventTooLarge) as failed:
+        parser.feed_raw(b"data: 123456789")
+    for call in (
+        lambda: parser.feed(b"data: a\n\n"),
+        lambda: parser.feed("str"),  # type: ignore[arg-type]
+        lambda: parser.feed_raw("str"),  # type: ignore[arg-type]
+        lambda: parser.feed_raw(b"data: a\n\n"),
+        parser.close,
+    ):
+        with pytest.raises(SSEEventTooLarge) as again:
+            call()
+        assert again.value is failed.value
+    # The mode before the type; and a str fixes no mode.
+    parser = SSEParser()
+    parser.feed(b"")
+    with pytest.raises(RuntimeError, match=r"feed_raw\(\) called on a parser used with feed\(\)"):
+        parser.feed_raw("str")  # type: ignore[arg-type]
+    parser = SSEParser()
+    with pytest.raises(TypeError, match=r"SSEParser\.feed_raw\(\) takes bytes"):
+        parser.feed_raw("str")  # type: ignore[arg-type]
+    assert parser.feed(b"data: a\n\n") == [E(data="a")]
+    # Closed, in either mode: the closed error names the method called.
+    for first in ("feed", "feed_raw"):
+        parser = SSEParser()
+        getattr(parser, first)(b"id: 1\n\n")
+        parser.close()
+        assert parser.last_event_id == "1"
+        for method in ("feed", "feed_raw"):
+            with pytest.raises(RuntimeError, match=rf"SSEParser\.{method}\(\) called after close"):
+                getattr(parser, method)(b"data: a\n\n")
+
+
 # -- properties -----------------------------------------------------------------------
 
 
@@ -377,3 +513,20 @@ def test_raw_size_errors_and_events_before_them_match_under_any_chunking(
     assert type(chunked_outcome.error) is type(whole.error)
     if whole.error is None:
         assert whole.events == run([stream]).events
+    # RawSSEParser.feed: the same events before the same error, the same bytes per call.
+    batches = run_batches(chunks, max_event_size=limit)
+    assert batches.key() == chunked_outcome.key()
+    assert batches.batches == chunked_outcome.batches
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=streams, data=st.data(), limit=st.integers(1, 64))
+def test_feed_and_feed_pairs_may_be_mixed_on_a_raw_parser(
+    stream: bytes, data: st.DataObject, limit: int
+) -> None:
+    chunks = chunked(data, stream)
+    pairs_at = data.draw(st.sets(st.integers(0, len(chunks))))
+    mixed = run_batches(chunks, max_event_size=limit, pairs_at=pairs_at)
+    raw = run_raw(chunks, max_event_size=limit)
+    assert mixed.key() == raw.key()
+    assert mixed.batches == raw.batches
