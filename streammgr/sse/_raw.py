@@ -13,8 +13,14 @@ each event's bytes (``b"data: %b\\n\\n" % payload``, the cheapest per-event form
 offsets list to cut them out of the batch later costs 350-500 ns more, so the batch
 keeps none). Other blocks are sliced one by one and joined once per call. Per-event
 pairs, for :meth:`~streammgr.sse.SSEParser.feed_raw`, come from :meth:`feed_pairs`,
-which runs the same parse and builds each event's bytes as before. A batch is a
-``list`` of its events, so that code written for ``SSEParser.feed()`` takes it as it is.
+which runs the same parse and builds each event's bytes as before. In
+benchmarks/bench_sse.py, ``feed`` takes 0.87x the time of ``feed_pairs`` on 1-4 KiB
+reads; on 7-16 byte reads 1.1x, as a new batch costs 40 ns more than ``[]`` and most
+such reads complete nothing (a shared empty batch would be a shared mutable list).
+
+A batch is a ``list`` of its events, so that code written for ``SSEParser.feed()``
+takes it as it is, and ``if batch:`` means what it says (a ``(events, raw)`` tuple
+would always be true).
 """
 
 from __future__ import annotations
