@@ -10,7 +10,8 @@ it the way a TCP read would (1-4 KiB chunks) and into tiny chunks (7-16 bytes), 
 times, for each chunking, the median of several runs of:
 
 1. ``streammgr.sse.SSEParser.feed``; for information, ``feed_raw`` too (the raw mode
-   for proxies, which also returns each event's original bytes);
+   for proxies, which also returns each event's original bytes), and ``raw-batch``:
+   ``RawSSEParser.feed``, which returns the bytes of a call's events in one piece;
 2. httpx-sse's pipeline exactly as ``EventSource.aiter_sse`` runs it: httpx's
    ``TextDecoder`` (incremental UTF-8) and ``TextChunker``, then
    ``httpx_sse._decoders.SSELineDecoder`` and ``SSEDecoder``, driven synchronously;
@@ -20,8 +21,8 @@ times, for each chunking, the median of several runs of:
 5. for information, a tighter floor that splits each buffer once (``floor-split``).
 
 Before timing, it checks that 1-3 return the same events with equal data, and that
-``feed_raw`` returns the same events and, joined, the stream without its keep-alive
-comments. The targets
+``feed_raw`` and ``raw-batch`` return the same events and, joined, the stream without its
+keep-alive comments. The targets
 (streammgr at least 2x httpx-sse and at least 0.5x the floor, on both chunkings) are
 printed as met or MISSED; ``--check`` makes a miss exit with status 1.
 """
@@ -38,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from streammgr.sse import SSEParser
+from streammgr.sse import RawSSEParser, SSEParser
 
 try:
     from httpx._decoders import TextChunker, TextDecoder
@@ -135,6 +136,19 @@ def data_streammgr_raw(chunks: Sequence[bytes]) -> tuple[list[str], bytes]:
     return [event.data for event, _raw in pairs], b"".join(raw for _event, raw in pairs)
 
 
+def data_streammgr_batch(chunks: Sequence[bytes]) -> tuple[list[str], bytes]:
+    """The data of the events and the concatenation of the batches' bytes."""
+    parser = RawSSEParser()
+    data: list[str] = []
+    forwarded: list[bytes] = []
+    for chunk in chunks:
+        batch = parser.feed(chunk)
+        data += [event.data for event in batch]
+        forwarded.append(batch.raw)
+    parser.close()
+    return data, b"".join(forwarded)
+
+
 def data_httpx_sse(chunks: Sequence[bytes]) -> list[str]:
     return [event.data for event in iter_httpx_sse(chunks)]
 
@@ -195,6 +209,17 @@ def run_streammgr_raw(chunks: Sequence[bytes]) -> int:
     return count
 
 
+def run_streammgr_batch(chunks: Sequence[bytes]) -> int:
+    parser = RawSSEParser()
+    feed = parser.feed
+    count = 0
+    for chunk in chunks:
+        for _event in feed(chunk):
+            count += 1
+    parser.close()
+    return count
+
+
 def run_httpx_sse(chunks: Sequence[bytes]) -> int:
     count = 0
     for _event in iter_httpx_sse(chunks):
@@ -236,6 +261,7 @@ def run_floor_split(chunks: Sequence[bytes]) -> int:
 CONTENDERS: dict[str, Runner] = {
     "streammgr": run_streammgr,
     "feed_raw": run_streammgr_raw,
+    "raw-batch": run_streammgr_batch,
     "httpx-sse": run_httpx_sse,
     "openai": run_openai,
     "floor": run_floor,
@@ -244,18 +270,22 @@ CONTENDERS: dict[str, Runner] = {
 
 
 def check_agreement(chunks: Sequence[bytes]) -> int:
-    """Check that the three parsers, and feed_raw, return the same events; return how many."""
+    """Check that the three parsers, and the raw modes, return the same events; return how many."""
     ours = data_streammgr(chunks)
     raw_data, forwarded = data_streammgr_raw(chunks)
+    batch_data, batch_forwarded = data_streammgr_batch(chunks)
     for name, theirs in (
         ("httpx-sse", data_httpx_sse(chunks)),
         ("openai", data_openai(chunks)),
         ("feed_raw", raw_data),
+        ("raw-batch", batch_data),
     ):
         if theirs != ours:
             sys.exit(f"{name} disagrees with streammgr: {len(theirs)} vs {len(ours)} events")
-    if forwarded != b"".join(chunks).replace(KEEP_ALIVE, b""):
-        sys.exit("feed_raw's bytes are not the stream without its keep-alive comments")
+    without_keep_alives = b"".join(chunks).replace(KEEP_ALIVE, b"")
+    for name, sent in (("feed_raw", forwarded), ("raw-batch", batch_forwarded)):
+        if sent != without_keep_alives:
+            sys.exit(f"{name}'s bytes are not the stream without its keep-alive comments")
     return len(ours)
 
 
@@ -325,14 +355,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     met = ratio >= TARGETS[name]
                     missed += not met
                     line += f"  target >= {TARGETS[name]}x: {'met' if met else 'MISSED'}"
-                elif name in ("floor-split", "feed_raw"):
+                elif name in ("floor-split", "feed_raw", "raw-batch"):
                     line += "  (information only)"
             print(line)
     print(
         "\nstreammgr is SSEParser.feed(); feed_raw is SSEParser.feed_raw(), which also returns"
-        " each event's bytes\n(its streammgr/x: its time over feed's).\nfloor and floor-split"
-        " count raw blocks: their count includes the keep-alive comments.\nevents/s is the"
-        " stream's events over each contender's time."
+        " each event's bytes;\nraw-batch is RawSSEParser.feed(), which returns the bytes of a"
+        " call's events in one piece\n(their streammgr/x: their time over feed's)."
+        "\nfloor and floor-split count raw blocks: their count includes the keep-alive"
+        " comments.\nevents/s is the stream's events over each contender's time."
     )
     return 1 if missed and args.check else 0
 

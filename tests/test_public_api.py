@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +87,57 @@ def test_every_exception_is_exported_and_documented() -> None:
         value = getattr(streammgr, name)
         assert name in streammgr.__all__, name
         assert inspect.getdoc(value), name
+
+
+def test_sse_keeps_its_public_names() -> None:
+    # What streammgr.sse exported when it was one module; RawSSEParser and RawBatch since.
+    assert set(streammgr.sse.__all__) == {
+        "OPENAI_DONE",
+        "RawBatch",
+        "RawSSEParser",
+        "SSEParser",
+        "ServerSentEvent",
+        "encode",
+        "encode_comment",
+        "is_done",
+    }
+    for name in streammgr.sse.__all__:
+        value = getattr(streammgr.sse, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__module__.startswith("streammgr.sse."), name
+
+
+SSE_PACKAGE = Path(streammgr.sse.__file__).parent
+# What the SSE package may import from streammgr: stdlib-only modules.
+STDLIB_ONLY = {"_errors", "_states"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *sorted(SSE_PACKAGE.glob("*.py")),
+        *(SSE_PACKAGE.parent / f"{name}.py" for name in sorted(STDLIB_ONLY)),
+    ],
+    ids=lambda path: f"{path.parent.name}/{path.name}",
+)
+def test_sse_imports_nothing_but_the_standard_library(path: Path) -> None:
+    # Importing streammgr.sse runs streammgr/__init__.py (trio, httpx) first, so
+    # sys.modules cannot tell: read the import statements instead.
+    in_package = path.parent == SSE_PACKAGE
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.partition(".")[0]
+                assert top in sys.stdlib_module_names, f"{path.name} imports {alias.name}"
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            where = f"{path.name}: from {'.' * node.level}{module} import ..."
+            if node.level == 0:
+                top = module.partition(".")[0]
+                assert top == "__future__" or top in sys.stdlib_module_names, where
+            elif in_package and node.level == 1:
+                assert module.startswith("_"), where  # a sibling in streammgr/sse/
+            else:
+                parent_level = 2 if in_package else 1
+                assert node.level == parent_level, where
+                assert module in STDLIB_ONLY, where
