@@ -41,6 +41,7 @@ import re
 import ssl
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -59,7 +60,8 @@ from .._errors import (
 from .._logging import excerpt, get_logger, redact
 from .._stream import current_producer
 from .._validate import check_count, check_seconds, check_strings
-from ._common import excerpt_margin, header_secrets, redact_url, url_secrets
+from ._common import body_excerpt, header_secrets, redact_url, url_secrets
+from ._common import retry_after as parse_retry_after
 
 if TYPE_CHECKING:
     from trio_websocket import CloseReason, WebSocketConnection
@@ -582,15 +584,10 @@ class _Connection:
         self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
     ) -> UpstreamError:
         source = self._source
-        # Redacted before it is cut: read past the limit so that a secret the
-        # upstream echoed across it is seen whole.
-        raw = body or b""
-        wanted = _BODY_LIMIT + excerpt_margin(self._source._secrets)
-        text = raw[:wanted].decode("utf-8", "replace")
-        body_excerpt = excerpt(
-            text, _BODY_LIMIT, self._source._secrets, complete=len(raw) <= wanted
-        )
-        quoted = self._one_line(body_excerpt) or "(empty body)"
+        # Redacted before it is cut: trio-websocket read the whole body, so a secret
+        # the upstream echoed across the limit is seen whole.
+        shown_body = body_excerpt(body or b"", _BODY_LIMIT, source._secrets, whole=True)
+        quoted = self._one_line(shown_body) or "(empty body)"
         if 200 <= status < 300:
             return UpstreamProtocolError(
                 f"{source.url} answered the WebSocket handshake with HTTP {status} instead of "
@@ -600,7 +597,7 @@ class _Connection:
         retry_after = None
         for name, value in headers:
             if name.lower() == b"retry-after":
-                retry_after = _retry_after(value)
+                retry_after = parse_retry_after(value, datetime.now(UTC))
         hint = {
             401: "check the credentials (extra_headers, or the token in the URL)",
             403: "check the credentials and their permissions",
@@ -613,7 +610,7 @@ class _Connection:
         return UpstreamStatusError(
             f"{source.url} rejected the WebSocket handshake with HTTP {status}: {quoted}; {hint}",
             status_code=status,
-            body=body_excerpt,
+            body=shown_body,
             url=source.url,
             retry_after=retry_after,
         )
@@ -826,12 +823,3 @@ def _check_messages(send: object) -> tuple[str | bytes, ...]:
                 f"send messages must be str (text) or bytes (binary), got {type(message).__name__}"
             )
     return tuple(checked)
-
-
-def _retry_after(value: bytes) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form), or ``None``."""
-    try:
-        seconds = float(value.decode("latin-1"))
-    except ValueError:
-        return None  # an HTTP date
-    return seconds if 0 <= seconds < 86_400 else None
