@@ -939,3 +939,59 @@ def test_a_url_httpx_cannot_parse_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="url is not a valid URL") as caught:
         SSESource(client, "http://[::1")
     assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "retried"),
+    [
+        (httpx.ConnectTimeout("slow"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.PoolTimeout("full"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.WriteTimeout("slow"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.ConnectError("refused"), streammgr.UpstreamConnectError, True),
+        (httpx.ProxyError("no proxy"), streammgr.UpstreamConnectError, True),
+        (httpx.UnsupportedProtocol("gopher"), streammgr.UpstreamConnectError, True),
+        (httpx.TooManyRedirects("loop"), streammgr.UpstreamProtocolError, False),
+    ],
+)
+async def test_every_httpx_error_of_a_request_is_mapped(
+    raised: httpx.HTTPError,
+    expected: type[streammgr.UpstreamError],
+    retried: bool,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream(fail(raised))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1))
+        with pytest.raises(expected) as caught:
+            await read_all(manager, source)
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+    assert len(upstream.requests) == (2 if retried else 1)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "retried"),
+    [
+        (httpx.ReadTimeout("idle"), streammgr.UpstreamIdleTimeout, True),
+        (httpx.ReadError("reset"), streammgr.UpstreamConnectError, True),
+        (httpx.RemoteProtocolError("bad chunk"), streammgr.UpstreamConnectError, True),
+        (httpx.DecodingError("bad gzip"), streammgr.UpstreamProtocolError, False),
+        (httpx.StreamClosed(), streammgr.UpstreamProtocolError, False),
+    ],
+)
+async def test_every_httpx_error_of_a_body_read_is_mapped(
+    raised: httpx.HTTPError,
+    expected: type[streammgr.UpstreamError],
+    retried: bool,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(raised))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1))
+        with pytest.raises(expected) as caught:
+            await read_all(manager, source)
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+    assert len(upstream.requests) == (2 if retried else 1)
+    assert upstream.opened == upstream.closed

@@ -241,7 +241,7 @@ class Connection(Generic[T]):
         try:
             with trio.CancelScope(deadline=min(deadline, total_deadline)):
                 response = await source._client.send(request, stream=True)
-        except httpx.HTTPError as exc:
+        except _HTTPX_ERRORS as exc:
             raise _upstream_error(source, exc, _SEND_ERRORS) from exc
         if response is None:
             if total_deadline <= deadline:
@@ -365,30 +365,28 @@ class Connection(Generic[T]):
             return await chunks.__anext__()
         except StopAsyncIteration:
             return None
-        except httpx.HTTPError as exc:
+        except _HTTPX_ERRORS as exc:
             raise _upstream_error(self._source, exc, _READ_ERRORS, body.encoding) from exc
 
 
 # -- httpx's errors, mapped at this edge -------------------------------------------------
 
+# Everything httpx raises on purpose: HTTPError, and StreamError (StreamClosed,
+# StreamConsumed...), which is a RuntimeError, not an HTTPError.
+_HTTPX_ERRORS = (httpx.HTTPError, httpx.StreamError)
+
 # How each httpx error becomes streammgr's, by where it happened: the first entry
-# whose class matches wins (so the last, httpx.HTTPError, catches anything httpx adds
+# whose class matches wins (so the last, _HTTPX_ERRORS, catches anything httpx adds
 # later). The one place httpx's exceptions are translated, as httpx's own
-# _transports/default.py does for httpcore's. Each entry: the httpx class, the
+# _transports/default.py does for httpcore's. Each entry: the httpx class(es), the
 # UpstreamError to raise, whether a reconnection may cure it, the message ({name}: the
 # httpx class, {message}: its text redacted, {encoding}: the Content-Encoding).
-_ErrorTable = tuple[tuple[type[httpx.HTTPError], type[UpstreamError], bool, str], ...]
+_HttpxErrors = type[Exception] | tuple[type[Exception], ...]
+_ErrorTable = tuple[tuple[_HttpxErrors, type[UpstreamError], bool, str], ...]
 
 _SEND_ERRORS: _ErrorTable = (
     (
-        httpx.ConnectTimeout,
-        UpstreamConnectTimeout,
-        True,
-        "could not connect to the upstream: {message}; check the upstream is up, or raise "
-        "the client's connect timeout",
-    ),
-    (
-        httpx.PoolTimeout,
+        (httpx.ConnectTimeout, httpx.PoolTimeout),
         UpstreamConnectTimeout,
         True,
         "could not connect to the upstream: {message}; check the upstream is up, or raise "
@@ -408,8 +406,8 @@ _SEND_ERRORS: _ErrorTable = (
         "could not reach the upstream ({name}: {message}); check the URL and that the "
         "upstream is up",
     ),
-    (  # TooManyRedirects, and anything httpx adds later
-        httpx.HTTPError,
+    (  # TooManyRedirects, StreamConsumed, and anything httpx adds later
+        _HTTPX_ERRORS,
         UpstreamProtocolError,
         False,
         "the request to the upstream failed ({name}: {message})",
@@ -439,7 +437,7 @@ _READ_ERRORS: _ErrorTable = (
         "check its Content-Encoding",
     ),
     (  # StreamClosed, and anything httpx adds later
-        httpx.HTTPError,
+        _HTTPX_ERRORS,
         UpstreamProtocolError,
         False,
         "could not read the upstream's body ({name}: {message})",
@@ -448,7 +446,7 @@ _READ_ERRORS: _ErrorTable = (
 
 
 def _upstream_error(
-    source: SSESource, exc: httpx.HTTPError, table: _ErrorTable, encoding: str = ""
+    source: SSESource, exc: Exception, table: _ErrorTable, encoding: str = ""
 ) -> Exception:
     """The error to raise ``from exc``, as ``table`` says (wrapped to be retried if
     the entry allows it and the source has a reconnect policy)."""
