@@ -12,11 +12,14 @@ and ``data: [DONE]``) in 1-4 KiB chunks, as TCP reads would. No network. Rows:
 
 1. ``SSESource`` read directly (``async for event in SSESource(client, url)()``);
 2. ``SSESource`` through a ``StreamManager``: the full path, registry counting included;
+2B. the same, read with ``stream.batches()``: the events of one upstream read arrive
+   as one list, in one hand-off (the source hands over a batch per read either way);
 F. for information, the floor under row 2: row 1's generator in a nursery task, in its
    own cancel scope, handing each event to the reader over a bare Trio memory channel;
 3. ``SSESource.raw_events`` through a manager (raw mode, for proxies), if
-   ``SSEParser.feed_raw`` exists;
+   ``SSEParser.feed_raw`` exists; 3B. read with ``stream.batches()``;
 4. ``OpenAIChat`` through a manager: JSON decoding and typed ``ChatChunk`` items;
+   4B. read with ``stream.batches()``;
 5. httpx-sse: ``aconnect_sse(client, "GET", url)`` + ``event_source.aiter_sse()``;
 6. the openai SDK's own streaming (``AsyncOpenAI(http_client=...)``,
    ``chat.completions.create(..., stream=True)``), under Trio when it works there,
@@ -28,8 +31,9 @@ Before timing, it checks that every row delivers the same events. structlog is
 configured as production apps run it (filtering below WARNING).
 
 Printed: the median of several repeats per row (events/s, MB/s), and time ratios:
-manager/direct (2/1), manager/bare channel (2/F), raw/parsed (3/2), streammgr/httpx-sse
-(2/5 and 1/5) and OpenAIChat/openai SDK (4/6). One run, one machine: compare ratios,
+manager/direct (2/1 and 2B/1), manager/bare channel (2/F), batches/items (2B/2),
+raw/parsed (3/2), streammgr/httpx-sse (2/5, 2B/5 and 1/5) and OpenAIChat/openai SDK
+(4/6 and 4B/6). One run, one machine: compare ratios,
 not absolute figures.
 """
 
@@ -231,6 +235,30 @@ async def row_managed(env: Env, keep: bool) -> list[object] | int:
     return kept if keep else count
 
 
+async def read_batches(env: Env, producer: object, keep: bool) -> list[object] | int:
+    """Read a managed stream a batch at a time (``stream.batches()``)."""
+    kept: list[object] = []
+    count = 0
+    async with env.managed().open(producer) as stream:  # type: ignore[call-overload]
+        async for batch in stream.batches():
+            count += len(batch)
+            if keep:
+                kept.extend(batch)
+    return kept if keep else count
+
+
+async def row_managed_batches(env: Env, keep: bool) -> list[object] | int:
+    return await read_batches(env, SSESource(env.client, URL), keep)
+
+
+async def row_managed_raw_batches(env: Env, keep: bool) -> list[object] | int:
+    return await read_batches(env, SSESource(env.client, URL).raw_events, keep)
+
+
+async def row_openai_chat_batches(env: Env, keep: bool) -> list[object] | int:
+    return await read_batches(env, chat_source(env), keep)
+
+
 async def row_managed_raw(env: Env, keep: bool) -> list[object] | int:
     kept: list[object] = []
     count = 0
@@ -321,9 +349,12 @@ ROWS = {
     for spec in (
         RowSpec("1", "SSESource direct", row_direct, "sse"),
         RowSpec("2", "SSESource + manager", row_managed, "sse"),
+        RowSpec("2B", "SSESource + manager, batches()", row_managed_batches, "sse"),
         RowSpec("F", "bare Trio channel (floor of 2)", row_bare_channel, "sse"),
         RowSpec("3", "raw_events + manager", row_managed_raw, "raw"),
+        RowSpec("3B", "raw_events + manager, batches()", row_managed_raw_batches, "raw"),
         RowSpec("4", "OpenAIChat + manager", row_openai_chat, "chat"),
+        RowSpec("4B", "OpenAIChat + manager, batches()", row_openai_chat_batches, "chat"),
         RowSpec("5", "httpx-sse aiter_sse", row_httpx_sse, "sse"),
         RowSpec("6", "openai SDK stream", row_openai_sdk, "chat"),
     )
@@ -485,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = dict(ROWS)
     notes: list[str] = []
     if not hasattr(SSEParser, "feed_raw"):
-        del rows["3"]
+        del rows["3"], rows["3B"]
         notes.append("row 3 skipped: SSEParser.feed_raw does not exist yet")
     if options.openai_on == "asyncio":
         del rows["6"]
@@ -512,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         f"every row checked first to deliver the same {events:,} events"
     )
     print(
-        f"\n  {'row':<36} {'loop':<7} {'median ms':>9} {'events/s':>9} {'MB/s':>6} "
+        f"\n  {'row':<37} {'loop':<7} {'median ms':>9} {'events/s':>9} {'MB/s':>6} "
         f"{'items':>6} {'time/row 1':>10}"
     )
     medians = {row: statistics.median(result.seconds) for row, result in results.items()}
@@ -523,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = medians[row]
         vs_first = f"{elapsed / medians['1']:.2f}x" if "1" in medians else "n/a"
         print(
-            f"  {row} {spec.name:<34} {result.loop:<7} {elapsed * 1e3:>9.2f} "
+            f"  {row:<2} {spec.name:<34} {result.loop:<7} {elapsed * 1e3:>9.2f} "
             f"{events / elapsed:>9,.0f} {len(upstream.body) / elapsed / 1e6:>6.1f} "
             f"{result.count:>6,} {vs_first:>10}"
         )
@@ -536,19 +567,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def ratio(what: str, ours: str, theirs: str) -> None:
         if ours not in medians or theirs not in medians:
-            print(f"  {what:<44} {'n/a':>5} (a row was skipped)")
+            print(f"  {what:<50} {'n/a':>5} (a row was skipped)")
             return
         print(
-            f"  {what:<44} {medians[ours] / medians[theirs]:5.2f}x the time "
+            f"  {what:<50} {medians[ours] / medians[theirs]:5.2f}x the time "
             f"({medians[theirs] / medians[ours]:.2f}x the events/s)"
         )
 
     ratio("row 2 / row 1  the manager's overhead", "2", "1")
+    ratio("row 2B / row 1 the manager's overhead, batches()", "2B", "1")
     ratio("row 2 / row F  manager vs bare Trio channel", "2", "F")
+    ratio("row 2B / row 2 batches() vs item by item", "2B", "2")
     ratio("row 3 / row 2  raw mode vs parsed", "3", "2")
+    ratio("row 3B / row 2B raw mode vs parsed, batches()", "3B", "2B")
     ratio("row 2 / row 5  streammgr vs httpx-sse", "2", "5")
+    ratio("row 2B / row 5 streammgr batches() vs httpx-sse", "2B", "5")
     ratio("row 1 / row 5  SSESource alone vs httpx-sse", "1", "5")
     ratio("row 4 / row 6  OpenAIChat vs openai SDK", "4", "6")
+    ratio("row 4B / row 6 OpenAIChat batches() vs openai SDK", "4B", "6")
     for note in notes:
         print(f"\nnote: {note}")
     return 0

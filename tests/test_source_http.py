@@ -6,6 +6,7 @@ import base64
 import gc
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 
 import httpx
 import pytest
@@ -817,3 +818,180 @@ def test_reconnect_delays_are_checked(
 ) -> None:
     with pytest.raises(error, match=message):
         Reconnect(**arguments)  # type: ignore[arg-type]
+
+
+# -- events that travel together: one batch per upstream read ----------------------------
+
+
+async def test_the_events_of_one_read_reach_the_reader_as_one_batch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    reads = [
+        b"data: a\n\ndata: b\n\nda",  # two events, and the start of a third
+        b"ta: c\n\n",
+        b": keep-alive\n\n",  # completes no event: no batch
+        b"id: 4\ndata: d\n\ndata: e\n\n",
+    ]
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*reads))
+    async with upstream.client() as client, StreamManager() as manager:
+        async with manager.open(SSESource(client, "http://up/")) as stream:
+            batches = [batch async for batch in stream.batches()]
+        info = manager.get(stream.id)
+    assert [[event.data for event in batch] for batch in batches] == [["a", "b"], ["c"], ["d", "e"]]
+    assert batches[2][1] == ServerSentEvent(data="e", id="4")  # the id carries over
+    assert info is not None
+    assert (info.items, info.bytes) == (5, sum(map(len, reads)))
+
+
+async def test_a_source_iterated_directly_yields_one_event_at_a_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(b"data: a\n\ndata: b\n\n", b"data: c\n\n"))
+    async with upstream.client() as client:
+        events = SSESource(client, "http://up/")()
+        assert isinstance(events, streammgr.BatchIterator)
+        async with aclosing(events):
+            assert [event.data async for event in events] == ["a", "b", "c"]
+        # Read a batch at a time, as the manager does; mixed with single items.
+        events = SSESource(client, "http://up/")()
+        async with aclosing(events):
+            assert (await events.__anext__()).data == "a"
+            assert [event.data for event in await events.anext_batch()] == ["b"]
+            assert [event.data for event in await events.anext_batch()] == ["c"]
+            with pytest.raises(StopAsyncIteration):
+                await events.anext_batch()
+    assert upstream.opened == upstream.closed == 2
+
+
+async def test_raw_events_hand_over_one_batch_per_read(autojump_clock: trio.abc.Clock) -> None:
+    reads = [b"data: a\n\n: ping\n\ndata: b\n\n", b"id: 2\n\n", b"data: c\n\n"]
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(*reads))
+    async with upstream.client() as client, StreamManager() as manager:
+        async with manager.open(SSESource(client, "http://up/").raw_events) as stream:
+            batches = [batch async for batch in stream.batches()]
+    assert [[(event.data, raw) for event, raw in batch] for batch in batches] == [
+        [("a", b"data: a\n\n"), ("b", b"data: b\n\n")],
+        [("c", b"id: 2\n\ndata: c\n\n")],  # the id-only block leads the next event
+    ]
+
+
+async def test_reconnect_sends_the_last_id_of_the_last_batch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        upstream.stream(b"id: 1\ndata: a\n\nid: 2\ndata: b\n\n", httpx.ReadError("reset")),
+        upstream.stream(b"data: c\n\n"),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(jitter=0))
+        async with manager.open(source) as stream:
+            assert [(await stream.__anext__()).data for _ in range(3)] == ["a", "b", "c"]
+    assert upstream.requests[1].headers["last-event-id"] == "2"
+
+
+# -- Retry-After: both forms, any length ---------------------------------------------------
+
+
+async def test_retry_after_of_a_day_is_final(autojump_clock: trio.abc.Clock) -> None:
+    # Before: a wait of a day or more was read as no Retry-After at all, and retried
+    # after the backoff, against the upstream's explicit wish.
+    upstream = Upstream()
+    upstream.responses.append(
+        upstream.stream(b"maintenance", status=503, headers={"retry-after": "86400"})
+    )
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_delay=30))
+        with pytest.raises(streammgr.UpstreamStatusError, match="86400s") as caught:
+            await read_all(manager, source)
+    assert len(upstream.requests) == 1
+    assert caught.value.retry_after == 86_400
+
+
+async def test_retry_after_as_an_http_date(autojump_clock: trio.abc.Clock) -> None:
+    upstream = Upstream()
+    upstream.responses += [
+        # In the past (any clock reading this test): retry after min_delay.
+        upstream.stream(
+            b"busy", status=503, headers={"retry-after": "Sun, 06 Nov 1994 08:49:37 GMT"}
+        ),
+        # Far ahead: longer than max_delay, so final.
+        upstream.stream(
+            b"later", status=503, headers={"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}
+        ),
+    ]
+    async with upstream.client() as client, StreamManager() as manager:
+        policy = Reconnect(min_delay=0.25, initial_delay=1, jitter=0)
+        source = SSESource(client, "http://up/", reconnect=policy)
+        with pytest.raises(streammgr.UpstreamStatusError, match="max_delay") as caught:
+            await read_all(manager, source)
+    assert upstream.times[1] - upstream.times[0] == pytest.approx(0.25)
+    assert caught.value.body == "later"
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 100 * 365 * 86_400
+
+
+def test_a_url_httpx_cannot_parse_is_a_value_error() -> None:
+    client = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="url is not a valid URL") as caught:
+        SSESource(client, "http://[::1")
+    assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "retried"),
+    [
+        (httpx.ConnectTimeout("slow"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.PoolTimeout("full"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.WriteTimeout("slow"), streammgr.UpstreamConnectTimeout, True),
+        (httpx.ConnectError("refused"), streammgr.UpstreamConnectError, True),
+        (httpx.ProxyError("no proxy"), streammgr.UpstreamConnectError, True),
+        (httpx.UnsupportedProtocol("gopher"), streammgr.UpstreamConnectError, True),
+        (httpx.TooManyRedirects("loop"), streammgr.UpstreamProtocolError, False),
+    ],
+)
+async def test_every_httpx_error_of_a_request_is_mapped(
+    raised: httpx.HTTPError,
+    expected: type[streammgr.UpstreamError],
+    retried: bool,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream(fail(raised))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1))
+        with pytest.raises(expected) as caught:
+            await read_all(manager, source)
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+    assert len(upstream.requests) == (2 if retried else 1)
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "retried"),
+    [
+        (httpx.ReadTimeout("idle"), streammgr.UpstreamIdleTimeout, True),
+        (httpx.ReadError("reset"), streammgr.UpstreamConnectError, True),
+        (httpx.RemoteProtocolError("bad chunk"), streammgr.UpstreamConnectError, True),
+        (httpx.DecodingError("bad gzip"), streammgr.UpstreamProtocolError, False),
+        (httpx.StreamClosed(), streammgr.UpstreamProtocolError, False),
+    ],
+)
+async def test_every_httpx_error_of_a_body_read_is_mapped(
+    raised: httpx.HTTPError,
+    expected: type[streammgr.UpstreamError],
+    retried: bool,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    upstream = Upstream()
+    upstream.responses.append(upstream.stream(raised))
+    async with upstream.client() as client, StreamManager() as manager:
+        source = SSESource(client, "http://up/", reconnect=Reconnect(max_attempts=1))
+        with pytest.raises(expected) as caught:
+            await read_all(manager, source)
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is raised
+    assert len(upstream.requests) == (2 if retried else 1)
+    assert upstream.opened == upstream.closed

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.lowlevel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -502,3 +504,72 @@ def test_any_field_of_any_json_type_is_typed_or_refused(
             usage = item.usage
             counts = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
             assert all(type(count) is int for count in counts)
+
+
+class Reads(httpx.AsyncByteStream):
+    """A response body that arrives in the given reads."""
+
+    def __init__(self, reads: Sequence[bytes]) -> None:
+        self.reads = reads
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for read in self.reads:
+            await trio.lowlevel.checkpoint()
+            yield read
+
+
+def streaming(reads: Sequence[bytes]) -> httpx.AsyncClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Reads(reads)
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+async def test_the_chunks_of_one_read_are_one_batch(autojump_clock: trio.abc.Clock) -> None:
+    reads = [
+        b"".join(HELLO[:3]),  # a comment, the role chunk, "Hel"
+        HELLO[3],
+        b": keep-alive\n\n",  # no chunk: no batch
+        b"".join(HELLO[4:]),  # finish, usage, [DONE]
+    ]
+    async with streaming(reads) as client, StreamManager() as manager:
+        async with manager.open(chat(client)) as stream:
+            batches = [batch async for batch in stream.batches()]
+        (info,) = manager.history()
+    assert [[chunk.content for chunk in batch] for batch in batches] == [
+        ["", "Hel"],
+        ["lo"],
+        [None, None],
+    ]
+    assert batches[2][1].usage == Usage(5, 2, 7)
+    assert info.close_reason is CloseReason.COMPLETED
+    assert info.items == 5
+
+
+async def test_chunks_read_with_an_error_are_delivered_before_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    reads = [chunk({"content": "a"}) + chunk({"content": "b"}) + error + chunk({"content": "c"})]
+    async with streaming(reads) as client, StreamManager() as manager:
+        async with manager.open(chat(client)) as stream:
+            assert [item.content for item in await stream.batches().__anext__()] == ["a", "b"]
+            with pytest.raises(streammgr.UpstreamAPIError, match="overloaded"):
+                await stream.__anext__()
+
+
+async def test_collect_chat_on_the_iterator_and_on_a_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    reads = [b"".join(HELLO[:3]), b"".join(HELLO[3:])]
+    async with streaming(reads) as client, StreamManager() as manager:
+        chunks = chat(client)()
+        assert isinstance(chunks, streammgr.BatchIterator)
+        async with aclosing(chunks):
+            direct = await collect_chat(chunks)
+        async with manager.open(chat(client)) as stream:
+            managed = await collect_chat(stream)
+    assert direct == managed
+    assert (direct.text, direct.finish_reason, direct.usage) == ("Hello", "stop", Usage(5, 2, 7))

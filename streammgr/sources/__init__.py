@@ -4,6 +4,19 @@ chat completions, WebSocket feeds.
 Each source is a small object whose instances are producers:
 ``manager.open(SSESource(client, url))``. This package is the only place that
 imports httpx (and, for :class:`WebSocketSource`, the optional trio-websocket).
+
+The rooms:
+
+- ``_http.py``: :class:`SSESource`, its :class:`SourceTimeouts` and :class:`Reconnect`
+  policy, and the connection attempts (delays, accounting, ``Last-Event-ID``);
+- ``_http_connection.py``: one request and its response (checks, timeouts, closing
+  on every path), how a read becomes a batch, and the table mapping httpx's errors;
+- ``_openai.py``: :class:`OpenAIChat` over :class:`SSESource`, typed chunks,
+  :func:`collect_chat`;
+- ``_websocket.py``: :class:`WebSocketSource`, its ``connect=`` seam and its error
+  mapping; ``_websocket_arguments.py``: its argument checks;
+- ``_common.py``: what the sources share (credentials, redacted URLs, error-body
+  excerpts, ``Retry-After``).
 """
 
 from ._http import Reconnect as Reconnect

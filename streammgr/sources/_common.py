@@ -1,31 +1,37 @@
-"""What the sources share: which parts of a request are credentials, and how a URL
-is shown without them.
+"""What the sources share, once, so that the SSE and the WebSocket source cannot
+drift apart: which parts of a request are credentials, how a URL and an error body
+are shown without them, and how long a ``Retry-After`` header asks to wait.
 
 One list of words (:data:`CREDENTIAL_WORDS`) decides which header and query
-parameter names carry credentials, for every source, so that the SSE and the
-WebSocket source cannot drift apart. Secrets are compared decoded, and
-:func:`~streammgr._logging.redact` matches them in any encoding, so a value written
-percent-encoded in a URL (``sig=ab%2Bcd%3D``) is found as surely as a plain one.
+parameter names carry credentials, for every source. Secrets are compared decoded,
+and :func:`~streammgr._logging.redact` matches them in any encoding, so a value
+written percent-encoded in a URL (``sig=ab%2Bcd%3D``) is found as surely as a plain
+one. Nothing here does I/O or reads a clock: :func:`retry_after` is given the time.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 
-from .._logging import redact
+from .._logging import excerpt, redact
 
 __all__ = [
     "CREDENTIAL_SCHEMES",
     "CREDENTIAL_WORDS",
     "MIN_SECRET_LENGTH",
+    "body_excerpt",
     "excerpt_margin",
     "header_secrets",
     "is_credential_name",
     "redact_url",
+    "retry_after",
     "url_secrets",
 ]
 
@@ -64,6 +70,59 @@ def excerpt_margin(secrets: Iterable[str]) -> int:
     limit is seen whole, and redacted, before the excerpt is cut."""
     longest = max((len(secret) for secret in secrets), default=0)
     return max(_EXCERPT_MARGIN, _LONGEST_FORM * longest)
+
+
+def body_excerpt(body: bytes, limit: int, secrets: Sequence[str], *, whole: bool) -> str:
+    """Up to ``limit`` characters of an upstream's (error) body, for an error message.
+
+    Decoded leniently, redacted, then cut (:func:`~streammgr._logging.excerpt`): the
+    caller reads up to ``limit + excerpt_margin(secrets)`` bytes, so that a secret the
+    upstream echoed across the limit is recognised whole before the cut.
+
+    Args:
+        body: the bytes read (more than needed is fine).
+        limit: the longest excerpt, in characters.
+        secrets: the values to scrub.
+        whole: ``body`` is the entire body (nothing was left unread).
+    """
+    wanted = limit + excerpt_margin(secrets)
+    text = body[:wanted].decode("utf-8", "replace")
+    return excerpt(text, limit, secrets, complete=whole and len(body) <= wanted)
+
+
+def retry_after(value: str | bytes | None, now: datetime) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value (RFC 9110, 10.2.3).
+
+    Both forms: delta-seconds (``"120"``; a decimal is accepted too) and an
+    HTTP-date in any of the three formats RFC 9110 says a recipient must accept
+    (``"Sun, 06 Nov 1994 08:49:37 GMT"``, RFC 850, asctime), counted from ``now``.
+    Long waits are returned as they are (a day or more too): whether to wait that
+    long is the caller's decision. A negative delta or a date in the past is ``0``.
+
+    Args:
+        value: the header's value (``bytes`` are decoded as Latin-1), or ``None``.
+        now: the current wall-clock time, timezone-aware (``datetime.now(UTC)``);
+            an argument, so that tests are deterministic.
+
+    Returns:
+        The seconds, or ``None`` when there is no header or it is neither form.
+    """
+    if value is None:
+        return None
+    text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # asctime and "-0000" dates: HTTP-dates are GMT
+    return max((when - now).total_seconds(), 0.0)
 
 
 def is_credential_name(name: str) -> bool:

@@ -1,51 +1,42 @@
-"""Server-Sent Events over httpx: check the response, parse, time out, reconnect.
+"""Server-Sent Events over httpx: the public source, and its reconnect policy.
 
 :class:`SSESource` is a producer: ``manager.open(SSESource(client, url))`` streams
-the upstream's events to the reader. Everything that can go wrong on the way is
-mapped, at this edge, to a typed :class:`~streammgr.UpstreamError`; no httpx
-exception reaches the user. Every response is closed on every path (shielded and
-bounded), so a stream cancelled by the manager closes its connection before the
-reader's ``async with`` block returns.
+the upstream's events to the reader, the events of each upstream read in one
+hand-off. This module holds what a user configures (:class:`SourceTimeouts`,
+:class:`Reconnect`, :class:`SSESource`) and the outermost of three layers, the
+connection attempts: the reconnect policy, the delays, the count of attempts and
+``Last-Event-ID``. One connection (the request, its checks, its timeouts, its
+close) and its events (how a read becomes a batch) are in :mod:`._http_connection`,
+which is also the one place httpx's exceptions become :class:`~streammgr.UpstreamError`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json as jsonlib
 import math
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, TypeVar
 
 import httpx
 import trio
 
+from .._batch import BatchIterator
 from .._errors import (
-    SSEEventTooLarge,
     UpstreamConnectError,
-    UpstreamConnectTimeout,
     UpstreamDeadlineExceeded,
     UpstreamError,
-    UpstreamFirstEventTimeout,
-    UpstreamIdleTimeout,
-    UpstreamProtocolError,
     UpstreamStatusError,
 )
-from .._logging import describe_error, excerpt, get_logger, redact
-from .._stream import current_producer
+from .._logging import redact
 from .._validate import check_count, check_seconds, check_strings
 from ..sse import ServerSentEvent, SSEParser
-from ._common import excerpt_margin, header_secrets, redact_url, url_secrets
+from ._common import header_secrets, redact_url, url_secrets
+from ._http_connection import PARSED, RAW, Connection, Reading, Retryable
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 
-_CLOSE_TIMEOUT = 5.0  # seconds a response's close may take, shielded
-_ERROR_READ_TIMEOUT = 5.0  # seconds to read the excerpt of an error body
-_NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
-# After a response is closed, its body iterator is pulled at most this many times:
-# a real closed stream fails at once; one that does not is left, not drained.
-_FINISH_PULLS = 100
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,25 +162,15 @@ class Reconnect:
         return delay * (1 + self.jitter * rng.random())
 
 
-class _Retryable(Exception):
-    """Internal: this connection ended in a way a reconnection may cure.
-
-    Raised ``from`` the upstream's own error (httpx's, when there is one); the
-    reconnect loop hands that cause on to :attr:`error`, which is what the user gets.
-    """
-
-    def __init__(self, error: UpstreamError, delay: float | None = None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.delay = delay
-
-
 class SSESource:
     """A producer that streams Server-Sent Events from an HTTP upstream with httpx.
 
     ``manager.open(SSESource(client, url))`` yields :class:`~streammgr.sse.ServerSentEvent`;
     ``manager.open(source.raw_events)`` yields ``(event, raw_bytes)`` pairs (the
-    original bytes, for proxies). Before streaming, the response is checked: a status that is not
+    original bytes, for proxies). Both hand the manager the events of one upstream
+    read in one hand-off (:class:`~streammgr.BatchIterator`), so ``stream.batches()``
+    gets them as one list; iterated directly, ``source()`` yields one event at a time.
+    Before streaming, the response is checked: a status that is not
     2xx raises :class:`~streammgr.UpstreamStatusError` with the status and an
     excerpt of the upstream's body; a content type other than ``text/event-stream``
     raises :class:`~streammgr.UpstreamProtocolError`.
@@ -217,6 +198,10 @@ class SSESource:
         secrets: extra values to scrub from the URL and error messages, in any
             encoding (credential headers, the URL's password and credential
             parameters are scrubbed already).
+
+    Raises:
+        TypeError / ValueError: a bad argument (``url`` that httpx cannot parse
+            included), named in the message.
     """
 
     def __init__(
@@ -245,7 +230,10 @@ class SSESource:
         SSEParser(max_event_size)  # validates max_event_size
         self._client = client
         self._method = method.upper()
-        self._url = httpx.URL(url)
+        try:
+            self._url = httpx.URL(url)
+        except httpx.InvalidURL as exc:  # a caller's mistake: a builtin error, as for any
+            raise ValueError(f"url is not a valid URL: {exc}") from None
         if params:
             self._url = self._url.copy_merge_params(dict(params))
         self._headers = httpx.Headers(headers or {})
@@ -278,191 +266,60 @@ class SSESource:
     def __repr__(self) -> str:
         return f"SSESource({self._method} {self.url})"
 
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
+    # -- producing: connection attempts, one after another ---------------------------
 
-    # -- producing ---------------------------------------------------------------
+    def __call__(self) -> BatchIterator[ServerSentEvent]:
+        """Stream the upstream's events (a fresh request per call), a read at a time."""
+        return BatchIterator(self._batches(PARSED))
 
-    def __call__(self) -> AsyncGenerator[ServerSentEvent, None]:
-        """Stream the upstream's events (a fresh async generator per call)."""
-        return cast("AsyncGenerator[ServerSentEvent, None]", self._stream(raw=False))
-
-    def raw_events(self) -> AsyncGenerator[tuple[ServerSentEvent, bytes], None]:
+    def raw_events(self) -> BatchIterator[tuple[ServerSentEvent, bytes]]:
         """Stream ``(event, raw_bytes)`` pairs: each event with the bytes the
         upstream sent for it, unchanged, for a proxy to forward without decoding
-        and re-encoding. ``manager.open(source.raw_events)``."""
-        return cast("AsyncGenerator[tuple[ServerSentEvent, bytes], None]", self._stream(raw=True))
+        and re-encoding. ``manager.open(source.raw_events)``; a read at a time."""
+        return BatchIterator(self._batches(RAW))
 
-    async def _stream(self, *, raw: bool) -> AsyncGenerator[object, None]:
-        """Connections one after another, while the reconnect policy allows.
+    async def _batches(self, reading: Reading[T]) -> AsyncGenerator[list[T], None]:
+        """Connection attempts, one after another, while the reconnect policy allows;
+        each yields the batches of its reads (:class:`Connection`).
 
         No cancel scope is held across a ``yield`` (that would leak the scope into
         the consumer's task): each await gets its own scope with the deadline that
         applies to it, so a cancel scope is made per chunk read, never per event.
         """
-        timeouts = self._timeouts
-        now = trio.current_time()
-        total_deadline = now + timeouts.total if timeouts.total is not None else math.inf
+        total = self._timeouts.total
+        total_deadline = trio.current_time() + total if total is not None else math.inf
+        attempts = _Attempts(self, total_deadline)
         last_event_id = self._last_event_id
-        server_retry: int | None = None
-        attempt = 0
-        context = current_producer()
-        add_bytes = context.add_bytes if context is not None else None
         while True:
-            parser = SSEParser(self._max_event_size)
-            feed = parser.feed_raw if raw else parser.feed
-            outcome: _Retryable | None = None
-            response: httpx.Response | None = None
-            body: _Body | None = None
-            seen_event = False
-            connected_at = ended_at = math.inf
+            connection = Connection(self, reading, last_event_id, total_deadline)
+            outcome: Retryable | None = None
             try:
-                started = trio.current_time()
-                response = await self._send(self._request(last_event_id), total_deadline)
-                if not await self._check(response):
+                if not await connection.open():
                     return  # 204 No Content: nothing to stream, and never reconnect
-                connected_at = trio.current_time()
-                if context is not None:
-                    context.connected()
-                first_event, idle = timeouts.first_event, timeouts.idle
-                deadline = (
-                    started + first_event
-                    if first_event is not None
-                    else (started + idle if idle is not None else math.inf)
-                )
-                body = _Body(response)
-                chunks = body.chunks
-                while True:
-                    chunk = await self._next_chunk(
-                        chunks, min(deadline, total_deadline), seen_event, total_deadline, body
-                    )
-                    if chunk is None:
-                        parser.close()
-                        break
-                    if add_bytes is not None:
-                        add_bytes(len(chunk))
-                    try:
-                        items = feed(chunk)
-                    except SSEEventTooLarge as exc:
-                        raise UpstreamProtocolError(
-                            f"{exc}; the upstream sent an event larger than this source accepts",
-                            url=self.url,
-                        ) from exc
-                    if not items:
-                        continue
-                    if not seen_event:
-                        seen_event = True
-                        if idle is None:
-                            deadline = math.inf
-                    for item in items:
-                        yield item
-                    if idle is not None:
-                        # From now: time parked at yield behind a slow reader is not
-                        # the upstream's idleness.
-                        deadline = trio.current_time() + idle
-                    last = items[-1]
-                    last_event_id = (last[0] if raw else last).id  # type: ignore[union-attr]
+                while (batch := await connection.next_batch()) is not None:
+                    yield batch
                 if self._reconnect is None:
                     return
-            except _Retryable as retryable:
+            except Retryable as retryable:
                 outcome = retryable
                 if retryable.__cause__ is not None:
                     # The user gets the error, never the wrapper: give it the cause.
                     retryable.error.__cause__ = retryable.__cause__
             finally:
-                ended_at = trio.current_time()
-                if parser.retry is not None:
-                    server_retry = parser.retry
-                # Closed on every path, even when cancelled, and it cannot hang.
-                with trio.CancelScope(shield=True) as cleanup:
-                    cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
-                    if response is not None:
-                        await _close(response, body)
-            policy = self._reconnect
-            assert policy is not None
-            uptime = ended_at - connected_at  # -inf when the upstream never answered
-            if seen_event and uptime >= policy.healthy_after:
-                attempt = 0  # a healthy connection: a fresh run of attempts
-            attempt += 1
-            last_error = outcome.error if outcome is not None else None
-            server_delay = outcome.delay if outcome is not None else None
-            if server_delay is not None and server_delay > policy.max_delay:
-                assert isinstance(last_error, UpstreamStatusError)
-                raise self._wait_refused(last_error, server_delay, policy.max_delay)
-            if attempt > policy.max_attempts:
-                if last_error is not None:
-                    raise last_error
-                if seen_event:
-                    raise UpstreamConnectError(
-                        f"the upstream kept closing the stream soon after opening it (the "
-                        f"last connection lasted {uptime:.3g}s, less than "
-                        f"Reconnect.healthy_after={policy.healthy_after:g}s): gave up after "
-                        f"{policy.max_attempts} reconnections; lower healthy_after if the "
-                        f"upstream legitimately closes this soon",
-                        url=self.url,
-                    )
-                raise UpstreamConnectError(
-                    f"the upstream kept closing the stream without sending an event: gave up "
-                    f"after {policy.max_attempts} reconnections",
-                    url=self.url,
-                )
-            if server_delay is not None:
-                delay = max(server_delay, policy.min_delay)
-            else:
-                delay = policy.delay(attempt, server_retry, self._rng)
-            if trio.current_time() + delay >= total_deadline:
-                raise self._total_timeout(
-                    "no time left to reconnect within the total timeout"
-                ) from last_error
-            await trio.sleep(delay)
+                await connection.close()
+            last_event_id = connection.last_event_id
+            await attempts.wait_to_reconnect(connection, outcome)
 
-    async def _read_chunk(self, chunks: AsyncIterator[bytes], body: _Body) -> bytes | None:
-        """The next body chunk, ``None`` at the end; httpx's errors mapped."""
-        try:
-            return await chunks.__anext__()
-        except StopAsyncIteration:
-            return None
-        except httpx.TimeoutException as exc:
-            raise self._retryable(
-                UpstreamIdleTimeout(
-                    f"the upstream stopped sending ({type(exc).__name__}); raise the "
-                    f"client's read timeout if gaps this long are normal",
-                    timeout=self._timeouts.idle or 0.0,
-                    url=self.url,
-                )
-            ) from exc
-        except httpx.TransportError as exc:
-            raise self._retryable(
-                UpstreamConnectError(
-                    f"the upstream connection broke mid-stream ({type(exc).__name__}: "
-                    f"{self._redact(str(exc))})",
-                    url=self.url,
-                )
-            ) from exc
-        except httpx.DecodingError as exc:
-            encoding = body.encoding or "none"
-            raise UpstreamProtocolError(
-                f"the upstream's body does not decode as its Content-Encoding says "
-                f"({encoding!r}): {self._redact(str(exc))}; the upstream or a proxy on the "
-                f"way sent a corrupt or mislabelled body: check its Content-Encoding",
-                url=self.url,
-            ) from exc
-        except httpx.HTTPError as exc:  # StreamClosed and anything httpx adds later
-            raise UpstreamProtocolError(
-                f"could not read the upstream's body ({type(exc).__name__}: "
-                f"{self._redact(str(exc))})",
-                url=self.url,
-            ) from exc
+    # -- what the layers share ---------------------------------------------------------
 
-    def _request(self, last_event_id: str) -> httpx.Request:
-        headers = self._headers.copy()
-        headers.setdefault("accept", "text/event-stream")
-        headers.setdefault("cache-control", "no-store")
-        if last_event_id:
-            headers["last-event-id"] = last_event_id
-        return self._client.build_request(
-            self._method, self._url, headers=headers, json=self._json, content=self._content
-        )
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
+        """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
+        if self._reconnect is None:
+            return error
+        return Retryable(error, delay)
 
     def _total_timeout(self, what: str) -> UpstreamDeadlineExceeded:
         total = self._timeouts.total or 0.0
@@ -472,271 +329,81 @@ class SSESource:
             url=self.url,
         )
 
-    async def _next_chunk(
-        self,
-        chunks: AsyncIterator[bytes],
-        deadline: float,
-        seen_event: bool,
-        total_deadline: float,
-        body: _Body,
-    ) -> bytes | None:
-        """The next body chunk (``None`` at the end), within ``deadline``."""
-        if deadline == math.inf:
-            # No timeout applies: skip the cancel scope, which costs as much as
-            # parsing the chunk (benchmarks/bench_sources.py).
-            return await self._read_chunk(chunks, body)
-        timeouts = self._timeouts
-        with trio.CancelScope(deadline=deadline) as scope:
-            return await self._read_chunk(chunks, body)
-        assert scope.cancelled_caught
-        if deadline >= total_deadline:
-            raise self._total_timeout("the upstream stream outlived its total timeout")
-        if not seen_event and timeouts.first_event is not None:
-            raise self._retryable(
-                UpstreamFirstEventTimeout(
-                    f"the upstream sent no event within {timeouts.first_event:g}s of the "
-                    f"request; raise timeouts.first_event if it is just slow to start",
-                    timeout=timeouts.first_event,
-                    url=self.url,
-                )
-            )
-        raise self._retryable(
-            UpstreamIdleTimeout(
-                f"the upstream sent no event for {timeouts.idle:g}s; raise timeouts.idle if "
-                f"gaps this long are normal",
-                timeout=timeouts.idle or 0.0,
-                url=self.url,
-            )
-        )
 
-    async def _send(self, request: httpx.Request, total_deadline: float) -> httpx.Response:
-        """Send the request; map every way it can fail."""
-        connect = self._timeouts.connect
-        response: httpx.Response | None = None
-        deadline = trio.current_time() + connect if connect is not None else math.inf
-        try:
-            with trio.CancelScope(deadline=min(deadline, total_deadline)):
-                response = await self._client.send(request, stream=True)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise self._retryable(
-                UpstreamConnectTimeout(
-                    f"could not connect to the upstream: {self._redact(str(exc))}; check the "
-                    f"upstream is up, or raise the client's connect timeout",
-                    timeout=connect or 0.0,
-                    url=self.url,
-                )
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise self._retryable(
-                UpstreamConnectTimeout(
-                    f"the upstream did not answer the request in time "
-                    f"({type(exc).__name__}); raise the client's timeouts if it is just slow",
-                    timeout=connect or 0.0,
-                    url=self.url,
-                )
-            ) from exc
-        except httpx.TransportError as exc:
-            raise self._retryable(
-                UpstreamConnectError(
-                    f"could not reach the upstream ({type(exc).__name__}: "
-                    f"{self._redact(str(exc))}); check the URL and that the upstream is up",
-                    url=self.url,
-                )
-            ) from exc
-        except httpx.HTTPError as exc:  # TooManyRedirects, and anything httpx adds later
-            raise UpstreamProtocolError(
-                f"the request to the upstream failed ({type(exc).__name__}: "
-                f"{self._redact(str(exc))})",
-                url=self.url,
-            ) from exc
-        if response is None:
-            if total_deadline <= deadline:
-                raise self._total_timeout("the upstream stream outlived its total timeout")
-            raise self._retryable(
-                UpstreamConnectTimeout(
-                    f"the upstream did not answer within the connect timeout of {connect:g}s; "
-                    f"check the upstream, or raise timeouts.connect",
-                    timeout=connect or 0.0,
-                    url=self.url,
-                )
-            )
-        return response
+class _Attempts:
+    """The reconnect policy applied to one stream: the attempts in a row, the
+    server's ``retry``, and the wait before the next connection (or giving up)."""
 
-    def _wait_refused(
-        self, error: UpstreamStatusError, retry_after: float, max_delay: float
-    ) -> UpstreamStatusError:
-        """The error for a ``Retry-After`` longer than the policy's ``max_delay``."""
-        refused = UpstreamStatusError(
-            f"{error}; it asked to wait {retry_after:g}s before trying again (Retry-After), "
-            f"longer than Reconnect.max_delay={max_delay:g}s, so the source gave up instead "
-            f"of waiting; raise max_delay to {retry_after:g} or more to honour such waits",
-            status_code=error.status_code,
-            body=error.body,
-            url=error.url,
-            retry_after=retry_after,
-        )
-        refused.__cause__ = error.__cause__
-        return refused
+    __slots__ = ("_policy", "_source", "_total_deadline", "attempt", "server_retry")
 
-    def _retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
-        """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
-        if self._reconnect is None:
-            return error
-        return _Retryable(error, delay)
+    def __init__(self, source: SSESource, total_deadline: float) -> None:
+        self._source = source
+        self._policy = source._reconnect
+        self._total_deadline = total_deadline
+        self.attempt = 0
+        self.server_retry: int | None = None
 
-    async def _check(self, response: httpx.Response) -> bool:
-        """Refuse an error status or a body that is not an event stream.
+    async def wait_to_reconnect(
+        self, connection: Connection[Any], outcome: Retryable | None
+    ) -> None:
+        """Sleep before the next attempt, or raise the error that ends the stream.
 
-        Returns ``False`` for 204 No Content: nothing to stream, never reconnect.
+        Called only with a policy: without one, a connection's end is the stream's.
         """
-        status = response.status_code
-        if status == _NO_RECONNECT_STATUS:
-            return False
-        if not 200 <= status < 300:
-            body = await self._excerpt(response)
-            retry_after = _retry_after(response.headers.get("retry-after"))
-            hint = {
-                401: "check the API key or credentials",
-                403: "check the credentials' permissions",
-                404: "check the URL",
-                429: "the upstream is rate limiting: slow down or lower max_streams",
-            }.get(status, "see the upstream's message")
-            error = UpstreamStatusError(
-                f"upstream returned {status}: {_error_message(body)}; {hint}",
-                status_code=status,
-                body=body,
-                url=self.url,
-                retry_after=retry_after,
+        source, policy = self._source, self._policy
+        assert policy is not None
+        if connection.retry is not None:
+            self.server_retry = connection.retry
+        seen_event = connection.seen_event
+        uptime = connection.uptime  # -inf when the upstream never answered
+        if seen_event and uptime >= policy.healthy_after:
+            self.attempt = 0  # a healthy connection: a fresh run of attempts
+        self.attempt += 1
+        last_error = outcome.error if outcome is not None else None
+        server_delay = outcome.delay if outcome is not None else None
+        if server_delay is not None and server_delay > policy.max_delay:
+            assert isinstance(last_error, UpstreamStatusError)
+            raise _wait_refused(last_error, server_delay, policy.max_delay)
+        if self.attempt > policy.max_attempts:
+            if last_error is not None:
+                raise last_error
+            if seen_event:
+                raise UpstreamConnectError(
+                    f"the upstream kept closing the stream soon after opening it (the "
+                    f"last connection lasted {uptime:.3g}s, less than "
+                    f"Reconnect.healthy_after={policy.healthy_after:g}s): gave up after "
+                    f"{policy.max_attempts} reconnections; lower healthy_after if the "
+                    f"upstream legitimately closes this soon",
+                    url=source.url,
+                )
+            raise UpstreamConnectError(
+                f"the upstream kept closing the stream without sending an event: gave up "
+                f"after {policy.max_attempts} reconnections",
+                url=source.url,
             )
-            policy = self._reconnect
-            if policy is not None and status in policy.retry_statuses:
-                raise _Retryable(error, retry_after)
-            raise error
-        content_type = response.headers.get("content-type", "")
-        if content_type.split(";", 1)[0].strip().lower() != "text/event-stream":
-            body = await self._excerpt(response)
-            raise UpstreamProtocolError(
-                f"upstream answered {status} with content type {content_type or 'none'!r}, "
-                f"not text/event-stream: {_error_message(body)}; check the URL and that the "
-                f"request asks for a stream",
-                url=self.url,
-            )
-        return True
-
-    async def _excerpt(self, response: httpx.Response) -> str:
-        """Up to ``error_body_limit`` characters of the body, decoded leniently:
-        redacted first, then cut (:func:`~streammgr._logging.excerpt`).
-
-        A little more than the limit is read, so that a secret the upstream echoes
-        across the limit is recognised whole before the cut.
-        """
-        limit = self._error_body_limit
-        wanted = limit + excerpt_margin(self._secrets)
-        pieces: list[bytes] = []
-        size = 0
-        complete = False
-        body = _Body(response)
-        try:
-            with trio.move_on_after(_ERROR_READ_TIMEOUT):
-                async for chunk in body.chunks:
-                    pieces.append(chunk)
-                    size += len(chunk)
-                    if size > wanted:
-                        break
-                else:
-                    complete = True
-        except httpx.HTTPError:
-            pass  # an excerpt is best effort: the status is the error
-        finally:
-            with trio.CancelScope(shield=True) as cleanup:
-                cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
-                await _close(response, body)
-        text = b"".join(pieces)[:wanted].decode("utf-8", "replace")
-        return excerpt(text, limit, self._secrets, complete=complete)
+        if server_delay is not None:
+            delay = max(server_delay, policy.min_delay)
+        else:
+            delay = policy.delay(self.attempt, self.server_retry, source._rng)
+        if trio.current_time() + delay >= self._total_deadline:
+            raise source._total_timeout(
+                "no time left to reconnect within the total timeout"
+            ) from last_error
+        await trio.sleep(delay)
 
 
-class _Body:
-    """A response's decoded body chunks, with every generator under them in reach.
-
-    httpx's ``aiter_bytes()`` decodes what ``aiter_raw()`` yields, and both are async
-    generators over the transport's own (stacked several deep: httpx, httpcore).
-    When the decoder fails (a corrupt ``Content-Encoding``), ``aiter_bytes`` ends
-    with the error while ``aiter_raw`` stays suspended inside it, where nobody can
-    reach it, and Trio warns when it garbage-collects it. So this starts
-    ``aiter_raw`` itself and gives it to the response, whose ``aiter_bytes`` calls
-    ``self.aiter_raw()``: :meth:`finish` can then run both to their end. (Should
-    httpx stop calling it, the generator kept here is never started, which Trio
-    does not warn about, and pulling it in :meth:`finish` only raises.)
-
-    Attributes:
-        chunks: the decoded chunks (``response.aiter_bytes()``).
-        encoding: the response's ``Content-Encoding``, ``""`` if none, for errors.
-    """
-
-    __slots__ = ("_raw", "chunks", "encoding")
-
-    def __init__(self, response: httpx.Response) -> None:
-        raw = response.aiter_raw()
-
-        def aiter_raw(chunk_size: int | None = None) -> AsyncIterator[bytes]:
-            return raw
-
-        response.aiter_raw = aiter_raw  # type: ignore[method-assign]
-        self._raw: AsyncGenerator[bytes, None] = cast("AsyncGenerator[bytes, None]", raw)
-        self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-        self.encoding = response.headers.get("content-encoding", "")
-
-    async def finish(self) -> None:
-        """Run both generators to their end, once the response is closed.
-
-        ``aclose()`` on an outer generator leaves the ones it iterates suspended, and
-        Trio warns when it garbage-collects them. Once the response is closed, pulling
-        again makes the innermost one fail (or drain what was already buffered), and
-        that failure runs every layer to its end: nothing is left suspended. Each
-        generator is pulled at most ``_FINISH_PULLS`` times (one that still yields is
-        left, not drained), then closed.
-        """
-        for generator in (self.chunks, self._raw):
-            try:
-                for _ in range(_FINISH_PULLS):
-                    await generator.__anext__()
-            except Exception:
-                pass  # the end we wanted: StopAsyncIteration, StreamClosed, a read error
-            with contextlib.suppress(Exception):
-                await generator.aclose()  # a no-op for a generator that has ended
-
-
-async def _close(response: httpx.Response, body: _Body | None) -> None:
-    """Close a response, then run its body's generators to their end (see :class:`_Body`)."""
-    try:
-        await response.aclose()
-    except Exception as exc:  # closing is best effort; the stream is over either way
-        get_logger().warning("source.close_failed", error=describe_error(exc))
-    if body is not None:
-        await body.finish()
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form), or ``None``."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: use the backoff instead
-    return seconds if 0 <= seconds < 86_400 else None
-
-
-def _error_message(body: str) -> str:
-    """The upstream's own message from a JSON error body, else the excerpt itself."""
-    try:
-        parsed = jsonlib.loads(body)
-    except ValueError:
-        return body.strip() or "(empty body)"
-    if isinstance(parsed, dict):
-        error = parsed.get("error", parsed)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return body.strip()
+def _wait_refused(
+    error: UpstreamStatusError, retry_after: float, max_delay: float
+) -> UpstreamStatusError:
+    """The error for a ``Retry-After`` longer than the policy's ``max_delay``."""
+    refused = UpstreamStatusError(
+        f"{error}; it asked to wait {retry_after:g}s before trying again (Retry-After), "
+        f"longer than Reconnect.max_delay={max_delay:g}s, so the source gave up instead "
+        f"of waiting; raise max_delay to {retry_after:g} or more to honour such waits",
+        status_code=error.status_code,
+        body=error.body,
+        url=error.url,
+        retry_after=retry_after,
+    )
+    refused.__cause__ = error.__cause__
+    return refused

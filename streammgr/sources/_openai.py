@@ -5,7 +5,9 @@
 usage. It stops at ``data: [DONE]``, turns an error object inside the stream into
 :class:`~streammgr.UpstreamAPIError`, and reports a stream that ends without
 ``[DONE]`` or a finish reason as :class:`~streammgr.UpstreamTruncated`, never as
-success. :func:`collect_chat` assembles the whole answer.
+success. :func:`collect_chat` assembles the whole answer. The chunks of one upstream read
+reach the reader in one hand-off (a :class:`~streammgr.BatchIterator`), as
+:class:`~streammgr.sources.SSESource`'s events do.
 
 The API key goes only into the ``Authorization`` header: it is scrubbed from every
 error message and never appears in a repr, a log line or the registry.
@@ -21,10 +23,12 @@ from typing import Any
 
 import httpx
 
-from .._errors import UpstreamAPIError, UpstreamProtocolError, UpstreamTruncated
+from .._batch import BatchIterator
+from .._errors import UpstreamAPIError, UpstreamError, UpstreamProtocolError, UpstreamTruncated
 from .._logging import excerpt, redact
-from ..sse import OPENAI_DONE
+from ..sse import OPENAI_DONE, ServerSentEvent
 from ._http import SourceTimeouts, SSESource
+from ._http_connection import PARSED
 
 __all__ = [
     "ChatChunk",
@@ -186,50 +190,74 @@ class OpenAIChat:
     def __repr__(self) -> str:
         return f"OpenAIChat(model={self._model!r}, url={self.url!r})"
 
-    def __call__(self) -> AsyncGenerator[ChatChunk, None]:
-        """Stream the completion's chunks (a fresh request per call)."""
-        return self._chunks()
+    def __call__(self) -> BatchIterator[ChatChunk]:
+        """Stream the completion's chunks (a fresh request per call): the chunks of
+        one upstream read reach the manager in one hand-off; iterated directly, one
+        chunk at a time."""
+        return BatchIterator(self._batches())
 
-    async def _chunks(self) -> AsyncGenerator[ChatChunk, None]:
+    async def _batches(self) -> AsyncGenerator[list[ChatChunk], None]:
+        """The chunks of each upstream read, as one list; the end checked."""
         done = finished = False
-        url = self.url
         # aclosing: an inner async generator is never left for the GC to finalize.
-        async with aclosing(self._source()) as events:
-            async for event in events:
-                data = event.data
-                if data == OPENAI_DONE:
-                    done = True
-                    break
-                if event.event == "error":
-                    raise self._api_error(_loads(data, url, self._secrets), url)
-                payload = _loads(data, url, self._secrets)
-                if not isinstance(payload, dict):
-                    raise UpstreamProtocolError(
-                        f"upstream sent {type(payload).__name__} where a chunk object was "
-                        f"expected: {self._excerpt(data)}",
-                        url=url,
-                    )
-                if payload.get("error") is not None:
-                    raise self._api_error(payload, url)
+        async with aclosing(self._source._batches(PARSED)) as reads:
+            async for events in reads:
+                chunks: list[ChatChunk] = []
+                failure: UpstreamError | None = None
                 try:
-                    chunks = _chunks_of(payload)
-                except _MalformedChunk as exc:
-                    raise UpstreamProtocolError(
-                        f"upstream sent a malformed chunk: {self._excerpt(str(exc))}, in "
-                        f"{self._excerpt(data)!r}; check that base_url points at an "
-                        f"OpenAI-compatible API",
-                        url=url,
-                    ) from None
-                for chunk in chunks:
-                    if chunk.finish_reason is not None:
-                        finished = True
-                    yield chunk
+                    for event in events:
+                        if event.data == OPENAI_DONE:
+                            done = True
+                            break
+                        chunks += self._chunks_of_event(event)
+                except UpstreamError as error:
+                    failure = error
+                if chunks:
+                    if not finished:
+                        finished = any(chunk.finish_reason is not None for chunk in chunks)
+                    # What came before an error in the same read is delivered first,
+                    # as it would be if the events had come in reads of their own.
+                    yield chunks
+                if failure is not None:
+                    raise failure
+                if done:
+                    break
         if not done and not finished:
             raise UpstreamTruncated(
                 "the upstream ended the stream without data: [DONE] or a finish reason: the "
                 "answer is incomplete; retry the request",
+                url=self.url,
+            )
+
+    def _chunks_of_event(self, event: ServerSentEvent) -> list[ChatChunk]:
+        """The typed chunks of one event (most often one).
+
+        Raises:
+            UpstreamAPIError: the event is an error object.
+            UpstreamProtocolError: the event is not a chunk object.
+        """
+        url = self.url
+        data = event.data
+        if event.event == "error":
+            raise self._api_error(_loads(data, url, self._secrets), url)
+        payload = _loads(data, url, self._secrets)
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError(
+                f"upstream sent {type(payload).__name__} where a chunk object was "
+                f"expected: {self._excerpt(data)}",
                 url=url,
             )
+        if payload.get("error") is not None:
+            raise self._api_error(payload, url)
+        try:
+            return _chunks_of(payload)
+        except _MalformedChunk as exc:
+            raise UpstreamProtocolError(
+                f"upstream sent a malformed chunk: {self._excerpt(str(exc))}, in "
+                f"{self._excerpt(data)!r}; check that base_url points at an "
+                f"OpenAI-compatible API",
+                url=url,
+            ) from None
 
     def _excerpt(self, text: str) -> str:
         """``text`` redacted, then cut (so no part of a secret survives the cut)."""

@@ -32,15 +32,28 @@ Why ``wrap_client_stream`` over a stream this module opens, and not
 - leave the socket open for the garbage collector whenever the upstream closed
   first, dropped, or sent a message over ``max_message_size``. Here the source
   closes its own stream on every path.
+
+The source's one I/O seam is ``connect=``: the callable that opens the byte stream
+to ``(host, port)`` (default :func:`trio.open_tcp_stream`). TLS, the handshake,
+trio-websocket's reader, the close handshake and the error mapping all run above
+it, so tests hand it one end of a :func:`trio.testing.memory_stream_pair` and run
+everything else for real, on the mock clock. trio-websocket's, wsproto's, h11's and
+the network's errors become :class:`~streammgr.UpstreamError` in one place,
+:meth:`_Connection._map_error` (with :meth:`_Connection._closed_error` for close
+codes).
+
+One message is handed to the reader per receive: with ``message_queue_size=0``
+trio-websocket never holds a second message ready, so there is no batch to gather
+(``stream.batches()`` still gathers messages that are ready together).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import ssl
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -59,14 +72,25 @@ from .._errors import (
 from .._logging import excerpt, get_logger, redact
 from .._stream import current_producer
 from .._validate import check_count, check_seconds, check_strings
-from ._common import excerpt_margin, header_secrets, redact_url, url_secrets
+from ._common import body_excerpt, header_secrets, redact_url, url_secrets
+from ._common import retry_after as parse_retry_after
+from ._websocket_arguments import (
+    check_headers,
+    check_messages,
+    check_ssl_context,
+    check_subprotocols,
+)
 
 if TYPE_CHECKING:
     from trio_websocket import CloseReason, WebSocketConnection
 
     from .._stream import StreamSender
 
-__all__ = ["NORMAL_CLOSE_CODES", "WebSocketSource"]
+__all__ = ["NORMAL_CLOSE_CODES", "Connect", "WebSocketSource"]
+
+Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
+"""How :class:`WebSocketSource` opens its byte stream: ``await connect(host, port)``
+(:func:`trio.open_tcp_stream` by default)."""
 
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})
 """Close codes that end the stream normally: 1000 (normal closure), 1001 (going
@@ -82,21 +106,6 @@ _MESSAGE_EXCERPT = 300  # characters of an upstream's text quoted in an error me
 _GOING_AWAY = 1001
 _ABNORMAL_CLOSURE = 1006  # trio-websocket's code for a connection that ended without a close frame
 _MESSAGE_TOO_BIG = 1009
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
-_RESERVED_HEADERS = frozenset(
-    {
-        "connection",
-        "content-length",
-        "host",
-        "sec-websocket-accept",
-        "sec-websocket-extensions",
-        "sec-websocket-key",
-        "sec-websocket-protocol",
-        "sec-websocket-version",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 
 def _require_trio_websocket() -> None:
@@ -155,6 +164,11 @@ class WebSocketSource:
             trusted CAs, ``ssl.create_default_context()``).
         secrets: more exact values to scrub from the URL and error messages, in
             any encoding (percent-encoded, ``+`` for a space).
+        connect: ``async (host, port) -> trio.abc.Stream``, the byte stream to the
+            upstream (default :func:`trio.open_tcp_stream`): a seam for a proxy, a
+            Unix socket, or a test's in-memory stream. TLS (``wss://``) is layered
+            over what it returns; an ``OSError`` it raises is an
+            :class:`~streammgr.UpstreamConnectError`.
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
@@ -189,9 +203,16 @@ class WebSocketSource:
         max_message_size: int = 1_048_576,
         ssl_context: ssl.SSLContext | None = None,
         secrets: Iterable[str] = (),
+        connect: Connect = trio.open_tcp_stream,
     ) -> None:
         _require_trio_websocket()
-        headers = _check_headers(extra_headers)
+        if not callable(connect):
+            raise TypeError(
+                f"connect must be an async callable (host, port) -> trio.abc.Stream, "
+                f"got {type(connect).__name__}"
+            )
+        self._open_stream = connect
+        headers = check_headers(extra_headers)
         self._secrets: tuple[str, ...] = tuple(
             value
             for value in (
@@ -203,10 +224,10 @@ class WebSocketSource:
         )
         (self._host, self._port, self._host_header, self._target, self._tls) = self._parse_url(url)
         self._shown_url = redact_url(url, self._secrets, every_query_value=True)
-        self._ssl_context = _check_ssl_context(ssl_context, self._tls)
-        self._subprotocols = _check_subprotocols(subprotocols)
+        self._ssl_context = check_ssl_context(ssl_context, self._tls)
+        self._subprotocols = check_subprotocols(subprotocols)
         self._headers = [(name.encode("ascii"), value.encode("latin-1")) for name, value in headers]
-        self._send = _check_messages(send)
+        self._send = check_messages(send)
         self._connect_timeout = check_seconds("connect_timeout", connect_timeout)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
         self._deadline = check_seconds("deadline", deadline)
@@ -324,14 +345,15 @@ class _Connection:
         finally:
             await trio.aclose_forcefully(transport)
 
-    async def _connect(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-        """TCP, then TLS for ``wss://``, before the connect timeout and the deadline."""
+    async def _connect(self) -> trio.abc.Stream:
+        """The byte stream (``connect``), then TLS for ``wss://``, before the connect
+        timeout and the deadline."""
         source = self._source
-        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+        stream: trio.abc.Stream | None = None
         connected = False
         try:
             with trio.move_on_at(min(self._connect_at, self._deadline_at)):
-                stream = await trio.open_tcp_stream(source._host, source._port)
+                stream = await source._open_stream(source._host, source._port)
                 if source._tls:
                     stream = trio.SSLStream(
                         stream,
@@ -341,18 +363,10 @@ class _Connection:
                     )
                     await stream.do_handshake()
                 connected = True
-        except OSError as exc:
-            raise UpstreamConnectError(
-                f"could not connect to {source.url}: {self._redact(str(exc))}; check the "
-                f"URL and that the upstream is up",
-                url=source.url,
-            ) from exc
-        except trio.BrokenResourceError as exc:
-            raise UpstreamConnectError(
-                f"the TLS handshake with {source.url} failed ({self._describe(exc)}); "
-                f"check wss:// versus ws://, the certificate and ssl_context",
-                url=source.url,
-            ) from exc
+        except (OSError, trio.BrokenResourceError) as exc:
+            mapped = self._map_error(exc, connecting=True)
+            assert mapped is not None  # both are mapped while connecting
+            raise mapped from exc
         finally:
             if not connected and stream is not None:
                 await trio.aclose_forcefully(stream)
@@ -475,20 +489,38 @@ class _Connection:
         if len(failures) > 1:
             return group
         failure = failures[0]
-        mapped = self._map_reader_error(failure)
+        mapped = self._map_error(failure)
         if mapped is None:
             return failure
         # _NoAnswer is this module's signal, not a cause: chain what it carries.
         mapped.__cause__ = failure.__cause__ if isinstance(failure, _NoAnswer) else failure
         return mapped
 
-    def _map_reader_error(self, error: BaseException) -> UpstreamError | None:
-        """Map what trio-websocket's reader task raised; ``None`` if it is not ours to map."""
+    def _map_error(self, error: BaseException, *, connecting: bool = False) -> UpstreamError | None:
+        """The one place trio-websocket's, wsproto's, h11's and the network's errors
+        become :class:`~streammgr.UpstreamError`; ``None`` if it is not theirs (a bug,
+        raised as itself).
+
+        ``connecting``: raised while the byte stream (and TLS) was being opened,
+        before any WebSocket byte: a refused or unreachable upstream, or TLS.
+        """
         import h11
         from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
         from wsproto.utilities import ProtocolError
 
         source = self._source
+        if connecting and isinstance(error, OSError):
+            return UpstreamConnectError(
+                f"could not connect to {source.url}: {self._redact(str(error))}; check the "
+                f"URL and that the upstream is up",
+                url=source.url,
+            )
+        if connecting and isinstance(error, trio.BrokenResourceError):
+            return UpstreamConnectError(
+                f"the TLS handshake with {source.url} failed ({self._describe(error)}); "
+                f"check wss:// versus ws://, the certificate and ssl_context",
+                url=source.url,
+            )
         if isinstance(error, _NoAnswer):
             return UpstreamConnectError(
                 f"{source.url} closed the connection without answering the WebSocket "
@@ -582,15 +614,10 @@ class _Connection:
         self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
     ) -> UpstreamError:
         source = self._source
-        # Redacted before it is cut: read past the limit so that a secret the
-        # upstream echoed across it is seen whole.
-        raw = body or b""
-        wanted = _BODY_LIMIT + excerpt_margin(self._source._secrets)
-        text = raw[:wanted].decode("utf-8", "replace")
-        body_excerpt = excerpt(
-            text, _BODY_LIMIT, self._source._secrets, complete=len(raw) <= wanted
-        )
-        quoted = self._one_line(body_excerpt) or "(empty body)"
+        # Redacted before it is cut: trio-websocket read the whole body, so a secret
+        # the upstream echoed across the limit is seen whole.
+        shown_body = body_excerpt(body or b"", _BODY_LIMIT, source._secrets, whole=True)
+        quoted = self._one_line(shown_body) or "(empty body)"
         if 200 <= status < 300:
             return UpstreamProtocolError(
                 f"{source.url} answered the WebSocket handshake with HTTP {status} instead of "
@@ -600,7 +627,7 @@ class _Connection:
         retry_after = None
         for name, value in headers:
             if name.lower() == b"retry-after":
-                retry_after = _retry_after(value)
+                retry_after = parse_retry_after(value, datetime.now(UTC))
         hint = {
             401: "check the credentials (extra_headers, or the token in the URL)",
             403: "check the credentials and their permissions",
@@ -613,7 +640,7 @@ class _Connection:
         return UpstreamStatusError(
             f"{source.url} rejected the WebSocket handshake with HTTP {status}: {quoted}; {hint}",
             status_code=status,
-            body=body_excerpt,
+            body=shown_body,
             url=source.url,
             retry_after=retry_after,
         )
@@ -740,98 +767,3 @@ def _protocol_detail(error: BaseException) -> str:
             return f"{link}: {inner}" if isinstance(inner, h11.ProtocolError) else str(link)
         link = link.__cause__ or link.__context__
     return f"{type(error).__name__}: {error}"
-
-
-# -- argument checks -------------------------------------------------------------------
-
-
-def _check_headers(extra_headers: object) -> list[tuple[str, str]]:
-    if isinstance(extra_headers, str | bytes) or not isinstance(extra_headers, Iterable):
-        raise TypeError(
-            f"extra_headers must be a mapping or (name, value) pairs, "
-            f"got {type(extra_headers).__name__}"
-        )
-    pairs: list[object] = (
-        list(extra_headers.items()) if isinstance(extra_headers, Mapping) else list(extra_headers)
-    )
-    checked: list[tuple[str, str]] = []
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise TypeError(f"extra_headers must contain (name, value) pairs, got {pair!r}")
-        name, value = pair
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise TypeError(
-                f"extra_headers names and values must be str, got "
-                f"{type(name).__name__} and {type(value).__name__}"
-            )
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"extra_headers has an invalid header name: {name!r}")
-        if name.lower() in _RESERVED_HEADERS:
-            raise ValueError(
-                f"extra_headers cannot set {name!r}: the WebSocket handshake sets it "
-                f"(use subprotocols= for Sec-WebSocket-Protocol)"
-            )
-        if any(character in value for character in "\r\n\0"):
-            raise ValueError(f"extra_headers value of {name!r} contains a line break or NUL")
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(f"extra_headers value of {name!r} is not Latin-1 text") from None
-        checked.append((name, value))
-    return checked
-
-
-def _check_ssl_context(ssl_context: object, tls: bool) -> ssl.SSLContext | None:
-    if ssl_context is None:
-        return None
-    if not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError(
-            f"ssl_context must be an ssl.SSLContext or None, got {type(ssl_context).__name__}"
-        )
-    if not tls:
-        raise ValueError("ssl_context is only used with wss:// URLs; this URL is ws://")
-    return ssl_context
-
-
-def _check_subprotocols(subprotocols: object) -> tuple[str, ...]:
-    if isinstance(subprotocols, str | bytes) or not isinstance(subprotocols, Iterable):
-        raise TypeError(
-            f"subprotocols must be a list of str (wrap a single one: subprotocols=[...]), "
-            f"got {type(subprotocols).__name__}"
-        )
-    checked: list[str] = []
-    for name in subprotocols:
-        if not isinstance(name, str):
-            raise TypeError(f"subprotocols must contain str values, got {type(name).__name__}")
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"subprotocols must be HTTP tokens (like 'graphql-ws'), got {name!r}")
-        checked.append(name)
-    return tuple(checked)
-
-
-def _check_messages(send: object) -> tuple[str | bytes, ...]:
-    if isinstance(send, str | bytes | bytearray) or not isinstance(send, Iterable):
-        raise TypeError(
-            f"send must be a list of messages (wrap a single one: send=[message]), "
-            f"got {type(send).__name__}"
-        )
-    checked: list[str | bytes] = []
-    for message in send:
-        if isinstance(message, bytearray | memoryview):
-            checked.append(bytes(message))
-        elif isinstance(message, str | bytes):
-            checked.append(message)
-        else:
-            raise TypeError(
-                f"send messages must be str (text) or bytes (binary), got {type(message).__name__}"
-            )
-    return tuple(checked)
-
-
-def _retry_after(value: bytes) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form), or ``None``."""
-    try:
-        seconds = float(value.decode("latin-1"))
-    except ValueError:
-        return None  # an HTTP date
-    return seconds if 0 <= seconds < 86_400 else None

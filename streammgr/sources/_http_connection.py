@@ -1,0 +1,544 @@
+"""One connection of an :class:`~streammgr.sources.SSESource`: the request, its
+checks, its timeouts and its close; its events; and httpx's errors, mapped.
+
+:class:`Connection` is the middle of the source's three layers: it sends one
+request, refuses an error status or a body that is not an event stream, reads the
+body within the timeout that applies (connect, first event, idle, total), turns
+each read into a batch (:class:`Reading`: parsed events, or raw ``(event, bytes)``
+pairs), and closes the response on every path, shielded and bounded, so a stream
+cancelled by the manager closes its connection before the reader's ``async with``
+block returns. What can go wrong on the way is mapped here, at this edge, to a
+typed :class:`~streammgr.UpstreamError`, by the tables :data:`_SEND_ERRORS` and
+:data:`_READ_ERRORS`: no httpx exception reaches the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as jsonlib
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
+
+import httpx
+import trio
+
+from .._errors import (
+    SSEEventTooLarge,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamFirstEventTimeout,
+    UpstreamIdleTimeout,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
+from .._logging import describe_error, get_logger
+from .._stream import current_producer
+from ..sse import ServerSentEvent, SSEParser
+from ._common import body_excerpt, excerpt_margin
+from ._common import retry_after as parse_retry_after
+
+if TYPE_CHECKING:
+    from ._http import SSESource
+
+__all__ = ["PARSED", "RAW", "Connection", "Reading", "Retryable"]
+
+T = TypeVar("T")
+
+_CLOSE_TIMEOUT = 5.0  # seconds a response's close may take, shielded
+_ERROR_READ_TIMEOUT = 5.0  # seconds to read the excerpt of an error body
+_NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
+# After a response is closed, its body iterator is pulled at most this many times:
+# a real closed stream fails at once; one that does not is left, not drained.
+_FINISH_PULLS = 100
+
+
+class Retryable(Exception):
+    """Internal: this connection ended in a way a reconnection may cure.
+
+    Raised ``from`` the upstream's own error (httpx's, when there is one); the
+    reconnect loop hands that cause on to :attr:`error`, which is what the user gets.
+    """
+
+    def __init__(self, error: UpstreamError, delay: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.delay = delay
+
+
+# -- one connection's events: how a read becomes the batch handed over ------------------
+
+
+class Reading(NamedTuple, Generic[T]):
+    """How one upstream read becomes a batch, and which event ID a batch leaves."""
+
+    batch: Callable[[SSEParser, bytes], list[T]]
+    last_event_id: Callable[[list[T]], str]
+
+
+def _raw_batch(parser: SSEParser, data: bytes) -> list[tuple[ServerSentEvent, bytes]]:
+    """The raw batch of one read: each event it completed, with its original bytes.
+
+    The one place raw mode turns a read into what it hands over, so that another
+    shape of raw batch (the read's bytes in one piece) can replace it here alone.
+    """
+    return parser.feed_raw(data)
+
+
+PARSED: Reading[ServerSentEvent] = Reading(SSEParser.feed, lambda batch: batch[-1].id)
+RAW: Reading[tuple[ServerSentEvent, bytes]] = Reading(_raw_batch, lambda batch: batch[-1][0].id)
+
+
+# -- one connection: the request, its checks, its timeouts, its close --------------------
+
+
+class Connection(Generic[T]):
+    """One request of an :class:`SSESource` and its response.
+
+    :meth:`open` sends the request and checks the answer; :meth:`next_batch`
+    returns the events of the next read that carried any, within the timeout that
+    applies; :meth:`close` closes the response, shielded and bounded, and must be
+    called on every path. What the reconnect loop needs afterwards stays readable:
+    :attr:`seen_event`, :attr:`uptime`, :attr:`last_event_id`, :attr:`retry`.
+    """
+
+    __slots__ = (
+        "_add_bytes",
+        "_body",
+        "_context",
+        "_deadline",
+        "_delivered",
+        "_parser",
+        "_reading",
+        "_response",
+        "_source",
+        "_total_deadline",
+        "connected_at",
+        "ended_at",
+        "last_event_id",
+        "retry",
+        "seen_event",
+    )
+
+    def __init__(
+        self,
+        source: SSESource,
+        reading: Reading[T],
+        last_event_id: str,
+        total_deadline: float,
+    ) -> None:
+        self._source = source
+        self._reading = reading
+        self._parser = SSEParser(source._max_event_size)
+        self._total_deadline = total_deadline
+        self._deadline = math.inf
+        self._delivered = False  # a batch went out: the idle timeout restarts
+        self._response: httpx.Response | None = None
+        self._body: _Body | None = None
+        self._context = current_producer()
+        self._add_bytes = self._context.add_bytes if self._context is not None else None
+        self.last_event_id = last_event_id
+        self.seen_event = False
+        self.connected_at = self.ended_at = math.inf
+        self.retry: int | None = None
+
+    @property
+    def uptime(self) -> float:
+        """Seconds from the response headers to the close (``-inf``: never answered)."""
+        return self.ended_at - self.connected_at
+
+    async def open(self) -> bool:
+        """Send the request and check the response.
+
+        Returns ``False`` for 204 No Content: nothing to stream, never reconnect.
+        """
+        source = self._source
+        started = trio.current_time()
+        self._response = await self._send(self._request())
+        if not await self._check(self._response):
+            return False
+        self.connected_at = trio.current_time()
+        if self._context is not None:
+            self._context.connected()
+        timeouts = source._timeouts
+        first_event, idle = timeouts.first_event, timeouts.idle
+        if first_event is not None:
+            self._deadline = started + first_event
+        elif idle is not None:
+            self._deadline = started + idle
+        self._body = _Body(self._response)
+        return True
+
+    async def next_batch(self) -> list[T] | None:
+        """The events of the next read that completed any; ``None`` at the body's end.
+
+        Reads that complete no event (comments, a part of an event) do not count as
+        activity: the idle timeout runs on across them.
+        """
+        assert self._body is not None
+        idle = self._source._timeouts.idle
+        if self._delivered and idle is not None:
+            # From now: time parked at yield behind a slow reader is not the
+            # upstream's idleness.
+            self._deadline = trio.current_time() + idle
+        chunks, parser = self._body.chunks, self._parser
+        feed, add_bytes = self._reading.batch, self._add_bytes
+        while True:
+            chunk = await self._next_chunk(chunks, min(self._deadline, self._total_deadline))
+            if chunk is None:
+                parser.close()
+                return None
+            if add_bytes is not None:
+                add_bytes(len(chunk))
+            try:
+                batch = feed(parser, chunk)
+            except SSEEventTooLarge as exc:
+                raise UpstreamProtocolError(
+                    f"{exc}; the upstream sent an event larger than this source accepts",
+                    url=self._source.url,
+                ) from exc
+            if batch:
+                if not self.seen_event:
+                    self.seen_event = True
+                    if idle is None:
+                        self._deadline = math.inf
+                self._delivered = True
+                self.last_event_id = self._reading.last_event_id(batch)
+                return batch
+
+    async def close(self) -> None:
+        """Close the response and its body, even when cancelled; it cannot hang."""
+        self.ended_at = trio.current_time()
+        self.retry = self._parser.retry
+        with trio.CancelScope(shield=True) as cleanup:
+            cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
+            if self._response is not None:
+                await _close(self._response, self._body)
+
+    # -- the request -------------------------------------------------------------------
+
+    def _request(self) -> httpx.Request:
+        source = self._source
+        headers = source._headers.copy()
+        headers.setdefault("accept", "text/event-stream")
+        headers.setdefault("cache-control", "no-store")
+        if self.last_event_id:
+            headers["last-event-id"] = self.last_event_id
+        return source._client.build_request(
+            source._method, source._url, headers=headers, json=source._json, content=source._content
+        )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send the request within the connect timeout; map every way it can fail."""
+        source = self._source
+        connect = source._timeouts.connect
+        total_deadline = self._total_deadline
+        response: httpx.Response | None = None
+        deadline = trio.current_time() + connect if connect is not None else math.inf
+        try:
+            with trio.CancelScope(deadline=min(deadline, total_deadline)):
+                response = await source._client.send(request, stream=True)
+        except _HTTPX_ERRORS as exc:
+            raise _upstream_error(source, exc, _SEND_ERRORS) from exc
+        if response is None:
+            if total_deadline <= deadline:
+                raise source._total_timeout("the upstream stream outlived its total timeout")
+            raise source._retryable(
+                UpstreamConnectTimeout(
+                    f"the upstream did not answer within the connect timeout of {connect:g}s; "
+                    f"check the upstream, or raise timeouts.connect",
+                    timeout=connect or 0.0,
+                    url=source.url,
+                )
+            )
+        return response
+
+    async def _check(self, response: httpx.Response) -> bool:
+        """Refuse an error status or a body that is not an event stream.
+
+        Returns ``False`` for 204 No Content: nothing to stream, never reconnect.
+        """
+        source = self._source
+        status = response.status_code
+        if status == _NO_RECONNECT_STATUS:
+            return False
+        if not 200 <= status < 300:
+            body = await self._excerpt(response)
+            retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+            hint = {
+                401: "check the API key or credentials",
+                403: "check the credentials' permissions",
+                404: "check the URL",
+                429: "the upstream is rate limiting: slow down or lower max_streams",
+            }.get(status, "see the upstream's message")
+            error = UpstreamStatusError(
+                f"upstream returned {status}: {_error_message(body)}; {hint}",
+                status_code=status,
+                body=body,
+                url=source.url,
+                retry_after=retry_after,
+            )
+            policy = source._reconnect
+            if policy is not None and status in policy.retry_statuses:
+                raise Retryable(error, retry_after)
+            raise error
+        content_type = response.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() != "text/event-stream":
+            body = await self._excerpt(response)
+            raise UpstreamProtocolError(
+                f"upstream answered {status} with content type {content_type or 'none'!r}, "
+                f"not text/event-stream: {_error_message(body)}; check the URL and that the "
+                f"request asks for a stream",
+                url=source.url,
+            )
+        return True
+
+    async def _excerpt(self, response: httpx.Response) -> str:
+        """Up to ``error_body_limit`` characters of the body (see
+        :func:`~streammgr.sources._common.body_excerpt`); the response is closed."""
+        source = self._source
+        wanted = source._error_body_limit + excerpt_margin(source._secrets)
+        pieces: list[bytes] = []
+        size = 0
+        complete = False
+        body = _Body(response)
+        try:
+            with trio.move_on_after(_ERROR_READ_TIMEOUT):
+                while (chunk := await self._read_chunk(body.chunks, body)) is not None:
+                    pieces.append(chunk)
+                    size += len(chunk)
+                    if size > wanted:
+                        break
+                else:
+                    complete = True
+        except (UpstreamError, Retryable):
+            pass  # an excerpt is best effort: the status is the error
+        finally:
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
+                await _close(response, body)
+        return body_excerpt(
+            b"".join(pieces), source._error_body_limit, source._secrets, whole=complete
+        )
+
+    # -- the reads -------------------------------------------------------------------
+
+    async def _next_chunk(self, chunks: AsyncIterator[bytes], deadline: float) -> bytes | None:
+        """The next body chunk (``None`` at the end), within ``deadline``."""
+        body = self._body
+        assert body is not None
+        if deadline == math.inf:
+            # No timeout applies: skip the cancel scope, which costs as much as
+            # parsing the chunk (benchmarks/bench_sources.py).
+            return await self._read_chunk(chunks, body)
+        with trio.CancelScope(deadline=deadline) as scope:
+            return await self._read_chunk(chunks, body)
+        assert scope.cancelled_caught
+        source = self._source
+        timeouts = source._timeouts
+        if deadline >= self._total_deadline:
+            raise source._total_timeout("the upstream stream outlived its total timeout")
+        if not self.seen_event and timeouts.first_event is not None:
+            raise source._retryable(
+                UpstreamFirstEventTimeout(
+                    f"the upstream sent no event within {timeouts.first_event:g}s of the "
+                    f"request; raise timeouts.first_event if it is just slow to start",
+                    timeout=timeouts.first_event,
+                    url=source.url,
+                )
+            )
+        raise source._retryable(
+            UpstreamIdleTimeout(
+                f"the upstream sent no event for {timeouts.idle:g}s; raise timeouts.idle if "
+                f"gaps this long are normal",
+                timeout=timeouts.idle or 0.0,
+                url=source.url,
+            )
+        )
+
+    async def _read_chunk(self, chunks: AsyncIterator[bytes], body: _Body) -> bytes | None:
+        """The next body chunk, ``None`` at the end; httpx's errors mapped."""
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+        except _HTTPX_ERRORS as exc:
+            raise _upstream_error(self._source, exc, _READ_ERRORS, body.encoding) from exc
+
+
+# -- httpx's errors, mapped at this edge -------------------------------------------------
+
+# Everything httpx raises on purpose: HTTPError, and StreamError (StreamClosed,
+# StreamConsumed...), which is a RuntimeError, not an HTTPError.
+_HTTPX_ERRORS = (httpx.HTTPError, httpx.StreamError)
+
+# How each httpx error becomes streammgr's, by where it happened: the first entry
+# whose class matches wins (so the last, _HTTPX_ERRORS, catches anything httpx adds
+# later). The one place httpx's exceptions are translated, as httpx's own
+# _transports/default.py does for httpcore's. Each entry: the httpx class(es), the
+# UpstreamError to raise, whether a reconnection may cure it, the message ({name}: the
+# httpx class, {message}: its text redacted, {encoding}: the Content-Encoding).
+_HttpxErrors = type[Exception] | tuple[type[Exception], ...]
+_ErrorTable = tuple[tuple[_HttpxErrors, type[UpstreamError], bool, str], ...]
+
+_SEND_ERRORS: _ErrorTable = (
+    (
+        (httpx.ConnectTimeout, httpx.PoolTimeout),
+        UpstreamConnectTimeout,
+        True,
+        "could not connect to the upstream: {message}; check the upstream is up, or raise "
+        "the client's connect timeout",
+    ),
+    (
+        httpx.TimeoutException,
+        UpstreamConnectTimeout,
+        True,
+        "the upstream did not answer the request in time ({name}); raise the client's "
+        "timeouts if it is just slow",
+    ),
+    (
+        httpx.TransportError,
+        UpstreamConnectError,
+        True,
+        "could not reach the upstream ({name}: {message}); check the URL and that the "
+        "upstream is up",
+    ),
+    (  # TooManyRedirects, StreamConsumed, and anything httpx adds later
+        _HTTPX_ERRORS,
+        UpstreamProtocolError,
+        False,
+        "the request to the upstream failed ({name}: {message})",
+    ),
+)
+
+_READ_ERRORS: _ErrorTable = (
+    (
+        httpx.TimeoutException,
+        UpstreamIdleTimeout,
+        True,
+        "the upstream stopped sending ({name}); raise the client's read timeout if gaps "
+        "this long are normal",
+    ),
+    (
+        httpx.TransportError,
+        UpstreamConnectError,
+        True,
+        "the upstream connection broke mid-stream ({name}: {message})",
+    ),
+    (
+        httpx.DecodingError,
+        UpstreamProtocolError,
+        False,
+        "the upstream's body does not decode as its Content-Encoding says ({encoding!r}): "
+        "{message}; the upstream or a proxy on the way sent a corrupt or mislabelled body: "
+        "check its Content-Encoding",
+    ),
+    (  # StreamClosed, and anything httpx adds later
+        _HTTPX_ERRORS,
+        UpstreamProtocolError,
+        False,
+        "could not read the upstream's body ({name}: {message})",
+    ),
+)
+
+
+def _upstream_error(
+    source: SSESource, exc: Exception, table: _ErrorTable, encoding: str = ""
+) -> Exception:
+    """The error to raise ``from exc``, as ``table`` says (wrapped to be retried if
+    the entry allows it and the source has a reconnect policy)."""
+    error_class, retryable, message = next(
+        (error_class, retryable, message)
+        for httpx_class, error_class, retryable, message in table
+        if isinstance(exc, httpx_class)
+    )
+    text = message.format(
+        name=type(exc).__name__, message=source._redact(str(exc)), encoding=encoding or "none"
+    )
+    error: UpstreamError
+    if issubclass(error_class, UpstreamTimeout):
+        timeouts = source._timeouts
+        timeout = timeouts.connect if error_class is UpstreamConnectTimeout else timeouts.idle
+        error = error_class(text, timeout=timeout or 0.0, url=source.url)
+    else:
+        error = error_class(text, url=source.url)
+    return source._retryable(error) if retryable else error
+
+
+class _Body:
+    """A response's decoded body chunks, with every generator under them in reach.
+
+    httpx's ``aiter_bytes()`` decodes what ``aiter_raw()`` yields, and both are async
+    generators over the transport's own (stacked several deep: httpx, httpcore).
+    When the decoder fails (a corrupt ``Content-Encoding``), ``aiter_bytes`` ends
+    with the error while ``aiter_raw`` stays suspended inside it, where nobody can
+    reach it, and Trio warns when it garbage-collects it. So this starts
+    ``aiter_raw`` itself and gives it to the response, whose ``aiter_bytes`` calls
+    ``self.aiter_raw()``: :meth:`finish` can then run both to their end. (Should
+    httpx stop calling it, the generator kept here is never started, which Trio
+    does not warn about, and pulling it in :meth:`finish` only raises.)
+
+    Attributes:
+        chunks: the decoded chunks (``response.aiter_bytes()``).
+        encoding: the response's ``Content-Encoding``, ``""`` if none, for errors.
+    """
+
+    __slots__ = ("_raw", "chunks", "encoding")
+
+    def __init__(self, response: httpx.Response) -> None:
+        raw = response.aiter_raw()
+
+        def aiter_raw(chunk_size: int | None = None) -> AsyncIterator[bytes]:
+            return raw
+
+        response.aiter_raw = aiter_raw  # type: ignore[method-assign]
+        self._raw: AsyncGenerator[bytes, None] = cast("AsyncGenerator[bytes, None]", raw)
+        self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+        self.encoding = response.headers.get("content-encoding", "")
+
+    async def finish(self) -> None:
+        """Run both generators to their end, once the response is closed.
+
+        ``aclose()`` on an outer generator leaves the ones it iterates suspended, and
+        Trio warns when it garbage-collects them. Once the response is closed, pulling
+        again makes the innermost one fail (or drain what was already buffered), and
+        that failure runs every layer to its end: nothing is left suspended. Each
+        generator is pulled at most ``_FINISH_PULLS`` times (one that still yields is
+        left, not drained), then closed.
+        """
+        for generator in (self.chunks, self._raw):
+            try:
+                for _ in range(_FINISH_PULLS):
+                    await generator.__anext__()
+            except Exception:
+                pass  # the end we wanted: StopAsyncIteration, StreamClosed, a read error
+            with contextlib.suppress(Exception):
+                await generator.aclose()  # a no-op for a generator that has ended
+
+
+async def _close(response: httpx.Response, body: _Body | None) -> None:
+    """Close a response, then run its body's generators to their end (see :class:`_Body`)."""
+    try:
+        await response.aclose()
+    except Exception as exc:  # closing is best effort; the stream is over either way
+        get_logger().warning("source.close_failed", error=describe_error(exc))
+    if body is not None:
+        await body.finish()
+
+
+def _error_message(body: str) -> str:
+    """The upstream's own message from a JSON error body, else the excerpt itself."""
+    try:
+        parsed = jsonlib.loads(body)
+    except ValueError:
+        return body.strip() or "(empty body)"
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    return body.strip()
