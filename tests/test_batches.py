@@ -206,3 +206,20 @@ async def test_a_plain_iterator_with_anext_batch_is_read_in_batches(
     async with StreamManager() as manager:
         async with manager.open(lambda: BatchIterator(lists())) as stream:
             assert [batch async for batch in stream.batches()] == [[1, 2], [3]]
+
+
+async def test_a_loop_stopped_mid_batch_leaves_the_rest_for_anext_batch() -> None:
+    async def lists() -> AsyncIterator[list[int]]:
+        yield [1, 2, 3]
+        yield [4]
+
+    iterator = BatchIterator(lists())
+    seen = []
+    async for item in iterator:
+        seen.append(item)
+        if item == 2:
+            break
+    assert seen == [1, 2]
+    assert await iterator.anext_batch() == [3]
+    assert [item async for item in iterator] == [4]
+    await iterator.aclose()
