@@ -18,7 +18,7 @@ can tell it from an item that happens to be a list; the reader's
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Generic, ParamSpec, TypeVar
 
 __all__ = ["BatchIterator", "batched"]
@@ -49,20 +49,26 @@ class BatchIterator(Generic[T]):
         batches: the async iterator of lists to wrap. Empty lists are skipped.
     """
 
-    __slots__ = ("_batches", "_index", "_pending")
+    __slots__ = ("_batches", "_index", "_loop", "_pending")
 
     def __init__(self, batches: AsyncIterator[list[T]]) -> None:
         self._batches = batches
         self._pending: list[T] | None = None
         self._index = 0
+        self._loop: AsyncGenerator[T, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[T]:
         # ``async for`` gets an async generator over the same state: resuming one
-        # is C code, where a Python ``__anext__`` costs a coroutine per item (2x
-        # the items/s, measured). Items left when the loop stops stay here.
-        return self._items()
+        # is C code, where a Python ``__anext__`` costs a coroutine per item (1.3x
+        # the items/s, measured). One generator per iterator, closed by aclose().
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = self._items()
+        return loop
 
-    async def _items(self) -> AsyncIterator[T]:
+    async def _items(self) -> AsyncGenerator[T, None]:
+        # State is read from self at every step, so that anext_batch() and
+        # __anext__ calls between two steps of a loop are respected.
         while True:
             batch = self._pending
             if batch is None:
@@ -70,15 +76,14 @@ class BatchIterator(Generic[T]):
                     batch = await self._next_list()
                 except StopAsyncIteration:
                     return
-                start = 0
+                index = 0
             else:
-                start = self._index
-            last = len(batch) - 1
-            for index in range(start, last):
+                index = self._index
+            if index + 1 < len(batch):
                 self._pending, self._index = batch, index + 1
-                yield batch[index]
-            self._pending = None
-            yield batch[last]
+            else:
+                self._pending = None
+            yield batch[index]
 
     async def __anext__(self) -> T:
         pending = self._pending
@@ -116,6 +121,8 @@ class BatchIterator(Generic[T]):
     async def aclose(self) -> None:
         """Close the wrapped iterator (its ``finally`` blocks run now)."""
         self._pending = None
+        if self._loop is not None:
+            await self._loop.aclose()
         aclose = getattr(self._batches, "aclose", None)
         if aclose is not None:
             await aclose()
