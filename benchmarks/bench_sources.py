@@ -17,7 +17,8 @@ and ``data: [DONE]``) in 1-4 KiB chunks, as TCP reads would. No network. Rows:
 F. for information, the floor under row 2: row 1's generator in a nursery task, in its
    own cancel scope, handing each event to the reader over a bare Trio memory channel;
 3. ``SSESource.raw_events`` through a manager (raw mode, for proxies), if
-   ``SSEParser.feed_raw`` exists; 3B. read with ``stream.batches()``;
+   ``SSEParser.feed_raw`` exists; 3B. read with ``stream.batches()``; 3C.
+   ``SSESource.raw_batches`` with ``stream.batches()``: each read's bytes in one piece;
 4. ``OpenAIChat`` through a manager: JSON decoding and typed ``ChatChunk`` items;
    4B. read with ``stream.batches()``;
 5. httpx-sse: ``aconnect_sse(client, "GET", url)`` + ``event_source.aiter_sse()``;
@@ -255,6 +256,19 @@ async def row_managed_raw_batches(env: Env, keep: bool) -> list[object] | int:
     return await read_batches(env, SSESource(env.client, URL).raw_events, keep)
 
 
+async def row_managed_raw_one_piece(env: Env, keep: bool) -> list[object] | int:
+    """raw_batches with batches(): what a proxy forwards in one write per read."""
+    kept: list[object] = []
+    count = 0
+    source = SSESource(env.client, URL)
+    async with env.managed().open(source.raw_batches) as stream:
+        async for batch in stream.batches():
+            count += len(batch)
+            if keep:
+                kept.extend(zip(batch, [batch.raw] + [b""] * (len(batch) - 1), strict=True))  # type: ignore[attr-defined]
+    return kept if keep else count
+
+
 async def row_openai_chat_batches(env: Env, keep: bool) -> list[object] | int:
     return await read_batches(env, chat_source(env), keep)
 
@@ -353,6 +367,7 @@ ROWS = {
         RowSpec("F", "bare Trio channel (floor of 2)", row_bare_channel, "sse"),
         RowSpec("3", "raw_events + manager", row_managed_raw, "raw"),
         RowSpec("3B", "raw_events + manager, batches()", row_managed_raw_batches, "raw"),
+        RowSpec("3C", "raw_batches + manager, batches()", row_managed_raw_one_piece, "raw"),
         RowSpec("4", "OpenAIChat + manager", row_openai_chat, "chat"),
         RowSpec("4B", "OpenAIChat + manager, batches()", row_openai_chat_batches, "chat"),
         RowSpec("5", "httpx-sse aiter_sse", row_httpx_sse, "sse"),
@@ -516,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = dict(ROWS)
     notes: list[str] = []
     if not hasattr(SSEParser, "feed_raw"):
-        del rows["3"], rows["3B"]
+        del rows["3"], rows["3B"], rows["3C"]
         notes.append("row 3 skipped: SSEParser.feed_raw does not exist yet")
     if options.openai_on == "asyncio":
         del rows["6"]
@@ -580,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio("row 2B / row 2 batches() vs item by item", "2B", "2")
     ratio("row 3 / row 2  raw mode vs parsed", "3", "2")
     ratio("row 3B / row 2B raw mode vs parsed, batches()", "3B", "2B")
+    ratio("row 3C / row 2B one piece per read vs parsed", "3C", "2B")
     ratio("row 2 / row 5  streammgr vs httpx-sse", "2", "5")
     ratio("row 2B / row 5 streammgr batches() vs httpx-sse", "2B", "5")
     ratio("row 1 / row 5  SSESource alone vs httpx-sse", "1", "5")

@@ -878,6 +878,29 @@ async def test_raw_events_hand_over_one_batch_per_read(autojump_clock: trio.abc.
     ]
 
 
+async def test_raw_batches_carry_each_reads_bytes_in_one_piece(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    reads = [
+        b"data: a\n\n: ping\n\ndata: b\n\n",
+        b": only a keep-alive\n\n",
+        b"id: 2\n\ndata: c\n\n",
+    ]
+    upstream = Upstream()
+    upstream.responses += [upstream.stream(*reads), upstream.stream(*reads)]
+    async with upstream.client() as client, StreamManager() as manager:
+        async with manager.open(SSESource(client, "http://up/").raw_batches) as stream:
+            batches = [batch async for batch in stream.batches()]
+        assert manager.history()[0].items == 3  # events, not batches
+        # Iterated item by item, the same source yields the events.
+        async with manager.open(SSESource(client, "http://up/").raw_batches) as stream:
+            assert [event.data async for event in stream] == ["a", "b", "c"]
+    assert all(isinstance(batch, streammgr.sse.RawBatch) for batch in batches)
+    assert [[event.data for event in batch] for batch in batches] == [["a", "b"], ["c"]]
+    # One write per read: the bytes of its events, the keep-alive between them dropped.
+    assert [batch.raw for batch in batches] == [b"data: a\n\ndata: b\n\n", b"id: 2\n\ndata: c\n\n"]
+
+
 async def test_reconnect_sends_the_last_id_of_the_last_batch(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -32,7 +32,7 @@ from .._logging import redact
 from .._validate import check_count, check_seconds, check_strings
 from ..sse import ServerSentEvent, SSEParser
 from ._common import header_secrets, redact_url, url_secrets
-from ._http_connection import PARSED, RAW, Connection, Reading, Retryable
+from ._http_connection import PARSED, RAW, RAW_BATCH, Connection, Reading, Retryable
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 
@@ -277,6 +277,17 @@ class SSESource:
         upstream sent for it, unchanged, for a proxy to forward without decoding
         and re-encoding. ``manager.open(source.raw_events)``; a read at a time."""
         return BatchIterator(self._batches(RAW))
+
+    def raw_batches(self) -> BatchIterator[ServerSentEvent]:
+        """Stream events whose batches carry their original bytes in one piece.
+
+        For a proxy that forwards a read in one write: ``manager.open(
+        source.raw_batches)``, then ``async for batch in stream.batches()`` gives
+        each read's events as a :class:`~streammgr.sse.RawBatch` (a list of events)
+        whose ``.raw`` is the bytes the upstream sent for them, unchanged. Iterated
+        item by item it yields the events, as ``source()`` does.
+        """
+        return BatchIterator(self._batches(RAW_BATCH))
 
     async def _batches(self, reading: Reading[T]) -> AsyncGenerator[list[T], None]:
         """Connection attempts, one after another, while the reconnect policy allows;

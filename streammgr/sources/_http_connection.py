@@ -19,7 +19,7 @@ import json as jsonlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 import httpx
 import trio
@@ -37,7 +37,7 @@ from .._errors import (
 )
 from .._logging import describe_error, get_logger
 from .._stream import current_producer
-from ..sse import ServerSentEvent, SSEParser
+from ..sse import RawSSEParser, ServerSentEvent, SSEParser
 from ._common import body_excerpt, excerpt_margin
 from ._common import retry_after as parse_retry_after
 
@@ -73,23 +73,24 @@ class Retryable(Exception):
 
 
 class Reading(NamedTuple, Generic[T]):
-    """How one upstream read becomes a batch, and which event ID a batch leaves."""
+    """How one upstream read becomes a batch: the parser, its feed, and which event
+    ID a batch leaves (for Last-Event-ID on a reconnection)."""
 
-    batch: Callable[[SSEParser, bytes], list[T]]
+    parser: Callable[[int], SSEParser | RawSSEParser]
+    batch: Callable[[Any, bytes], list[T]]
     last_event_id: Callable[[list[T]], str]
 
 
-def _raw_batch(parser: SSEParser, data: bytes) -> list[tuple[ServerSentEvent, bytes]]:
-    """The raw batch of one read: each event it completed, with its original bytes.
-
-    The one place raw mode turns a read into what it hands over, so that another
-    shape of raw batch (the read's bytes in one piece) can replace it here alone.
-    """
-    return parser.feed_raw(data)
-
-
-PARSED: Reading[ServerSentEvent] = Reading(SSEParser.feed, lambda batch: batch[-1].id)
-RAW: Reading[tuple[ServerSentEvent, bytes]] = Reading(_raw_batch, lambda batch: batch[-1][0].id)
+PARSED: Reading[ServerSentEvent] = Reading(SSEParser, SSEParser.feed, lambda batch: batch[-1].id)
+"""``SSESource()``: the events of a read."""
+RAW: Reading[tuple[ServerSentEvent, bytes]] = Reading(
+    RawSSEParser, RawSSEParser.feed_pairs, lambda batch: batch[-1][0].id
+)
+"""``raw_events()``: each event of a read with its own original bytes."""
+RAW_BATCH: Reading[ServerSentEvent] = Reading(
+    RawSSEParser, RawSSEParser.feed, lambda batch: batch[-1].id
+)
+"""``raw_batches()``: the events of a read as a ``RawBatch``, their bytes in one piece."""
 
 
 # -- one connection: the request, its checks, its timeouts, its close --------------------
@@ -132,7 +133,7 @@ class Connection(Generic[T]):
     ) -> None:
         self._source = source
         self._reading = reading
-        self._parser = SSEParser(source._max_event_size)
+        self._parser = reading.parser(source._max_event_size)
         self._total_deadline = total_deadline
         self._deadline = math.inf
         self._delivered = False  # a batch went out: the idle timeout restarts
