@@ -439,7 +439,7 @@ def open_clients(upstream: Upstream) -> tuple[httpx.AsyncClient, openai.AsyncOpe
 
 
 async def measure(
-    rows: list[RowSpec], upstream: Upstream, repeats: int, buffer_size: int = 0
+    rows: list[RowSpec], upstream: Upstream, repeats: int, buffer_size: int | None = None
 ) -> tuple[dict[str, Result], dict[str, str]]:
     """Check every row, then time the rows that passed, taking turns.
 
@@ -451,8 +451,12 @@ async def measure(
     async with (
         client,
         sdk,
-        streammgr.StreamManager(
-            max_streams=100, max_streams_per_key=10, buffer_size=buffer_size
+        (
+            streammgr.StreamManager(max_streams=100, max_streams_per_key=10)
+            if buffer_size is None
+            else streammgr.StreamManager(
+                max_streams=100, max_streams_per_key=10, buffer_size=buffer_size
+            )
         ) as manager,
         trio.open_nursery() as nursery,
     ):
@@ -508,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--buffer-size",
         type=int,
-        default=0,
-        help="the manager's buffer_size (default 0: each item handed over directly)",
+        default=None,
+        help="the manager's buffer_size (default: the manager's own default, 16)",
     )
     parser.add_argument("--events", type=int, default=5000, help="chunk events in the stream")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row")
