@@ -895,10 +895,14 @@ async def test_raw_batches_carry_each_reads_bytes_in_one_piece(
         # Iterated item by item, the same source yields the events.
         async with manager.open(SSESource(client, "http://up/").raw_batches) as stream:
             assert [event.data async for event in stream] == ["a", "b", "c"]
-    assert all(isinstance(batch, streammgr.sse.RawBatch) for batch in batches)
+    raw_batches = [batch for batch in batches if isinstance(batch, streammgr.sse.RawBatch)]
+    assert raw_batches == batches
     assert [[event.data for event in batch] for batch in batches] == [["a", "b"], ["c"]]
     # One write per read: the bytes of its events, the keep-alive between them dropped.
-    assert [batch.raw for batch in batches] == [b"data: a\n\ndata: b\n\n", b"id: 2\n\ndata: c\n\n"]
+    assert [batch.raw for batch in raw_batches] == [
+        b"data: a\n\ndata: b\n\n",
+        b"id: 2\n\ndata: c\n\n",
+    ]
 
 
 async def test_reconnect_sends_the_last_id_of_the_last_batch(
