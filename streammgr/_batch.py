@@ -21,6 +21,9 @@ import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar
 
+import trio
+import trio.lowlevel
+
 __all__ = ["BatchIterator", "batched"]
 
 T = TypeVar("T")
@@ -115,6 +118,9 @@ class BatchIterator(Generic[T]):
             batch = await next_batch()
             if batch:
                 return batch
+            # A read that completed nothing: let other tasks run, even if the wrapped
+            # iterator reached no checkpoint of its own (an in-memory upstream).
+            await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         """Close the wrapped iterator (its ``finally`` blocks run now)."""

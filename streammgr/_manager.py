@@ -19,6 +19,7 @@ from typing import Any, Concatenate, TypeVar, cast, overload
 
 import trio
 
+from ._lifecycle import CANCEL_REASONS
 from ._limits import FairLimiter, Limiter, LimiterSnapshot
 from ._logging import get_logger
 from ._registry import (
@@ -405,11 +406,18 @@ class StreamManager:
                 given: the detail is ``None`` and the reader's error names only the
                 close reason. Never put secrets here.
             close_reason: the :class:`CloseReason` to record (the gateway uses
-                ``CLIENT_DISCONNECTED``).
+                ``CLIENT_DISCONNECTED``): one that ends a stream from outside
+                (``cancelled``, ``client_disconnected``, ``shutdown``, ``reader_exit``
+                or a timeout's); the reader gets :class:`StreamCancelled`.
+
+        Raises:
+            ValueError: ``close_reason`` records how a stream ends by itself
+                (``completed``, ``producer_error``, an upstream's...).
 
         Returns:
             ``True`` if the stream was found and not already ending.
         """
+        _check_cancel_reason(close_reason)
         record = self._registry.active.get(stream_id)
         if record is None:
             return False
@@ -423,6 +431,7 @@ class StreamManager:
         close_reason: CloseReason = CloseReason.CANCELLED,
     ) -> int:
         """End every stream of ``key`` (see :meth:`cancel`); returns how many."""
+        _check_cancel_reason(close_reason)
         records = list(self._registry.by_key.get(key, {}).values())
         return sum(self._runner.cancel(record, close_reason, reason) for record in records)
 
@@ -472,6 +481,16 @@ class StreamManager:
     def limiter(self) -> Limiter:
         """The admission limiter in use."""
         return self._limiter
+
+
+def _check_cancel_reason(close_reason: CloseReason) -> None:
+    """Only reasons that end a stream from outside may be given to ``cancel``."""
+    if close_reason not in CANCEL_REASONS:
+        allowed = ", ".join(sorted(str(reason) for reason in CANCEL_REASONS))
+        raise ValueError(
+            f"close_reason must be a reason that ends a stream from outside ({allowed}), "
+            f"got {close_reason!s}: the others record how a stream ended by itself"
+        )
 
 
 def _raise_from_nursery(

@@ -386,8 +386,10 @@ class StreamRunner:
         finally:
             if scope.cancelled_caught:
                 event = Event.PRODUCER_CANCELLED
-            # The end of the stream is "produced" now: the reader's turn starts here.
-            record.produced_at = trio.current_time()
+            if record.produced == record.items:
+                # The end of the stream is "produced" now: the reader's turn starts
+                # here (if items still wait, it started when the oldest was produced).
+                record.produced_at = trio.current_time()
             send_channel.close()
             self.running_producers -= 1
             reason = (
@@ -425,7 +427,8 @@ class StreamRunner:
                 f"pass an async generator function or a callable returning an async iterator"
             )
         next_batch = getattr(iterator, "anext_batch", None)
-        # Only the activity timeouts need to know when the producer last produced.
+        # Only the activity timeouts need to know when the reader's turn began: when
+        # the oldest item it has not taken was handed over.
         stamp = record.reader_timeout is not None or record.idle_timeout is not None
         clock = trio.current_time
         send, send_nowait, would_block = channel.send, channel.send_nowait, trio.WouldBlock
@@ -436,17 +439,21 @@ class StreamRunner:
                         item = await next_item()
                     except StopAsyncIteration:
                         return
-                    record.produced += 1
+                    produced = record.produced
+                    record.produced = produced + 1
                 else:
                     try:
                         items = await next_batch()
                     except StopAsyncIteration:
                         return
                     if not items:
+                        await trio.lowlevel.checkpoint()  # see BatchIterator._next_list
                         continue
-                    record.produced += len(items)
+                    produced = record.produced
+                    record.produced = produced + len(items)
                     item = _Batch(items)
-                if stamp:
+                if stamp and produced == record.items:
+                    # The reader's turn starts now: the oldest item it has not taken.
                     record.produced_at = clock()
                 try:
                     send_nowait(item)

@@ -124,7 +124,7 @@ class StreamSender(Generic[T]):
     def __init__(self, record: StreamRecord, channel: trio.MemorySendChannel[Any]) -> None:
         self._record = record
         self._channel = channel
-        # Only the activity timeouts need to know when the producer last produced.
+        # Only the activity timeouts need to know when the reader's turn began.
         self._stamp = record.reader_timeout is not None or record.idle_timeout is not None
 
     @property
@@ -150,9 +150,11 @@ class StreamSender(Generic[T]):
 
     async def _hand_over(self, payload: object, count: int) -> None:
         record = self._record
-        record.produced += count
-        if self._stamp:
+        produced_at = record.produced_at
+        if self._stamp and record.produced == record.items:
+            # The reader's turn starts now: this is the oldest item it has not taken.
             record.produced_at = trio.current_time()
+        record.produced += count
         try:
             self._channel.send_nowait(payload)  # room in the buffer, or a reader waiting
         except trio.WouldBlock:
@@ -163,8 +165,10 @@ class StreamSender(Generic[T]):
             await self._channel.send(payload)  # outside the except: no exception kept alive
         except BaseException:
             # Not delivered (e.g. the producer gave up with move_on_after): it must not
-            # count as items the reader owes, or the reader gets blamed for them.
+            # count as items the reader owes, nor as activity that would keep a stalled
+            # reader's timeout from running.
             record.produced -= count
+            record.produced_at = produced_at
             raise
 
     def __repr__(self) -> str:
@@ -296,8 +300,12 @@ class ManagedStream(Generic[T]):
 
     async def __anext__(self) -> T:
         record = self._record
-        if record.close_reason in CANCEL_REASONS:
-            raise self._owner.cancelled_error(record)
+        if record.close_reason is not None and (
+            record.state is State.CLOSED or record.close_reason in CANCEL_REASONS
+        ):
+            # Ended from outside, or closed (a failed stream closed by the shutdown):
+            # what is buffered is dropped, so the reader and the record agree.
+            self._end(record)
         batch = self._batch
         if batch is not None:
             # The rest of a batch handed over earlier: no channel, no scheduler.
@@ -336,8 +344,10 @@ class ManagedStream(Generic[T]):
 
     async def _next_batch(self) -> list[T]:
         record = self._record
-        if record.close_reason in CANCEL_REASONS:
-            raise self._owner.cancelled_error(record)
+        if record.close_reason is not None and (
+            record.state is State.CLOSED or record.close_reason in CANCEL_REASONS
+        ):
+            self._end(record)  # as in __anext__
         batch = self._batch
         if batch is not None:
             self._batch = None

@@ -38,7 +38,9 @@ def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | N
     expired. Whose turn it is decides which activity timeout runs: while an item
     (or the end of the stream) waits for the reader, ``reader_timeout``;
     otherwise the producer owes the next item, ``idle_timeout``. Both count from
-    the latest activity of either side. A turn can only change at ``now`` or
+    the latest activity of either side: the reader's last take, or ``produced_at``,
+    which the producer sets only when the reader's turn begins (the oldest item the
+    reader has not taken was handed over) and at admission. A turn can only change at ``now`` or
     later, so the other turn's timeout cannot expire before ``now + timeout``.
     """
     check = math.inf

@@ -223,3 +223,108 @@ async def test_a_loop_stopped_mid_batch_leaves_the_rest_for_anext_batch() -> Non
     assert await iterator.anext_batch() == [3]
     assert [item async for item in iterator] == [4]
     await iterator.aclose()
+
+
+# -- found by a hostile review of batches ----------------------------------------------
+
+
+async def test_shutdown_of_a_failed_stream_keeps_record_and_reader_in_agreement(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A producer failed after handing over a batch; the manager shuts down before
+    the reader has taken it. The record closes (FAILED + shutdown) with the items
+    counted so far, yet the reader still takes the whole buffered batch."""
+
+    async def producer(send: StreamSender[bytes]) -> None:
+        await send.send_batch([b"a", b"bb", b"ccc"])
+        raise ValueError("upstream broke")
+
+    got: list[bytes] = []
+    async with StreamManager() as manager:
+        async with manager.open(producer) as stream:
+            await trio.testing.wait_all_tasks_blocked()  # the producer has failed
+            await manager.aclose(grace=0)  # e.g. the service is stopping
+            with pytest.raises((ValueError, streammgr.StreamCancelled)):
+                async for item in stream:
+                    got.append(item)
+        (info,) = manager.history()
+        assert (info.items, info.bytes) == (len(got), sum(map(len, got)))
+
+
+async def test_a_producer_retrying_a_blocked_send_does_not_hide_a_stalled_reader(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A 'drop when the reader is slow' push producer: each tick it tries to hand a
+    batch over for 1 s and gives up. The reader stopped reading at once, its buffer
+    full of batches produced long ago, yet every abandoned attempt re-stamps the
+    producer's activity, so reader_timeout (10 s) never fires."""
+
+    async def ticker(send: StreamSender[int]) -> None:
+        tick = 0
+        while True:
+            with trio.move_on_after(1):
+                await send.send_batch([tick, tick + 1])
+            tick += 2
+
+    async with StreamManager(reader_timeout=10, buffer_size=1) as manager:
+        async with manager.open(ticker) as stream:
+            await trio.sleep(100)  # the reader never pulls
+            assert stream.info().close_reason is CloseReason.READER_TIMEOUT
+
+
+async def test_empty_reads_do_not_starve_the_other_tasks(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A batch producer whose reads complete nothing (keep-alives, a part of an event)
+    and that does not itself reach a checkpoint: ``_next_list`` / ``_pump`` skip the
+    empty lists in a loop with no checkpoint of their own, so the producer's task runs
+    on without ever letting another task run: no timeout, cancel or reader can act.
+    (Bounded here at 10,000 empty reads; unbounded, it hangs the whole Trio run.)"""
+    other_ran = trio.Event()
+    spins = 0
+
+    @batched
+    async def keepalives() -> AsyncGenerator[list[int], None]:
+        nonlocal spins
+        while not other_ran.is_set() and spins < 10_000:
+            spins += 1
+            yield []  # a read that completed no event
+        yield [spins]
+
+    async def other() -> None:
+        other_ran.set()
+
+    async with StreamManager() as manager, trio.open_nursery() as nursery:
+        async with manager.open(keepalives) as stream:
+            nursery.start_soon(other)
+            await stream.__anext__()
+        assert spins < 10_000
+
+
+@pytest.mark.parametrize(
+    "close_reason",
+    [CloseReason.COMPLETED, CloseReason.UPSTREAM_IDLE_TIMEOUT, CloseReason.PRODUCER_ERROR],
+)
+async def test_cancel_refuses_a_reason_a_stream_only_ends_with_by_itself(
+    autojump_clock: trio.abc.Clock, close_reason: CloseReason
+) -> None:
+    """``cancel(id, close_reason=COMPLETED)`` used to close the record while its reader
+    went on taking the buffered batch (and ended cleanly, as if the producer had
+    finished): such reasons are refused, and nothing is disturbed."""
+
+    async def producer(send: StreamSender[bytes]) -> None:
+        await send.send_batch([b"a", b"bb"])
+        await trio.sleep_forever()
+
+    async with StreamManager() as manager, manager.open(producer) as stream:
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ValueError, match=rf"close_reason must be .* got {close_reason}"):
+            manager.cancel(stream.id, close_reason=close_reason)
+        with pytest.raises(ValueError, match="close_reason must be"):
+            manager.cancel_key(stream.key, close_reason=close_reason)
+        assert [await stream.__anext__(), await stream.__anext__()] == [b"a", b"bb"]
+        assert manager.cancel(stream.id, close_reason=CloseReason.CLIENT_DISCONNECTED)
+        with pytest.raises(streammgr.StreamCancelled):
+            await stream.__anext__()
+    (info,) = manager.history()
+    assert (info.close_reason, info.items) == (CloseReason.CLIENT_DISCONNECTED, 2)
