@@ -192,30 +192,41 @@ async def _request_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
 
 
+class _Progress:
+    """How far a response got: every byte handed over, or the client gone first."""
+
+    __slots__ = ("client_left", "sent_all")
+
+    def __init__(self) -> None:
+        self.sent_all = False
+        self.client_left = False
+
+
 async def _serve(response: SimulatedResponse, receive: Receive, send: Send) -> Ending:
     """Carry out ``response`` over ASGI while watching for the client to leave."""
-    client_left = False
+    progress = _Progress()
     async with trio.open_nursery() as nursery:
 
         async def watch_disconnect() -> None:
-            nonlocal client_left
             while (await receive()).get("type") != "http.disconnect":
                 pass
-            client_left = True
+            # Servers also say http.disconnect once a response is over (hypercorn does,
+            # even while the last message is being sent): only before that is it a leave.
+            progress.client_left = not progress.sent_all
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch_disconnect)
         try:
-            await _send_response(response, send)
+            await _send_response(response, send, progress)
         except _CLIENT_GONE:
-            client_left = True
+            progress.client_left = not progress.sent_all
         nursery.cancel_scope.cancel()
-    if client_left:
+    if progress.client_left:
         return Ending.CLIENT_LEFT
     return Ending.COMPLETED if response.fault is None else Ending.FAULT
 
 
-async def _send_response(response: SimulatedResponse, send: Send) -> None:
+async def _send_response(response: SimulatedResponse, send: Send, progress: _Progress) -> None:
     """The steps as ASGI messages; a planned drop returns before the body's end."""
     if response.head_delay is None:
         await trio.sleep_forever()
@@ -229,5 +240,6 @@ async def _send_response(response: SimulatedResponse, send: Send) -> None:
             await trio.sleep_forever()
         else:
             await trio.sleep(step.seconds)
+    progress.sent_all = True  # the last byte is handed over (the end message has none)
     if not response.drops:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
