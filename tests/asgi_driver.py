@@ -27,6 +27,8 @@ class ASGIExchange:
         body: the request body, sent in one ``http.request`` message unless
             ``parts`` gives the pieces.
         parts: the body in several messages (``body`` is then ignored).
+        body_ends: the last part says ``more_body: False``; if not, the body's end
+            never comes.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class ASGIExchange:
         body: bytes = b"",
         *,
         parts: list[bytes] | None = None,
+        body_ends: bool = True,
     ) -> None:
         self.app = app
         self.scope: Message = {
@@ -52,12 +55,14 @@ class ASGIExchange:
         self._to_app, self._app_inbox = trio.open_memory_channel[Message](math.inf)
         pieces = parts if parts is not None else [body]
         for index, piece in enumerate(pieces):
-            more = index < len(pieces) - 1
+            more = index < len(pieces) - 1 or not body_ends
             self._to_app.send_nowait({"type": "http.request", "body": piece, "more_body": more})
         self.messages: list[Message] = []
         self.returned = trio.Event()
         self.error: BaseException | None = None
         self.fail_sends = False
+        # As hypercorn does: http.disconnect as soon as the last body message is sent.
+        self.disconnect_when_done = False
         self._changed = trio.Event()
 
     async def run(self) -> None:
@@ -72,6 +77,9 @@ class ASGIExchange:
         if self.fail_sends:
             raise OSError("the client went away (simulated by the test)")
         self.messages.append(message)
+        last = message["type"] == "http.response.body" and not message.get("more_body", False)
+        if last and self.disconnect_when_done:
+            self.disconnect()
         self._changed.set()
         self._changed = trio.Event()
 
