@@ -2,19 +2,18 @@
 
 ``python -m streammgr demo`` opens a burst of chat-completion streams from several
 tenants with :class:`~streammgr.sources.OpenAIChat`, against an in-process
-simulated OpenAI-compatible upstream (an httpx transport: no network, no API key).
-Some readers leave early, one upstream hangs, an operator cancels a tenant. It
-prints the registry while it runs and the totals at the end, and checks that the
-limits were never exceeded.
+simulated OpenAI-compatible upstream (:mod:`streammgr.simulate`'s httpx transport:
+no network, no API key). Some readers leave early, one upstream hangs (a
+``stall_mid_stream`` fault), an operator cancels a tenant. It prints the registry
+while it runs and the totals at the end, and checks that the limits were never
+exceeded and that no upstream connection was left open.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import structlog
@@ -22,64 +21,8 @@ import trio
 
 from ._errors import StreamCancelled, StreamLimitExceeded
 from ._manager import StreamManager
+from .simulate import SimulatedTransport, SimulatedUpstream
 from .sources import OpenAIChat, collect_chat
-
-WORDS = ["streams", "close", "deterministically", "when", "their", "readers", "leave", "early"]
-
-
-class _SimulatedBody(httpx.AsyncByteStream):
-    """One streaming response body: OpenAI-style chunks, paced like a real model."""
-
-    def __init__(self, upstream: SimulatedUpstream, tokens: int, hang: bool) -> None:
-        self.upstream = upstream
-        self.tokens = tokens
-        self.hang = hang
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        rng = self.upstream.random
-        await trio.sleep(rng.uniform(0.05, 0.2))  # time to first token
-        for index in range(self.tokens):
-            if self.closed:
-                raise httpx.StreamClosed()  # like a real connection read after its close
-            if self.hang and index == 3:
-                await trio.sleep_forever()  # the upstream stops sending: a hung provider
-            await trio.sleep(rng.uniform(0.01, 0.08))
-            delta = {"content": (" " if index else "") + WORDS[index % len(WORDS)]}
-            chunk = {"id": "sim", "model": "sim-1", "choices": [{"index": 0, "delta": delta}]}
-            yield f"data: {json.dumps(chunk)}\n\n".encode()
-        yield b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
-        yield b"data: [DONE]\n\n"
-
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.upstream.open_connections -= 1
-            self.upstream.closed_connections += 1
-
-
-class SimulatedUpstream:
-    """An in-process stand-in for an OpenAI-compatible provider (an httpx transport).
-
-    It streams chat completions over Server-Sent Events and counts its open
-    connections, so the demo can show that none is ever left open.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.random = random.Random(seed)
-        self.open_connections = 0
-        self.max_open_connections = 0
-        self.closed_connections = 0
-
-    async def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one ``POST /chat/completions`` with a stream."""
-        body = json.loads(request.content)
-        self.open_connections += 1
-        self.max_open_connections = max(self.max_open_connections, self.open_connections)
-        stream = _SimulatedBody(
-            self, body["max_tokens"], request.headers.get("x-simulate") == "hang"
-        )
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
 
 
 def render(manager: StreamManager, start: float) -> str:
@@ -108,7 +51,10 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     rng = random.Random(seed)
-    upstream = SimulatedUpstream(seed)
+    # Paced like a real model: 0.085-0.155 s to the first token, 0.01-0.08 s between tokens.
+    upstream = SimulatedUpstream(
+        seed=seed, first_token_latency=0.12, token_latency=0.045, jitter=0.035
+    )
     answers: list[str] = []
     outcomes: Counter[str] = Counter()
     max_streams, max_per_key = 10, 4
@@ -117,7 +63,7 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
         f"max_streams_per_key={max_per_key}, max_waiting=20, acquire_timeout=2s, idle_timeout=1s"
     )
     async with (
-        httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle)) as http,
+        httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http,
         StreamManager(
             max_streams=max_streams,
             max_streams_per_key=max_per_key,
@@ -133,14 +79,16 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
             hang = index == 1  # this upstream stops sending: idle_timeout cuts it
             leaves_early = not hang and rng.random() < 0.2
             await trio.sleep(0 if index < 12 else rng.uniform(0, 1.5))
+            behaviour: dict[str, object] = {"tokens": rng.randint(5, 30)}
+            if hang:  # three tokens, then nothing: a hung provider
+                behaviour |= {"fault": "stall_mid_stream", "fault_after": 3}
             chat = OpenAIChat(
                 http,
                 base_url="http://simulated-llm.local/v1",
                 api_key="sk-demo-not-a-real-key",
                 model="sim-1",
                 messages=[{"role": "user", "content": f"prompt {index}"}],
-                max_tokens=rng.randint(5, 30),
-                headers={"x-simulate": "hang"} if hang else None,
+                streammgr_simulate=behaviour,  # the simulator's extra body field
             )
             try:
                 async with manager.open(chat, key=tenant, labels={"model": "sim-1"}) as stream:
@@ -184,14 +132,15 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
     if answers:
         print(f"a complete answer (OpenAIChat + collect_chat): {answers[0]!r}")
     print("registry closed by reason:", {k: v for k, v in stats.closed_by_reason.items() if v})
+    connections = upstream.stats()
     print(
-        f"upstream connections: most open at once {upstream.max_open_connections} "
-        f"(limit {max_streams}), still open {upstream.open_connections}, "
-        f"closed {upstream.closed_connections}"
+        f"upstream connections: most open at once {connections.max_open} "
+        f"(limit {max_streams}), still open {connections.open}, "
+        f"closed {connections.closed}"
     )
     checks = {
-        "limit never exceeded": upstream.max_open_connections <= max_streams,
-        "no upstream connection left open": upstream.open_connections == 0,
+        "limit never exceeded": connections.max_open <= max_streams,
+        "no upstream connection left open": connections.open == 0,
         "registry empty": not manager.streams(),
         "every stream accounted for": stats.closed_total == streams,
     }

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 import streammgr
+import streammgr.simulate
 import streammgr.sources
 import streammgr.sse
 
 
-@pytest.mark.parametrize("module", [streammgr, streammgr.sse, streammgr.sources])
+@pytest.mark.parametrize(
+    "module", [streammgr, streammgr.sse, streammgr.sources, streammgr.simulate]
+)
 def test_every_public_name_is_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
     assert names, "empty __all__"
