@@ -2,8 +2,9 @@
 chat completions, WebSocket feeds.
 
 Each source is a small object whose instances are producers:
-``manager.open(SSESource(client, url))``. This package is the only place that
-imports httpx (and, for :class:`WebSocketSource`, the optional trio-websocket).
+``manager.open(SSESource(client, url))``. This package is the only producer-side
+place that imports httpx (``streammgr.simulate`` serves one too, as a transport),
+and the only one that imports the optional trio-websocket.
 
 The rooms:
 
