@@ -210,8 +210,12 @@ async def serve(
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
             finally:
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await listener.aclose()
                 # Graceful: keep-alive connections close, in-flight requests get
-                # graceful_timeout seconds, then the rest are cancelled.
+                # graceful_timeout seconds, then the rest are cancelled. (set() is
+                # async but does not checkpoint.)
                 await context.terminated.set()
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
