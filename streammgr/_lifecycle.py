@@ -251,6 +251,7 @@ CANCEL_REASONS = frozenset(
         CloseReason.DEADLINE,
         CloseReason.SHUTDOWN,
         CloseReason.CLIENT_DISCONNECTED,
+        CloseReason.CLIENT_STALLED,
         CloseReason.READER_EXIT,
     }
 )

@@ -407,8 +407,8 @@ class StreamManager:
                 close reason. Never put secrets here.
             close_reason: the :class:`CloseReason` to record (the gateway uses
                 ``CLIENT_DISCONNECTED``): one that ends a stream from outside
-                (``cancelled``, ``client_disconnected``, ``shutdown``, ``reader_exit``
-                or a timeout's); the reader gets :class:`StreamCancelled`.
+                (``cancelled``, ``client_disconnected``, ``client_stalled``, ``shutdown``,
+                ``reader_exit`` or a timeout's); the reader gets :class:`StreamCancelled`.
 
         Raises:
             ValueError: ``close_reason`` records how a stream ends by itself

@@ -55,6 +55,9 @@ class CloseReason(enum.StrEnum):
     """Never admitted: the admission limiter itself failed (``LimiterError``)."""
     CLIENT_DISCONNECTED = "client_disconnected"
     """The HTTP client of a gateway went away."""
+    CLIENT_STALLED = "client_stalled"
+    """The HTTP client stopped reading but kept its connection open: one write to it
+    waited longer than the response's ``stall_timeout`` (``streammgr.server``)."""
     UPSTREAM_ERROR = "upstream_error"
     """The upstream failed: an error status, a refused connection, a protocol
     violation or an error object in the stream (``UpstreamError``)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from streammgr import CloseReason, Phase
+from streammgr import CloseReason, Phase, StreamCancelled, StreamManager
 from streammgr._lifecycle import (
+    CANCEL_REASONS,
     IGNORED,
     PHASE_OF,
     TRANSITIONS,
@@ -135,3 +137,25 @@ def test_the_diagram_in_the_docs_is_made_from_the_table() -> None:
         "docs/concepts.md's lifecycle diagram is stale: paste "
         "python -c 'from streammgr._lifecycle import mermaid_diagram; print(mermaid_diagram())'"
     )
+
+
+async def test_a_stalled_client_ends_a_stream_from_outside() -> None:
+    # streammgr.server records a client that stopped reading with its own reason:
+    # manager.cancel accepts it, and the reader's next pull raises StreamCancelled.
+    assert CloseReason.CLIENT_STALLED in CANCEL_REASONS
+
+    async def ticks() -> AsyncIterator[int]:
+        while True:
+            yield 1
+
+    async with StreamManager() as manager:
+        with pytest.raises(StreamCancelled) as caught:
+            async with manager.open(ticks) as stream:
+                async for _ in stream:
+                    assert manager.cancel(
+                        stream.id, reason="stalled", close_reason=CloseReason.CLIENT_STALLED
+                    )
+    assert caught.value.close_reason is CloseReason.CLIENT_STALLED
+    info = manager.get(stream.id)
+    assert info is not None
+    assert info.close_reason is CloseReason.CLIENT_STALLED

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 import streammgr
+import streammgr.server
 import streammgr.simulate
 import streammgr.sources
 import streammgr.sse
 
 
 @pytest.mark.parametrize(
-    "module", [streammgr, streammgr.sse, streammgr.sources, streammgr.simulate]
+    "module", [streammgr, streammgr.sse, streammgr.sources, streammgr.simulate, streammgr.server]
 )
 def test_every_public_name_is_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
@@ -144,3 +145,27 @@ def test_sse_imports_nothing_but_the_standard_library(path: Path) -> None:
                 parent_level = 2 if in_package else 1
                 assert node.level == parent_level, where
                 assert module in STDLIB_ONLY, where
+
+
+PACKAGE = Path(streammgr.__file__).parent
+SERVER_LIBRARIES = {"starlette", "hypercorn", "anyio"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(PACKAGE))
+)
+def test_only_the_server_room_imports_the_asgi_toolkit(path: Path) -> None:
+    # The extra is optional: `import streammgr` must work without it.
+    in_server = path.parent.name == "server"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.ImportFrom) and not in_server and node.module:
+            names = [f"streammgr.{node.module}"] if node.module.startswith("server") else []
+        for name in names:
+            top = name.partition(".")[0]
+            assert in_server or top not in SERVER_LIBRARIES, f"{path.name} imports {name}"
+            assert in_server or not name.startswith("streammgr.server"), path.name

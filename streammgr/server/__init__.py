@@ -1,0 +1,28 @@
+"""The server side: a streaming response for a service's own endpoints, the
+manager's lifespan, and serving with hypercorn's trio worker (extra ``server``).
+
+Only this package imports Starlette and hypercorn; ``import streammgr`` does not
+import it. The guide: docs/server.md.
+"""
+
+from ._answers import ErrorAnswer as ErrorAnswer
+from ._answers import encode_batch as encode_batch
+from ._answers import error_answer as error_answer
+from ._hypercorn import TESTED_HYPERCORN_VERSIONS as TESTED_HYPERCORN_VERSIONS
+from ._hypercorn import Connection as Connection
+from ._hypercorn import current_connection as current_connection
+from ._hypercorn import serve as serve
+from ._lifespan import manager_lifespan as manager_lifespan
+from ._response import EventStreamResponse as EventStreamResponse
+
+__all__ = [
+    "TESTED_HYPERCORN_VERSIONS",
+    "Connection",
+    "ErrorAnswer",
+    "EventStreamResponse",
+    "current_connection",
+    "encode_batch",
+    "error_answer",
+    "manager_lifespan",
+    "serve",
+]

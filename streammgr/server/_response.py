@@ -1,0 +1,384 @@
+"""The streaming response a backend service returns from its own endpoints.
+
+:class:`EventStreamResponse` opens a stream through a :class:`StreamManager` and
+answers ``text/event-stream``, one body write per batch. Three tasks serve one
+request, so that no phase can hide a client that went away:
+
+- the **response's task** opens the stream, writes (headers, batches, keep-alives,
+  the end) and is the only one that writes once the stream is admitted;
+- a **client watcher** receives ASGI messages and, at ``http.disconnect``, cancels
+  the stream (``client_disconnected``) and the response. It does not rely on the
+  server's ASGI spec version (Starlette's ``StreamingResponse`` listens for
+  ``http.disconnect`` only when the server reports spec < 2.4, and otherwise waits
+  for ``send()`` to fail, which hypercorn's trio worker never does);
+- a **write guard** (with ``stall_timeout``) watches the write in flight: one that
+  waited ``stall_timeout`` means the client stopped reading. It cancels the stream
+  (``client_stalled``): the producer runs in the manager's nursery, so it is
+  cancelled and its slot released even while the response's task is parked in a
+  ``send()`` that hypercorn shields from cancellation. Then it closes the
+  connection, if :func:`~streammgr.server.serve` serves it, which wakes that send.
+
+While the stream waits for a slot, a helper task writes instead (headers after
+``answer_within``, then keep-alives); the response's task takes over once it is
+admitted or refused, after the helper has finished its write.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from .._errors import StreamCancelled
+from .._logging import get_logger
+from .._manager import StreamManager
+from .._states import CloseReason
+from .._stream import ManagedStream
+from .._validate import UNSET, check_seconds
+from ._answers import KEEP_ALIVE, BatchEncoder, encode_batch, error_answer, without_resume_fields
+from ._hypercorn import Connection, current_connection
+
+__all__ = ["EventStreamResponse"]
+
+_CLIENT_GONE = (CloseReason.CLIENT_DISCONNECTED, CloseReason.CLIENT_STALLED)
+
+
+class EventStreamResponse(Response):
+    """A Server-Sent Events response that runs its producer through a manager.
+
+    Return it from a Starlette or FastAPI endpoint, or call it as an ASGI app. It
+    opens ``manager.open(producer, *args, ...)`` (limits, registry, timeouts), and
+    answers ``text/event-stream`` with one ``http.response.body`` message per batch
+    (``stream.batches()``). Keep-alive comments go out every ``keep_alive`` seconds
+    without a write, from the moment the headers are out: also while the stream
+    waits for a slot and before its first item.
+
+    **Admission and headers.** The status is decided within ``answer_within``
+    seconds: refused in that time (``StreamLimitExceeded``), the answer is 429 with
+    ``Retry-After`` and a JSON error body, before any byte of a stream; a stream that
+    fails in that time gets its status too (502 for an upstream error, 429 for an
+    upstream's 429...). Otherwise the headers go out (with the first batch, or with a
+    keep-alive comment at ``answer_within``), and a later refusal or failure ends
+    the body with an in-band ``data: {"error": {...}}`` event: never a silent end.
+    So that every refusal is a 429, give the stream an ``acquire_timeout`` no longer
+    than ``answer_within`` (or ``max_waiting=0``).
+
+    **The client going away**, in any phase (waiting for a slot, before the first
+    item, mid-stream): the stream is cancelled with ``client_disconnected`` and the
+    registry records what had been delivered. A client that stops reading with its
+    socket open: see ``stall_timeout``. Every answer carries ``x-stream-id``.
+
+    Args:
+        manager: the running manager the stream is opened in.
+        producer: the producer, as ``manager.open`` takes it.
+        *args: its positional arguments.
+        key: the admission key.
+        labels: registry labels.
+        acquire_timeout: as ``manager.open`` (left out: the manager's default).
+        reader_timeout: as ``manager.open``: it ends the stream (and frees its slot)
+            also while the response is parked in a write.
+        idle_timeout: as ``manager.open``.
+        deadline: as ``manager.open``.
+        buffer_size: as ``manager.open``.
+        item_size: as ``manager.open``.
+        encode: turns a batch (a list of items) into the bytes of one write; default
+            :func:`encode_batch`-like: ``RawBatch.raw``, or each
+            :class:`~streammgr.sse.ServerSentEvent` / ``str`` / ``bytes`` item encoded.
+        resumable: ``False`` never sends ``id:`` or ``retry:`` fields (OpenAI routes:
+            once the openai SDK has seen an ``id:``, a comment-only keep-alive makes
+            it fail).
+        keep_alive: seconds without a write before a keep-alive comment (default 15:
+            load balancers cut connections idle for 60 s); ``None``: none.
+        answer_within: the most seconds before the headers go out (default 1); ``0``
+            sends them at once.
+        stall_timeout: the most seconds one write may wait for the client to read
+            (default 30): then the stream ends as ``client_stalled``, its producer and
+            slot are released, and the connection is closed when
+            :func:`~streammgr.server.serve` serves it; ``None``: no such bound.
+        status_code: the status of a streaming answer.
+        headers: extra headers of a streaming answer.
+
+    Raises:
+        TypeError / ValueError: a bad argument, named in the message (also those
+            ``manager.open`` checks).
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        producer: Callable[..., Any],
+        /,
+        *args: object,
+        key: str = "default",
+        labels: Mapping[str, str] | None = None,
+        acquire_timeout: float | None = UNSET,
+        reader_timeout: float | None = UNSET,
+        idle_timeout: float | None = UNSET,
+        deadline: float | None = UNSET,
+        buffer_size: int = UNSET,
+        item_size: Callable[[Any], int] | None = None,
+        encode: Callable[[list[Any]], bytes] | None = None,
+        resumable: bool = True,
+        keep_alive: float | None = 15.0,
+        answer_within: float = 1.0,
+        stall_timeout: float | None = 30.0,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._keep_alive = check_seconds("keep_alive", keep_alive)
+        self._stall_timeout = check_seconds("stall_timeout", stall_timeout)
+        self._answer_within = _check_answer_within(answer_within)
+        encoder: BatchEncoder = encode_batch if encode is None else encode
+        self._encode = encoder if resumable else without_resume_fields(encoder)
+        self._stream: ManagedStream[Any] = manager.open(
+            producer,
+            *args,
+            key=key,
+            labels=labels,
+            acquire_timeout=acquire_timeout,
+            reader_timeout=reader_timeout,
+            idle_timeout=idle_timeout,
+            deadline=deadline,
+            buffer_size=buffer_size,
+            item_size=item_size,
+        )
+        self._manager = manager
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(
+            {"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})}
+        )
+        self.raw_headers.append((b"x-stream-id", self._stream.id.encode()))
+
+    @property
+    def stream_id(self) -> str:
+        """The id of the response's stream (in the registry, logs and ``x-stream-id``)."""
+        return self._stream.id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (the ASGI application interface)."""
+        if scope["type"] != "http":
+            raise TypeError(f"EventStreamResponse answers http requests, not {scope['type']!r}")
+        async with trio.open_nursery() as nursery:
+            run = _Run(self, send, nursery)
+            nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
+            if self._stall_timeout is not None:
+                nursery.start_soon(run.guard_writes, self._stall_timeout, name="streammgr-guard")
+            await run.respond()
+            nursery.cancel_scope.cancel()
+
+
+def _check_answer_within(value: float) -> float:
+    """``0`` (the headers at once), or seconds as every timeout takes them."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    seconds = check_seconds("answer_within", value)
+    if seconds is None:
+        raise TypeError("answer_within must be a number of seconds (0: at once), got None")
+    return seconds
+
+
+class _Writer:
+    """Every write of one response: the headers once, bodies, keep-alives, the end.
+
+    Records when the write in flight began, for the guard, and when the last one
+    ended, for the keep-alives.
+    """
+
+    def __init__(self, send: Send, response: EventStreamResponse) -> None:
+        self._send = send
+        self._status = response.status_code
+        self._headers = response.raw_headers
+        self._stream_id = response.stream_id.encode()
+        self._keep_alive = math.inf if response._keep_alive is None else response._keep_alive
+        self.headers_sent = False
+        self.ended = False
+        self.write_started: float | None = None
+        self._answer_at = trio.current_time() + response._answer_within
+        self._last_write = -math.inf
+
+    def idle_write_at(self) -> float:
+        """When to write if nothing else is: the headers, or a keep-alive."""
+        if not self.headers_sent:
+            return self._answer_at
+        return self._last_write + self._keep_alive
+
+    async def _write(self, message: Message) -> None:
+        self.write_started = trio.current_time()
+        try:
+            await self._send(message)
+        except OSError as exc:
+            # Servers that report a gone client by failing send() (ASGI spec 2.4).
+            raise _ClientGone from exc
+        finally:
+            self.write_started = None
+            self._last_write = trio.current_time()
+
+    async def _start(self) -> None:
+        self.headers_sent = True
+        await self._write(
+            {"type": "http.response.start", "status": self._status, "headers": self._headers}
+        )
+
+    async def body(self, data: bytes) -> None:
+        """One body write (the headers first if they are not out)."""
+        if not self.headers_sent:
+            await self._start()
+        if data:
+            await self._write({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def idle(self) -> None:
+        """Nothing to send in time: the headers with a keep-alive, or a keep-alive."""
+        await self.body(KEEP_ALIVE)
+
+    async def end(self, last: bytes = b"") -> None:
+        """The last body write: ``last``, then the end of the body."""
+        if not self.headers_sent:
+            await self._start()
+        self.ended = True
+        await self._write({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def error(self, error: BaseException, recorded: str | None) -> None:
+        """Tell the client: a JSON error answer, or an in-band event and the end."""
+        answer = error_answer(error, self._stream_id.decode(), recorded)
+        if self.headers_sent:
+            await self.end(answer.event())
+            return
+        self.headers_sent = self.ended = True
+        body = answer.json()
+        headers = [
+            *answer.headers(),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-stream-id", self._stream_id),
+        ]
+        await self._write(
+            {"type": "http.response.start", "status": answer.status, "headers": headers}
+        )
+        await self._write({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _ClientGone(Exception):
+    """``send()`` failed: the client is gone (raised only inside one response)."""
+
+
+class _Run:
+    """One call of an :class:`EventStreamResponse`: its tasks and what they share."""
+
+    def __init__(self, response: EventStreamResponse, send: Send, nursery: trio.Nursery) -> None:
+        self._response = response
+        self._stream = response._stream
+        self._manager = response._manager
+        self._nursery = nursery
+        self._connection: Connection | None = current_connection()
+        self._writer = _Writer(send, response)
+        self._helper_scope = trio.CancelScope()
+        self._helper_done = trio.Event()
+
+    def _stop(self, close_reason: CloseReason, detail: str) -> None:
+        """The client is gone: end the stream (the first reason stays) and the response."""
+        self._manager.cancel(self._stream.id, reason=detail, close_reason=close_reason)
+        self._nursery.cancel_scope.cancel()
+
+    async def watch_client(self, receive: Receive) -> None:
+        """Receive until ``http.disconnect``, whatever the server's ASGI spec version."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+                return
+
+    async def guard_writes(self, stall_timeout: float) -> None:
+        """End the response when one write has waited ``stall_timeout`` for the client.
+
+        Wakes once per ``stall_timeout`` while no write is in flight, and at the
+        exact moment a write in flight reaches it: the writer only stamps the time.
+        """
+        writer = self._writer
+        while True:
+            started = writer.write_started
+            if started is None:
+                await trio.sleep(stall_timeout)
+                continue
+            if trio.current_time() < started + stall_timeout:
+                await trio.sleep_until(started + stall_timeout)
+                continue
+            get_logger().warning(
+                "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
+            )
+            # The stream first, so that its reason is recorded before the connection's
+            # close makes the server report a disconnect.
+            self._stop(
+                CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s"
+            )
+            if self._connection is not None:
+                with trio.CancelScope(shield=True):
+                    await self._connection.abort()
+            return
+
+    async def _write_until_admitted(self) -> None:
+        """While the stream waits for a slot: the headers in time, then keep-alives."""
+        writer = self._writer
+        try:
+            with self._helper_scope:
+                while True:
+                    await trio.sleep_until(writer.idle_write_at())
+                    await writer.idle()
+        except _ClientGone:
+            self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+        finally:
+            self._helper_done.set()
+
+    async def _take_over(self) -> None:
+        """Stop the helper and wait until its write in flight (if any) has returned."""
+        self._helper_scope.cancel()
+        await self._helper_done.wait()
+
+    async def respond(self) -> None:
+        """Open the stream, write its batches, and end the body, whatever happens."""
+        stream, writer = self._stream, self._writer
+        self._nursery.start_soon(self._write_until_admitted, name="streammgr-admission-writer")
+        try:
+            async with stream:
+                try:
+                    await self._take_over()
+                    await self._write_batches(stream)
+                except _ClientGone:
+                    # Cancelled before the block exits, so that the record says why.
+                    self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+                    return
+        except StreamCancelled as exc:
+            if exc.close_reason in _CLIENT_GONE:
+                return  # nobody to tell
+            error: Exception = exc
+        except Exception as exc:
+            error = exc
+        else:
+            return
+        await self._take_over()
+        if writer.ended:
+            return  # the end was written; what failed after it cannot be told
+        try:
+            await writer.error(error, stream.info().error)
+        except _ClientGone:
+            return
+
+    async def _write_batches(self, stream: ManagedStream[Any]) -> None:
+        writer, encode = self._writer, self._response._encode
+        next_batch = stream.batches().__anext__
+        while True:
+            with trio.move_on_at(writer.idle_write_at()) as idle:
+                try:
+                    batch = await next_batch()
+                except StopAsyncIteration:
+                    break
+            if idle.cancelled_caught:
+                await writer.idle()
+                continue
+            await writer.body(encode(batch))
+        await writer.end()

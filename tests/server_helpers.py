@@ -1,0 +1,196 @@
+"""What the loopback server tests share: a server on 127.0.0.1, raw socket clients,
+an ASGI middleware that counts body writes, and registry waits.
+
+These tests run on real time (real sockets), so every wait is on an event or a
+condition, bounded by ``fail_after``; intervals are fractions of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+
+from streammgr import StreamInfo, StreamManager
+from streammgr.server import serve
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+App = Callable[[Scope, Any, Any], Awaitable[None]]
+
+PATIENCE = 5.0
+"""The most seconds any loopback wait may take before the test fails."""
+
+
+def quiet_hypercorn() -> Config:
+    """A hypercorn config that logs no access lines and only warnings."""
+    config = Config()
+    config.accesslog = None
+    logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+    return config
+
+
+class BodyCounter:
+    """Pure ASGI middleware: records each ``http.response.body`` the app sends."""
+
+    def __init__(self, app: App, spec_version: str | None = None) -> None:
+        self.app = app
+        self.bodies: list[bytes] = []
+        self.spec_version = spec_version
+        self.returned = trio.Event()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.spec_version is not None:
+            # What the app would see from a server that reports another ASGI version.
+            scope = {**scope, "asgi": {**scope["asgi"], "spec_version": self.spec_version}}
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.bodies.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            self.returned.set()
+
+
+class Server:
+    """One app served by :func:`streammgr.server.serve` on 127.0.0.1 in a nursery."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.port = 0
+        self.stop = trio.Event()
+        self.stopped = trio.Event()
+
+    async def start(
+        self, nursery: trio.Nursery, app: App, *, send_timeout: float | None = 60.0
+    ) -> Server:
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(
+                    app,
+                    host="127.0.0.1",
+                    port=0,
+                    shutdown_trigger=self.stop.wait,
+                    send_timeout=send_timeout,
+                    config=quiet_hypercorn(),
+                    task_status=task_status,
+                )
+            finally:
+                self.stopped.set()
+
+        (self.url,) = await nursery.start(run)
+        self.port = int(self.url.rpartition(":")[2])
+        return self
+
+
+async def raw_client(
+    port: int, path: str, *, receive_buffer: int | None = None
+) -> trio.SocketStream:
+    """A TCP connection that sent ``GET path`` and reads only when told to.
+
+    ``receive_buffer`` shrinks the socket's receive buffer (set before connecting,
+    so the TCP window stays small) so that a client that stops reading makes the
+    server's writes block soon.
+    """
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n".encode())
+    return stream
+
+
+class RawResponse:
+    """What a raw client has received so far: status, headers, and the (chunked) body.
+
+    A test reads only as far as it needs (httpx's streaming iterators, left early,
+    are async generators nested four deep, which the garbage collector would finish).
+    Each body write is one chunk, so an event never straddles chunk framing.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.received = b""
+
+    async def until(self, wanted: Callable[[RawResponse], bool]) -> None:
+        """Read (bounded in time) until ``wanted(self)``."""
+        with trio.fail_after(PATIENCE):
+            while not wanted(self):
+                data = await self.stream.receive_some(1 << 16)
+                if not data:
+                    raise AssertionError(f"the connection closed first: {self.received!r}")
+                self.received += data
+
+    @property
+    def head(self) -> bytes:
+        return self.received.partition(b"\r\n\r\n")[0]
+
+    @property
+    def status(self) -> int:
+        return int(self.head.split(b" ", 2)[1])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        lines = self.head.decode("latin-1").split("\r\n")[1:]
+        return {
+            name.lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
+
+    @property
+    def body(self) -> bytes:
+        return self.received.partition(b"\r\n\r\n")[2]
+
+
+async def read_until_closed(stream: trio.SocketStream) -> int:
+    """Read until the server closes the connection; return how many bytes came."""
+    total = 0
+    with trio.fail_after(PATIENCE):
+        while True:
+            try:
+                data = await stream.receive_some(1 << 20)
+            except trio.BrokenResourceError:  # reset: closed too
+                break
+            if not data:
+                break
+            total += len(data)
+    await stream.aclose()
+    return total
+
+
+class CloseWatcher:
+    """The registry's closes, as they happen: start it with ``nursery.start``."""
+
+    def __init__(self, manager: StreamManager) -> None:
+        self.manager = manager
+        self.closed: dict[str, StreamInfo] = {}
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.manager.watch() as events:
+            task_status.started()
+            async for event in events:
+                if event.kind == "closed" and event.stream is not None:
+                    self.closed[event.stream.id] = event.stream
+                    self._changed.set()
+                    self._changed = trio.Event()
+
+    async def next_close(self, *, besides: tuple[str, ...] = ()) -> StreamInfo:
+        """Wait (bounded) until a stream not in ``besides`` has closed; return it."""
+        with trio.fail_after(PATIENCE):
+            while True:
+                for stream_id, info in self.closed.items():
+                    if stream_id not in besides:
+                        return info
+                await self._changed.wait()

@@ -1,0 +1,136 @@
+"""What streammgr.server relies on in hypercorn's trio worker, pinned.
+
+If hypercorn changes any of this, a test here fails and ``streammgr/server/_hypercorn.py``
+(and docs/server.md) must be looked at again:
+
+- the installed version is one the adaptation was tested with;
+- an app's ``send()`` to a client that stopped reading cannot be cancelled (the
+  worker shields ``send_all``): it returns only when the client goes;
+- under :func:`streammgr.server.serve` it returns within ``send_timeout``, and the
+  connection is closed;
+- the app's task sees the connection :func:`serve` set in the connection's task;
+- hypercorn reports ASGI spec version 2.1 (Starlette's ``StreamingResponse``
+  listens for ``http.disconnect`` only below 2.4; EventStreamResponse always does).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypercorn.trio import serve as hypercorn_serve
+
+from streammgr.server import TESTED_HYPERCORN_VERSIONS, Connection, current_connection
+
+from .server_helpers import PATIENCE, Scope, Server, quiet_hypercorn, raw_client, read_until_closed
+
+
+class Flooder:
+    """A raw ASGI app that writes 64 KiB bodies until its scope is cancelled."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.started = trio.Event()
+        self.left = trio.Event()
+        self.spec_version = ""
+        self.connection: Connection | None = None
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        self.spec_version = scope["asgi"]["spec_version"]
+        self.connection = current_connection()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        self.started.set()
+        chunk = b"x" * 65536
+        with self.scope:
+            while True:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.left.set()
+
+
+async def parked(app: Flooder) -> None:
+    """Wait until the app is parked in a write to the stalled client."""
+    with trio.fail_after(PATIENCE):
+        await app.started.wait()
+    # Every task blocked for 50 ms: the worker's send_all waits for the socket.
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+
+
+def test_the_installed_hypercorn_is_a_tested_version() -> None:
+    version = importlib.metadata.version("hypercorn")
+    assert version in TESTED_HYPERCORN_VERSIONS, (
+        f"hypercorn {version} is not among {TESTED_HYPERCORN_VERSIONS}: check that the tests "
+        f"in this file pass, then add it there and to the pin in pyproject.toml"
+    )
+
+
+async def test_hypercorn_alone_cannot_cancel_a_send_to_a_stalled_client(
+    nursery: trio.Nursery,
+) -> None:
+    app = Flooder()
+    config = quiet_hypercorn()
+    config.bind = ["127.0.0.1:0"]
+    (url,) = await nursery.start(hypercorn_serve, app, config)
+    client = await raw_client(int(url.rpartition(":")[2]), "/", receive_buffer=4096)
+    await parked(app)
+    assert app.connection is None  # hypercorn's own serve: no connection to close
+    assert app.spec_version == "2.1"
+    app.scope.cancel()
+    with trio.move_on_after(0.3):
+        await app.left.wait()
+    assert not app.left.is_set(), "hypercorn no longer shields send_all: revisit _hypercorn.py"
+    await client.aclose()  # only the client going away wakes it
+    with trio.fail_after(PATIENCE):
+        await app.left.wait()
+
+
+async def test_serve_bounds_a_write_to_a_stalled_client(nursery: trio.Nursery) -> None:
+    app = Flooder()
+    server = await Server().start(nursery, app, send_timeout=0.2)
+    client = await raw_client(server.port, "/", receive_buffer=4096)
+    await parked(app)
+    assert app.connection is not None  # the app's task inherited it
+    app.scope.cancel()
+    with trio.fail_after(PATIENCE):
+        await app.left.wait()  # woken by the write's timeout, not by the client
+    assert app.connection.closed
+    await read_until_closed(client)
+
+
+async def test_abort_closes_the_connection_at_once(nursery: trio.Nursery) -> None:
+    app = Flooder()
+    server = await Server().start(nursery, app, send_timeout=None)
+    client = await raw_client(server.port, "/", receive_buffer=4096)
+    await parked(app)
+    assert app.connection is not None
+    app.scope.cancel()
+    await app.connection.abort()
+    with trio.fail_after(PATIENCE):
+        await app.left.wait()
+    await read_until_closed(client)
+
+
+async def test_serve_reports_where_it_listens_and_stops_on_its_trigger(
+    nursery: trio.Nursery,
+) -> None:
+    server = await Server().start(nursery, Flooder())
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.port > 0
+    server.stop.set()
+    with trio.fail_after(PATIENCE):
+        await server.stopped.wait()
+
+
+async def test_serve_refuses_a_bad_send_timeout() -> None:
+    from streammgr.server import serve
+
+    with pytest.raises(ValueError, match="send_timeout"):
+        await serve(Flooder(), send_timeout=0)

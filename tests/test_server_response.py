@@ -1,0 +1,553 @@
+"""EventStreamResponse's ASGI logic, driven directly on the mock clock.
+
+The server's side of one request is :class:`FakeServer`: ``receive`` and ``send``
+over Trio memory channels, every message stamped with the (mock) time it was sent.
+It can stall: its ``send`` then waits in a shielded scope, as hypercorn's trio worker
+does for a client that stopped reading, so nothing the response does can cancel it.
+The same phases over a real socket: tests/test_server_loopback.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import streammgr
+from streammgr import CloseReason, FairLimiter, Permit, StreamManager, StreamSender
+from streammgr.server import EventStreamResponse, encode_batch
+from streammgr.server._answers import without_resume_fields
+from streammgr.sse import RawBatch, ServerSentEvent
+
+from .conftest import Probe
+
+Message = MutableMapping[str, Any]
+
+
+class FakeServer:
+    """The server's side of one ASGI request, in memory."""
+
+    def __init__(self, spec_version: str = "2.1") -> None:
+        self.scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": spec_version},
+            "method": "GET",
+            "path": "/",
+            "headers": [],
+        }
+        self._to_app, self._from_server = trio.open_memory_channel[Message](10)
+        self._to_app.send_nowait({"type": "http.request", "body": b"", "more_body": False})
+        self.sent: list[tuple[float, Message]] = []
+        self.stalled = False
+        self.unstall = trio.Event()
+        self.parked = False
+        self.done = trio.Event()
+
+    async def receive(self) -> Message:
+        return await self._from_server.receive()
+
+    async def send(self, message: Message) -> None:
+        if self.stalled:
+            self.parked = True
+            with trio.CancelScope(shield=True):  # hypercorn's shield around send_all
+                await self.unstall.wait()
+            self.parked = False
+        self.sent.append((trio.current_time(), message))
+        await trio.lowlevel.checkpoint()
+
+    def disconnect(self) -> None:
+        self._to_app.send_nowait({"type": "http.disconnect"})
+
+    async def run(self, response: EventStreamResponse) -> None:
+        try:
+            await response(self.scope, self.receive, self.send)
+        finally:
+            self.done.set()
+
+    # -- what was sent -------------------------------------------------------------
+
+    def start(self) -> Message:
+        starts = [message for _, message in self.sent if message["type"] == "http.response.start"]
+        assert len(starts) == 1, starts
+        return starts[0]
+
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.start()["headers"])
+
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for _, m in self.sent if m["type"] == "http.response.body"]
+
+    def times(self, body: bytes) -> list[float]:
+        return [
+            round(t, 6)
+            for t, m in self.sent
+            if m["type"] == "http.response.body" and m["body"] == body
+        ]
+
+    def ended(self) -> bool:
+        last = self.sent[-1][1]
+        return last["type"] == "http.response.body" and not last.get("more_body", False)
+
+
+class CountingLimiter(FairLimiter):
+    """A FairLimiter that counts releases, to check a slot goes back exactly once."""
+
+    def __init__(self, max_streams: int | None = None, max_waiting: int | None = None) -> None:
+        super().__init__(max_streams, None, max_waiting)
+        self.releases = 0
+
+    def release(self, permit: Permit) -> None:
+        if not permit.released:
+            self.releases += 1
+        super().release(permit)
+
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+def encode_ints(batch: list[int]) -> bytes:
+    """The probe's ticker yields ints."""
+    return b"".join(b"data: %d\n\n" % item for item in batch)
+
+
+@streammgr.batched
+async def reads(count: int, interval: float = 0.5) -> AsyncIterator[list[str]]:
+    for index in range(count):
+        await trio.sleep(interval)
+        yield [f"{index}a", f"{index}b"]
+
+
+async def forever() -> AsyncIterator[str]:
+    await trio.sleep_forever()
+    yield "never"
+
+
+async def watch_close(
+    manager: StreamManager,
+    stream_id: str,
+    closed: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Set ``closed`` when the registry closes the stream ``stream_id``."""
+    async with manager.watch() as events:
+        task_status.started()
+        async for event in events:
+            if event.kind == "closed" and event.stream is not None and event.stream.id == stream_id:
+                closed.set()
+                return
+
+
+async def wait_until_done(server: FakeServer) -> None:
+    with trio.fail_after(1000):
+        await server.done.wait()
+
+
+async def test_one_body_write_per_batch(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager() as manager:
+        server = FakeServer()
+        response = EventStreamResponse(manager, reads, 3)
+        nursery.start_soon(server.run, response)
+        await wait_until_done(server)
+    start = server.start()
+    assert start["status"] == 200
+    headers = server.headers()
+    assert headers[b"content-type"].startswith(b"text/event-stream")
+    assert headers[b"cache-control"] == b"no-cache"
+    assert headers[b"x-stream-id"] == response.stream_id.encode()
+    assert server.bodies() == [
+        b"data: 0a\n\ndata: 0b\n\n",
+        b"data: 1a\n\ndata: 1b\n\n",
+        b"data: 2a\n\ndata: 2b\n\n",
+        b"",
+    ]
+    assert server.ended()
+    info = manager.get(response.stream_id)
+    assert info is not None
+    assert (info.close_reason, info.items) == (CloseReason.COMPLETED, 6)
+
+
+async def test_headers_wait_for_the_first_batch_up_to_answer_within(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+) -> None:
+    async with StreamManager() as manager:
+        server = FakeServer()
+        start = trio.current_time()
+        nursery.start_soon(
+            server.run, EventStreamResponse(manager, reads, 1, 3.0, answer_within=1, keep_alive=5)
+        )
+        await wait_until_done(server)
+    (started_at,) = [t for t, m in server.sent if m["type"] == "http.response.start"]
+    assert started_at - start == pytest.approx(1.0)
+    assert [t - start for t in server.times(KEEP_ALIVE)] == pytest.approx([1.0])
+    assert server.bodies() == [KEEP_ALIVE, b"data: 0a\n\ndata: 0b\n\n", b""]
+
+
+async def test_keep_alives_while_waiting_for_a_slot(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager(max_streams=1) as manager:
+        async with manager.open(forever) as holder:
+            server = FakeServer()
+            start = trio.current_time()
+            response = EventStreamResponse(manager, reads, 1, answer_within=1, keep_alive=5)
+            nursery.start_soon(server.run, response)
+            await trio.sleep(12)
+            info = manager.get(response.stream_id)
+            assert info is not None
+            assert info.phase is streammgr.Phase.WAITING
+            assert server.start()["status"] == 200
+            assert [t - start for t in server.times(KEEP_ALIVE)] == pytest.approx([1, 6, 11])
+            manager.cancel(holder.id)
+            with pytest.raises(streammgr.StreamCancelled):
+                async for _ in holder:
+                    pass
+        await wait_until_done(server)
+    assert server.bodies()[-2:] == [b"data: 0a\n\ndata: 0b\n\n", b""]
+
+
+async def test_keep_alives_before_the_first_item(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager() as manager:
+        server = FakeServer()
+        start = trio.current_time()
+        nursery.start_soon(
+            server.run,
+            EventStreamResponse(manager, reads, 1, 12.0, answer_within=1, keep_alive=5),
+        )
+        await wait_until_done(server)
+    assert [t - start for t in server.times(KEEP_ALIVE)] == pytest.approx([1, 6, 11])
+    assert server.bodies()[-2:] == [b"data: 0a\n\ndata: 0b\n\n", b""]
+
+
+async def test_answer_within_zero_sends_the_headers_at_once(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager() as manager:
+        server = FakeServer()
+        start = trio.current_time()
+        nursery.start_soon(server.run, EventStreamResponse(manager, reads, 1, answer_within=0))
+        await wait_until_done(server)
+    assert server.sent[0][0] == start
+    assert server.bodies()[0] == KEEP_ALIVE
+
+
+@pytest.mark.parametrize("spec_version", ["2.1", "2.4"])
+@pytest.mark.parametrize("phase", ["waiting", "before_first_item", "mid_stream"])
+async def test_a_client_disconnect_ends_the_stream_in_every_phase(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    probe: Probe,
+    phase: str,
+    spec_version: str,
+) -> None:
+    # Whatever ASGI spec version the server reports: the response listens itself.
+    limiter = CountingLimiter(max_streams=1)
+    async with StreamManager(limiter=limiter) as manager:
+        holder = manager.open(forever)
+        if phase == "waiting":
+            await holder.__aenter__()
+        server = FakeServer(spec_version)
+        interval = 100.0 if phase == "before_first_item" else 1.0
+        response = EventStreamResponse(
+            manager,
+            probe.ticker,
+            1000,
+            interval,
+            answer_within=0,
+            keep_alive=0.3,
+            encode=encode_ints,
+        )
+        nursery.start_soon(server.run, response)
+        await trio.sleep(3.5)
+        info = manager.get(response.stream_id)
+        assert info is not None
+        expected = {
+            "waiting": streammgr.Phase.WAITING,
+            "before_first_item": streammgr.Phase.CONNECTING,
+            "mid_stream": streammgr.Phase.STREAMING,
+        }
+        assert info.phase is expected[phase]
+        server.disconnect()
+        await wait_until_done(server)
+        info = manager.get(response.stream_id)
+        assert info is not None
+        assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+        assert info.items == (3 if phase == "mid_stream" else 0)
+        assert [s.id for s in manager.streams()] == ([holder.id] if phase == "waiting" else [])
+        if phase == "waiting":
+            assert probe.started == 0
+            await holder.__aexit__(None, None, None)
+        else:
+            assert (probe.started, probe.cleanups) == (1, 1)
+            assert limiter.releases == 1
+        assert limiter.snapshot().active == 0
+        assert manager.streams() == []
+        assert not server.ended()  # nobody to end the body for
+
+
+async def test_over_the_limit_answers_429_before_any_byte(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager(max_streams=1, max_waiting=0) as manager:
+        async with manager.open(forever):
+            server = FakeServer()
+            response = EventStreamResponse(manager, reads, 1)
+            nursery.start_soon(server.run, response)
+            await wait_until_done(server)
+    assert server.start()["status"] == 429
+    headers = server.headers()
+    assert headers[b"content-type"] == b"application/json"
+    assert int(headers[b"retry-after"]) >= 1
+    assert int(headers[b"retry-after-ms"]) >= 1000
+    assert headers[b"x-stream-id"] == response.stream_id.encode()
+    body = json.loads(server.bodies()[0])
+    assert body["error"]["type"] == "rate_limit_exceeded"
+    assert body["error"]["code"] == "max_waiting"
+    assert server.ended()
+    info = manager.get(response.stream_id)
+    assert info is not None
+    assert info.close_reason is CloseReason.REJECTED
+
+
+async def test_a_refusal_after_the_headers_is_an_error_event(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager(max_streams=1) as manager:
+        async with manager.open(forever):
+            server = FakeServer()
+            response = EventStreamResponse(
+                manager, reads, 1, acquire_timeout=3, answer_within=1, keep_alive=5
+            )
+            nursery.start_soon(server.run, response)
+            await wait_until_done(server)
+    assert server.start()["status"] == 200
+    keep_alive, error = server.bodies()
+    assert keep_alive == KEEP_ALIVE
+    assert error.startswith(b"data: {")
+    assert error.endswith(b"\n\n")
+    assert json.loads(error[len(b"data: ") :])["error"]["type"] == "rate_limit_exceeded"
+    assert server.ended()
+
+
+async def test_a_producer_failure_after_the_headers_is_an_error_event(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+) -> None:
+    async def fails() -> AsyncIterator[str]:
+        yield "one"
+        raise RuntimeError("internal detail sk-secret")
+
+    async with StreamManager() as manager:
+        server = FakeServer()
+        response = EventStreamResponse(manager, fails)
+        nursery.start_soon(server.run, response)
+        await wait_until_done(server)
+    first, error = server.bodies()
+    assert first == b"data: one\n\n"
+    event = json.loads(error.removeprefix(b"data: "))
+    assert event["error"]["type"] == "server_error"
+    assert response.stream_id in event["error"]["message"]
+    assert b"internal detail" not in error
+    assert server.ended()
+    info = manager.get(response.stream_id)
+    assert info is not None
+    assert (info.close_reason, info.items) == (CloseReason.PRODUCER_ERROR, 1)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "retry_after"),
+    [
+        (
+            streammgr.UpstreamStatusError(
+                "upstream returned 429", status_code=429, body="", retry_after=7
+            ),
+            429,
+            b"7",
+        ),
+        (streammgr.UpstreamConnectError("refused"), 502, None),
+        (ValueError("a bug"), 500, None),
+    ],
+)
+async def test_a_failure_before_the_headers_gets_its_status(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    error: Exception,
+    status: int,
+    retry_after: bytes | None,
+) -> None:
+    async def fails() -> AsyncIterator[str]:
+        raise error
+        yield "never"
+
+    async with StreamManager() as manager:
+        server = FakeServer()
+        nursery.start_soon(server.run, EventStreamResponse(manager, fails))
+        await wait_until_done(server)
+    assert server.start()["status"] == status
+    assert server.headers().get(b"retry-after") == retry_after
+    assert "error" in json.loads(server.bodies()[0])
+
+
+async def test_a_cancel_by_an_operator_is_told_in_band(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async with StreamManager() as manager:
+        server = FakeServer()
+        response = EventStreamResponse(manager, reads, 10, answer_within=0)
+        nursery.start_soon(server.run, response)
+        await trio.sleep(1.2)
+        assert manager.cancel(response.stream_id, reason="maintenance")
+        await wait_until_done(server)
+    event = json.loads(server.bodies()[-1].removeprefix(b"data: "))
+    assert event["error"]["code"] == "cancelled"
+    assert "maintenance" in event["error"]["message"]
+    assert server.ended()
+
+
+async def test_a_stalled_client_releases_the_stream_while_the_send_is_parked(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, probe: Probe
+) -> None:
+    limiter = CountingLimiter()
+    async with StreamManager(limiter=limiter) as manager:
+        server = FakeServer()
+        response = EventStreamResponse(
+            manager,
+            probe.ticker,
+            1000,
+            0.1,
+            answer_within=0,
+            stall_timeout=2,
+            keep_alive=None,
+            encode=encode_ints,
+        )
+        closed = trio.Event()
+        await nursery.start(watch_close, manager, response.stream_id, closed)
+        nursery.start_soon(server.run, response)
+        await trio.sleep(0.55)
+        server.stalled = True
+        stalled_at = trio.current_time()
+        with trio.fail_after(100):
+            await closed.wait()
+        # Released while the response's own send is still parked (and shielded).
+        assert server.parked
+        assert 2.0 <= trio.current_time() - stalled_at <= 2.1
+        info = manager.get(response.stream_id)
+        assert info is not None
+        assert info.close_reason is CloseReason.CLIENT_STALLED
+        assert (probe.cleanups, limiter.releases) == (1, 1)
+        assert manager.stats().active == 0
+        server.unstall.set()
+        await wait_until_done(server)
+
+
+async def test_reader_timeout_releases_the_stream_while_the_send_is_parked(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, probe: Probe
+) -> None:
+    async with StreamManager(reader_timeout=1) as manager:
+        server = FakeServer()
+        response = EventStreamResponse(
+            manager,
+            probe.ticker,
+            1000,
+            0.1,
+            answer_within=0,
+            stall_timeout=None,
+            encode=encode_ints,
+        )
+        closed = trio.Event()
+        await nursery.start(watch_close, manager, response.stream_id, closed)
+        nursery.start_soon(server.run, response)
+        await trio.sleep(0.55)
+        server.stalled = True
+        with trio.fail_after(100):
+            await closed.wait()
+        assert server.parked
+        info = manager.get(response.stream_id)
+        assert info is not None
+        assert info.close_reason is CloseReason.READER_TIMEOUT
+        assert probe.cleanups == 1
+        server.unstall.set()
+        await wait_until_done(server)
+
+
+async def test_a_push_producer_streams_its_batches(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async def pushes(send: StreamSender[ServerSentEvent]) -> None:
+        await send.send_batch([ServerSentEvent(data="a"), ServerSentEvent(event="x", data="b")])
+        await trio.sleep(1)
+        await send.send(ServerSentEvent(data="c"))
+
+    async with StreamManager() as manager:
+        server = FakeServer()
+        nursery.start_soon(server.run, EventStreamResponse(manager, pushes))
+        await wait_until_done(server)
+    assert server.bodies() == [b"data: a\n\nevent: x\ndata: b\n\n", b"data: c\n\n", b""]
+
+
+async def test_not_resumable_sends_no_id_or_retry(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    @streammgr.batched
+    async def events() -> AsyncIterator[list[ServerSentEvent]]:
+        yield [ServerSentEvent(data="a", id="1", retry=10)]
+        # As SSESource.raw_batches hands them over: its bytes hold an id field...
+        yield RawBatch([ServerSentEvent(data="b", id="2")], b"id: 2\ndata: b\n\n")
+        # ...or not (the event keeps the last id, as the parser reports it).
+        yield RawBatch([ServerSentEvent(data="c", id="2")], b"data: c\n\n")
+
+    async with StreamManager() as manager:
+        server = FakeServer()
+        nursery.start_soon(server.run, EventStreamResponse(manager, events, resumable=False))
+        await wait_until_done(server)
+    assert server.bodies() == [b"data: a\n\n", b"data: b\n\n", b"data: c\n\n", b""]
+
+
+def test_encode_batch() -> None:
+    raw = RawBatch([ServerSentEvent(data="x")], b"data: x\r\n\r\n")
+    assert encode_batch(raw) == b"data: x\r\n\r\n"  # forwarded unchanged
+    assert encode_batch(["a", ServerSentEvent(data="b", id="7"), b"data: c\n\n"]) == (
+        b"data: a\n\nid: 7\ndata: b\n\ndata: c\n\n"
+    )
+    with pytest.raises(TypeError, match="encode="):
+        encode_batch([1])
+
+
+def test_without_resume_fields_refuses_what_it_cannot_strip() -> None:
+    encode = without_resume_fields(encode_batch)
+    assert encode([b"data: ok\n\n"]) == b"data: ok\n\n"
+    assert encode([ServerSentEvent(data="id: 5")]) == b"data: id: 5\n\n"
+    with pytest.raises(ValueError, match="resumable=False"):
+        encode([b"id: 1\ndata: x\n\n"])
+
+
+async def test_bad_arguments_are_named(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with StreamManager() as manager:
+        with pytest.raises(ValueError, match="keep_alive"):
+            EventStreamResponse(manager, reads, 1, keep_alive=0)
+        with pytest.raises(TypeError, match="answer_within"):
+            EventStreamResponse(manager, reads, 1, answer_within=None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="stall_timeout"):
+            EventStreamResponse(manager, reads, 1, stall_timeout=-1)
+        with pytest.raises(ValueError, match="key"):
+            EventStreamResponse(manager, reads, 1, key="")
+
+
+async def test_only_http(autojump_clock: trio.testing.MockClock, nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        response = EventStreamResponse(manager, reads, 1)
+        server = FakeServer()
+        server.scope["type"] = "websocket"
+        with pytest.raises(TypeError, match="http"):
+            await response(server.scope, server.receive, server.send)
