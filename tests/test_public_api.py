@@ -148,7 +148,7 @@ def test_sse_imports_nothing_but_the_standard_library(path: Path) -> None:
 
 
 PACKAGE = Path(streammgr.__file__).parent
-SERVER_LIBRARIES = {"starlette", "hypercorn", "anyio"}
+SERVER_LIBRARIES = {"starlette", "hypercorn", "anyio", "fastapi", "pydantic", "prometheus_client"}
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,13 @@
 """The server side: a streaming response for a service's own endpoints, the
-manager's lifespan, and serving with hypercorn's trio worker (extra ``server``).
+manager's lifespan, serving with hypercorn's trio worker, and the inspection API
+(extra ``server``).
 
-Only this package imports Starlette and hypercorn; ``import streammgr`` does not
-import it. The guide: docs/server.md.
+Only this package imports Starlette, FastAPI, prometheus-client and hypercorn;
+``import streammgr`` does not import it. The guides: docs/server.md, docs/http-api.md.
 """
 
+from ._admin import admin_app as admin_app
+from ._admin import check_exposure as check_exposure
 from ._answers import ErrorAnswer as ErrorAnswer
 from ._answers import encode_batch as encode_batch
 from ._answers import error_answer as error_answer
@@ -20,6 +23,8 @@ __all__ = [
     "Connection",
     "ErrorAnswer",
     "EventStreamResponse",
+    "admin_app",
+    "check_exposure",
     "current_connection",
     "encode_batch",
     "error_answer",

@@ -1,0 +1,715 @@
+"""The inspection API as an app to mount: :func:`admin_app`, :func:`check_exposure`.
+
+A FastAPI app over a service's own :class:`StreamManager`: FastAPI builds the
+OpenAPI document from the typed bodies in :mod:`._admin_models`, and from the
+``responses=`` declared on each route (every error with its code, the events
+feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). No
+middleware at all: authentication is a dependency of every route, so the document
+declares it too, and errors are exception handlers. docs/http-api.md is the guide.
+
+What runs where: the endpoints only read snapshots and call the manager's
+non-blocking controls (``cancel``, ``cancel_key``, ``set_limits``); the events feed
+is :mod:`._admin_feed`; the metrics are :mod:`._metrics`, whose histogram feed is a
+task of this app's lifespan.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import trio
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .._logging import get_logger, redact
+from .._manager import StreamManager
+from .._registry import StreamInfo
+from .._states import CloseReason, Phase
+from .._validate import check_count, check_seconds
+from ._admin_feed import EventFeedResponse, WatcherSlots
+from ._admin_models import (
+    MAX_REASON,
+    CancelBody,
+    CancelKeyResult,
+    CancelResult,
+    ErrorBody,
+    Health,
+    History,
+    Limits,
+    LimitsUpdate,
+    Stats,
+    Stream,
+    StreamPage,
+)
+from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
+
+__all__ = ["RETRY_AFTER", "AdminError", "admin_app", "check_exposure"]
+
+RETRY_AFTER = 5
+"""Seconds a 429 or 503 of the inspection API tells the client to wait."""
+
+DEFAULT_CANCEL_REASON = "cancelled through the admin API"
+MAX_PAGE = 1000
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "shutting_down",
+}
+
+
+class AdminError(Exception):
+    """An error answer of the inspection API: ``{"error": {"code", "message"}}``.
+
+    Args:
+        status: the HTTP status.
+        code: the stable code clients match on.
+        message: what was wrong and what to do.
+        headers: extra headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self, details: list[dict[str, object]] | None = None) -> JSONResponse:
+        """The JSON answer."""
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if details is not None:
+            error["details"] = details
+        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
+
+
+def check_exposure(host: str, token: str | None, *, option: str = "--admin-token") -> None:
+    """Refuse to serve the inspection API beyond loopback without a token.
+
+    The command line calls it before it starts listening; an application that
+    serves :func:`admin_app` itself should too.
+
+    Args:
+        host: the address the server will listen on (``"127.0.0.1"``, ``"::1"``,
+            ``"localhost"`` are loopback; ``"0.0.0.0"``, ``""``, ``"::"``, any other
+            address or name are not).
+        token: the admin token, or ``None``.
+        option: how the caller names the token in the message.
+
+    Raises:
+        ValueError: ``host`` is not loopback and there is no token.
+    """
+    if token:
+        return
+    if _is_loopback(host):
+        return
+    raise ValueError(
+        f"refusing to serve the admin API on {host or 'every address'} without {option}: "
+        f"pass {option} (clients then send 'Authorization: Bearer <token>'), "
+        f"or listen on 127.0.0.1"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name (or "", every address): it may be reachable
+
+
+def _check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ValueError(
+            f"prefix must be '' or start with '/' and not end with one (e.g. '/admin'), "
+            f"got {prefix!r}"
+        )
+    return prefix
+
+
+def _check_token(token: str | None) -> str | None:
+    if token is None:
+        return None
+    if not isinstance(token, str) or not token or token != token.strip():
+        raise ValueError(
+            "token must be a non-empty str without surrounding spaces, or None for no "
+            "authentication"
+        )
+    return token
+
+
+def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """An error response for ``responses=``: the error body, and Retry-After if sent."""
+    declared: dict[str, Any] = {"model": ErrorBody, "description": description}
+    if retry_after:
+        declared["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        }
+    return declared
+
+
+def _cursor(info: StreamInfo) -> str:
+    raw = json.dumps([info.created_at, info.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, stream_id = json.loads(raw)
+        if not isinstance(stream_id, str) or not isinstance(created_at, int | float):
+            raise TypeError  # noqa: TRY301 - one message for every bad cursor
+        return float(created_at), stream_id
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise AdminError(
+            400,
+            "invalid_cursor",
+            "cursor is not one this server gave: pass the next_cursor of the previous "
+            "page, or leave cursor out to start from the first page",
+        ) from exc
+
+
+def _page_start(matching: list[StreamInfo], cursor: str) -> int:
+    """Where the page after ``cursor`` starts in ``matching`` (creation order).
+
+    After the cursor's stream if it is still in flight; if it has closed since,
+    after the streams created before it (one created at the very same instant may
+    be listed again, never skipped).
+    """
+    created_at, stream_id = _read_cursor(cursor)
+    for index, info in enumerate(matching):
+        if info.id == stream_id:
+            return index + 1
+    for index, info in enumerate(matching):
+        if info.created_at >= created_at:
+            return index
+    return len(matching)
+
+
+def _labels(values: list[str]) -> dict[str, str]:
+    wanted: dict[str, str] = {}
+    for value in values:
+        name, colon, label = value.partition(":")
+        if not colon or not name:
+            raise AdminError(
+                422,
+                "validation_error",
+                f"label must be name:value (e.g. label=model:gpt-4o), got {value!r}",
+            )
+        wanted[name] = label
+    return wanted
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, object]]:
+    # Without "input": a rejected value may be something the client should not see
+    # echoed in logs or proxies (a token pasted in the wrong field).
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+
+
+def _validation_message(details: list[dict[str, object]]) -> str:
+    parts = []
+    for detail in details:
+        loc = [str(part) for part in detail["loc"]]  # type: ignore[attr-defined]
+        where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
+        parts.append(f"{where}: {detail['msg']}")
+    return "invalid request: " + "; ".join(parts) + " (see details; fix the request and retry)"
+
+
+def admin_app(
+    manager: StreamManager,
+    *,
+    token: str | None = None,
+    prefix: str = "/admin",
+    keep_alive: float = 15.0,
+    max_watchers: int = 32,
+    events_buffer: int = 1024,
+    stall_timeout: float = 30.0,
+    title: str = "streammgr inspection API",
+) -> FastAPI:
+    """The inspection API over ``manager``, as an ASGI app (FastAPI) to serve or mount.
+
+    Endpoints, under ``prefix``: ``GET /streams`` (filters, cursor pagination),
+    ``GET /streams/events`` (live SSE feed, starting with a snapshot),
+    ``GET``/``DELETE /streams/{id}``, ``DELETE /keys/{key}/streams``,
+    ``GET /history``, ``GET /stats``, ``GET``/``PUT /limits``, ``GET /healthz``,
+    ``GET /metrics`` (Prometheus text, from a registry of this app's own) and
+    ``GET /openapi.json``. Errors are ``{"error": {"code", "message"}}``.
+
+    **The prefix** is part of every path the app itself routes: served alone, the
+    default answers ``/admin/streams``. Mounted in a bigger app at ``/admin``
+    (``Mount("/admin", admin_app(manager, prefix=""))``), pass ``prefix=""``: the
+    mount's path then comes first, and the OpenAPI document names it in ``servers``.
+
+    **Authentication.** With ``token``, every endpoint requires
+    ``Authorization: Bearer <token>`` (compared in constant time); a missing or
+    wrong one is a 401 with ``WWW-Authenticate: Bearer``, logged
+    (``admin.unauthorized``) without what was sent. Without ``token`` anyone who can
+    reach the app can cancel streams: serve it on loopback only. The command line
+    refuses to start exposed beyond loopback without a token, through
+    :func:`check_exposure`; call it too if you serve the app yourself.
+
+    **Lifespan.** The app's lifespan runs the task that feeds the metrics'
+    histograms from ``manager.watch()``. It does not run the manager: give the
+    server app ``lifespan=manager_lifespan(manager)``. Mounted in another app (a
+    mount's lifespan is not run), enter ``app.router.lifespan_context(app)`` from the
+    outer lifespan, or the histograms stay empty (``streammgr_metrics_feed_up`` 0).
+
+    Args:
+        manager: the manager inspected and controlled.
+        token: the bearer token required by every endpoint (``None``: none).
+        prefix: the path prefix of every endpoint: ``""`` or ``/name``.
+        keep_alive: seconds without a write before the events feed sends a comment.
+        max_watchers: the most events feeds open at once; more get a 429.
+        events_buffer: changes an events-feed client may fall behind before it gets
+            a fresh snapshot instead.
+        stall_timeout: the most seconds one write of the events feed may wait for a
+            client that stopped reading; then the feed and its connection end.
+        title: the OpenAPI document's title.
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        ValueError / TypeError: a bad argument, named in the message.
+    """
+    prefix = _check_prefix(prefix)
+    token = _check_token(token)
+    keep_alive_seconds = check_seconds("keep_alive", keep_alive)
+    stall_seconds = check_seconds("stall_timeout", stall_timeout)
+    if keep_alive_seconds is None or stall_seconds is None:
+        raise TypeError("keep_alive and stall_timeout must be numbers of seconds, not None")
+    slots = WatcherSlots(check_count("max_watchers", max_watchers, minimum=1))
+    events_buffer = check_count("events_buffer", events_buffer, minimum=1)
+    secrets = [token] if token else []
+
+    def clean(text: str) -> str:
+        return redact(text, secrets)
+
+    metrics = AdminMetrics(manager)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.run_feed)
+            yield
+            nursery.cancel_scope.cancel()
+
+    app = FastAPI(
+        title=title,
+        description="Inspect and control a streammgr StreamManager (docs/http-api.md).",
+        openapi_url=None,  # served below, behind the token like every endpoint
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: not here
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+
+    dependencies = [] if token is None else [Security(_authenticator(token))]
+    Responses = dict[int | str, dict[str, Any]]
+    unauthorized: Responses = (
+        {}
+        if token is None
+        else {401: _error("The bearer token is missing or wrong (code unauthorized).")}
+    )
+    invalid: Responses = {422: _error("A parameter or the body is invalid (validation_error).")}
+    not_found: Responses = {404: _error("Not in flight nor in history (stream_not_found).")}
+    router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
+
+    @router.get(
+        "/streams",
+        summary="List streams in flight",
+        responses={**invalid, 400: _error("The cursor is not one this server gave.")},
+    )
+    async def list_streams(
+        key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
+        phase: Annotated[
+            list[Phase] | None, Query(description="Only streams in these phases (repeat).")
+        ] = None,
+        label: Annotated[
+            list[str] | None,
+            Query(description="Only streams with this label, as name:value (repeat: all)."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
+        cursor: Annotated[
+            str | None, Query(description="The next_cursor of the previous page.")
+        ] = None,
+    ) -> StreamPage:
+        wanted = _labels(label or [])
+        phases = set(phase or ())
+        matching = [
+            info
+            for info in manager.streams()
+            if (key is None or info.key == key)
+            and (not phases or info.phase in phases)
+            and all(info.labels.get(name) == value for name, value in wanted.items())
+        ]
+        start = 0 if cursor is None else _page_start(matching, cursor)
+        page = matching[start : start + limit]
+        now = trio.current_time()
+        more = start + limit < len(matching)
+        return StreamPage(
+            streams=[Stream.of(info, now, clean) for info in page],
+            total=len(matching),
+            next_cursor=_cursor(page[-1]) if more and page else None,
+        )
+
+    @router.get(
+        "/streams/events",
+        summary="Live feed of registry changes (SSE), starting with a snapshot",
+        response_class=EventFeedResponse,
+        status_code=200,
+        responses={
+            200: {
+                "description": (
+                    "Server-Sent Events: `snapshot` (every stream in flight; again after "
+                    "an overflow), then `opened`, `admitted`, `closed` (a stream each), "
+                    "`end` when the manager closes; `: keep-alive` comments between."
+                ),
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            429: _error("Too many events feeds open (too_many_watchers).", retry_after=True),
+            503: _error("The manager is shutting down (shutting_down).", retry_after=True),
+        },
+    )
+    async def stream_events() -> Response:
+        if manager.stats().closing:
+            raise _shutting_down()
+        if not slots.take():
+            raise AdminError(
+                429,
+                "too_many_watchers",
+                f"{slots.limit} events feeds are open already (max_watchers); close one, "
+                f"or retry in {RETRY_AFTER}s",
+                {"Retry-After": str(RETRY_AFTER)},
+            )
+        return EventFeedResponse(
+            manager,
+            slots,
+            clean,
+            keep_alive=keep_alive_seconds,
+            max_buffer=events_buffer,
+            stall_timeout=stall_seconds,
+        )
+
+    @router.get("/streams/{stream_id}", summary="One stream", responses=not_found)
+    async def get_stream(stream_id: str) -> Stream:
+        return Stream.of(_find(manager, stream_id), trio.current_time(), clean)
+
+    @router.delete(
+        "/streams/{stream_id}",
+        summary="Cancel one stream",
+        responses={
+            **not_found,
+            **invalid,
+            409: _error("The stream has closed or is ending (stream_closed, stream_ending)."),
+        },
+    )
+    async def cancel_stream(
+        request: Request,
+        stream_id: str,
+        reason: Annotated[
+            str | None,
+            Query(max_length=MAX_REASON, description="Why (or give it in the body)."),
+        ] = None,
+        body: Annotated[CancelBody | None, Body()] = None,
+    ) -> CancelResult:
+        text = _reason(reason, body)
+        info = _find(manager, stream_id)
+        if info.phase is Phase.CLOSED:
+            raise AdminError(
+                409,
+                "stream_closed",
+                f"stream {stream_id!r} has already closed ({info.close_reason}); nothing to cancel",
+            )
+        if not manager.cancel(stream_id, reason=text):
+            raise AdminError(
+                409,
+                "stream_ending",
+                f"stream {stream_id!r} is already ending (phase {info.phase}); it will close "
+                f"by itself: watch GET {prefix}/streams/{stream_id}",
+            )
+        get_logger().info(
+            "admin.cancelled", stream_id=stream_id, client=_client(request), detail=text
+        )
+        return CancelResult(
+            cancelled=True,
+            stream=Stream.of(_find(manager, stream_id), trio.current_time(), clean),
+        )
+
+    @router.delete(
+        "/keys/{key:path}/streams",
+        summary="Cancel every stream of a key",
+        responses=invalid,
+    )
+    async def cancel_key(
+        request: Request,
+        key: Annotated[str, Path(description="The admission key (may hold '/').")],
+        reason: Annotated[
+            str | None,
+            Query(max_length=MAX_REASON, description="Why (or give it in the body)."),
+        ] = None,
+        body: Annotated[CancelBody | None, Body()] = None,
+    ) -> CancelKeyResult:
+        text = _reason(reason, body)
+        count = manager.cancel_key(key, reason=text)
+        get_logger().info(
+            "admin.cancelled_key", key=key, cancelled=count, client=_client(request), detail=text
+        )
+        return CancelKeyResult(key=key, cancelled=count)
+
+    @router.get("/history", summary="Recently closed streams, newest first", responses=invalid)
+    async def history(
+        key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
+        reason: Annotated[
+            list[CloseReason] | None,
+            Query(description="Only streams closed for these reasons (repeat)."),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="The most returned.")] = 100,
+    ) -> History:
+        reasons = set(reason or ())
+        matching = [
+            info
+            for info in reversed(manager.history())
+            if (key is None or info.key == key) and (not reasons or info.close_reason in reasons)
+        ]
+        now = trio.current_time()
+        return History(
+            streams=[Stream.of(info, now, clean) for info in matching[:limit]],
+            total=len(matching),
+        )
+
+    @router.get("/stats", summary="Counters and limits now")
+    async def stats() -> Stats:
+        return Stats.of(manager.stats())
+
+    @router.get("/limits", summary="The admission limits")
+    async def get_limits() -> Limits:
+        return _limits(manager)
+
+    @router.put(
+        "/limits",
+        summary="Change admission limits now",
+        responses={
+            **invalid,
+            400: _error("The limiter refused the values (invalid_limits)."),
+        },
+    )
+    async def put_limits(request: Request, update: LimitsUpdate) -> Limits:
+        changes = {name: getattr(update, name) for name in update.model_fields_set}
+        try:
+            manager.set_limits(**changes)
+        except (ValueError, TypeError) as exc:
+            raise AdminError(400, "invalid_limits", f"{exc}; nothing was changed") from exc
+        get_logger().info("admin.limits_changed", client=_client(request), **changes)
+        return _limits(manager)
+
+    @router.get(
+        "/healthz",
+        summary="Liveness: 200 while the manager admits streams",
+        responses={503: _error("The manager is shutting down (shutting_down).", retry_after=True)},
+    )
+    async def healthz() -> Health:
+        current = manager.stats()
+        if current.closing:
+            raise _shutting_down()
+        return Health(status="ok", active=current.active, waiting=current.waiting)
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        status_code=200,
+        responses={
+            200: {
+                "description": "The Prometheus text exposition format (version 0.0.4).",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    generate = app.openapi
+
+    def openapi_document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _errors_as_json(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi_document  # type: ignore[method-assign]
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        document = app.openapi()
+        root_path = request.scope.get("root_path", "")
+        if root_path:
+            document = {**document, "servers": [{"url": root_path}]}
+        return JSONResponse(document)
+
+    app.include_router(router)
+    app.state.metrics = metrics
+    return app
+
+
+def _errors_as_json(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare every error answer as the JSON it is.
+
+    FastAPI puts a response's model under the route's media type, which for the
+    events feed and the metrics is not JSON: their errors are JSON all the same.
+    """
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if int(status) >= 400:
+                    response["content"] = {"application/json": {"schema": schema}}
+    return document
+
+
+def _find(manager: StreamManager, stream_id: str) -> StreamInfo:
+    info = manager.get(stream_id)
+    if info is None:
+        raise AdminError(
+            404,
+            "stream_not_found",
+            f"no stream {stream_id!r} in flight or in the recent history; list streams "
+            f"with GET /streams or closed ones with GET /history",
+        )
+    return info
+
+
+def _reason(query: str | None, body: CancelBody | None) -> str:
+    from_body = None if body is None else body.reason
+    if query is not None and from_body is not None:
+        raise AdminError(
+            422, "validation_error", "give the reason once: as ?reason= or in the body"
+        )
+    text = query if query is not None else from_body
+    return DEFAULT_CANCEL_REASON if text is None else text
+
+
+def _limits(manager: StreamManager) -> Limits:
+    current = manager.stats()
+    return Limits(
+        max_streams=current.max_streams,
+        max_streams_per_key=current.max_streams_per_key,
+        max_waiting=current.max_waiting,
+    )
+
+
+def _shutting_down() -> AdminError:
+    return AdminError(
+        503,
+        "shutting_down",
+        f"the stream manager is shutting down; retry in {RETRY_AFTER}s (or on another instance)",
+        {"Retry-After": str(RETRY_AFTER)},
+    )
+
+
+def _client(request: Request) -> str | None:
+    return None if request.client is None else request.client.host
+
+
+# Module-level: FastAPI resolves the (string) annotations below in this module's globals.
+_BEARER = HTTPBearer(
+    auto_error=False, description="The admin token: 'Authorization: Bearer <token>'."
+)
+
+
+def _authenticator(token: str) -> Callable[..., Any]:
+    expected = token.encode()
+
+    async def authenticate(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        if credentials is None:
+            problem = "missing"
+        else:
+            # Header values arrive decoded as latin-1: back to the bytes sent.
+            presented = credentials.credentials.encode("latin-1")
+            if hmac.compare_digest(presented, expected):
+                return
+            problem = "wrong"
+        # Never the presented value: a wrong token is often a right one for elsewhere.
+        get_logger().warning(
+            "admin.unauthorized",
+            problem=problem,
+            method=request.method,
+            path=request.url.path,
+            client=_client(request),
+        )
+        raise AdminError(
+            401,
+            "unauthorized",
+            f"the bearer token is {problem}: send 'Authorization: Bearer <token>' with the "
+            f"admin token the server was started with",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+    return authenticate
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
+
+    async def admin_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AdminError)
+        return exc.response()
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        details = _validation_details(exc)
+        error = AdminError(422, "validation_error", _validation_message(details))
+        return error.response(details)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see openapi.json"
+        else:
+            message = str(exc.detail)
+        return AdminError(exc.status_code, code, message, exc.headers).response()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return AdminError(
+            500,
+            "internal_error",
+            "the inspection API failed; see the server's logs and retry",
+        ).response()
+
+    app.add_exception_handler(AdminError, admin_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
