@@ -313,7 +313,7 @@ def admin_app(
     def clean(text: str) -> str:
         return redact(text, secrets)
 
-    metrics = AdminMetrics(manager)
+    metrics = AdminMetrics(manager, event_feeds=lambda: slots.open)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -419,7 +419,7 @@ def admin_app(
             stall_timeout=stall_seconds,
         )
 
-    @router.get("/streams/{stream_id}", summary="One stream", responses=not_found)
+    @router.get("/streams/{stream_id}", summary="One stream", responses={**not_found, **invalid})
     async def get_stream(stream_id: str) -> Stream:
         return Stream.of(_find(manager, stream_id), trio.current_time(), clean)
 
@@ -591,6 +591,10 @@ def _errors_as_json(document: dict[str, Any]) -> dict[str, Any]:
             for status, response in operation.get("responses", {}).items():
                 if int(status) >= 400:
                     response["content"] = {"application/json": {"schema": schema}}
+    # FastAPI's own validation error shape, which this app never sends.
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
     return document
 
 

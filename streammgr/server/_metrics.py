@@ -21,7 +21,7 @@ prefix and base units (seconds, bytes). docs/http-api.md lists them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -121,10 +121,17 @@ class AdminMetrics:
 
     Args:
         manager: the manager measured.
+        event_feeds: how many events feeds the app has open now.
         feed_buffer: events the histogram feed may fall behind before it overflows.
     """
 
-    def __init__(self, manager: StreamManager, *, feed_buffer: int = 10_000) -> None:
+    def __init__(
+        self,
+        manager: StreamManager,
+        *,
+        event_feeds: Callable[[], int] = lambda: 0,
+        feed_buffer: int = 10_000,
+    ) -> None:
         self._manager = manager
         self._feed_buffer = feed_buffer
         self.registry = CollectorRegistry(auto_describe=True)
@@ -164,6 +171,11 @@ class AdminMetrics:
             "Times the histogram feed fell behind the change feed (samples were lost).",
             registry=registry,
         )
+        Gauge(
+            PREFIX + "admin_event_feeds",
+            "Events feeds (GET /streams/events) open now.",
+            registry=registry,
+        ).set_function(event_feeds)
         self._feed_up = Gauge(
             PREFIX + "metrics_feed_up",
             "1 while the histogram feed runs (the app's lifespan started it), else 0.",
