@@ -254,6 +254,31 @@ async def test_cancel_a_stream_reader_gets_stream_cancelled(nursery: trio.Nurser
             assert TOKEN not in listed.text
 
 
+async def test_cancel_a_stream_that_is_ending_is_a_409(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def slow_cleanup() -> AsyncIterator[str]:
+        try:
+            await trio.sleep_forever()
+            yield "never"
+        finally:
+            with trio.CancelScope(shield=True):
+                await release.wait()
+
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http, manager.open(slow_cleanup) as stream:
+            first = await http.delete(f"/admin/streams/{stream.id}")
+            assert first.json()["stream"]["phase"] == "closing"  # its cleanup runs
+            ending = await http.delete(f"/admin/streams/{stream.id}")
+            assert error_of(ending) == (409, "stream_ending")
+            assert "close by itself" in ending.json()["error"]["message"]
+            release.set()
+            with pytest.raises(streammgr.StreamCancelled):
+                async for _ in stream:
+                    pass
+
+
 async def test_cancel_every_stream_of_a_key(nursery: trio.Nursery) -> None:
     async with StreamManager(max_streams=3) as manager, contextlib.AsyncExitStack() as stack:
         server = await serve_admin(nursery, manager)
@@ -371,6 +396,7 @@ async def test_stats_and_limits_at_runtime(nursery: trio.Nursery) -> None:
                 assert error_of(response) == (422, "validation_error"), body
             zero = await http.put("/admin/limits", json={"max_streams": 0})
             assert "body max_streams" in zero.json()["error"]["message"]
+            assert "input" not in zero.json()["error"]["details"][0]  # values are not echoed
             broken = await http.put(
                 "/admin/limits", content=b"{not json", headers={"content-type": "application/json"}
             )

@@ -225,22 +225,21 @@ def _labels(values: list[str]) -> dict[str, str]:
     return wanted
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, object]]:
-    # Without "input": a rejected value may be something the client should not see
-    # echoed in logs or proxies (a token pasted in the wrong field).
-    return [
-        {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type")}
-        for error in exc.errors()
-    ]
-
-
-def _validation_message(details: list[dict[str, object]]) -> str:
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation error in this API's shape: a message naming each field."""
+    details: list[dict[str, object]] = []
     parts = []
-    for detail in details:
-        loc = [str(part) for part in detail["loc"]]  # type: ignore[attr-defined]
+    for error in exc.errors():
+        raw_loc = list(error.get("loc", ()))
+        loc = [str(part) for part in raw_loc]
+        message = str(error.get("msg", ""))
+        # Without "input": a rejected value may be something that should not be
+        # echoed into logs or proxies (a token pasted in the wrong field).
+        details.append({"loc": raw_loc, "msg": message, "type": error.get("type")})
         where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
-        parts.append(f"{where}: {detail['msg']}")
-    return "invalid request: " + "; ".join(parts) + " (see details; fix the request and retry)"
+        parts.append(f"{where}: {message}")
+    text = "invalid request: " + "; ".join(parts) + " (see details; fix the request and retry)"
+    return AdminError(422, "validation_error", text).response(details)
 
 
 def admin_app(
@@ -575,7 +574,6 @@ def admin_app(
         return JSONResponse(document)
 
     app.include_router(router)
-    app.state.metrics = metrics
     return app
 
 
@@ -691,9 +689,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        details = _validation_details(exc)
-        error = AdminError(422, "validation_error", _validation_message(details))
-        return error.response(details)
+        return _validation_error(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
