@@ -22,6 +22,7 @@ from ._response import EventStreamResponse as EventStreamResponse
 from ._service import ServiceOptions as ServiceOptions
 from ._service import build_service_app as build_service_app
 from ._service import graceful_trigger as graceful_trigger
+from ._service import serve_service as serve_service
 
 __all__ = [
     "MAX_REQUEST_SIZE",
@@ -40,4 +41,5 @@ __all__ = [
     "graceful_trigger",
     "manager_lifespan",
     "serve",
+    "serve_service",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 import trio
+from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -23,9 +24,10 @@ from starlette.types import ASGIApp
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
 from ._gateway import MAX_REQUEST_SIZE, gateway_app
+from ._hypercorn import serve
 from ._lifespan import manager_lifespan
 
-__all__ = ["ServiceOptions", "build_service_app", "graceful_trigger"]
+__all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
 
 # Headers a browser on another origin may read from an answer.
 _EXPOSED_HEADERS = ("x-request-id", "x-stream-id", "retry-after", "retry-after-ms")
@@ -161,3 +163,47 @@ def graceful_trigger(
         nursery.start_soon(manager.aclose, grace, name="streammgr-drain")
 
     return drain
+
+
+async def serve_service(
+    app: ASGIApp,
+    manager: StreamManager,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    grace: float = 5.0,
+    close_timeout: float = 5.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
+    returns, then shut down gracefully, draining ``manager``'s streams.
+
+    :func:`~streammgr.server.serve` with :func:`graceful_trigger`: at the trigger,
+    no new connection is accepted, streams get ``grace`` seconds, the rest end with
+    an in-band shutdown event, and connections still open ``grace +
+    close_timeout`` seconds after the trigger (a client that reads nothing) are
+    cancelled. No access log (the manager logs every stream).
+
+    Args:
+        app: the ASGI app; its lifespan runs ``manager``.
+        manager: the manager the app runs its streams in.
+        host: the address to listen on.
+        port: the TCP port (``0``: a free one, reported through ``task_status``).
+        shutdown_trigger: an async callable that returns when it is time to stop.
+        grace: seconds active streams get to finish after the trigger.
+        close_timeout: seconds after ``grace`` before connections are cut.
+        task_status: ``nursery.start`` returns the URLs listened on.
+    """
+    config = Config()
+    config.accesslog = None
+    config.graceful_timeout = grace + close_timeout
+    async with trio.open_nursery() as nursery:
+        await serve(
+            app,
+            host=host,
+            port=port,
+            shutdown_trigger=graceful_trigger(manager, shutdown_trigger, nursery, grace=grace),
+            config=config,
+            task_status=task_status,
+        )
