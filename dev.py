@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""One entry point for a newcomer: set everything up, then run the demo or the tests.
+"""One entry point for a newcomer: set everything up, then run the gateway, the demo or the tests.
 
-    python3 dev.py demo     # create .venv, install streammgr, run the demo
+    python3 dev.py serve    # create .venv, install streammgr[server,cli], run the gateway
+                            # in front of the built-in simulated upstream on 127.0.0.1:8000
+    python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
@@ -51,10 +53,15 @@ def setup(extras: str) -> None:
 
 def main() -> None:
     """Dispatch the sub-command named on the command line."""
-    command = sys.argv[1] if len(sys.argv) > 1 else "demo"
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
     rest = sys.argv[2:]
-    if command == "demo":
-        setup("")
+    if command == "serve":
+        setup("server,cli")
+        # exec: Ctrl-C and SIGTERM reach the server itself, which shuts down gracefully.
+        os.chdir(ROOT)
+        os.execv(PYTHON, [str(PYTHON), "-m", "streammgr", "serve", *rest])
+    elif command == "demo":
+        setup("cli")
         run(PYTHON, "-m", "streammgr", "demo", *rest)
     elif command == "test":
         setup("dev")
@@ -68,7 +75,7 @@ def main() -> None:
         for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
             run(PYTHON, script, *rest)
     else:
-        sys.exit(f"unknown command {command!r}: use demo, test or bench")
+        sys.exit(f"unknown command {command!r}: use serve, demo, test or bench")
 
 
 if __name__ == "__main__":

@@ -286,11 +286,20 @@ class _Run:
         self._nursery.cancel_scope.cancel()
 
     async def watch_client(self, receive: Receive) -> None:
-        """Receive until ``http.disconnect``, whatever the server's ASGI spec version."""
+        """Receive until ``http.disconnect``, whatever the server's ASGI spec version.
+
+        Once the last write has begun, a disconnect is the server's, not the
+        client's: hypercorn says ``http.disconnect`` from *inside* the app's last
+        ``send()``, while it closes or recycles the connection. Cancelling the
+        response then would cancel that work half-way (at a graceful shutdown, the
+        connection was left open until hypercorn's own timeout). A client that
+        stops reading during the last write is still the write guard's business.
+        """
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+                if not self._writer.ended:
+                    self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
                 return
 
     async def guard_writes(self, stall_timeout: float) -> None:

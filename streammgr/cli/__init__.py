@@ -1,0 +1,11 @@
+"""The command line: ``streammgr serve``, ``streammgr simulate``, ``streammgr demo``
+(extra ``cli``; ``serve`` and ``simulate`` need the ``server`` extra too).
+
+Only this package imports the CLI toolkit (cyclopts) and configures logging: the
+library never does. The guide: docs/cli.md.
+"""
+
+from ._app import app as app
+from ._app import main as main
+
+__all__ = ["app", "main"]

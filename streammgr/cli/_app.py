@@ -1,0 +1,250 @@
+"""The ``streammgr`` command (cyclopts, async commands on Trio): serve, simulate, demo.
+
+Every flag of ``serve`` can also be set through an environment variable named
+``STREAMMGR_`` and the flag in capitals (``--max-streams`` → ``STREAMMGR_MAX_STREAMS``);
+a flag on the command line wins. A bad value is a one-line error on stderr naming
+the flag and what it accepts, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import cyclopts
+from cyclopts import Parameter
+
+from .. import __version__
+from ._logging import LogFormat
+
+__all__ = ["UsageError", "app", "main"]
+
+
+class UsageError(Exception):
+    """A flag's value cannot be used (found after parsing): exit code 2."""
+
+
+def _env(flag: str) -> Parameter:
+    return Parameter(env_var=f"STREAMMGR_{flag.upper()}")
+
+
+def _port(type_: object, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("Accepts a TCP port, 0 to 65535 (0: any free port)")
+
+
+def _positive_count(type_: object, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError("Accepts a whole number of at least 1, or none (no limit)")
+
+
+def _count(type_: object, value: int | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError("Accepts a whole number of at least 0, or none (no limit)")
+
+
+def _seconds(type_: object, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError("Accepts a positive number of seconds, or none (no limit)")
+
+
+def _grace(type_: object, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError("Accepts a number of seconds, at least 0")
+
+
+def _url(type_: object, value: str | None) -> None:
+    if value is None:
+        return
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError(
+            "Accepts an http:// or https:// base URL, as the openai SDK takes it, "
+            "e.g. https://api.openai.com/v1"
+        )
+
+
+def _origin(type_: object, value: tuple[str, ...]) -> None:
+    for origin in value:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError(
+                f"Accepts an origin such as https://app.example.com, or *; got {origin}"
+            )
+
+
+app = cyclopts.App(
+    name="streammgr",
+    help="Run many streaming responses at once, safely.",
+    version=__version__,
+    backend="trio",
+)
+
+
+@app.command
+async def serve(
+    *,
+    host: Annotated[str, _env("host")] = "127.0.0.1",
+    port: Annotated[int, _env("port"), Parameter(validator=_port)] = 8000,
+    upstream_url: Annotated[str | None, _env("upstream_url"), Parameter(validator=_url)] = None,
+    upstream_api_key_env: Annotated[str | None, _env("upstream_api_key_env")] = None,
+    max_streams: Annotated[
+        int | None, _env("max_streams"), Parameter(validator=_positive_count)
+    ] = 100,
+    max_streams_per_key: Annotated[
+        int | None, _env("max_streams_per_key"), Parameter(validator=_positive_count)
+    ] = 10,
+    max_waiting: Annotated[int | None, _env("max_waiting"), Parameter(validator=_count)] = 100,
+    acquire_timeout: Annotated[
+        float | None, _env("acquire_timeout"), Parameter(validator=_seconds)
+    ] = 5.0,
+    reader_timeout: Annotated[
+        float | None, _env("reader_timeout"), Parameter(validator=_seconds)
+    ] = 30.0,
+    idle_timeout: Annotated[
+        float | None, _env("idle_timeout"), Parameter(validator=_seconds)
+    ] = 60.0,
+    shutdown_grace: Annotated[float, _env("shutdown_grace"), Parameter(validator=_grace)] = 5.0,
+    key_header: Annotated[str | None, _env("key_header")] = None,
+    admin_token: Annotated[str | None, _env("admin_token")] = None,
+    cors_origin: Annotated[
+        tuple[str, ...], _env("cors_origin"), Parameter(validator=_origin, negative="")
+    ] = (),
+    log_format: Annotated[LogFormat, _env("log_format")] = "console",
+) -> int:
+    """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
+
+    With no flags: on 127.0.0.1:8000, in front of the built-in simulated upstream
+    (no network, no API key). Stops gracefully on SIGINT or SIGTERM: streams get
+    --shutdown-grace seconds, the rest end with an in-band shutdown error.
+
+    Args:
+        host: The address to listen on.
+        port: The TCP port (0: any free port; the log says which).
+        upstream_url: The upstream's API root, as the openai SDK's base_url takes it
+            (e.g. https://api.openai.com/v1). Default: the built-in simulator, in-process.
+        upstream_api_key_env: The name of the environment variable that holds the
+            upstream's API key (e.g. OPENAI_API_KEY). Default: send no key.
+        max_streams: The most streams at once (none: no limit).
+        max_streams_per_key: The most streams at once for one caller key (none: no limit).
+        max_waiting: The most requests waiting for a slot; more get a 429 at once
+            (none: no bound).
+        acquire_timeout: Seconds a request may wait for a slot before its 429 (none: forever).
+        reader_timeout: Seconds an event may wait for a client that reads nothing (none: forever).
+        idle_timeout: Seconds the upstream may send nothing before the stream ends
+            with an in-band error (none: forever).
+        shutdown_grace: Seconds streams get to finish at shutdown.
+        key_header: A request header whose value is the caller's key for the per-key
+            limit (set by a trusted proxy). Default: the caller's bearer token, hashed.
+        admin_token: The bearer token of the inspection API at /admin.
+        cors_origin: An origin a browser may call the gateway from (repeat the flag
+            for several; * for any).
+        log_format: Logs on stderr as JSON lines (json) or for people (console).
+    """
+    from ._run import ServeSettings, run_serve
+
+    try:
+        from ..server import check_exposure
+    except ImportError:
+        pass  # run_serve says which extra is missing
+    else:
+        try:
+            check_exposure(host, admin_token)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    api_key = None
+    if upstream_api_key_env is not None:
+        import os
+
+        api_key = os.environ.get(upstream_api_key_env)
+        if not api_key:
+            raise UsageError(
+                f"--upstream-api-key-env: the environment variable {upstream_api_key_env} "
+                f"is not set or empty; export it, or leave the flag out to send no key"
+            )
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        upstream_url=upstream_url,
+        api_key=api_key,
+        max_streams=max_streams,
+        max_streams_per_key=max_streams_per_key,
+        max_waiting=max_waiting,
+        acquire_timeout=acquire_timeout,
+        reader_timeout=reader_timeout,
+        idle_timeout=idle_timeout,
+        shutdown_grace=shutdown_grace,
+        key_header=key_header,
+        admin_token=admin_token,
+        cors_origins=cors_origin,
+        log_format=log_format,
+    )
+    return await run_serve(settings)
+
+
+@app.command
+async def simulate(
+    *,
+    host: Annotated[str, Parameter(env_var="STREAMMGR_SIMULATE_HOST")] = "127.0.0.1",
+    port: Annotated[int, Parameter(env_var="STREAMMGR_SIMULATE_PORT", validator=_port)] = 8001,
+    seed: Annotated[int, Parameter(env_var="STREAMMGR_SIMULATE_SEED")] = 0,
+    log_format: Annotated[LogFormat, Parameter(env_var="STREAMMGR_LOG_FORMAT")] = "console",
+) -> int:
+    """Serve the simulated OpenAI-compatible upstream on its own (see docs/simulate.md).
+
+    Point a client, or `streammgr serve --upstream-url http://HOST:PORT/v1`, at it.
+    Stops on SIGINT or SIGTERM.
+
+    Args:
+        host: The address to listen on.
+        port: The TCP port (0: any free port; the log says which).
+        seed: The seed of its deterministic answers.
+        log_format: Logs on stderr as JSON lines (json) or for people (console).
+    """
+    from ._run import run_simulate
+
+    return await run_simulate(host=host, port=port, seed=seed, log_format=log_format)
+
+
+def _streams(type_: object, value: int) -> None:
+    if value < 1:
+        raise ValueError("Accepts a whole number of at least 1")
+
+
+@app.command
+async def demo(
+    *,
+    streams: Annotated[int, Parameter(validator=_streams)] = 60,
+    seed: int = 7,
+    verbose: bool = False,
+) -> int:
+    """Many streams from several tenants against the simulated upstream, in-process:
+    limits enforced, the registry shown, the checks printed.
+
+    Args:
+        streams: How many streams.
+        seed: The random seed.
+        verbose: Print lifecycle logs.
+    """
+    from .._demo import run_demo
+
+    return await run_demo(streams, seed, verbose)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a bad flag or value).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+    """
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app(tokens, print_error=False, exit_on_error=False, result_action="return_value")
+    except cyclopts.CycloptsError as exc:
+        print(f"streammgr: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"streammgr: error: {exc}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0

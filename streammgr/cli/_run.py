@@ -1,0 +1,190 @@
+"""What ``streammgr serve`` and ``streammgr simulate`` run, once their flags are parsed.
+
+Both serve until SIGINT or SIGTERM, then stop gracefully and return 0; a second
+signal stops at once (exit code 1).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+import structlog
+import trio
+
+from .._manager import StreamManager
+from ._logging import LogFormat, configure_logging
+
+__all__ = ["SIMULATED_UPSTREAM_URL", "ServeSettings", "run_serve", "run_simulate"]
+
+# The upstream's host when the built-in simulator answers in-process: nothing leaves.
+SIMULATED_UPSTREAM_URL = "http://simulated-upstream.invalid/v1"
+
+_Serve = Callable[[Callable[[], Awaitable[object]], trio.TaskStatus[list[str]]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """The parsed flags of ``streammgr serve`` (the API key read from its variable)."""
+
+    host: str
+    port: int
+    upstream_url: str | None
+    api_key: str | None
+    max_streams: int | None
+    max_streams_per_key: int | None
+    max_waiting: int | None
+    acquire_timeout: float | None
+    reader_timeout: float | None
+    idle_timeout: float | None
+    shutdown_grace: float
+    key_header: str | None
+    admin_token: str | None
+    cors_origins: tuple[str, ...]
+    log_format: LogFormat
+
+    def __repr__(self) -> str:
+        return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
+
+
+async def _until_stopped(run: _Serve, what: str) -> int:
+    """Run a server until a signal; return the exit code.
+
+    The signal receiver is open before the server starts, so a signal at any
+    moment is a graceful stop, never a ``KeyboardInterrupt`` inside a write.
+    """
+    log = structlog.get_logger("streammgr.cli")
+    stop = trio.Event()
+    forced = cannot_listen = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal forced
+                async for number in signals:
+                    name = signal.Signals(number).name
+                    if not stop.is_set():
+                        log.info(f"{what}.stopping", signal=name)
+                        stop.set()
+                    else:
+                        log.warning(f"{what}.stopped_at_once", signal=name)
+                        forced = True
+                        nursery.cancel_scope.cancel()
+
+            async def server(task_status: trio.TaskStatus[list[str]]) -> None:
+                await run(stop.wait, task_status)
+                nursery.cancel_scope.cancel()  # stopped: the signal watcher too
+
+            nursery.start_soon(watch_signals)
+            try:
+                urls = await nursery.start(server)
+            except* OSError as group:
+                log.error(  # noqa: TRY400 - the reason is enough: no traceback
+                    f"{what}.cannot_listen", error=str(group.exceptions[0])
+                )
+                cannot_listen = True
+                nursery.cancel_scope.cancel()
+            else:
+                log.info(f"{what}.listening", urls=urls)
+    if cannot_listen or forced:
+        return 1
+    log.info(f"{what}.stopped")
+    return 0
+
+
+async def run_serve(settings: ServeSettings) -> int:
+    """``streammgr serve``: the gateway until a signal; returns the exit code."""
+    configure_logging(settings.log_format)
+    try:
+        from ..server import (
+            ServiceOptions,
+            admin_app,
+            build_service_app,
+            serve_service,
+        )
+    except ImportError as exc:
+        raise SystemExit(
+            f"streammgr serve needs the server extra ({exc.name} is missing): "
+            f"pip install 'streammgr[server,cli]'"
+        ) from None
+    from ..simulate import SimulatedTransport, SimulatedUpstream
+    from ..sources import SourceTimeouts
+
+    transport: httpx.AsyncBaseTransport | None = None
+    upstream_url = settings.upstream_url
+    if upstream_url is None:
+        transport = SimulatedTransport(SimulatedUpstream())
+        upstream_url = SIMULATED_UPSTREAM_URL
+    manager = StreamManager(
+        max_streams=settings.max_streams,
+        max_streams_per_key=settings.max_streams_per_key,
+        max_waiting=settings.max_waiting,
+        acquire_timeout=settings.acquire_timeout,
+        reader_timeout=settings.reader_timeout,
+        idle_timeout=settings.idle_timeout,
+        shutdown_grace=settings.shutdown_grace,
+        secrets=[value for value in (settings.api_key, settings.admin_token) if value],
+    )
+    options = ServiceOptions(
+        upstream_url=upstream_url,
+        api_key=settings.api_key,
+        key_header=settings.key_header,
+        cors_origins=settings.cors_origins,
+        upstream_timeouts=SourceTimeouts(connect=30.0),
+    )
+    log = structlog.get_logger("streammgr.cli")
+    log.info(
+        "gateway.starting",
+        upstream="built-in simulator" if settings.upstream_url is None else upstream_url,
+        max_streams=settings.max_streams,
+        max_streams_per_key=settings.max_streams_per_key,
+    )
+    # No overall read timeout: a stream may last long; the manager's and the
+    # source's timeouts bound it.
+    timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
+    async with httpx.AsyncClient(transport=transport, timeout=timeout) as upstream:
+        # The inspection API, at /admin (check_exposure refused an exposed one
+        # without a token before anything started).
+        admin = admin_app(manager, token=settings.admin_token, prefix="")
+        app = build_service_app(
+            manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
+        )
+
+        async def run(
+            stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
+        ) -> None:
+            await serve_service(
+                app,
+                manager,
+                host=settings.host,
+                port=settings.port,
+                shutdown_trigger=stop,
+                grace=settings.shutdown_grace,
+                task_status=task_status,
+            )
+
+        return await _until_stopped(run, "gateway")
+
+
+async def run_simulate(*, host: str, port: int, seed: int, log_format: LogFormat) -> int:
+    """``streammgr simulate``: the simulated upstream until a signal."""
+    configure_logging(log_format)
+    try:
+        from ..server import serve
+    except ImportError as exc:
+        raise SystemExit(
+            f"streammgr simulate needs the server extra ({exc.name} is missing): "
+            f"pip install 'streammgr[server,cli]'"
+        ) from None
+    from ..simulate import SimulatedUpstream
+
+    upstream = SimulatedUpstream(seed=seed)
+
+    async def run(
+        stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        await serve(upstream, host=host, port=port, shutdown_trigger=stop, task_status=task_status)
+
+    return await _until_stopped(run, "simulator")

@@ -1,0 +1,754 @@
+"""The OpenAI-compatible gateway: :func:`gateway_app`.
+
+A Starlette app that answers ``POST /v1/chat/completions`` and ``GET /v1/models``
+in front of an OpenAI-compatible upstream, every chat request run through a
+:class:`~streammgr.StreamManager` (limits, registry, timeouts, cancellation):
+
+- ``stream: true``: an :class:`~streammgr.server.EventStreamResponse` with
+  ``resumable=False`` over :class:`_ChatEvents`, which forwards the upstream's
+  events as the bytes it sent (``SSESource.raw_batches``: one write per upstream
+  read) and looks inside only for what it must: the ``[DONE]`` end, an error
+  object, data that is not a JSON object. Whatever ends the upstream early (a
+  drop, a stall, a malformed chunk, an error, no ``[DONE]``) is raised as an
+  :class:`~streammgr.UpstreamError`, so the response ends the body with an in-band
+  ``data: {"error": {...}}`` event: never a silent end, which the openai SDK would
+  take for success.
+- ``stream: false``: :class:`_CompletionResponse` streams from the upstream with
+  :class:`~streammgr.sources.OpenAIChat`, assembles the answer with
+  :func:`~streammgr.sources.collect_chat` and answers one ``chat.completion``
+  object. It watches the client meanwhile: a client that leaves cancels the stream
+  (``client_disconnected``) and with it the upstream request.
+- every other ``/v1/...`` route, and any other path: a 404 in OpenAI's error format;
+  a bad body: a 400 naming the field.
+
+The admission key is the caller's credential hashed (``key-`` and 16 hex digits of
+its SHA-256; the credential itself is never stored, logged or forwarded), or the
+value of a configured header, or ``anonymous``. The upstream gets the configured
+API key, never the caller's. Every answer carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .._batch import BatchIterator
+from .._errors import (
+    StreamCancelled,
+    UpstreamAPIError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+    UpstreamTruncated,
+)
+from .._logging import excerpt, get_logger
+from .._manager import StreamManager
+from .._states import CloseReason
+from .._stream import ManagedStream
+from .._validate import check_seconds
+from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, collect_chat
+from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
+from ._answers import ErrorAnswer, error_answer
+from ._response import EventStreamResponse
+
+__all__ = ["MAX_REQUEST_SIZE", "RequestIdMiddleware", "caller_key", "gateway_app", "openai_error"]
+
+MAX_REQUEST_SIZE = 8 * 1024 * 1024
+"""The largest request body the gateway reads, in bytes (a larger one gets a 413)."""
+
+_ANONYMOUS = "anonymous"
+_KEY_HEADER_LIMIT = 128  # characters of a configured key header's value used as the key
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_EXCERPT = 200
+# A stream: false answer is assembled from a stream; the key sent when none is set.
+_NO_API_KEY = "no-key"
+
+
+def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str:
+    """The admission key of a request: who the per-key limit counts.
+
+    The value of ``key_header`` when it is configured and present (cut to 128
+    characters: an id set by a trusted proxy in front, not a secret); else the
+    caller's credential (``Authorization: Bearer ...``, or the whole header for
+    another scheme) hashed: ``key-`` and the first 16 hex digits of its SHA-256,
+    so the registry, logs and limits never hold the credential itself; else
+    ``"anonymous"``.
+
+    Args:
+        headers: the request's headers (case-insensitive, as Starlette's).
+        key_header: the name of a header that names the caller, or ``None``.
+    """
+    if key_header is not None:
+        value = headers.get(key_header, "").strip()
+        if value:
+            return value[:_KEY_HEADER_LIMIT]
+    credential = headers.get("authorization", "").strip()
+    scheme, _, token = credential.partition(" ")
+    if scheme.lower() == "bearer":
+        credential = token.strip()
+    if not credential:
+        return _ANONYMOUS
+    return "key-" + hashlib.sha256(credential.encode()).hexdigest()[:16]
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A JSON answer in OpenAI's error format: ``{"error": {message, type, param, code}}``."""
+    error = {"message": message, "type": error_type, "param": param, "code": code}
+    return Response(
+        json.dumps({"error": error}, separators=(",", ":")),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type="application/json",
+    )
+
+
+def _answer_response(answer: ErrorAnswer, stream_id: str) -> Response:
+    """An :class:`ErrorAnswer` (the streaming response's table) as a whole response."""
+    response = Response(answer.json(), status_code=answer.status)  # no media type: below
+    response.raw_headers.extend(answer.headers())
+    response.raw_headers.append((b"x-stream-id", stream_id.encode()))
+    return response
+
+
+# -- the request ------------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    """Internal: the request body is not a chat-completions request (a 400, or 413)."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.param = param
+        self.status = status
+
+
+def _kind(value: object) -> str:
+    """The JSON type of ``value``, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _parse_chat_request(body: bytes) -> dict[str, Any]:
+    """The request's JSON object, with the fields the gateway relies on checked.
+
+    Only what the gateway itself reads is checked (``model``, ``messages``,
+    ``stream``, ``stream_options``, ``n``); the upstream checks the rest.
+
+    Raises:
+        _BadRequest: naming the field.
+    """
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise _BadRequest(
+            "the request body is not valid JSON; send a chat-completions request object"
+        ) from None
+    if not isinstance(payload, dict):
+        raise _BadRequest(
+            f"the request body must be a JSON object, got {_kind(payload)}; send a "
+            f"chat-completions request object"
+        )
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        what = "missing" if model is None else f"{_kind(model)}"
+        raise _BadRequest(f"model must be a non-empty string, got {what}", "model")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        what = "missing" if messages is None else _kind(messages)
+        if isinstance(messages, list):
+            what = "an empty array"
+        raise _BadRequest(f"messages must be a non-empty array, got {what}", "messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _BadRequest(
+                f"messages[{index}] must be an object, got {_kind(message)}", f"messages[{index}]"
+            )
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _BadRequest(f"stream must be a boolean, got {_kind(stream)}", "stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _BadRequest(
+            f"stream_options must be an object, got {_kind(options)}", "stream_options"
+        )
+    choices = payload.get("n")
+    if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int)):
+        raise _BadRequest(f"n must be an integer, got {_kind(choices)}", "n")
+    if not stream and choices not in (None, 1):
+        raise _BadRequest(
+            f"n must be 1 with stream: false through this gateway, got {choices}; "
+            f"stream the answer (stream: true) for several choices",
+            "n",
+        )
+    return payload
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes.
+
+    Raises:
+        _BadRequest: (413) the body is larger.
+    """
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise _BadRequest(
+                f"the request body is larger than {limit} bytes; send less", status=413
+            )
+        parts.append(part)
+    return b"".join(parts)
+
+
+# -- stream: true --------------------------------------------------------------------------
+
+
+def _is_object(data: str) -> bool:
+    """Whether ``data`` has the shape of a JSON object (the cheap check of a chunk)."""
+    if data.startswith("{") and data.endswith("}"):
+        return True
+    stripped = data.strip()
+    return stripped.startswith("{") and stripped.endswith("}")
+
+
+class _ChatEvents:
+    """A producer: the upstream's chat-completion events, forwarded as they came.
+
+    Each upstream read's events travel as one :class:`~streammgr.sse.RawBatch`,
+    whose ``.raw`` the response writes unchanged. Looks inside each event only for
+    the end (``[DONE]``, after which nothing is read), an error object (``event:
+    error``, or data with a non-null ``"error"`` key) and data that is not a JSON
+    object (a malformed chunk): the events before such a failure are forwarded,
+    then it is raised. A body that ends without ``[DONE]`` raises
+    :class:`~streammgr.UpstreamTruncated`. Checking that every chunk is JSON would
+    mean decoding each one, which raw mode exists to avoid: a chunk is checked for
+    the shape of an object (``{...}``) only, and parsed only when it holds the text
+    ``"error"``.
+    """
+
+    def __init__(self, source: SSESource) -> None:
+        self._source = source
+
+    def __repr__(self) -> str:
+        return f"_ChatEvents({self._source!r})"
+
+    def __call__(self) -> BatchIterator[ServerSentEvent]:
+        """The events, a read at a time."""
+        return BatchIterator(self._batches())
+
+    async def _batches(self) -> AsyncGenerator[list[ServerSentEvent], None]:
+        url = self._source.url
+        async with aclosing(self._source.raw_batches()) as reads:
+            while True:
+                try:
+                    batch = await reads.anext_batch()
+                except StopAsyncIteration:
+                    break
+                end, failure = _scan(batch, url)
+                if end == len(batch):
+                    yield batch
+                elif end:
+                    # Rare: a failure or [DONE] inside a read. What came before goes out.
+                    events = batch[:end]
+                    yield RawBatch(events, b"".join(encode(event) for event in events))
+                if failure is not None:
+                    raise failure
+                if end and batch[end - 1].data == OPENAI_DONE:
+                    return
+        raise UpstreamTruncated(
+            "the upstream ended the stream without data: [DONE]: the answer may be "
+            "incomplete; retry the request",
+            url=url,
+        )
+
+
+def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None]:
+    """How many of the batch's events to forward, and the failure after them, if any.
+
+    Stops after ``[DONE]`` (it is forwarded) or before a failing event.
+    """
+    for index, event in enumerate(batch):
+        data = event.data
+        if data == OPENAI_DONE:
+            return index + 1, None
+        if event.event == "error":
+            return index, _api_error(data, url)
+        if not _is_object(data):
+            return index, UpstreamProtocolError(
+                f"the upstream sent a malformed chunk (not a JSON object): "
+                f"{excerpt(data, _EXCERPT)!r}",
+                url=url,
+            )
+        if '"error"' in data:
+            try:
+                payload = json.loads(data)
+            except (ValueError, RecursionError):
+                return index, UpstreamProtocolError(
+                    f"the upstream sent a malformed chunk (not JSON): {excerpt(data, _EXCERPT)!r}",
+                    url=url,
+                )
+            if isinstance(payload, dict) and payload.get("error") is not None:
+                return index, _api_error(data, url)
+    return len(batch), None
+
+
+def _api_error(data: str, url: str) -> UpstreamAPIError:
+    """The upstream's in-stream error object as an :class:`~streammgr.UpstreamAPIError`."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        payload = {"message": data}
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = excerpt(str(error.get("message") or "unknown error"), _EXCERPT)
+    error_type, code = error.get("type"), error.get("code")
+    return UpstreamAPIError(
+        f"the upstream reported an error mid-stream: {message}",
+        error_type=None if error_type is None else str(error_type),
+        code=None if code is None else str(code),
+        url=url,
+    )
+
+
+# -- stream: false -------------------------------------------------------------------------
+
+
+class _CompletionResponse(Response):
+    """One ``chat.completion`` object, assembled from a managed stream.
+
+    Runs ``stream`` (an :class:`~streammgr.sources.OpenAIChat`) to its end with
+    :func:`~streammgr.sources.collect_chat` while a second task watches the client:
+    at ``http.disconnect`` the stream is cancelled as ``client_disconnected``, which
+    cancels the upstream request, whether the stream waits for a slot or streams.
+    Errors get the streaming response's table (:func:`error_answer`), except an
+    upstream's client error (a 4xx other than 401, 403 and 429), passed on with its
+    status so that a client's mistake is not retried as a server error.
+    """
+
+    media_type = "application/json"
+
+    def __init__(
+        self, manager: StreamManager, stream: ManagedStream[Any], model: str, request_id: str
+    ) -> None:
+        self._manager = manager
+        self._stream = stream
+        self._model = model
+        self._request_id = request_id
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"x-stream-id": stream.id})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer the request (the ASGI application interface)."""
+        stream = self._stream
+        completion: ChatCompletion | None = None
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client, receive, name="streammgr-client-watcher")
+            try:
+                async with stream:
+                    completion = await collect_chat(stream)
+            except StreamCancelled as exc:
+                if exc.close_reason is CloseReason.CLIENT_DISCONNECTED:
+                    nursery.cancel_scope.cancel()
+                    return  # nobody to tell
+                error = exc
+            except Exception as exc:
+                error = exc
+            nursery.cancel_scope.cancel()
+        if completion is not None:
+            body = json.dumps(self._completion_object(completion), separators=(",", ":"))
+            self.body = body.encode()
+            self.raw_headers.append((b"content-length", str(len(self.body)).encode()))
+            await super().__call__(scope, receive, send)
+            return
+        assert error is not None
+        info = self._manager.get(stream.id)
+        answer = _completion_error(error, stream.id, info.error if info is not None else None)
+        await _answer_response(answer, stream.id)(scope, receive, send)
+
+    async def _watch_client(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._manager.cancel(
+                    self._stream.id,
+                    reason="the client disconnected",
+                    close_reason=CloseReason.CLIENT_DISCONNECTED,
+                )
+                return
+
+    def _completion_object(self, completion: ChatCompletion) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": completion.role,
+            "content": completion.text if completion.text or not completion.tool_calls else None,
+            "refusal": None,
+        }
+        if completion.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in completion.tool_calls
+            ]
+        answer: dict[str, Any] = {
+            "id": completion.id or f"chatcmpl-{self._request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),  # a timestamp for humans, not a timeout
+            "model": completion.model or self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": completion.finish_reason,
+                }
+            ],
+        }
+        usage = completion.usage
+        if usage is not None:
+            answer["usage"] = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+        return answer
+
+
+_NOT_PASSED_ON = frozenset({401, 403, 407, 429})  # the gateway's own key, or handled
+
+
+def _completion_error(error: Exception, stream_id: str, recorded: str | None) -> ErrorAnswer:
+    """The answer of a failed ``stream: false`` request."""
+    if (
+        isinstance(error, UpstreamStatusError)
+        and 400 <= error.status_code < 500
+        and error.status_code not in _NOT_PASSED_ON
+    ):
+        text = recorded if recorded is not None else "the upstream refused the request"
+        return ErrorAnswer(
+            error.status_code, "invalid_request_error", "upstream_refused", text, None
+        )
+    return error_answer(error, stream_id, recorded)
+
+
+# -- the app -------------------------------------------------------------------------------
+
+
+class _Gateway:
+    """What the routes share: the manager, the upstream and the options."""
+
+    def __init__(
+        self,
+        manager: StreamManager,
+        upstream: httpx.AsyncClient,
+        *,
+        upstream_url: str,
+        api_key: str | None,
+        key_header: str | None,
+        upstream_timeouts: SourceTimeouts,
+        answer_within: float,
+        keep_alive: float | None,
+        stall_timeout: float | None,
+        max_request_size: int,
+    ) -> None:
+        self.manager = manager
+        self.upstream = upstream
+        self.base_url = upstream_url.rstrip("/")
+        self.api_key = api_key
+        self.key_header = key_header
+        self.upstream_timeouts = upstream_timeouts
+        self.answer_within = answer_within
+        self.keep_alive = keep_alive
+        self.stall_timeout = stall_timeout
+        self.max_request_size = max_request_size
+        self.secrets = (api_key,) if api_key else ()
+
+    def upstream_headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    async def chat_completions(self, request: Request) -> Response:
+        request_id: str = request.scope["state"]["request_id"]
+        try:
+            body = await _read_body(request, self.max_request_size)
+            payload = _parse_chat_request(body)
+        except _BadRequest as exc:
+            return openai_error(exc.status, str(exc), param=exc.param)
+        key = caller_key(request.headers, self.key_header)
+        model: str = payload["model"]
+        labels = {"route": "chat.completions", "model": model[:64], "request_id": request_id}
+        if payload.get("stream"):
+            source = SSESource(
+                self.upstream,
+                f"{self.base_url}/chat/completions",
+                method="POST",
+                headers=self.upstream_headers(),
+                content=body,  # the caller's request as it came: nothing re-encoded
+                timeouts=self.upstream_timeouts,
+                secrets=self.secrets,
+            )
+            labels["stream"] = "true"
+            return EventStreamResponse(
+                self.manager,
+                _ChatEvents(source),
+                key=key,
+                labels=labels,
+                resumable=False,
+                keep_alive=self.keep_alive,
+                answer_within=self.answer_within,
+                stall_timeout=self.stall_timeout,
+            )
+        params = {
+            name: value
+            for name, value in payload.items()
+            if name not in ("model", "messages", "stream", "stream_options")
+        }
+        chat = OpenAIChat(
+            self.upstream,
+            api_key=self.api_key or _NO_API_KEY,
+            model=model,
+            messages=payload["messages"],
+            base_url=self.base_url,
+            include_usage=True,
+            timeouts=self.upstream_timeouts,
+            **params,
+        )
+        labels["stream"] = "false"
+        stream = self.manager.open(chat, key=key, labels=labels)
+        return _CompletionResponse(self.manager, stream, model, request_id)
+
+    async def models(self, request: Request) -> Response:
+        headers = {"accept": "application/json"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        connect = self.upstream_timeouts.connect
+        with trio.move_on_after(connect if connect is not None else 30.0) as patience:
+            try:
+                answer = await self.upstream.get(f"{self.base_url}/models", headers=headers)
+            except httpx.HTTPError as exc:
+                get_logger().warning("gateway.models_failed", error=type(exc).__name__)
+                return openai_error(
+                    502,
+                    f"could not reach the upstream ({type(exc).__name__}); retry later",
+                    error_type="upstream_error",
+                    code="upstream_error",
+                )
+        if patience.cancelled_caught:
+            return openai_error(
+                504,
+                "the upstream did not list its models in time; retry later",
+                error_type="upstream_error",
+                code="upstream_connect_timeout",
+            )
+        passed = {
+            name: value
+            for name, value in answer.headers.items()
+            if name.lower() in ("retry-after", "retry-after-ms")
+        }
+        if answer.status_code in (401, 403):
+            return openai_error(
+                502,
+                f"the upstream refused the gateway's credentials ({answer.status_code})",
+                error_type="upstream_error",
+                code="upstream_error",
+            )
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            headers=passed,
+            media_type=answer.headers.get("content-type", "application/json"),
+        )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 (and any other HTTPException) in OpenAI's error format."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return openai_error(
+            404,
+            f"Invalid URL ({where}): this gateway serves POST /v1/chat/completions and "
+            f"GET /v1/models",
+            code="unknown_url",
+        )
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return openai_error(
+            405,
+            f"Method not allowed ({where}); use {allow}",
+            code="method_not_allowed",
+            headers={"allow": allow},
+        )
+    return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+class RequestIdMiddleware:
+    """Pure ASGI middleware: an ``x-request-id`` on every HTTP answer.
+
+    The caller's own ``x-request-id`` is kept when it is a short token; otherwise a
+    new one (``req_`` and 24 hex digits) is made. It is in
+    ``scope["state"]["request_id"]`` for the app.
+
+    Args:
+        app: the ASGI app to wrap.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the app with the id in its scope and on its ``http.response.start``."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else f"req_{secrets.token_hex(12)}"
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append(header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def gateway_app(
+    manager: StreamManager,
+    upstream: httpx.AsyncClient,
+    *,
+    upstream_url: str,
+    api_key: str | None = None,
+    key_header: str | None = None,
+    upstream_timeouts: SourceTimeouts | None = None,
+    answer_within: float = 1.0,
+    keep_alive: float | None = 15.0,
+    stall_timeout: float | None = 30.0,
+    max_request_size: int = MAX_REQUEST_SIZE,
+) -> ASGIApp:
+    """An OpenAI-compatible gateway in front of ``upstream_url``, as an ASGI app.
+
+    Routes: ``POST /v1/chat/completions`` (``stream: true`` answers Server-Sent
+    Events forwarded from the upstream without re-encoding, never with an ``id:`` or
+    ``retry:`` field, and ends with an in-band ``data: {"error": {...}}`` event when
+    the upstream fails mid-stream; ``stream: false`` answers the assembled
+    ``chat.completion``), ``GET /v1/models`` (the upstream's list); anything else a
+    404 in OpenAI's error format. Every chat request runs through ``manager`` under
+    the caller's key (see :func:`caller_key`); over a limit, the answer is 429 with
+    ``Retry-After``, ``retry-after-ms`` and an OpenAI error body. Every answer has
+    ``x-request-id``. See docs/gateway.md.
+
+    The app has no lifespan: run ``manager`` around it (``async with manager``, or
+    :func:`~streammgr.server.manager_lifespan` in the app that mounts it, as
+    :func:`~streammgr.server.build_service_app` does).
+
+    Args:
+        manager: the manager every chat request runs through (limits, timeouts).
+        upstream: the ``httpx.AsyncClient`` that reaches the upstream (its pool,
+            proxies, TLS, or a transport such as
+            :class:`~streammgr.simulate.SimulatedTransport`).
+        upstream_url: the upstream's API root, as the openai SDK's ``base_url``
+            takes it, e.g. ``"https://api.openai.com/v1"``.
+        api_key: the key sent to the upstream (``Authorization: Bearer``), never
+            the caller's; ``None``: none (the upstream needs no key; a ``stream:
+            false`` request then sends ``Bearer no-key``).
+        key_header: a request header whose value is the admission key (a tenant id
+            set by a trusted proxy in front); where absent, the hashed credential.
+        upstream_timeouts: the upstream requests' timeouts (default: connect 30 s).
+        answer_within: the most seconds before a streaming answer's headers go out
+            (see :class:`~streammgr.server.EventStreamResponse`): make it longer than
+            the manager's ``acquire_timeout`` so that every refusal by a limit is a
+            429 (:func:`~streammgr.server.build_service_app` does).
+        keep_alive: seconds without a write before a keep-alive comment.
+        stall_timeout: the most seconds one write may wait for a client that reads
+            nothing (then ``client_stalled``).
+        max_request_size: the largest request body, in bytes (then 413).
+
+    Raises:
+        TypeError / ValueError: a bad argument, named in the message.
+    """
+    if not isinstance(manager, StreamManager):
+        raise TypeError(f"manager must be a StreamManager, got {type(manager).__name__}")
+    if not isinstance(upstream, httpx.AsyncClient):
+        raise TypeError(f"upstream must be an httpx.AsyncClient, got {type(upstream).__name__}")
+    try:
+        url = httpx.URL(upstream_url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError(f"upstream_url must be an http(s) URL, got {upstream_url!r}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"upstream_url must be an http:// or https:// URL with a host, got {upstream_url!r}"
+        )
+    if check_seconds("answer_within", answer_within) is None:
+        raise TypeError("answer_within must be a number of seconds, got None")
+    if isinstance(max_request_size, bool) or not isinstance(max_request_size, int):
+        raise TypeError(f"max_request_size must be an int, got {max_request_size!r}")
+    if max_request_size < 1:
+        raise ValueError(f"max_request_size must be at least 1 byte, got {max_request_size}")
+    if api_key is not None:
+        manager.add_secret(api_key)
+    gateway = _Gateway(
+        manager,
+        upstream,
+        upstream_url=str(url),
+        api_key=api_key,
+        key_header=key_header,
+        upstream_timeouts=upstream_timeouts if upstream_timeouts is not None else SourceTimeouts(),
+        answer_within=answer_within,
+        keep_alive=keep_alive,
+        stall_timeout=stall_timeout,
+        max_request_size=max_request_size,
+    )
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/models", gateway.models, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+    )
+    return RequestIdMiddleware(app)

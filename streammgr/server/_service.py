@@ -1,0 +1,223 @@
+"""The whole service as one ASGI app, and its graceful shutdown.
+
+:func:`build_service_app` is what ``streammgr serve`` serves: the gateway, CORS,
+the manager's lifespan, and the one place where the inspection API is mounted at
+``/admin``. :func:`graceful_trigger` turns "a signal came" into a shutdown that
+ends in-flight streams cleanly while the server stops, because hypercorn tells
+in-flight requests nothing when it shuts down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import trio
+from hypercorn.config import Config
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
+from starlette.types import ASGIApp
+
+from .._manager import StreamManager
+from ..sources import SourceTimeouts
+from ._gateway import MAX_REQUEST_SIZE, gateway_app
+from ._hypercorn import serve
+from ._lifespan import manager_lifespan
+
+__all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
+
+# Headers a browser on another origin may read from an answer.
+_EXPOSED_HEADERS = ("x-request-id", "x-stream-id", "retry-after", "retry-after-ms")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOptions:
+    """How the service reaches its upstream and whom it serves.
+
+    Attributes:
+        upstream_url: the upstream's API root, e.g. ``"https://api.openai.com/v1"``.
+        api_key: the key sent to the upstream, or ``None``.
+        key_header: a request header naming the caller (the admission key), or
+            ``None`` for the hashed credential.
+        cors_origins: origins allowed to call the service from a browser
+            (``"*"``: any); empty: no CORS headers.
+        upstream_timeouts: the upstream requests' timeouts (``None``: the default).
+        answer_within: the most seconds before a streaming answer's headers go
+            out; ``None``: the manager's acquire timeout plus 0.1 s, at least 1 s, so
+            that every refusal by a limit is a 429.
+        keep_alive: seconds without a write before a keep-alive comment.
+        stall_timeout: the most seconds one write may wait for a client.
+        max_request_size: the largest request body, in bytes.
+    """
+
+    upstream_url: str
+    api_key: str | None = None
+    key_header: str | None = None
+    cors_origins: Sequence[str] = ()
+    upstream_timeouts: SourceTimeouts | None = None
+    answer_within: float | None = None
+    keep_alive: float | None = 15.0
+    stall_timeout: float | None = 30.0
+    max_request_size: int = MAX_REQUEST_SIZE
+
+    def __repr__(self) -> str:
+        # Never the key.
+        key = "set" if self.api_key else "none"
+        return (
+            f"ServiceOptions(upstream_url={self.upstream_url!r}, api_key={key}, "
+            f"key_header={self.key_header!r}, cors_origins={tuple(self.cors_origins)!r})"
+        )
+
+
+def build_service_app(
+    manager: StreamManager,
+    upstream: httpx.AsyncClient,
+    options: ServiceOptions,
+    *,
+    acquire_timeout: float | None = None,
+    admin: Starlette | None = None,
+) -> ASGIApp:
+    """The service: the gateway at ``/v1``, the inspection API at ``/admin``, CORS,
+    and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+
+    Args:
+        manager: a manager not entered yet: the app's lifespan runs it.
+        upstream: the ``httpx.AsyncClient`` that reaches the upstream; the caller
+            opens and closes it around serving.
+        options: see :class:`ServiceOptions`.
+        acquire_timeout: the manager's ``acquire_timeout``, from which the default
+            ``answer_within`` follows (``None``: streams wait forever; refusals
+            are then only by ``max_waiting``, at once).
+        admin: the inspection API, mounted at ``/admin`` when given
+            (``streammgr.server.admin_app(manager, token=..., prefix="")``); its own
+            lifespan (the task feeding its histograms) runs inside the service's.
+
+    Returns:
+        An ASGI app to pass to :func:`~streammgr.server.serve`.
+    """
+    answer_within = options.answer_within
+    if answer_within is None:
+        answer_within = max(1.0, acquire_timeout + 0.1) if acquire_timeout is not None else 1.0
+    gateway = gateway_app(
+        manager,
+        upstream,
+        upstream_url=options.upstream_url,
+        api_key=options.api_key,
+        key_header=options.key_header,
+        upstream_timeouts=options.upstream_timeouts,
+        answer_within=answer_within,
+        keep_alive=options.keep_alive,
+        stall_timeout=options.stall_timeout,
+        max_request_size=options.max_request_size,
+    )
+    routes = []
+    # --- The inspection API: the one place it is mounted. --------------------------
+    if admin is not None:
+        routes.append(Mount("/admin", app=admin))
+    routes.append(Mount("/", app=gateway))
+    middleware = []
+    if options.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(options.cors_origins),
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=["*"],  # mirrors what the preflight asks, authorization too
+                expose_headers=list(_EXPOSED_HEADERS),
+                max_age=600,
+            )
+        )
+    run_manager = manager_lifespan(manager)
+
+    @asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        # Starlette runs no lifespan of a mounted app: the admin app's runs here.
+        async with run_manager(app):
+            if admin is None:
+                yield
+            else:
+                async with admin.router.lifespan_context(admin):
+                    yield
+
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def graceful_trigger(
+    manager: StreamManager,
+    trigger: Callable[[], Awaitable[object]],
+    nursery: trio.Nursery,
+    *,
+    grace: float | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """A ``shutdown_trigger`` for :func:`~streammgr.server.serve` that also drains.
+
+    When ``trigger`` returns (a signal came), the manager's shutdown starts in
+    ``nursery`` and the server is told to stop: it stops accepting at once, and
+    waits for the requests in flight (up to its ``graceful_timeout``: make it longer
+    than ``grace``). Meanwhile no new stream is admitted (a request on an open
+    connection gets a 503), active streams get ``grace`` seconds (default: the
+    manager's ``shutdown_grace``) to finish, and the rest are cancelled as
+    ``shutdown``: each streaming answer then ends with an in-band ``"the server is
+    shutting down"`` error event and a proper end of its body. hypercorn alone tells
+    in-flight requests nothing, and cuts them when its own timeout expires.
+
+    Args:
+        manager: the manager the app runs its streams in.
+        trigger: an async callable that returns when it is time to stop.
+        nursery: where the manager's shutdown runs (it outlives the trigger).
+        grace: seconds active streams get (``None``: ``shutdown_grace``).
+    """
+
+    async def drain() -> None:
+        await trigger()
+        nursery.start_soon(manager.aclose, grace, name="streammgr-drain")
+
+    return drain
+
+
+async def serve_service(
+    app: ASGIApp,
+    manager: StreamManager,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    grace: float = 5.0,
+    close_timeout: float = 5.0,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
+    returns, then shut down gracefully, draining ``manager``'s streams.
+
+    :func:`~streammgr.server.serve` with :func:`graceful_trigger`: at the trigger,
+    no new connection is accepted, streams get ``grace`` seconds, the rest end with
+    an in-band shutdown event, and connections still open ``grace +
+    close_timeout`` seconds after the trigger (a client that reads nothing) are
+    cancelled. No access log (the manager logs every stream).
+
+    Args:
+        app: the ASGI app; its lifespan runs ``manager``.
+        manager: the manager the app runs its streams in.
+        host: the address to listen on.
+        port: the TCP port (``0``: a free one, reported through ``task_status``).
+        shutdown_trigger: an async callable that returns when it is time to stop.
+        grace: seconds active streams get to finish after the trigger.
+        close_timeout: seconds after ``grace`` before connections are cut.
+        task_status: ``nursery.start`` returns the URLs listened on.
+    """
+    config = Config()
+    config.accesslog = None
+    config.graceful_timeout = grace + close_timeout
+    async with trio.open_nursery() as nursery:
+        await serve(
+            app,
+            host=host,
+            port=port,
+            shutdown_trigger=graceful_trigger(manager, shutdown_trigger, nursery, grace=grace),
+            config=config,
+            task_status=task_status,
+        )

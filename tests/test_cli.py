@@ -1,0 +1,215 @@
+"""The command line: help, one-line errors with exit code 2, environment variables, and
+``streammgr serve`` / ``streammgr simulate`` run as processes that answer and stop
+gracefully on SIGINT (real time: every wait bounded)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import trio
+
+from streammgr.cli import main
+
+PATIENCE = 20.0  # seconds: a new interpreter imports trio, httpx, starlette, hypercorn
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["simulate"], ["demo"]])
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: streammgr" in out
+    if command == ["serve"]:
+        for flag in ["--upstream-url", "--max-streams-per-key", "--cors-origin", "--log-format"]:
+            assert flag in out
+        assert "STREAMMGR_MAX_STREAMS" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "named", "accepts"),
+    [
+        (["serve", "--port", "abc"], "--port", "int"),
+        (["serve", "--port", "70000"], "--port", "0 to 65535"),
+        (["serve", "--max-streams", "0"], "--max-streams", "at least 1"),
+        (["serve", "--max-waiting", "-1"], "--max-waiting", "at least 0"),
+        (["serve", "--acquire-timeout", "-2"], "--acquire-timeout", "positive number of seconds"),
+        (["serve", "--idle-timeout", "inf"], "--idle-timeout", "positive number of seconds"),
+        (["serve", "--log-format", "xml"], "--log-format", "json"),
+        (["serve", "--upstream-url", "api.openai.com"], "--upstream-url", "https://"),
+        (["serve", "--cors-origin", "app.example"], "--cors-origin", "origin"),
+        (
+            ["serve", "--upstream-api-key-env", "STREAMMGR_TEST_UNSET"],
+            "STREAMMGR_TEST_UNSET",
+            "set",
+        ),
+        (["serve", "--no-such-flag"], "--no-such-flag", ""),
+        (["simulate", "--port", "-1"], "--port", "0 to 65535"),
+        (["demo", "--streams", "0"], "--streams", "at least 1"),
+        (["bogus"], "bogus", "serve"),
+    ],
+)
+def test_a_bad_value_is_a_one_line_error_naming_the_flag(
+    argv: list[str], named: str, accepts: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ.pop("STREAMMGR_TEST_UNSET", None)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("streammgr: error: ")
+    assert named in lines[0]
+    assert accepts in lines[0]
+
+
+def test_serve_refuses_an_exposed_admin_api_without_a_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("streammgr: error: refusing to serve the admin API on 0.0.0.0")
+    assert "--admin-token" in line
+
+
+def test_environment_variables_set_flags(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STREAMMGR_MAX_STREAMS_PER_KEY", "zero")
+    assert main(["serve"]) == 2
+    assert "STREAMMGR_MAX_STREAMS_PER_KEY" in capsys.readouterr().err
+    # A flag on the command line wins over the variable.
+    monkeypatch.setenv("STREAMMGR_LOG_FORMAT", "xml")
+    assert main(["serve", "--max-streams-per-key", "2", "--log-format", "json", "--help"]) == 0
+
+
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "streammgr", "serve", "--port", "x"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--port" in result.stderr
+
+
+class Running:
+    """A ``streammgr`` process whose JSON log lines are read as they come."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, object]] = []
+        self._pending = b""
+
+    async def until(self, event: str) -> dict[str, object]:
+        """Read the log (bounded) until a line with ``event``; return it."""
+        stderr = self.process.stderr
+        assert stderr is not None
+        with trio.fail_after(PATIENCE):
+            while True:
+                for line in self.events:
+                    if line.get("event") == event:
+                        return line
+                data = await stderr.receive_some(65536)
+                if not data:
+                    raise AssertionError(f"the process ended before {event}: {self.events}")
+                self._pending += data
+                *lines, self._pending = self._pending.split(b"\n")
+                for line_bytes in lines:
+                    if line_bytes.startswith(b"{"):
+                        self.events.append(json.loads(line_bytes))
+
+    async def stop(self) -> int:
+        """SIGINT, then the exit code (bounded)."""
+        self.process.send_signal(signal.SIGINT)
+        await self.until(self.events_stopped_name)
+        with trio.fail_after(PATIENCE):
+            return await self.process.wait()
+
+    events_stopped_name = "gateway.stopped"
+
+
+@asynccontextmanager
+async def started(nursery: trio.Nursery, *argv: str, **env: str) -> AsyncIterator[Running]:
+    process: trio.Process = await nursery.start(
+        partial_run_process,
+        [sys.executable, "-m", "streammgr", *argv, "--port", "0", "--log-format", "json"],
+        {**os.environ, **env},
+    )
+    running = Running(process)
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True), trio.move_on_after(PATIENCE):
+                await process.wait()
+
+
+async def partial_run_process(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await trio.run_process(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        task_status=task_status,
+    )
+
+
+async def test_serve_answers_then_stops_gracefully_on_sigint(nursery: trio.Nursery) -> None:
+    env = {"STREAMMGR_MAX_STREAMS": "3", "STREAMMGR_UPSTREAM_KEY_FOR_TEST": "sk-test-key-1234"}
+    async with started(
+        nursery, "serve", "--upstream-api-key-env", "STREAMMGR_UPSTREAM_KEY_FOR_TEST", **env
+    ) as running:
+        listening = await running.until("gateway.listening")
+        urls = listening["urls"]
+        assert isinstance(urls, list)
+        url = str(urls[0])
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            body = {
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "streammgr_simulate": {"tokens": 3, "first_token_latency": 0, "token_latency": 0},
+            }
+            response = await client.post(f"{url}/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            assert response.text.endswith("data: [DONE]\n\n")
+            assert response.headers["x-request-id"]
+            # The inspection API is mounted at /admin (loopback: no token needed).
+            stats = await client.get(f"{url}/admin/stats")
+            assert stats.status_code == 200
+            assert stats.json()["closed_total"] >= 1
+            assert (await client.get(f"{url}/admin/healthz")).status_code == 200
+        starting = await running.until("gateway.starting")
+        assert starting["max_streams"] == 3  # from STREAMMGR_MAX_STREAMS
+        assert await running.stop() == 0
+    assert not any("sk-test-key-1234" in json.dumps(event) for event in running.events)
+
+
+async def test_simulate_serves_the_simulator_then_stops_on_sigint(nursery: trio.Nursery) -> None:
+    async with started(nursery, "simulate", "--seed", "3") as running:
+        running.events_stopped_name = "simulator.stopped"
+        listening = await running.until("simulator.listening")
+        urls = listening["urls"]
+        assert isinstance(urls, list)
+        url = str(urls[0])
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            models = await client.get(f"{url}/v1/models")
+        assert [model["id"] for model in models.json()["data"]] == ["sim-small", "sim-large"]
+        assert await running.stop() == 0

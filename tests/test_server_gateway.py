@@ -1,0 +1,639 @@
+"""The OpenAI-compatible gateway end to end: served by ``streammgr.server.serve`` on
+127.0.0.1, in front of the built-in simulated upstream (in-process through its httpx
+transport, or served on a socket of its own).
+
+Real time over loopback: every wait is on an event or a condition bounded by
+``fail_after``; latencies are hundredths of a second.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import streammgr
+from streammgr import CloseReason, StreamManager
+from streammgr.server import (
+    ServiceOptions,
+    build_service_app,
+    caller_key,
+    gateway_app,
+    serve,
+    serve_service,
+)
+from streammgr.simulate import SimulatedTransport, SimulatedUpstream
+from streammgr.sources import SourceTimeouts
+
+from .server_helpers import PATIENCE, CloseWatcher, RawResponse, Server, quiet_hypercorn
+
+BASE = "http://simulated.local/v1"
+MESSAGES = [{"role": "user", "content": "hello there"}]
+UPSTREAM_KEY = "sk-upstream-key-0123456789"
+CALLER_KEY = "sk-caller-secret-9876543210"
+
+# The openai SDK stops reading at [DONE] without closing its own SSE generators (nor
+# httpx's and httpcore's under them); Trio warns when it collects them (see
+# tests/test_simulate.py). Those warnings alone are let through.
+SDK_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:Async generator 'openai.:ResourceWarning",
+    "ignore:Async generator 'httpx.:ResourceWarning",
+    "ignore:Async generator 'httpcore.:ResourceWarning",
+    "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning",
+)
+
+
+@dataclass
+class Running:
+    manager: StreamManager
+    upstream: SimulatedUpstream
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+def fast_upstream(**options: Any) -> SimulatedUpstream:
+    return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
+
+
+@asynccontextmanager
+async def running_gateway(
+    nursery: trio.Nursery,
+    *,
+    upstream: SimulatedUpstream | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    upstream_url: str = BASE,
+    manager_options: dict[str, Any] | None = None,
+    **gateway_options: Any,
+) -> AsyncIterator[Running]:
+    """The gateway over a running manager, served on a free port."""
+    upstream = upstream if upstream is not None else fast_upstream()
+    transport = transport if transport is not None else SimulatedTransport(upstream)
+    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        StreamManager(**(manager_options or {})) as manager,
+    ):
+        app = gateway_app(
+            manager, http, upstream_url=upstream_url, api_key=UPSTREAM_KEY, **gateway_options
+        )
+        server = await Server().start(nursery, app)
+        yield Running(manager, upstream, server)
+        server.stop.set()
+
+
+def chat(stream: bool, **simulate: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "sim-small", "messages": MESSAGES, "stream": stream}
+    if simulate:
+        body["streammgr_simulate"] = simulate
+    return body
+
+
+def data_events(body: bytes) -> list[str]:
+    """The data of every event of an SSE body (keep-alive comments left out)."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        data = [line.removeprefix("data:").removeprefix(" ") for line in lines]
+        if data:
+            events.append("\n".join(data))
+    return events
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition that no event announces (the simulator's counters), bounded."""
+    with trio.fail_after(PATIENCE):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counters
+            await trio.sleep(0.005)
+
+
+async def raw_post(
+    port: int, body: dict[str, Any], *, path: str = "/v1/chat/completions", headers: str = ""
+) -> RawResponse:
+    """A POST on a raw TCP connection, read only as far as a test asks."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n{headers}\r\n"
+    )
+    await stream.send_all(head.encode() + data)
+    return RawResponse(stream)
+
+
+# -- the official openai SDK, unmodified --------------------------------------------------
+
+
+@SDK_WARNINGS
+async def test_the_openai_sdk_streams_and_completes_through_the_gateway(
+    nursery: trio.Nursery,
+) -> None:
+    import openai as sdk
+
+    openai: Any = sdk  # untyped: this release annotates http_client with its own httpx fork
+    async with running_gateway(nursery) as gateway:
+        async with httpx.AsyncClient() as http:
+            client = openai.AsyncOpenAI(
+                api_key=CALLER_KEY, base_url=f"{gateway.url}/v1", http_client=http, max_retries=0
+            )
+            stream = await client.chat.completions.create(
+                model="sim-large",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=5,
+            )
+            parts, finish, usage = [], None, None
+            async with stream:
+                async for chunk in stream:
+                    if chunk.choices:
+                        parts.append(chunk.choices[0].delta.content or "")
+                        finish = chunk.choices[0].finish_reason or finish
+                    usage = chunk.usage or usage
+            assert finish == "length"
+            assert usage is not None
+            assert usage.completion_tokens == 5
+
+            completion = await client.chat.completions.create(
+                model="sim-large", messages=MESSAGES, max_tokens=5
+            )
+            assert completion.object == "chat.completion"
+            assert completion.choices[0].message.content == "".join(parts)
+            assert completion.choices[0].finish_reason == "length"
+            assert completion.usage.completion_tokens == 5
+
+            models = [model.id async for model in await client.models.list()]
+            assert models == ["sim-small", "sim-large"]
+
+            with pytest.raises(openai.APIError, match="mid-stream"):
+                broken = await client.chat.completions.create(
+                    model="m",
+                    messages=MESSAGES,
+                    stream=True,
+                    extra_body={"streammgr_simulate": {"fault": "error_in_stream"}},
+                )
+                async with broken:
+                    async for _ in broken:
+                        pass
+            with pytest.raises(openai.APIError, match="DONE"):
+                truncated = await client.chat.completions.create(
+                    model="m",
+                    messages=MESSAGES,
+                    stream=True,
+                    extra_body={"streammgr_simulate": {"fault": "no_done"}},
+                )
+                async with truncated:
+                    async for _ in truncated:
+                        pass
+            with pytest.raises(openai.NotFoundError):
+                await client.embeddings.create(model="m", input="hi")
+    gc.collect()  # the SDK's abandoned generators, while the filter above applies
+    assert gateway.upstream.stats().open == 0
+
+
+@SDK_WARNINGS
+async def test_the_openai_sdk_sees_a_429_with_retry_after_when_over_the_limit(
+    nursery: trio.Nursery,
+) -> None:
+    import openai as sdk
+
+    openai: Any = sdk
+    options = {"max_streams": 1, "acquire_timeout": 0.05}
+    async with running_gateway(nursery, manager_options=options) as gateway:
+        holder = gateway.manager.open(forever)
+        async with holder, httpx.AsyncClient() as http:
+            client = openai.AsyncOpenAI(
+                api_key=CALLER_KEY, base_url=f"{gateway.url}/v1", http_client=http, max_retries=0
+            )
+            with pytest.raises(openai.RateLimitError) as limited:
+                await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            headers = limited.value.response.headers
+            assert int(headers["retry-after"]) >= 1
+            assert int(headers["retry-after-ms"]) >= 1000
+            assert headers["x-request-id"]
+            assert limited.value.body["code"] == "max_streams"
+            with pytest.raises(openai.RateLimitError):
+                await client.chat.completions.create(model="m", messages=MESSAGES)
+            gateway.manager.cancel(holder.id)
+
+
+async def forever() -> AsyncIterator[str]:
+    await trio.sleep_forever()
+    yield "never"
+
+
+# -- what goes over the wire ---------------------------------------------------------------
+
+
+async def test_events_are_forwarded_as_the_upstream_sent_them(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        body = chat(True, tokens=4)
+        response = await client.post(f"{gateway.url}/v1/chat/completions", json=body)
+        direct = gateway.upstream.respond("POST", "/v1/chat/completions", json.dumps(body).encode())
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-request-id"].startswith("req_")
+    assert response.content == direct.body  # byte for byte: nothing re-encoded
+    assert data_events(response.content)[-1] == "[DONE]"
+
+
+async def test_no_id_or_retry_field_reaches_the_client(nursery: trio.Nursery) -> None:
+    seen: list[httpx.Request] = []
+    chunk = '{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}'
+    upstream_body = f"retry: 3000\nid: 1\ndata: {chunk}\n\nid: 2\ndata: {chunk}\n\ndata: [DONE]\n\n"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=upstream_body
+        )
+
+    transport = httpx.MockTransport(answer)
+    async with running_gateway(nursery, transport=transport) as gateway:
+        response = await raw_post(
+            gateway.server.port, chat(True), headers=f"authorization: Bearer {CALLER_KEY}\r\n"
+        )
+        await response.until(lambda response: b"[DONE]" in response.body)
+        await response.stream.aclose()
+    lines = response.body.split(b"\n")
+    assert not any(line.startswith((b"id:", b"retry:")) for line in lines)
+    assert response.body.count(chunk.encode()) == 2
+    # The upstream got the gateway's key, never the caller's, and the request as sent.
+    (request,) = seen
+    assert request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert json.loads(request.content) == chat(True)
+
+
+@pytest.mark.parametrize(
+    ("fault", "options", "code"),
+    [
+        ("drop_mid_stream", {}, "upstream_error"),
+        ("stall_mid_stream", {}, "upstream_idle_timeout"),
+        ("malformed_chunk", {}, "upstream_error"),
+        ("error_in_stream", {}, "upstream_error"),
+        ("no_done", {}, "upstream_truncated"),
+        ("no_done", {"fault_after": 2}, "upstream_truncated"),
+    ],
+)
+async def test_every_upstream_fault_mid_stream_ends_with_an_in_band_error(
+    nursery: trio.Nursery, fault: str, options: dict[str, Any], code: str
+) -> None:
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        body = chat(True, tokens=6, fault=fault, **options)
+        response = await client.post(f"{gateway.url}/v1/chat/completions", json=body)
+        assert response.status_code == 200
+        events = data_events(response.content)
+        assert "[DONE]" not in events
+        last = json.loads(events[-1])
+        assert set(last["error"]) == {"message", "type", "code", "param"}
+        assert last["error"]["code"] == code
+        assert len(events) >= 2  # what came before the fault was delivered
+        (info,) = gateway.manager.history()
+        assert str(info.close_reason) == code
+        await wait_until(lambda: gateway.upstream.stats().open == 0)
+
+
+async def test_upstream_errors_before_the_stream_get_their_status(
+    nursery: trio.Nursery,
+) -> None:
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        url = f"{gateway.url}/v1/chat/completions"
+        limited = await client.post(url, json=chat(True, fault="rate_limited", retry_after=3))
+        assert limited.status_code == 429
+        assert limited.headers["retry-after"] == "3"  # the upstream's own
+        assert limited.json()["error"]["type"] == "rate_limit_exceeded"
+        for stream in (True, False):
+            failed = await client.post(url, json=chat(stream, fault="http_error", status=503))
+            assert failed.status_code == 502
+            assert "503" in failed.json()["error"]["message"]
+        # stream: false passes a client error on as it is: not retried as a 5xx.
+        refused = await client.post(url, json=chat(False, fault="http_error", status=404))
+        assert refused.status_code == 404
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_stream_false_answers_the_assembled_completion(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        url = f"{gateway.url}/v1/chat/completions"
+        streamed = await client.post(url, json=chat(True, tokens=5))
+        whole = await client.post(url, json=chat(False, tokens=5))
+    text = "".join(
+        choice["delta"].get("content") or ""
+        for event in data_events(streamed.content)[:-1]
+        for choice in json.loads(event)["choices"]
+    )
+    assert whole.status_code == 200
+    assert whole.headers["content-type"] == "application/json"
+    answer = whole.json()
+    assert answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+    }
+    assert answer["usage"]["completion_tokens"] == 5
+
+
+# -- clients that leave ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_cancels_the_upstream_request(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    upstream = fast_upstream(token_latency=0.05)
+    async with running_gateway(nursery, upstream=upstream) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        response = await raw_post(gateway.server.port, chat(stream, tokens=1000))
+        if stream:
+            await response.until(lambda response: b'"content":"' in response.body)
+        else:
+            await wait_until(lambda: upstream.stats().open == 1 and bool(gateway.manager.streams()))
+        await response.stream.aclose()
+        info = await watcher.next_close()
+        assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+        await wait_until(lambda: upstream.stats().open == 0)
+        assert upstream.stats().client_left == 1
+
+
+async def test_a_client_that_leaves_while_waiting_for_a_slot_holds_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 10.0}
+    async with running_gateway(nursery, manager_options=options, answer_within=0.05) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        async with gateway.manager.open(forever) as holder:
+            response = await raw_post(gateway.server.port, chat(False))
+            await wait_until(lambda: gateway.manager.stats().waiting == 1)
+            await response.stream.aclose()
+            info = await watcher.next_close(besides=(holder.id,))
+            assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+            assert info.admitted_at is None
+            gateway.manager.cancel(holder.id)
+        assert gateway.upstream.stats().opened == 0
+
+
+# -- keys and limits -----------------------------------------------------------------------------
+
+
+async def test_the_caller_credential_is_hashed_and_never_stored(nursery: trio.Nursery) -> None:
+    options = {"max_streams_per_key": 1, "acquire_timeout": 0.05}
+    async with running_gateway(nursery, manager_options=options) as gateway:
+        port = gateway.server.port
+        first = await raw_post(
+            port, chat(True, tokens=1000), headers=f"authorization: Bearer {CALLER_KEY}\r\n"
+        )
+        await first.until(lambda response: b'"content":"' in response.body)
+        (info,) = gateway.manager.streams()
+        assert info.key == caller_key({"authorization": f"Bearer {CALLER_KEY}"})
+        assert info.key.startswith("key-")
+        async with httpx.AsyncClient() as client:
+            url = f"{gateway.url}/v1/chat/completions"
+            same = await client.post(
+                url, json=chat(True), headers={"authorization": f"Bearer {CALLER_KEY}"}
+            )
+            other = await client.post(
+                url, json=chat(True), headers={"authorization": "Bearer sk-another-caller"}
+            )
+        assert same.status_code == 429
+        assert same.json()["error"]["code"] == "max_streams_per_key"
+        assert same.headers["retry-after"]
+        assert other.status_code == 200
+        seen = repr(gateway.manager.streams()) + repr(gateway.manager.history())
+        assert CALLER_KEY not in seen
+        assert CALLER_KEY not in same.text
+        await first.stream.aclose()
+
+
+def test_caller_keys() -> None:
+    assert caller_key({}) == "anonymous"
+    assert caller_key({"authorization": "Bearer abc"}) == caller_key(
+        {"authorization": "bearer  abc"}
+    )
+    assert caller_key({"authorization": "Bearer abc"}) != caller_key(
+        {"authorization": "Bearer abd"}
+    )
+    assert caller_key({"x-tenant": "acme", "authorization": "Bearer abc"}, "x-tenant") == "acme"
+    assert caller_key({"authorization": "Bearer abc"}, "x-tenant").startswith("key-")
+
+
+async def test_a_configured_key_header_names_the_caller(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery, key_header="x-tenant") as gateway:
+        async with httpx.AsyncClient() as client:
+            await client.post(
+                f"{gateway.url}/v1/chat/completions", json=chat(True), headers={"x-tenant": "acme"}
+            )
+        (info,) = gateway.manager.history()
+        assert info.key == "acme"
+
+
+# -- errors in OpenAI's format ---------------------------------------------------------------------
+
+
+async def test_unknown_routes_and_bad_requests(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        url = gateway.url
+
+        async def error(response: httpx.Response, status: int) -> dict[str, Any]:
+            assert response.status_code == status, response.text
+            assert response.headers["x-request-id"]
+            body = response.json()
+            assert set(body["error"]) == {"message", "type", "param", "code"}
+            return dict(body["error"])
+
+        missing = await error(await client.post(f"{url}/v1/embeddings", json={}), 404)
+        assert "POST /v1/embeddings" in missing["message"]
+        await error(await client.get(f"{url}/elsewhere"), 404)
+        wrong = await client.get(f"{url}/v1/chat/completions")
+        assert (await error(wrong, 405))["code"] == "method_not_allowed"
+        assert wrong.headers["allow"] == "POST"
+        chat_url = f"{url}/v1/chat/completions"
+        await error(await client.post(chat_url, content=b"{not json"), 400)
+        cases = [
+            ({"messages": MESSAGES}, "model"),
+            ({"model": "m", "messages": "hi"}, "messages"),
+            ({"model": "m", "messages": []}, "messages"),
+            ({"model": "m", "messages": ["hi"]}, "messages[0]"),
+            ({"model": "m", "messages": MESSAGES, "stream": "yes"}, "stream"),
+            (
+                {"model": "m", "messages": MESSAGES, "stream": True, "stream_options": 1},
+                "stream_options",
+            ),
+            ({"model": "m", "messages": MESSAGES, "n": 2}, "n"),
+        ]
+        for body, param in cases:
+            bad = await error(await client.post(chat_url, json=body), 400)
+            assert bad["param"] == param
+            assert bad["type"] == "invalid_request_error"
+        assert gateway.manager.stats().opened_total == 0
+        # A request id the caller sent is kept.
+        echoed = await client.get(f"{url}/elsewhere", headers={"x-request-id": "mine-1"})
+        assert echoed.headers["x-request-id"] == "mine-1"
+
+
+# -- the service: CORS, shutdown -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running_service(
+    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
+) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
+    upstream = fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(manager, http, options, acquire_timeout=0.1)
+        server = Server()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_service(
+                    app,
+                    manager,
+                    port=0,
+                    shutdown_trigger=server.stop.wait,
+                    task_status=task_status,
+                    **serve_options,
+                )
+            finally:
+                server.stopped.set()
+
+        (server.url,) = await nursery.start(run)
+        server.port = int(server.url.rpartition(":")[2])
+        yield server, upstream
+        server.stop.set()
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()
+
+
+async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -> None:
+    options = ServiceOptions(upstream_url=BASE, cors_origins=["https://app.example"])
+    async with (
+        running_service(nursery, StreamManager(), options) as (server, _),
+        httpx.AsyncClient() as client,
+    ):
+        url = f"{server.url}/v1/chat/completions"
+        preflight = await client.options(
+            url,
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed
+        assert "content-type" in allowed
+        response = await client.post(
+            url, json=chat(True), headers={"origin": "https://app.example"}
+        )
+        assert response.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-request-id" in response.headers["access-control-expose-headers"]
+        assert data_events(response.content)[-1] == "[DONE]"
+        other = await client.options(
+            url,
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        )
+        assert other.status_code == 400
+
+
+async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.Nursery) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=BASE)
+    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        # close_timeout: the server must stop because the connection closed, not time out.
+        response = await raw_post(server.port, chat(True, tokens=100000))
+        await response.until(lambda response: b'"content":"' in response.body)
+        server.stop.set()
+        await response.until(lambda response: response.body.endswith(b"0\r\n\r\n"))
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()
+        await response.stream.aclose()
+    *_, last = data_events(_unchunked(response.body))
+    error = json.loads(last)["error"]
+    assert error["code"] == "shutdown"
+    assert "shutting down" in error["message"]
+    (info,) = manager.history()
+    assert info.close_reason is CloseReason.SHUTDOWN
+    assert upstream.stats().open == 0
+
+
+def _unchunked(body: bytes) -> bytes:
+    """The payload of a chunked body."""
+    out, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2 :]
+    return out
+
+
+# -- across a real socket --------------------------------------------------------------------------
+
+
+async def test_in_front_of_the_simulator_served_on_its_own_socket(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.05)
+    stop_upstream = trio.Event()
+    (upstream_url,) = await nursery.start(
+        partial(
+            serve,
+            upstream,
+            port=0,
+            shutdown_trigger=stop_upstream.wait,
+            config=quiet_hypercorn(),
+        )
+    )
+    transport = httpx.AsyncHTTPTransport()
+    async with running_gateway(
+        nursery, upstream=upstream, transport=transport, upstream_url=f"{upstream_url}/v1"
+    ) as gateway:
+        async with httpx.AsyncClient() as client:
+            url = f"{gateway.url}/v1/chat/completions"
+            whole = await client.post(url, json=chat(True, tokens=3, token_latency=0.001))
+            assert data_events(whole.content)[-1] == "[DONE]"
+            models = await client.get(f"{gateway.url}/v1/models")
+            assert [model["id"] for model in models.json()["data"]] == ["sim-small", "sim-large"]
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        response = await raw_post(gateway.server.port, chat(True, tokens=1000))
+        await response.until(lambda response: b'"content":"' in response.body)
+        await response.stream.aclose()
+        info = await watcher.next_close()
+        assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+        # The upstream saw its connection end: the gateway closed it.
+        await wait_until(lambda: upstream.stats().open == 0)
+        assert upstream.stats().client_left == 1
+    stop_upstream.set()
+
+
+def test_bad_arguments_are_named() -> None:
+    async def check() -> None:
+        async with httpx.AsyncClient() as http:
+            manager = StreamManager()
+            with pytest.raises(ValueError, match="upstream_url"):
+                gateway_app(manager, http, upstream_url="ftp://x")
+            with pytest.raises(TypeError, match="upstream"):
+                gateway_app(manager, object(), upstream_url=BASE)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="max_request_size"):
+                gateway_app(manager, http, upstream_url=BASE, max_request_size=0)
+
+    trio.run(check)
+    assert streammgr.server.gateway_app is gateway_app
