@@ -115,11 +115,17 @@ def check_exposure(host: str, token: str | None, *, option: str = "--admin-token
         option: how the caller names the token in the message.
 
     Raises:
-        ValueError: ``host`` is not loopback and there is no token.
+        ValueError: ``host`` is not loopback and there is no token, or the token is
+            empty or has surrounding spaces.
     """
+    bad_token = ValueError(f"{option} must be a non-empty token without surrounding spaces")
     if token:
+        if token != token.strip():
+            raise bad_token
         return
     if _is_loopback(host):
+        if token is not None:  # "": the admin app would refuse it at start
+            raise bad_token
         return
     raise ValueError(
         f"refusing to serve the admin API on {host or 'every address'} without {option}: "

@@ -127,14 +127,18 @@ class Limits(BaseModel):
     max_waiting: int | None
 
 
+MAX_LIMIT = 1_000_000_000
+"""The largest limit ``PUT /limits`` accepts (null removes a limit)."""
+
+
 class LimitsUpdate(BaseModel):
     """A change of limits: fields left out stay as they are; null removes a limit."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_streams: int | None = Field(default=None, ge=1)
-    max_streams_per_key: int | None = Field(default=None, ge=1)
-    max_waiting: int | None = Field(default=None, ge=0, description="0: never queue.")
+    max_streams: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_streams_per_key: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_waiting: int | None = Field(default=None, ge=0, le=MAX_LIMIT, description="0: never queue.")
 
 
 class Stats(BaseModel):

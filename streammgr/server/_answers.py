@@ -181,7 +181,9 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
         message = f"the upstream failed: {text}"
         code = str(error.close_reason)
         if isinstance(error, UpstreamStatusError) and error.status_code == 429:
-            return ErrorAnswer(429, "rate_limit_exceeded", code, message, error.retry_after)
+            # Every 429 says when to retry: the upstream's own wait, else one second.
+            wait = error.retry_after if error.retry_after is not None else 1.0
+            return ErrorAnswer(429, "rate_limit_exceeded", code, message, wait)
         status = 504 if isinstance(error, UpstreamTimeout) else 502
         return ErrorAnswer(status, "upstream_error", code, message)
     return ErrorAnswer(

@@ -549,7 +549,9 @@ class _Gateway:
             base_url=self.base_url,
             include_usage=True,
             timeouts=self.upstream_timeouts,
-            **params,
+            # The caller's fields go to the upstream's body only: never as
+            # OpenAIChat's own arguments (headers=, api_key=, base_url=...).
+            extra_body=params,
         )
         labels["stream"] = "false"
         stream = self.manager.open(chat, key=key, labels=labels)

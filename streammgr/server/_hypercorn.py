@@ -178,6 +178,8 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
 
+    open_streams: set[_BoundedWriteStream] = set()
+
     async def handle_connection(stream: trio.SocketStream) -> None:
         bounded = _BoundedWriteStream(stream, send_timeout)
         _CONNECTION.set(Connection(bounded))  # this task's own context
@@ -188,7 +190,23 @@ async def serve(
             ConnectionState(lifespan_state.copy()),
             cast(Any, bounded),
         )
-        await server.run()
+        open_streams.add(bounded)
+        try:
+            await server.run()
+        finally:
+            open_streams.discard(bounded)
+
+    reaper = trio.CancelScope()
+
+    async def close_the_rest(deadline: float) -> None:
+        # At the graceful deadline, cancelling the connections' tasks is not enough:
+        # one parked in hypercorn's shielded send_all wakes only when its stream is
+        # closed (ClosedResourceError). Close every stream still open.
+        with reaper:
+            await trio.sleep_until(deadline)
+            for bounded in list(open_streams):
+                with trio.CancelScope(shield=True):
+                    await bounded.aclose()
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -217,7 +235,10 @@ async def serve(
                 # graceful_timeout seconds, then the rest are cancelled. (set() is
                 # async but does not checkpoint.)
                 await context.terminated.set()
-                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+                deadline = trio.current_time() + config.graceful_timeout
+                server_nursery.cancel_scope.deadline = deadline
+                lifespan_nursery.start_soon(close_the_rest, deadline)
+        reaper.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
 

@@ -89,7 +89,8 @@ class _ManagerCollector(Collector):
             ("max_streams_per_key", stats.max_streams_per_key, "the per-key admission limit"),
             ("max_waiting", stats.max_waiting, "the bound of the admission queue"),
         ):
-            value = math.inf if limit is None else limit
+            # A limit too large for a float is no limit, as far as a gauge can say.
+            value = math.inf if limit is None or limit > 2**53 else limit
             yield GaugeMetricFamily(PREFIX + name, f"{text.capitalize()} (+Inf: none).", value)
         yield GaugeMetricFamily(
             PREFIX + "manager_closing",

@@ -118,19 +118,20 @@ def build_service_app(
     # --- The inspection API: the one place it is mounted. --------------------------
     if admin is not None:
         routes.append(Mount("/admin", app=admin))
-    routes.append(Mount("/", app=gateway))
-    middleware = []
+    # CORS opens the gateway to other origins, never the inspection API: a web page in
+    # an operator's browser must not read or cancel streams of a tokenless admin API.
+    public: ASGIApp = gateway
     if options.cors_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(options.cors_origins),
-                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-                allow_headers=["*"],  # mirrors what the preflight asks, authorization too
-                expose_headers=list(_EXPOSED_HEADERS),
-                max_age=600,
-            )
+        public = CORSMiddleware(
+            gateway,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],  # mirrors what the preflight asks, authorization too
+            expose_headers=list(_EXPOSED_HEADERS),
+            max_age=600,
         )
+    routes.append(Mount("/", app=public))
+    middleware: list[Middleware] = []
     run_manager = manager_lifespan(manager)
 
     @asynccontextmanager

@@ -268,7 +268,11 @@ class Connection(Generic[T]):
             return False
         if not 200 <= status < 300:
             body = await self._excerpt(response)
-            retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+            retry_after = _retry_after_ms(response.headers.get("retry-after-ms"))
+            if retry_after is None:
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), datetime.now(UTC)
+                )
             hint = {
                 401: "check the API key or credentials",
                 403: "check the credentials' permissions",
@@ -543,3 +547,17 @@ def _error_message(body: str) -> str:
         if isinstance(error, str):
             return error
     return body.strip()
+
+
+def _retry_after_ms(value: str | None) -> float | None:
+    """``retry-after-ms`` (OpenAI's and the openai SDK's, more precise than
+    ``Retry-After``) in seconds, or ``None`` if absent or not a number of ms."""
+    if value is None:
+        return None
+    try:
+        milliseconds = float(value.strip())
+    except ValueError:
+        return None
+    if not milliseconds >= 0 or milliseconds == float("inf"):
+        return None
+    return milliseconds / 1000

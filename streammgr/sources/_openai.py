@@ -134,6 +134,9 @@ class OpenAIChat:
             (``stream_options.include_usage``).
         timeouts: the :class:`~streammgr.sources.SourceTimeouts` of the request.
         headers: extra request headers (e.g. an organisation id).
+        extra_body: more API parameters as a mapping, for names that are also this
+            class's arguments or come from someone else (a proxy passes its
+            caller's fields here: they can never become headers or options).
         **params: any other API parameters (``temperature``, ``tools``,
             ``max_tokens``...), passed through unchanged.
     """
@@ -149,6 +152,7 @@ class OpenAIChat:
         include_usage: bool = False,
         timeouts: SourceTimeouts | None = None,
         headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, object] | None = None,
         **params: object,
     ) -> None:
         if not isinstance(api_key, str) or not api_key:
@@ -161,6 +165,7 @@ class OpenAIChat:
             raise ValueError("do not pass stream=: OpenAIChat always streams")
         body: dict[str, object] = {
             **params,
+            **(extra_body or {}),
             "model": model,
             "messages": list(messages),
             "stream": True,
