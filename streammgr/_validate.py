@@ -7,7 +7,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MIN_SECONDS", "UNSET", "check_count", "check_limit", "check_seconds", "check_strings"]
+__all__ = [
+    "MIN_SECONDS",
+    "UNSET",
+    "check_count",
+    "check_limit",
+    "check_seconds",
+    "check_strings",
+    "json_type",
+]
 
 MIN_SECONDS = 0.001
 """The shortest timeout accepted anywhere: one millisecond."""
@@ -103,3 +111,21 @@ def check_limit(name: str, value: int | None) -> int | None:
         bound = "a non-negative" if name == "max_waiting" else "a positive"
         raise ValueError(f"{name} must be {bound} int or None, got {value}")
     return value
+
+
+def json_type(value: object) -> str:
+    """How a JSON value's type reads in a message: ``"a string"``, ``"null"``...
+    (bools are not numbers; a tuple reads as an array)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -59,7 +59,7 @@ from .._logging import excerpt, get_logger
 from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
-from .._validate import check_seconds
+from .._validate import check_seconds, json_type
 from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, collect_chat
 from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
 from ._answers import ErrorAnswer, error_answer
@@ -144,21 +144,6 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _kind(value: object) -> str:
-    """The JSON type of ``value``, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _parse_chat_request(body: bytes) -> dict[str, Any]:
     """The request's JSON object, with the fields the gateway relies on checked.
 
@@ -176,35 +161,36 @@ def _parse_chat_request(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise _BadRequest(
-            f"the request body must be a JSON object, got {_kind(payload)}; send a "
+            f"the request body must be a JSON object, got {json_type(payload)}; send a "
             f"chat-completions request object"
         )
     model = payload.get("model")
     if not isinstance(model, str) or not model:
-        what = "missing" if model is None else f"{_kind(model)}"
+        what = "missing" if model is None else f"{json_type(model)}"
         raise _BadRequest(f"model must be a non-empty string, got {what}", "model")
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
-        what = "missing" if messages is None else _kind(messages)
+        what = "missing" if messages is None else json_type(messages)
         if isinstance(messages, list):
             what = "an empty array"
         raise _BadRequest(f"messages must be a non-empty array, got {what}", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _BadRequest(
-                f"messages[{index}] must be an object, got {_kind(message)}", f"messages[{index}]"
+                f"messages[{index}] must be an object, got {json_type(message)}",
+                f"messages[{index}]",
             )
     stream = payload.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _BadRequest(f"stream must be a boolean, got {_kind(stream)}", "stream")
+        raise _BadRequest(f"stream must be a boolean, got {json_type(stream)}", "stream")
     options = payload.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _BadRequest(
-            f"stream_options must be an object, got {_kind(options)}", "stream_options"
+            f"stream_options must be an object, got {json_type(options)}", "stream_options"
         )
     choices = payload.get("n")
     if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int)):
-        raise _BadRequest(f"n must be an integer, got {_kind(choices)}", "n")
+        raise _BadRequest(f"n must be an integer, got {json_type(choices)}", "n")
     if not stream and choices not in (None, 1):
         raise _BadRequest(
             f"n must be 1 with stream: false through this gateway, got {choices}; "

@@ -23,6 +23,8 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
+from .._validate import json_type
+
 __all__ = [
     "CREATED",
     "EXTRA_FIELD",
@@ -123,23 +125,6 @@ class _BadOption(ValueError):
         self.wrong_type = wrong_type
 
 
-def _json_type(value: object) -> str:
-    """How a JSON value's type reads in a message (bools are not numbers)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _shown(value: object) -> str:
     """A value as it would appear in JSON, cut short."""
     try:
@@ -161,7 +146,7 @@ def _count(minimum: int, maximum: int | None = None) -> Callable[[str, object], 
     def check(name: str, value: object) -> object:
         if not _is_int(value):
             raise _BadOption(
-                name, f"{name} must be an integer, got {_json_type(value)}", wrong_type=True
+                name, f"{name} must be an integer, got {json_type(value)}", wrong_type=True
             )
         assert isinstance(value, int)
         if value < minimum or (maximum is not None and value > maximum):
@@ -208,7 +193,7 @@ def _optional_count(name: str, value: object) -> object:
 def _seed(name: str, value: object) -> object:
     if not _is_int(value):
         raise _BadOption(
-            name, f"{name} must be an integer, got {_json_type(value)}", wrong_type=True
+            name, f"{name} must be an integer, got {json_type(value)}", wrong_type=True
         )
     return value
 
@@ -291,7 +276,7 @@ class Behaviour:
             return self
         if not isinstance(options, dict):
             raise InvalidRequest(
-                f"{where} must be an object, got {_json_type(options)}", param=where
+                f"{where} must be an object, got {json_type(options)}", param=where
             )
         unknown = sorted(set(options) - set(_OPTION_CHECKS))
         if unknown:
@@ -367,7 +352,7 @@ def _field(
     value = payload.get(name)
     if value is not None and not accepts(value):
         raise InvalidRequest(
-            f"{name} must be {expected}, got {_json_type(value)} ({_shown(value)})", param=name
+            f"{name} must be {expected}, got {json_type(value)} ({_shown(value)})", param=name
         )
     return value
 
@@ -375,7 +360,7 @@ def _field(
 def _messages_of(payload: Mapping[str, object]) -> list[dict[str, object]]:
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
-        got = "an empty array" if messages == [] else _json_type(messages)
+        got = "an empty array" if messages == [] else json_type(messages)
         raise InvalidRequest(
             f"messages must be a non-empty array of message objects, got {got}; send at "
             f'least [{{"role": "user", "content": "..."}}]',
@@ -385,19 +370,19 @@ def _messages_of(payload: Mapping[str, object]) -> list[dict[str, object]]:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise InvalidRequest(
-                f"{where} must be an object, got {_json_type(message)}", param=where
+                f"{where} must be an object, got {json_type(message)}", param=where
             )
         if not isinstance(message.get("role"), str):
             raise InvalidRequest(
                 f"{where}.role must be a string (such as 'user'), got "
-                f"{_json_type(message.get('role'))}",
+                f"{json_type(message.get('role'))}",
                 param=f"{where}.role",
             )
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
             raise InvalidRequest(
                 f"{where}.content must be a string, an array of parts or null, got "
-                f"{_json_type(content)}",
+                f"{json_type(content)}",
                 param=f"{where}.content",
             )
     return messages
@@ -454,7 +439,7 @@ def plan_request(body: bytes, defaults: Behaviour) -> Scenario:
         ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest(
-            f"the request body must be a JSON object, got {_json_type(payload)}", param=None
+            f"the request body must be a JSON object, got {json_type(payload)}", param=None
         )
     model = payload.get("model")
     if model is None:
@@ -479,7 +464,7 @@ def plan_request(body: bytes, defaults: Behaviour) -> Scenario:
         usage = options.get("include_usage")
         if usage is not None and not isinstance(usage, bool):
             raise InvalidRequest(
-                f"stream_options.include_usage must be a boolean, got {_json_type(usage)}",
+                f"stream_options.include_usage must be a boolean, got {json_type(usage)}",
                 param="stream_options.include_usage",
             )
         include_usage = usage is True
