@@ -316,10 +316,14 @@ async def test_upstream_errors_before_the_stream_get_their_status(
             failed = await client.post(url, json=chat(stream, fault="http_error", status=503))
             assert failed.status_code == 502
             assert "503" in failed.json()["error"]["message"]
-        # stream: false passes a client error on as it is: not retried as a 5xx.
-        refused = await client.post(url, json=chat(False, fault="http_error", status=404))
-        assert refused.status_code == 404
-        assert refused.json()["error"]["type"] == "invalid_request_error"
+        # A client error is passed on as it is, streaming or not: not retried as a 5xx.
+        for stream in (True, False):
+            refused = await client.post(url, json=chat(stream, fault="http_error", status=404))
+            assert refused.status_code == 404
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+        # The gateway's own key refused upstream is the gateway's problem: a 502.
+        denied = await client.post(url, json=chat(True, fault="http_error", status=401))
+        assert denied.status_code == 502
 
 
 async def test_stream_false_answers_the_assembled_completion(nursery: trio.Nursery) -> None:

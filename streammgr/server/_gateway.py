@@ -439,7 +439,7 @@ class _CompletionResponse(Response):
 _NOT_PASSED_ON = frozenset({401, 403, 407, 429})  # the gateway's own key, or handled
 
 
-def _completion_error(error: Exception, stream_id: str, recorded: str | None) -> ErrorAnswer:
+def _completion_error(error: BaseException, stream_id: str, recorded: str | None) -> ErrorAnswer:
     """The answer of a failed ``stream: false`` request."""
     if (
         isinstance(error, UpstreamStatusError)
@@ -521,6 +521,7 @@ class _Gateway:
                 keep_alive=self.keep_alive,
                 answer_within=self.answer_within,
                 stall_timeout=self.stall_timeout,
+                answer_error=_completion_error,  # an upstream's 4xx stays a 4xx
             )
         params = {
             name: value

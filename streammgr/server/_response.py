@@ -39,7 +39,14 @@ from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import UNSET, check_seconds
-from ._answers import KEEP_ALIVE, BatchEncoder, encode_batch, error_answer, without_resume_fields
+from ._answers import (
+    KEEP_ALIVE,
+    BatchEncoder,
+    ErrorAnswer,
+    encode_batch,
+    error_answer,
+    without_resume_fields,
+)
 from ._hypercorn import Connection, current_connection
 
 __all__ = ["EventStreamResponse"]
@@ -101,6 +108,10 @@ class EventStreamResponse(Response):
             :func:`~streammgr.server.serve` serves it; ``None``: no such bound.
         status_code: the status of a streaming answer.
         headers: extra headers of a streaming answer.
+        answer_error: how an error becomes the client's answer (default
+            :func:`~streammgr.server.error_answer`): called with the error, the stream
+            id and the registry's redacted description; a gateway passes one that
+            keeps an upstream's 4xx status (so a client does not retry a bad request).
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message (also those
@@ -130,7 +141,9 @@ class EventStreamResponse(Response):
         stall_timeout: float | None = 30.0,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        answer_error: Callable[[BaseException, str, str | None], ErrorAnswer] = error_answer,
     ) -> None:
+        self._answer_error = answer_error
         self._keep_alive = check_seconds("keep_alive", keep_alive)
         self._stall_timeout = check_seconds("stall_timeout", stall_timeout)
         self._answer_within = _check_answer_within(answer_within)
@@ -196,6 +209,7 @@ class _Writer:
         self._status = response.status_code
         self._headers = response.raw_headers
         self._stream_id = response.stream_id.encode()
+        self._answer_error = response._answer_error
         self._keep_alive = math.inf if response._keep_alive is None else response._keep_alive
         self.headers_sent = False
         self.ended = False
@@ -246,7 +260,7 @@ class _Writer:
 
     async def error(self, error: BaseException, recorded: str | None) -> None:
         """Tell the client: a JSON error answer, or an in-band event and the end."""
-        answer = error_answer(error, self._stream_id.decode(), recorded)
+        answer = self._answer_error(error, self._stream_id.decode(), recorded)
         if self.headers_sent:
             await self.end(answer.event())
             return
