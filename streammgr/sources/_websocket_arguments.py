@@ -8,6 +8,8 @@ import re
 import ssl
 from collections.abc import Iterable, Mapping
 
+from .._validate import check_strings
+
 __all__ = ["check_headers", "check_messages", "check_ssl_context", "check_subprotocols"]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
@@ -76,18 +78,10 @@ def check_ssl_context(ssl_context: object, tls: bool) -> ssl.SSLContext | None:
 
 
 def check_subprotocols(subprotocols: object) -> tuple[str, ...]:
-    if isinstance(subprotocols, str | bytes) or not isinstance(subprotocols, Iterable):
-        raise TypeError(
-            f"subprotocols must be a list of str (wrap a single one: subprotocols=[...]), "
-            f"got {type(subprotocols).__name__}"
-        )
-    checked: list[str] = []
-    for name in subprotocols:
-        if not isinstance(name, str):
-            raise TypeError(f"subprotocols must contain str values, got {type(name).__name__}")
+    checked = check_strings("subprotocols", subprotocols)
+    for name in checked:
         if not _TOKEN.fullmatch(name):
             raise ValueError(f"subprotocols must be HTTP tokens (like 'graphql-ws'), got {name!r}")
-        checked.append(name)
     return tuple(checked)
 
 
