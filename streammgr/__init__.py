@@ -36,6 +36,7 @@ from ._logging import redact as redact
 from ._logging import redact_secrets as redact_secrets
 from ._manager import ManagerStats as ManagerStats
 from ._manager import StreamManager as StreamManager
+from ._registry import NoteValue as NoteValue
 from ._registry import RegistryEvent as RegistryEvent
 from ._registry import RegistryWatcher as RegistryWatcher
 from ._registry import StreamInfo as StreamInfo
@@ -60,6 +61,7 @@ __all__ = [
     "ManagedStream",
     "ManagerClosed",
     "ManagerStats",
+    "NoteValue",
     "Permit",
     "Phase",
     "ProducerContext",

@@ -23,9 +23,45 @@ from ._states import CloseReason, Phase
 if TYPE_CHECKING:
     from ._limits import Permit
 
-__all__ = ["RegistryEvent", "RegistryWatcher", "StreamInfo", "StreamRecord"]
+__all__ = ["NoteValue", "RegistryEvent", "RegistryWatcher", "StreamInfo", "StreamRecord"]
 
 _EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+NoteValue = str | int | float | bool | None
+"""What a stream's note may hold: a JSON scalar (see :attr:`StreamInfo.notes`)."""
+
+_EMPTY_NOTES: Mapping[str, NoteValue] = MappingProxyType({})
+MAX_NOTES = 32
+MAX_NOTE_LENGTH = 256
+
+
+def merged_notes(
+    current: Mapping[str, NoteValue], new: Mapping[str, object]
+) -> Mapping[str, NoteValue]:
+    """``current`` with ``new`` added (a new read-only mapping), each value checked.
+
+    Raises:
+        TypeError: a value that is not a str, int, float, bool or None.
+        ValueError: a str longer than MAX_NOTE_LENGTH, or more than MAX_NOTES notes.
+    """
+    merged: dict[str, NoteValue] = dict(current)
+    for name, value in new.items():
+        if value is not None and not isinstance(value, str | int | float):
+            raise TypeError(
+                f"note {name!r} must be a str, int, float, bool or None, got {type(value).__name__}"
+            )
+        if isinstance(value, str) and len(value) > MAX_NOTE_LENGTH:
+            raise ValueError(
+                f"note {name!r} is {len(value)} characters long; the most is "
+                f"{MAX_NOTE_LENGTH}: record a summary, not the content"
+            )
+        merged[name] = value
+    if len(merged) > MAX_NOTES:
+        raise ValueError(
+            f"a stream may carry at most {MAX_NOTES} notes, got {len(merged)}: "
+            f"reuse names instead of making new ones"
+        )
+    return MappingProxyType(merged)
 
 
 class StreamInfo(NamedTuple):
@@ -52,6 +88,9 @@ class StreamInfo(NamedTuple):
         detail: free text about the close (e.g. the canceller's reason), or ``None``.
         error: ``"ErrorType: message"`` of the error the stream failed with, or ``None``.
         created_wall: Unix time of creation.
+        notes: what the producer recorded about its stream with
+            :meth:`~streammgr.ProducerContext.annotate` (read-only), e.g. an OpenAI
+            stream's ``finish_reason`` and token counts; empty if nothing.
     """
 
     id: str
@@ -69,6 +108,7 @@ class StreamInfo(NamedTuple):
     detail: str | None
     error: str | None
     created_wall: float
+    notes: Mapping[str, NoteValue] = _EMPTY_NOTES
 
     def duration(self, now: float) -> float:
         """Seconds from creation to close, or to ``now`` while still open."""
@@ -79,6 +119,7 @@ class StreamInfo(NamedTuple):
         """A JSON-ready dict; with ``now`` it adds ``age`` and ``idle`` in seconds."""
         data: dict[str, object] = self._asdict()
         data["labels"] = dict(self.labels)
+        data["notes"] = dict(self.notes)
         data["phase"] = self.phase.value
         data["close_reason"] = None if self.close_reason is None else self.close_reason.value
         if now is not None:
@@ -111,6 +152,7 @@ class StreamRecord:
         "key",
         "labels",
         "last_item_at",
+        "notes",
         "permit",
         "phase",
         "produced",
@@ -133,6 +175,7 @@ class StreamRecord:
         self.id = stream_id
         self.key = key
         self.labels = labels
+        self.notes: Mapping[str, NoteValue] = _EMPTY_NOTES  # replaced whole by annotate()
         self.state = State.WAITING  # changed only by _lifecycle.apply()
         self.phase = Phase.WAITING  # the public face of the state
         self.created_at = created_at
@@ -200,6 +243,7 @@ def _build(record: StreamRecord, new: Callable[..., StreamInfo] = tuple.__new__)
             record.detail,
             record.error,
             record.created_wall,
+            record.notes,
         ),
     )
 

@@ -215,6 +215,7 @@ class StreamRunner:
             items=record.items,
             bytes=record.bytes,
             error=record.error,
+            **({"notes": dict(record.notes)} if record.notes else {}),
         )
         if self.drained is not None and not self.registry.active:
             self.drained.set()

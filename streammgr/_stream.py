@@ -20,7 +20,7 @@ import trio
 from ._batch import _Batch
 from ._errors import StreamCancelled
 from ._lifecycle import CANCEL_REASONS, Action, Event, ReaderOutcome, State, apply, reader_outcome
-from ._registry import StreamInfo, StreamRecord
+from ._registry import NoteValue, StreamInfo, StreamRecord, merged_notes
 
 __all__ = [
     "CURRENT_RECORD",
@@ -94,6 +94,26 @@ class ProducerContext:
         """Count ``count`` bytes received from the upstream in the registry."""
         record = self._record
         record.bytes += count
+        record.cached = None
+
+    def annotate(self, **notes: NoteValue) -> None:
+        """Record ``notes`` about this stream in the registry (shown in snapshots,
+        the inspection API and the ``closed`` log line).
+
+        For what only the producer knows and an operator wants to see, such as an
+        LLM answer's ``finish_reason`` and token counts (the OpenAI sources and the
+        gateway record those). A later value replaces an earlier one of the same
+        name. Values are JSON scalars; like labels, never put secrets in notes.
+        Notes recorded after the stream closed are ignored (its record is final).
+
+        Raises:
+            TypeError: a value that is not a str, int, float, bool or None.
+            ValueError: a str of more than 256 characters, or more than 32 notes.
+        """
+        record = self._record
+        if record.closed_at is not None:
+            return
+        record.notes = merged_notes(record.notes, notes)
         record.cached = None
 
     def __repr__(self) -> str:

@@ -56,6 +56,11 @@ class Stream(BaseModel):
     detail: str | None = Field(description="Free text about the close (a cancel's reason).")
     error: str | None = Field(description="'ErrorType: message' it failed with (redacted).")
     created_wall: float = Field(description="Unix time of creation.")
+    notes: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict,
+        description="What the producer recorded about its stream: for a chat completion "
+        "finish_reason, prompt_tokens, completion_tokens and total_tokens.",
+    )
     age: float = Field(description="Seconds since creation (to the close, once closed).")
     idle: float | None = Field(description="Seconds since the last item (or the admission).")
 

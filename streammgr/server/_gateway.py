@@ -60,7 +60,8 @@ from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import check_seconds, json_type
-from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, collect_chat
+from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, Usage, collect_chat
+from ..sources._openai import note_outcome
 from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
 from ._answers import ErrorAnswer, error_answer
 from ._response import EventStreamResponse
@@ -297,6 +298,8 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
                 f"{excerpt(data, _EXCERPT)!r}",
                 url=url,
             )
+        if _has_outcome(data):
+            _note_outcome_of(data)
         if '"error"' in data:
             try:
                 payload = json.loads(data)
@@ -308,6 +311,51 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
             if isinstance(payload, dict) and payload.get("error") is not None:
                 return index, _api_error(data, url)
     return len(batch), None
+
+
+def _set(data: str, name: str) -> bool:
+    """Whether ``data`` has the field ``name`` (quoted) with a value other than null."""
+    at = data.find(name)
+    if at < 0:
+        return False
+    value = data[at + len(name) : at + len(name) + 8].lstrip(" \t\r\n:")
+    return not value.startswith("null")
+
+
+def _has_outcome(data: str) -> bool:
+    """Whether a chunk carries a finish reason or usage (the cheap check, per chunk)."""
+    return _set(data, '"finish_reason"') or _set(data, '"usage"')
+
+
+def _note_outcome_of(data: str) -> None:
+    """Record a chunk's finish reason and token counts in the stream's notes.
+
+    Only the one or two chunks at the end of an answer get here. A chunk that does
+    not parse, or whose fields have other shapes, is forwarded as it is and noted
+    for what can be read of it: noting never fails a stream.
+    """
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(payload, dict):
+        return
+    finish_reason = None
+    choices = payload.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                finish_reason = choice["finish_reason"]
+    usage = payload.get("usage")
+    counts = None
+    if isinstance(usage, dict):
+        values = [usage.get(name, 0) for name in _USAGE_FIELDS]
+        if all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+            counts = Usage(*values)
+    note_outcome(finish_reason, counts)
+
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _api_error(data: str, url: str) -> UpstreamAPIError:

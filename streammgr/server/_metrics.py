@@ -21,7 +21,7 @@ prefix and base units (seconds, bytes). docs/http-api.md lists them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .._manager import StreamManager
-from .._registry import StreamInfo
+from .._registry import NoteValue, StreamInfo
 from .._states import CloseReason, Phase
 
 __all__ = ["METRICS_CONTENT_TYPE", "AdminMetrics"]
@@ -47,6 +47,10 @@ QUEUE_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.
 QUEUE_BUCKETS += (10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 PREFIX = "streammgr_"
+
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+"""The finish reasons counted by name; any other is counted as ``other``."""
 
 
 class _ManagerCollector(Collector):
@@ -167,6 +171,23 @@ class AdminMetrics:
             "Bytes delivered to readers by closed streams.",
             registry=registry,
         )
+        self._prompt_tokens = Counter(
+            PREFIX + "prompt_tokens",
+            "Prompt tokens of closed streams, as their upstream reported them (notes).",
+            registry=registry,
+        )
+        self._generation_tokens = Counter(
+            PREFIX + "generation_tokens",
+            "Generated (completion) tokens of closed streams, as their upstream reported "
+            "them (notes).",
+            registry=registry,
+        )
+        self._finished = Counter(
+            PREFIX + "request_success",
+            "Closed streams whose upstream gave a finish reason, by that reason.",
+            labelnames=["finished_reason"],
+            registry=registry,
+        )
         self._overflows = Counter(
             PREFIX + "metrics_feed_overflows",
             "Times the histogram feed fell behind the change feed (samples were lost).",
@@ -196,6 +217,21 @@ class AdminMetrics:
             self._items.inc(info.items)
         if info.bytes:
             self._bytes.inc(info.bytes)
+        notes = info.notes
+        if notes:
+            self._count_tokens(notes)
+
+    def _count_tokens(self, notes: Mapping[str, NoteValue]) -> None:
+        prompt, generated = notes.get("prompt_tokens"), notes.get("completion_tokens")
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt > 0:
+            self._prompt_tokens.inc(prompt)
+        if isinstance(generated, int) and not isinstance(generated, bool) and generated > 0:
+            self._generation_tokens.inc(generated)
+        finish_reason = notes.get("finish_reason")
+        if isinstance(finish_reason, str) and finish_reason:
+            # Label values stay a bounded set whatever an upstream sends.
+            known = finish_reason if finish_reason in FINISH_REASONS else "other"
+            self._finished.labels(known).inc()
 
     async def run_feed(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -26,6 +26,7 @@ import httpx
 from .._batch import BatchIterator
 from .._errors import UpstreamAPIError, UpstreamError, UpstreamProtocolError, UpstreamTruncated
 from .._logging import excerpt, redact
+from .._stream import current_producer
 from ..sse import OPENAI_DONE, ServerSentEvent
 from ._http import SourceTimeouts, SSESource
 from ._http_connection import PARSED
@@ -218,8 +219,10 @@ class OpenAIChat:
                 except UpstreamError as error:
                     failure = error
                 if chunks:
-                    if not finished:
-                        finished = any(chunk.finish_reason is not None for chunk in chunks)
+                    for chunk in chunks:
+                        if chunk.finish_reason is not None or chunk.usage is not None:
+                            finished = finished or chunk.finish_reason is not None
+                            note_outcome(chunk.finish_reason, chunk.usage)
                     # What came before an error in the same read is delivered first,
                     # as it would be if the events had come in reads of their own.
                     yield chunks
@@ -433,6 +436,23 @@ def _tool_calls_of(raw_calls: object, position: int) -> tuple[ToolCallDelta, ...
                 raise _MalformedChunk(f"{where}[{number}].{name}", "a string or null", value)
         calls.append(ToolCallDelta(index, *(value for _, value in fields)))
     return tuple(calls)
+
+
+def note_outcome(finish_reason: str | None, usage: Usage | None) -> None:
+    """Record a finish reason and token counts in the running stream's notes
+    (``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``total_tokens``);
+    nothing outside a producer run by a manager."""
+    producer = current_producer()
+    if producer is None:
+        return
+    if finish_reason is not None:
+        producer.annotate(finish_reason=finish_reason[:64])
+    if usage is not None:
+        producer.annotate(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
 
 
 async def collect_chat(chunks: AsyncIterable[ChatChunk]) -> ChatCompletion:
