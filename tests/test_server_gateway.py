@@ -227,6 +227,32 @@ async def test_the_openai_sdk_sees_a_429_with_retry_after_when_over_the_limit(
             gateway.manager.cancel(holder.id)
 
 
+@SDK_WARNINGS
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_openai_sdk_does_not_retry_what_a_retry_cannot_mend(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    # The upstream refuses the gateway's own key: the 502 says x-should-retry:
+    # false, so the SDK (2 retries by default) asks once, not three times.
+    import openai as sdk
+
+    openai: Any = sdk
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as http:
+        client = openai.AsyncOpenAI(
+            api_key=CALLER_KEY, base_url=f"{gateway.url}/v1", http_client=http
+        )
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(
+                model="m",
+                messages=MESSAGES,
+                stream=stream,
+                extra_body={"streammgr_simulate": {"fault": "http_error", "status": 401}},
+            )
+        assert refused.value.status_code == 502
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert gateway.manager.stats().opened_total == 1
+
+
 async def forever() -> AsyncIterator[str]:
     await trio.sleep_forever()
     yield "never"

@@ -20,7 +20,7 @@ import trio.testing
 import streammgr
 from streammgr import CloseReason, FairLimiter, Permit, StreamManager, StreamSender
 from streammgr.server import EventStreamResponse, encode_batch
-from streammgr.server._answers import without_resume_fields
+from streammgr.server._answers import error_answer, without_resume_fields
 from streammgr.sse import RawBatch, ServerSentEvent
 
 from .conftest import Probe
@@ -551,3 +551,43 @@ async def test_only_http(autojump_clock: trio.testing.MockClock, nursery: trio.N
         server.scope["type"] = "websocket"
         with pytest.raises(TypeError, match="http"):
             await response(server.scope, server.receive, server.send)
+
+
+# -- x-should-retry: what the openai SDK obeys before its own rule ---------------------------
+
+
+def _cancelled(reason: CloseReason) -> streammgr.StreamCancelled:
+    return streammgr.StreamCancelled("", close_reason=reason, stream_id="s1")
+
+
+def _upstream_status(status: int) -> streammgr.UpstreamStatusError:
+    return streammgr.UpstreamStatusError("refused", status_code=status, body="{}")
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "should_retry"),
+    [
+        (
+            streammgr.StreamLimitExceeded("over", limit="max_streams", retry_after=1, key="k"),
+            429,
+            b"true",
+        ),
+        (streammgr.ManagerClosed("closed"), 503, b"true"),
+        (_cancelled(CloseReason.SHUTDOWN), 503, None),
+        (_cancelled(CloseReason.CANCELLED), 503, b"false"),
+        (_cancelled(CloseReason.CLIENT_STALLED), 503, b"false"),
+        (_upstream_status(429), 429, b"true"),
+        (_upstream_status(401), 502, b"false"),
+        (_upstream_status(404), 502, b"false"),
+        (_upstream_status(408), 502, None),
+        (_upstream_status(503), 502, None),
+        (RuntimeError("bug"), 500, None),
+    ],
+)
+def test_answers_tell_the_client_whether_a_retry_can_help(
+    error: BaseException, status: int, should_retry: bytes | None
+) -> None:
+    answer = error_answer(error, "s1", None)
+    assert answer.status == status
+    headers = dict(answer.headers())
+    assert headers.get(b"x-should-retry") == should_retry

@@ -116,6 +116,9 @@ class ErrorAnswer:
         code: the error's ``code``: the limit, the close reason.
         message: what happened and what to do; never an unredacted secret.
         retry_after: seconds for ``Retry-After``, or ``None``.
+        should_retry: ``x-should-retry`` (``true``/``false``), which the openai SDK
+            obeys before its own rule (retry 408, 409, 429 and 5xx); ``None``: not
+            sent, the client's rule decides.
     """
 
     status: int
@@ -123,6 +126,7 @@ class ErrorAnswer:
     code: str
     message: str
     retry_after: float | None = None
+    should_retry: bool | None = None
 
     def json(self) -> bytes:
         """The ``{"error": {...}}`` object, as UTF-8 JSON."""
@@ -141,7 +145,12 @@ class ErrorAnswer:
             seconds = max(math.ceil(self.retry_after), 0)
             headers.append((b"retry-after", str(seconds).encode()))
             headers.append((b"retry-after-ms", str(math.ceil(self.retry_after * 1000)).encode()))
+        if self.should_retry is not None:
+            headers.append((b"x-should-retry", b"true" if self.should_retry else b"false"))
         return headers
+
+
+_NOT_RETRIED = frozenset({CloseReason.CANCELLED, CloseReason.CLIENT_STALLED})
 
 
 def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> ErrorAnswer:
@@ -154,10 +163,16 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
             redacted with the manager's secrets, if any.
     """
     if isinstance(error, StreamLimitExceeded):
-        return ErrorAnswer(429, "rate_limit_exceeded", error.limit, str(error), error.retry_after)
+        return ErrorAnswer(
+            429, "rate_limit_exceeded", error.limit, str(error), error.retry_after, True
+        )
     if isinstance(error, ManagerClosed):
         return ErrorAnswer(
-            503, "service_unavailable", "shutting_down", "the server is shutting down; retry"
+            503,
+            "service_unavailable",
+            "shutting_down",
+            "the server is shutting down; retry",
+            should_retry=True,  # another instance, or this one restarted
         )
     if isinstance(error, LimiterError):
         return ErrorAnswer(
@@ -175,7 +190,10 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
                 f" ({error.reason})" if error.reason else ""
             )
         status = 504 if isinstance(error, StreamTimeout) else 503
-        return ErrorAnswer(status, "stream_cancelled", str(reason), message)
+        # An operator's cut or a stalled client: the same request again would be cut
+        # again. A shutdown or a timeout may go better on the next try.
+        retry = False if reason in _NOT_RETRIED else None
+        return ErrorAnswer(status, "stream_cancelled", str(reason), message, should_retry=retry)
     if isinstance(error, UpstreamError):
         text = recorded if recorded is not None else redact(f"{type(error).__name__}: {error}")
         message = f"the upstream failed: {text}"
@@ -183,9 +201,18 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
         if isinstance(error, UpstreamStatusError) and error.status_code == 429:
             # Every 429 says when to retry: the upstream's own wait, else one second.
             wait = error.retry_after if error.retry_after is not None else 1.0
-            return ErrorAnswer(429, "rate_limit_exceeded", code, message, wait)
+            return ErrorAnswer(429, "rate_limit_exceeded", code, message, wait, True)
         status = 504 if isinstance(error, UpstreamTimeout) else 502
-        return ErrorAnswer(status, "upstream_error", code, message)
+        # An upstream's 4xx (its refusal of the gateway's key, most often) is the
+        # same on every try: the 502 must not be retried as a 5xx would be.
+        refused = (
+            isinstance(error, UpstreamStatusError)
+            and 400 <= error.status_code < 500
+            and error.status_code not in (408, 409)
+        )
+        return ErrorAnswer(
+            status, "upstream_error", code, message, should_retry=False if refused else None
+        )
     return ErrorAnswer(
         500,
         "server_error",

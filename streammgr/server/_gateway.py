@@ -626,6 +626,7 @@ class _Gateway:
                 f"the upstream refused the gateway's credentials ({answer.status_code})",
                 error_type="upstream_error",
                 code="upstream_error",
+                headers={"x-should-retry": "false"},  # the same on every try
             )
         return Response(
             answer.content,

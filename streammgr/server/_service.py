@@ -31,7 +31,13 @@ from ._lifespan import manager_lifespan
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
 
 # Headers a browser on another origin may read from an answer.
-_EXPOSED_HEADERS = ("x-request-id", "x-stream-id", "retry-after", "retry-after-ms")
+_EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-stream-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+)
 
 
 @dataclass(frozen=True, slots=True)
