@@ -253,6 +253,32 @@ async def test_the_openai_sdk_does_not_retry_what_a_retry_cannot_mend(
         assert gateway.manager.stats().opened_total == 1
 
 
+async def test_an_upstream_url_with_a_query_string_keeps_it(nursery: trio.Nursery) -> None:
+    seen: list[httpx.URL] = []
+    simulated = SimulatedTransport(fast_upstream())
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return await simulated.handle_async_request(request)
+
+    url = "http://simulated.local/v1?api-version=2024-10-21"
+    transport = httpx.MockTransport(handle)
+    async with (
+        running_gateway(nursery, transport=transport, upstream_url=url) as gateway,
+        httpx.AsyncClient() as client,
+    ):
+        streamed = await client.post(f"{gateway.url}/v1/chat/completions", json=chat(True))
+        whole = await client.post(f"{gateway.url}/v1/chat/completions", json=chat(False))
+        await client.get(f"{gateway.url}/v1/models")
+    assert data_events(streamed.content)[-1] == "[DONE]"
+    assert whole.status_code == 200
+    assert [(u.path, u.query) for u in seen] == [
+        ("/v1/chat/completions", b"api-version=2024-10-21"),
+        ("/v1/chat/completions", b"api-version=2024-10-21"),
+        ("/v1/models", b"api-version=2024-10-21"),
+    ]
+
+
 async def forever() -> AsyncIterator[str]:
     await trio.sleep_forever()
     yield "never"

@@ -106,6 +106,41 @@ async def test_typed_chunks_and_request_body(autojump_clock: trio.abc.Clock) -> 
     }
 
 
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("https://api.test/v1", "https://api.test/v1/chat/completions"),
+        ("https://api.test/v1/", "https://api.test/v1/chat/completions"),
+        (
+            "https://azure.test/openai/deployments/d?api-version=2024-10-21",
+            "https://azure.test/openai/deployments/d/chat/completions?api-version=2024-10-21",
+        ),
+    ],
+)
+async def test_the_base_url_keeps_its_query_string(
+    autojump_clock: trio.abc.Clock, base_url: str, expected: str
+) -> None:
+    client, requests = transport(HELLO)
+    async with client, StreamManager() as manager:
+        source = OpenAIChat(
+            client,
+            api_key=API_KEY,
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            base_url=base_url,
+        )
+        async with manager.open(source) as stream:
+            assert len([item async for item in stream]) == 5
+        (closed,) = manager.history()
+    assert str(requests[0].url) == expected
+    assert closed.notes == {
+        "finish_reason": "stop",
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "total_tokens": 7,
+    }
+
+
 async def test_collect_text_and_tool_calls(autojump_clock: trio.abc.Clock) -> None:
     tool_stream = [
         chunk({"role": "assistant", "content": None, "tool_calls": [

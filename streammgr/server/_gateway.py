@@ -61,6 +61,7 @@ from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import check_seconds, json_type
 from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, Usage, collect_chat
+from ..sources._common import api_url
 from ..sources._openai import note_outcome
 from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
 from ._answers import ErrorAnswer, error_answer
@@ -523,7 +524,9 @@ class _Gateway:
     ) -> None:
         self.manager = manager
         self.upstream = upstream
-        self.base_url = upstream_url.rstrip("/")
+        self.base_url = upstream_url
+        self.chat_url = api_url(upstream_url, "/chat/completions")
+        self.models_url = api_url(upstream_url, "/models")
         self.api_key = api_key
         self.key_header = key_header
         self.upstream_timeouts = upstream_timeouts
@@ -552,7 +555,7 @@ class _Gateway:
         if payload.get("stream"):
             source = SSESource(
                 self.upstream,
-                f"{self.base_url}/chat/completions",
+                self.chat_url,
                 method="POST",
                 headers=self.upstream_headers(),
                 content=body,  # the caller's request as it came: nothing re-encoded
@@ -599,7 +602,7 @@ class _Gateway:
         connect = self.upstream_timeouts.connect
         with trio.move_on_after(connect if connect is not None else 30.0) as patience:
             try:
-                answer = await self.upstream.get(f"{self.base_url}/models", headers=headers)
+                answer = await self.upstream.get(self.models_url, headers=headers)
             except httpx.HTTPError as exc:
                 get_logger().warning("gateway.models_failed", error=type(exc).__name__)
                 return openai_error(

@@ -20,12 +20,15 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 
+import httpx
+
 from .._logging import excerpt, redact
 
 __all__ = [
     "CREDENTIAL_SCHEMES",
     "CREDENTIAL_WORDS",
     "MIN_SECRET_LENGTH",
+    "api_url",
     "body_excerpt",
     "excerpt_margin",
     "header_secrets",
@@ -62,6 +65,20 @@ _LONGEST_FORM = 9  # characters a character may take in text: "%E2%82%AC" for "â
 
 _CREDENTIAL_NAME = re.compile("|".join(CREDENTIAL_WORDS), re.IGNORECASE)
 _REDACTED = "[REDACTED]"
+
+
+def api_url(base_url: str, path: str) -> str:
+    """``path`` (``"/chat/completions"``) under an API root such as the openai SDK's
+    ``base_url``, keeping the root's query string (Azure's ``?api-version=...``).
+
+    Raises:
+        ValueError: ``base_url`` is not a URL.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}") from None
+    return str(url.copy_with(path=url.path.rstrip("/") + path))
 
 
 def excerpt_margin(secrets: Iterable[str]) -> int:

@@ -28,6 +28,7 @@ from .._errors import UpstreamAPIError, UpstreamError, UpstreamProtocolError, Up
 from .._logging import excerpt, redact
 from .._stream import current_producer
 from ..sse import OPENAI_DONE, ServerSentEvent
+from ._common import api_url
 from ._http import SourceTimeouts, SSESource
 from ._http_connection import PARSED
 
@@ -178,7 +179,7 @@ class OpenAIChat:
         self._model = model
         self._source = SSESource(
             client,
-            base_url.rstrip("/") + "/chat/completions",
+            api_url(base_url, "/chat/completions"),
             method="POST",
             headers={**(headers or {}), "authorization": f"Bearer {api_key}"},
             json=body,
