@@ -314,18 +314,22 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
     return len(batch), None
 
 
-def _set(data: str, name: str) -> bool:
-    """Whether ``data`` has the field ``name`` (quoted) with a value other than null."""
-    at = data.find(name)
-    if at < 0:
-        return False
-    value = data[at + len(name) : at + len(name) + 8].lstrip(" \t\r\n:")
-    return not value.startswith("null")
+def _value_set(data: str, end: int) -> bool:
+    """Whether the value after a field's name (ending at ``end``) is other than null."""
+    return not data[end : end + 12].lstrip(" \t\r\n:").startswith("null")
 
 
 def _has_outcome(data: str) -> bool:
-    """Whether a chunk carries a finish reason or usage (the cheap check, per chunk)."""
-    return _set(data, '"finish_reason"') or _set(data, '"usage"')
+    """Whether a chunk carries a finish reason or usage (the cheap check, per chunk).
+
+    Compact JSON's ``"finish_reason":null`` is told by one comparison; other
+    spacing is read past.
+    """
+    at = data.find('"finish_reason"')
+    if at >= 0 and not data.startswith(":null", at + 15) and _value_set(data, at + 15):
+        return True
+    at = data.find('"usage"')
+    return at >= 0 and not data.startswith(":null", at + 7) and _value_set(data, at + 7)
 
 
 def _note_outcome_of(data: str) -> None:
