@@ -34,7 +34,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._batch import BatchIterator
@@ -166,6 +166,17 @@ def _parse_chat_request(body: bytes) -> dict[str, Any]:
             f"the request body must be a JSON object, got {json_type(payload)}; send a "
             f"chat-completions request object"
         )
+    return _check_chat_request(payload)
+
+
+def _check_chat_request(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` (a decoded request object) with the fields the gateway reads checked.
+
+    The rules of :func:`_parse_chat_request`, shared with the WebSocket route.
+
+    Raises:
+        _BadRequest: naming the field.
+    """
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         what = "missing" if model is None else f"{json_type(model)}"
@@ -715,6 +726,7 @@ def gateway_app(
     keep_alive: float | None = 15.0,
     stall_timeout: float | None = 30.0,
     max_request_size: int = MAX_REQUEST_SIZE,
+    websocket_origins: Sequence[str] = (),
 ) -> ASGIApp:
     """An OpenAI-compatible gateway in front of ``upstream_url``, as an ASGI app.
 
@@ -752,7 +764,12 @@ def gateway_app(
         keep_alive: seconds without a write before a keep-alive comment.
         stall_timeout: the most seconds one write may wait for a client that reads
             nothing (then ``client_stalled``).
-        max_request_size: the largest request body, in bytes (then 413).
+        max_request_size: the largest request body, in bytes (then 413), and the
+            largest WebSocket message (then close 1009).
+        websocket_origins: the ``Origin`` values that may open ``/v1/chat/ws``
+            (``"*"``: any); a handshake from another origin gets a 403. Empty: any
+            (browsers apply no CORS to WebSockets: set it when a browser page may
+            connect).
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
@@ -789,10 +806,16 @@ def gateway_app(
         stall_timeout=stall_timeout,
         max_request_size=max_request_size,
     )
+    from ._chat_ws import CHAT_WS_PATH, ChatSocket  # it imports this module
+
+    if isinstance(websocket_origins, str):
+        raise TypeError("websocket_origins must be a list of origins, not one str")
+    chat_socket = ChatSocket(gateway, websocket_origins)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
+            WebSocketRoute(CHAT_WS_PATH, chat_socket.endpoint),
         ],
         exception_handlers={HTTPException: _http_error},
     )

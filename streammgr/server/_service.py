@@ -50,7 +50,8 @@ class ServiceOptions:
         key_header: a request header naming the caller (the admission key), or
             ``None`` for the hashed credential.
         cors_origins: origins allowed to call the service from a browser
-            (``"*"``: any); empty: no CORS headers.
+            (``"*"``: any); empty: no CORS headers. They also bound who may open the
+            WebSocket chat route (empty: any origin).
         upstream_timeouts: the upstream requests' timeouts (``None``: the default).
         answer_within: the most seconds before a streaming answer's headers go
             out; ``None``: the manager's acquire timeout plus 0.1 s, at least 1 s, so
@@ -119,6 +120,7 @@ def build_service_app(
         keep_alive=options.keep_alive,
         stall_timeout=options.stall_timeout,
         max_request_size=options.max_request_size,
+        websocket_origins=options.cors_origins,  # browsers apply no CORS to WebSockets
     )
     routes = []
     # --- The inspection API: the one place it is mounted. --------------------------

@@ -1,0 +1,629 @@
+"""The gateway's WebSocket chat route (``/v1/chat/ws``) end to end: served by
+``streammgr.server.serve`` on 127.0.0.1 in front of the simulated upstream, with
+trio-websocket as the client (and a raw wsproto client that stops reading).
+
+Real time over loopback: every wait is on a message, an event or a condition
+bounded by ``fail_after``; latencies are hundredths of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+from streammgr import CloseReason, StreamManager
+from streammgr.server import ServiceOptions, build_service_app, gateway_app, serve_service
+from streammgr.simulate import SimulatedTransport, SimulatedUpstream
+from streammgr.sources import SourceTimeouts
+
+from .server_helpers import PATIENCE, CloseWatcher, Server
+
+BASE = "http://simulated.local/v1"
+MESSAGES = [{"role": "user", "content": "hello there"}]
+UPSTREAM_KEY = "sk-upstream-key-0123456789"
+
+
+@dataclass
+class Running:
+    manager: StreamManager
+    upstream: SimulatedUpstream
+    server: Server
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.url.replace("http://", "ws://") + "/v1/chat/ws"
+
+
+def fast_upstream(**options: Any) -> SimulatedUpstream:
+    return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
+
+
+@asynccontextmanager
+async def running_gateway(
+    nursery: trio.Nursery,
+    *,
+    upstream: SimulatedUpstream | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    manager_options: dict[str, Any] | None = None,
+    send_timeout: float | None = 60.0,
+    **gateway_options: Any,
+) -> AsyncIterator[Running]:
+    upstream = upstream if upstream is not None else fast_upstream()
+    transport = transport if transport is not None else SimulatedTransport(upstream)
+    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        StreamManager(**(manager_options or {})) as manager,
+    ):
+        app = gateway_app(
+            manager, http, upstream_url=BASE, api_key=UPSTREAM_KEY, **gateway_options
+        )
+        server = await Server().start(nursery, app, send_timeout=send_timeout)
+        yield Running(manager, upstream, server)
+        server.stop.set()
+
+
+def request(message_id: str | None = None, **simulate: Any) -> str:
+    body: dict[str, Any] = {"type": "chat.request", "model": "sim-small", "messages": MESSAGES}
+    if message_id is not None:
+        body["id"] = message_id
+    if simulate:
+        body["streammgr_simulate"] = simulate
+    return json.dumps(body)
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(PATIENCE):
+        message = await ws.get_message()
+    assert isinstance(message, str)
+    decoded: dict[str, Any] = json.loads(message)
+    return decoded
+
+
+async def until_done(ws: WebSocketConnection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The deltas of one request, and its final message."""
+    deltas = []
+    while True:
+        message = await receive(ws)
+        assert message["type"] == "chat.response", message
+        if message.get("done"):
+            return deltas, message
+        deltas.append(message)
+
+
+def content(deltas: list[dict[str, Any]]) -> str:
+    return "".join(message["delta"].get("content", "") for message in deltas)
+
+
+def simulated_text(upstream: SimulatedUpstream, **simulate: Any) -> str:
+    """The answer the deterministic simulator gives, straight from it."""
+    body = {"model": "sim-small", "messages": MESSAGES, "stream": True}
+    if simulate:
+        body["streammgr_simulate"] = simulate
+    answer = upstream.respond("POST", "/v1/chat/completions", json.dumps(body).encode())
+    parts = []
+    for line in answer.body.decode().split("\n"):
+        data = line.removeprefix("data: ")
+        if line.startswith("data: ") and data != "[DONE]":
+            for choice in json.loads(data)["choices"]:
+                parts.append(choice["delta"].get("content") or "")
+    return "".join(parts)
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll a condition that no event announces (the simulator's counters), bounded."""
+    with trio.fail_after(PATIENCE):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counters
+            await trio.sleep(0.005)
+
+
+async def forever() -> AsyncIterator[str]:
+    await trio.sleep_forever()
+    yield "never"
+
+
+# -- a chat, and several ------------------------------------------------------------------
+
+
+async def test_a_chat_streams_deltas_then_a_final_message(nursery: trio.Nursery) -> None:
+    async with (
+        running_gateway(nursery) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        await ws.send_message(request("r-1", tokens=8))
+        deltas, final = await until_done(ws)
+        assert content(deltas) == simulated_text(gateway.upstream, tokens=8)
+        assert deltas[0]["delta"]["role"] == "assistant"
+        assert all(message["id"] == "r-1" for message in deltas)
+        assert all(message["delta"] for message in deltas)  # no empty deltas
+        assert final == {
+            "type": "chat.response",
+            "id": "r-1",
+            "delta": {},
+            "done": True,
+            "finish_reason": "stop",
+            "usage": {"prompt_tokens": 2, "completion_tokens": 8, "total_tokens": 10},
+        }
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.COMPLETED
+        assert info.labels["route"] == "chat.ws"
+        assert info.labels["stream"] == "true"
+        assert info.key == "anonymous"
+    assert gateway.upstream.stats().open == 0
+
+
+async def test_several_requests_on_one_connection(nursery: trio.Nursery) -> None:
+    async with (
+        running_gateway(nursery) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        for number, tokens in enumerate((3, 5, 2)):
+            await ws.send_message(request(f"q{number}", tokens=tokens))
+            deltas, final = await until_done(ws)
+            assert content(deltas) == simulated_text(gateway.upstream, tokens=tokens)
+            assert final["id"] == f"q{number}"
+            assert final["usage"]["completion_tokens"] == tokens
+        # No id: null is echoed; other parameters reach the upstream (max_tokens cuts).
+        body = json.loads(request(tokens=6))
+        await ws.send_message(json.dumps({**body, "max_tokens": 2}))
+        deltas, final = await until_done(ws)
+        assert final["id"] is None
+        assert final["finish_reason"] == "length"
+        assert final["usage"]["completion_tokens"] == 2
+    history = gateway.manager.history()
+    assert [info.close_reason for info in history] == [CloseReason.COMPLETED] * 4
+    assert len({info.labels["request_id"] for info in history}) == 4
+
+
+async def test_the_chunks_of_one_read_travel_in_one_message(nursery: trio.Nursery) -> None:
+    # The whole answer in one upstream read: one chat.response carries it all.
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        body = {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": delta}]}
+        body["choices"][0]["finish_reason"] = finish
+        return f"data: {json.dumps(body)}\n\n"
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}
+    upstream_body = (
+        chunk({"role": "assistant", "content": ""})
+        + chunk({"content": "Hello"})
+        + chunk({"content": ", world"})
+        + chunk({"tool_calls": [call]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}, "tool_calls")
+        + 'data: {"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":3,'
+        '"completion_tokens":4,"total_tokens":7}}\n\n'
+        + "data: [DONE]\n\n"
+    )
+    seen: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=upstream_body
+        )
+
+    transport = httpx.MockTransport(answer)
+    async with (
+        running_gateway(nursery, transport=transport) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        body = json.loads(request("one"))
+        await ws.send_message(json.dumps({**body, "temperature": 0.5}))
+        deltas, final = await until_done(ws)
+    (message,) = deltas
+    assert message["delta"] == {
+        "role": "assistant",
+        "content": "Hello, world",
+        "tool_calls": [
+            call,
+            {"index": 0, "function": {"arguments": '{"a":'}},
+            {"index": 0, "function": {"arguments": "1}"}},
+        ],
+    }
+    assert final["finish_reason"] == "tool_calls"
+    assert final["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    (sent,) = seen  # the upstream got the caller's parameters, stream and usage set
+    assert sent["temperature"] == 0.5
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert "type" not in sent
+    assert "id" not in sent
+    assert gateway.manager.history()[0].items == 7  # six chunks and the usage chunk
+
+
+# -- cancelling -----------------------------------------------------------------------------
+
+
+async def test_chat_cancel_ends_the_request_in_flight(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.02)
+    async with (
+        running_gateway(nursery, upstream=upstream) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        await ws.send_message(request("long", tokens=100000))
+        first = await receive(ws)
+        assert first["delta"]
+        await ws.send_message(json.dumps({"type": "chat.cancel", "id": "another"}))  # not it
+        await ws.send_message(json.dumps({"type": "chat.cancel"}))
+        _, final = await until_done(ws)
+        assert final["id"] == "long"
+        assert final["error"]["code"] == "cancelled"
+        assert final["error"]["type"] == "stream_cancelled"
+        assert "the client cancelled" in final["error"]["message"]
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.CANCELLED
+        assert info.detail == "the client cancelled the request"
+        await wait_until(lambda: upstream.stats().open == 0)
+        assert upstream.stats().client_left == 1
+        # Nothing in flight: a cancel is let be; the connection goes on serving.
+        await ws.send_message(json.dumps({"type": "chat.cancel"}))
+        await ws.send_message(request("next", tokens=2))
+        deltas, final = await until_done(ws)
+        assert final["id"] == "next"
+        assert final["finish_reason"] == "stop"
+
+
+async def test_closing_the_socket_ends_the_request_and_its_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    upstream = fast_upstream(token_latency=0.02)
+    async with running_gateway(nursery, upstream=upstream) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        async with open_websocket_url(gateway.ws_url) as ws:
+            await ws.send_message(request("long", tokens=100000))
+            assert (await receive(ws))["delta"]
+            assert upstream.stats().open == 1
+        info = await watcher.next_close()
+        assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+        assert info.items > 0
+        await wait_until(lambda: upstream.stats().open == 0)
+        assert upstream.stats().client_left == 1
+        assert gateway.manager.stats().active == 0
+
+
+# -- limits and failures ---------------------------------------------------------------------
+
+
+async def test_over_the_limit_a_final_error_with_retry_after_and_nothing_charged(
+    nursery: trio.Nursery,
+) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 0.05}
+    async with (
+        running_gateway(nursery, manager_options=options) as gateway,
+        gateway.manager.open(forever) as holder,
+        open_websocket_url(
+            gateway.ws_url, extra_headers=[("authorization", "Bearer sk-caller-1")]
+        ) as ws,
+    ):
+        await ws.send_message(request("over"))
+        deltas, final = await until_done(ws)
+        assert deltas == []
+        assert final["id"] == "over"
+        assert final["error"]["type"] == "rate_limit_exceeded"
+        assert final["error"]["code"] == "max_streams"
+        assert final["retry_after"] > 0
+        (rejected,) = gateway.manager.history()
+        assert rejected.close_reason is CloseReason.REJECTED
+        assert rejected.admitted_at is None
+        assert rejected.key.startswith("key-")
+        assert gateway.upstream.stats().opened == 0
+        assert [info.id for info in gateway.manager.streams()] == [holder.id]
+        gateway.manager.cancel(holder.id)
+        # The slot is back: the same connection gets an answer now.
+        await ws.send_message(request("again", tokens=2))
+        _, final = await until_done(ws)
+        assert final["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("drop_mid_stream", "upstream_error"),
+        ("malformed_chunk", "upstream_error"),
+        ("error_in_stream", "upstream_error"),
+        ("no_done", "upstream_truncated"),
+        ("stall_mid_stream", "upstream_idle_timeout"),
+    ],
+)
+async def test_an_upstream_fault_mid_stream_ends_with_an_in_band_error(
+    nursery: trio.Nursery, fault: str, code: str
+) -> None:
+    async with (
+        running_gateway(nursery) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        options: dict[str, Any] = {"tokens": 6, "fault": fault}
+        if fault == "no_done":
+            options["fault_after"] = 2
+        await ws.send_message(request("f", **options))
+        deltas, final = await until_done(ws)
+        assert deltas  # what came before the fault was delivered
+        assert "finish_reason" not in final
+        assert final["error"]["code"] == code
+        assert set(final["error"]) == {"message", "type", "code", "param"}
+        (info,) = gateway.manager.history()
+        assert str(info.close_reason) == code
+        await wait_until(lambda: gateway.upstream.stats().open == 0)
+        # The connection is still good.
+        await ws.send_message(request("ok", tokens=1))
+        assert (await until_done(ws))[1]["finish_reason"] == "stop"
+
+
+async def test_upstream_refusals_get_the_http_routes_codes(nursery: trio.Nursery) -> None:
+    async with (
+        running_gateway(nursery) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        await ws.send_message(request("a", fault="rate_limited", retry_after=3))
+        _, limited = await until_done(ws)
+        assert limited["error"]["type"] == "rate_limit_exceeded"
+        assert limited["retry_after"] == 3.0  # the upstream's own
+        await ws.send_message(request("b", fault="http_error", status=404))
+        _, refused = await until_done(ws)
+        assert refused["error"]["type"] == "invalid_request_error"
+        assert refused["error"]["code"] == "upstream_refused"
+        await ws.send_message(request("c", fault="http_error", status=503))
+        _, failed = await until_done(ws)
+        assert failed["error"]["type"] == "upstream_error"
+        assert "503" in failed["error"]["message"]
+
+
+# -- bad messages ---------------------------------------------------------------------------
+
+
+async def test_bad_messages_are_answered_and_the_connection_stays_usable(
+    nursery: trio.Nursery,
+) -> None:
+    upstream = fast_upstream(token_latency=0.02)
+    good = json.loads(request())
+    cases: list[tuple[str | bytes, str, str | None]] = [
+        ("{not json", "invalid_json", None),
+        ("[1, 2]", "invalid_message", None),
+        ('{"model": "m"}', "invalid_message", "type"),
+        ('{"type": "chat.stream"}', "unknown_type", "type"),
+        (json.dumps({**good, "id": 7}), "invalid_field", "id"),
+        (json.dumps({**good, "id": "x" * 65}), "invalid_field", "id"),
+        (json.dumps({"type": "chat.request", "messages": MESSAGES}), "invalid_field", "model"),
+        (json.dumps({**good, "messages": []}), "invalid_field", "messages"),
+        (json.dumps({**good, "messages": ["hi"]}), "invalid_field", "messages[0]"),
+        (json.dumps({**good, "stream": False}), "invalid_field", "stream"),
+        (json.dumps({**good, "n": 2}), "invalid_field", "n"),
+        (b'{"type": "chat.request"}', "invalid_message", None),
+    ]
+    async with (
+        running_gateway(nursery, upstream=upstream) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        for text, code, param in cases:
+            await ws.send_message(text)
+            answer = await receive(ws)
+            assert answer["type"] == "error", text
+            error = answer["error"]
+            assert (error["code"], error["param"]) == (code, param), text
+            assert error["type"] == "invalid_request_error"
+            assert error["message"]
+        assert gateway.manager.stats().opened_total == 0
+        # A second request while one is in flight: refused, the first goes on.
+        await ws.send_message(request("first", tokens=5))
+        assert (await receive(ws))["id"] == "first"
+        await ws.send_message(request("second"))
+        refusal = None
+        deltas = []
+        while True:
+            message = await receive(ws)
+            if message["type"] == "error":
+                refusal = message
+                continue
+            if message.get("done"):
+                break
+            deltas.append(message)
+        assert refusal is not None
+        assert refusal["id"] == "second"
+        assert refusal["error"]["code"] == "request_in_flight"
+        assert message["id"] == "first"
+        assert message["finish_reason"] == "stop"
+        assert gateway.manager.stats().opened_total == 1
+
+
+async def test_a_message_over_the_size_limit_closes_with_1009(nursery: trio.Nursery) -> None:
+    async with (
+        running_gateway(nursery, max_request_size=1000) as gateway,
+        open_websocket_url(gateway.ws_url) as ws,
+    ):
+        body = json.loads(request())
+        await ws.send_message(json.dumps({**body, "padding": "é" * 600}))  # 1200+ bytes
+        answer = await receive(ws)
+        assert answer["error"]["code"] == "message_too_big"
+        assert "1000 bytes" in answer["error"]["message"]
+        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+            await ws.get_message()
+        assert closed.value.reason.code == 1009
+    assert gateway.manager.stats().opened_total == 0
+
+
+# -- a client that stops reading --------------------------------------------------------------
+
+
+def flooding_transport(cleanups: list[str]) -> httpx.MockTransport:
+    """An upstream that sends big chunks as fast as it is read, forever."""
+    text = "x" * 65536
+    event = f'data: {{"choices":[{{"index":0,"delta":{{"content":"{text}"}}}}]}}\n\n'.encode()
+
+    async def flood() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                await trio.lowlevel.checkpoint()
+                yield event
+        finally:
+            cleanups.append("closed")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=flood())
+
+    return httpx.MockTransport(answer)
+
+
+async def stalled_client(port: int, message: str) -> trio.SocketStream:
+    """A raw WebSocket client: the handshake, one message, then it reads nothing."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    client = WSConnection(ConnectionType.CLIENT)
+    await stream.send_all(client.send(Request(host="localhost", target="/v1/chat/ws")))
+    with trio.fail_after(PATIENCE):
+        while True:
+            client.receive_data(await stream.receive_some(4096))
+            if any(isinstance(event, AcceptConnection) for event in client.events()):
+                break
+    await stream.send_all(client.send(TextMessage(data=message)))
+    return stream
+
+
+@pytest.mark.parametrize("guard", ["stall_timeout", "reader_timeout"])
+async def test_a_client_that_stops_reading_holds_neither_slot_nor_upstream(
+    nursery: trio.Nursery, guard: str
+) -> None:
+    cleanups: list[str] = []
+    if guard == "stall_timeout":
+        options: dict[str, Any] = {"stall_timeout": 0.2}
+        manager_options: dict[str, Any] = {}
+        reason = CloseReason.CLIENT_STALLED
+    else:
+        options = {"stall_timeout": None, "send_timeout": 0.5}
+        manager_options = {"reader_timeout": 0.2}
+        reason = CloseReason.READER_TIMEOUT
+    async with running_gateway(
+        nursery,
+        transport=flooding_transport(cleanups),
+        manager_options=manager_options,
+        **options,
+    ) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        client = await stalled_client(gateway.server.port, request("flood"))
+        info = await watcher.next_close()
+        assert info.close_reason is reason
+        assert cleanups == ["closed"]  # the upstream response was closed
+        assert gateway.manager.stats().active == 0  # the slot is free
+        # The server closes the connection (the guard, or serve()'s send_timeout).
+        with trio.fail_after(PATIENCE):
+            while True:
+                try:
+                    data = await client.receive_some(1 << 20)
+                except trio.BrokenResourceError:
+                    break
+                if not data:
+                    break
+        await client.aclose()
+
+
+# -- origins and shutdown ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running_service(
+    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
+) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
+    upstream = fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(manager, http, options, acquire_timeout=0.1)
+        server = Server()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_service(
+                    app,
+                    manager,
+                    port=0,
+                    shutdown_trigger=server.stop.wait,
+                    task_status=task_status,
+                    **serve_options,
+                )
+            finally:
+                server.stopped.set()
+
+        (server.url,) = await nursery.start(run)
+        server.port = int(server.url.rpartition(":")[2])
+        yield server, upstream
+        server.stop.set()
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()
+
+
+async def test_only_allowed_origins_may_connect(nursery: trio.Nursery) -> None:
+    options = ServiceOptions(upstream_url=BASE, cors_origins=["https://app.example"])
+    async with running_service(nursery, StreamManager(), options) as (server, _):
+        url = server.url.replace("http://", "ws://") + "/v1/chat/ws"
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(url, extra_headers=[("origin", "https://evil.example")]):
+                pass
+        assert refused.value.status_code == 403
+        assert refused.value.body is not None
+        assert json.loads(refused.value.body)["error"]["code"] == "origin_not_allowed"
+        for headers in ([("origin", "https://app.example")], []):  # allowed; not a browser
+            async with open_websocket_url(url, extra_headers=headers) as ws:
+                await ws.send_message(request("o", tokens=1))
+                assert (await until_done(ws))[1]["finish_reason"] == "stop"
+
+
+async def test_no_configured_origins_accept_any(nursery: trio.Nursery) -> None:
+    async with (
+        running_gateway(nursery) as gateway,
+        open_websocket_url(
+            gateway.ws_url, extra_headers=[("origin", "https://anywhere.example")]
+        ) as ws,
+    ):
+        await ws.send_message(request("o", tokens=1))
+        assert (await until_done(ws))[1]["finish_reason"] == "stop"
+
+
+async def test_graceful_shutdown_ends_streams_in_band_and_closes_with_1001(
+    nursery: trio.Nursery,
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=BASE)
+    # close_timeout: the server must stop because the connections closed, not time out.
+    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        url = server.url.replace("http://", "ws://") + "/v1/chat/ws"
+        async with open_websocket_url(url) as busy, open_websocket_url(url) as idle:
+            await idle.send_message(request("before", tokens=1))
+            assert (await until_done(idle))[1]["finish_reason"] == "stop"
+            await busy.send_message(request("long", tokens=100000))
+            assert (await receive(busy))["delta"]
+            server.stop.set()
+            _, final = await until_done(busy)
+            assert final["error"]["code"] == "shutdown"
+            assert "shutting down" in final["error"]["message"]
+            for ws in (busy, idle):
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+                    await ws.get_message()
+                assert closed.value.reason.code == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    shutdown = [info for info in manager.history() if info.labels["request_id"].endswith(".1")]
+    assert {info.close_reason for info in shutdown} == {
+        CloseReason.COMPLETED,
+        CloseReason.SHUTDOWN,
+    }
+    assert upstream.stats().open == 0
