@@ -297,27 +297,29 @@ class _Session:
         try:
             payload = _decode(text)
             message_id = _message_id(payload)
-            kind = payload.get("type")
-            if kind == "chat.request":
-                self._start(payload, message_id)
-            elif kind == "chat.cancel":
-                self._cancel(message_id)
-            elif kind is None:
-                raise _BadMessage(
-                    'the message has no "type"; send {"type": "chat.request", ...} or '
-                    '{"type": "chat.cancel"}',
-                    "invalid_message",
-                    "type",
-                )
-            else:
-                raise _BadMessage(
-                    f"unknown message type {_excerpt(kind)}; send chat.request or chat.cancel",
-                    "unknown_type",
-                    "type",
-                )
+            self._dispatch(payload, message_id)
         except _BadMessage as error:
             await self._send_error(error, message_id)
-            return
+
+    def _dispatch(self, payload: dict[str, Any], message_id: str | None) -> None:
+        kind = payload.get("type")
+        if kind == "chat.request":
+            self._start(payload, message_id)
+        elif kind == "chat.cancel":
+            self._cancel(message_id)
+        elif kind is None:
+            raise _BadMessage(
+                'the message has no "type"; send {"type": "chat.request", ...} or '
+                '{"type": "chat.cancel"}',
+                "invalid_message",
+                "type",
+            )
+        else:
+            raise _BadMessage(
+                f"unknown message type {_excerpt(kind)}; send chat.request or chat.cancel",
+                "unknown_type",
+                "type",
+            )
 
     def _start(self, payload: dict[str, Any], message_id: str | None) -> None:
         """Open the request's stream and start its runner (no await: nothing interleaves)."""
