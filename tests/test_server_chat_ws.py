@@ -690,3 +690,42 @@ async def test_graceful_shutdown_ends_streams_in_band_and_closes_with_1001(
         CloseReason.SHUTDOWN,
     }
     assert upstream.stats().open == 0
+
+
+async def test_a_request_during_the_drain_is_refused_and_its_connection_closed(
+    nursery: trio.Nursery,
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=BASE)
+    async with running_service(nursery, manager, options, grace=30.0, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        async with connect(server.port) as busy, connect(server.port) as late:
+            await busy.send_message(request("long", tokens=1000))
+            assert (await receive(busy))["delta"]
+            server.stop.set()
+            await wait_until(lambda: manager.stats().closing)
+            # The drain lets the busy stream run (grace); a new request is refused.
+            await late.send_message(request("late", tokens=1))
+            deltas, final = await until_done(late)
+            assert deltas == []
+            assert final["id"] == "late"
+            assert final["error"]["code"] == "shutting_down"
+            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+                await late.get_message()
+            assert closed.value.reason is not None
+            assert closed.value.reason.code == 1001
+            # The operator ends the last stream: its client is told, then the manager
+            # has closed and the connection goes too; the server stops at once.
+            (info,) = manager.streams()
+            manager.cancel(info.id)
+            _, final = await until_done(busy)
+            assert final["error"]["code"] == "cancelled"
+            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+                await busy.get_message()
+            assert closed.value.reason is not None
+            assert closed.value.reason.code == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    assert upstream.stats().open == 0

@@ -400,7 +400,8 @@ class _Session:
             error = exc
         except Exception as exc:
             if not isinstance(exc, StreamError):
-                get_logger().exception("chat_ws.failed", stream_id=stream.id)
+                # Not the stream's (the manager logs those): a bug here, told by name only.
+                get_logger().error("chat_ws.failed", stream_id=stream.id, error=type(exc).__name__)
             error = exc
         final: dict[str, Any] = {"type": "chat.response", "id": message_id}
         shutting_down = False
