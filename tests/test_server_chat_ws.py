@@ -318,6 +318,22 @@ async def test_closing_the_socket_ends_the_request_and_its_upstream(
         assert gateway.manager.stats().active == 0
 
 
+async def test_closing_while_waiting_for_a_slot_holds_nothing(nursery: trio.Nursery) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 10.0}
+    async with running_gateway(nursery, manager_options=options) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        async with gateway.manager.open(forever) as holder:
+            async with connect(gateway.server.port) as ws:
+                await ws.send_message(request("waiting"))
+                await wait_until(lambda: gateway.manager.stats().waiting == 1)
+            info = await watcher.next_close(besides=(holder.id,))
+            assert info.close_reason is CloseReason.CLIENT_DISCONNECTED
+            assert info.admitted_at is None
+            gateway.manager.cancel(holder.id)
+        assert gateway.upstream.stats().opened == 0
+
+
 # -- limits and failures ---------------------------------------------------------------------
 
 
