@@ -186,6 +186,7 @@ async def test_a_chat_streams_deltas_then_a_final_message(nursery: trio.Nursery)
         assert info.labels["route"] == "chat.ws"
         assert info.labels["stream"] == "true"
         assert info.key == "anonymous"
+        assert info.notes["finish_reason"] == "stop"  # OpenAIChat's notes, as for HTTP
     assert gateway.upstream.stats().open == 0
 
 
