@@ -98,7 +98,8 @@ async def test_a_stream_left_open_fails_with_its_id_key_phase_labels_and_age(
     message = str(caught.value)
     assert "2 leaks at the end of checked_manager" in message
     for part in (leak.stream_id, "key='tenant-a'", "phase=streaming", "/chat", "age=2.500s"):
-        assert part is not None and part in message
+        assert part is not None
+        assert part in message
     # Shutdown still ended it; the report came first.
     [error] = ended
     assert isinstance(error, streammgr.StreamCancelled)
@@ -269,7 +270,7 @@ async def test_tracking_leaves_credentials_out_of_its_report() -> None:
 
 
 def test_tracking_refuses_what_is_not_an_async_transport() -> None:
-    with pytest.raises(TypeError, match="inner must be an httpx.AsyncBaseTransport"):
+    with pytest.raises(TypeError, match=r"inner must be an httpx\.AsyncBaseTransport"):
         TrackingTransport(httpx.HTTPTransport())  # type: ignore[arg-type]
 
 
