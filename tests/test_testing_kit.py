@@ -242,6 +242,7 @@ async def test_tracking_reports_a_response_never_closed_and_one_closed_twice() -
         )
         twice = await http.send(http.build_request("GET", "http://upstream.test/b"), stream=True)
         await twice.aclose()
+        assert isinstance(twice.stream, httpx.AsyncByteStream)
         await twice.stream.aclose()  # behind httpx's back: a second close
         [left] = transport.open_responses
         assert left.url == "http://upstream.test/a"
