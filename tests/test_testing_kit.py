@@ -150,11 +150,12 @@ class ForgetfulLimiter(FairLimiter):
 
 
 async def test_a_slot_the_limiter_never_got_back_is_reported() -> None:
-    with pytest.raises(LeakError, match=r"\[slot\] limiter still counts 1 active slot"):
+    with pytest.raises(LeakError, match=r"\[slot\] limiter still counts 1 active slot") as caught:
         async with checked_manager(limiter=ForgetfulLimiter(max_streams=3)) as manager:
             async with manager.open(three) as stream:
                 async for _ in stream:
                     pass
+    assert [leak.kind for leak in caught.value.leaks] == ["slot"]  # reported once
 
 
 async def test_a_stray_task_in_the_nursery_and_a_watchdog_entry_are_reported() -> None:

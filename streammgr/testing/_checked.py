@@ -12,7 +12,7 @@ import trio.testing
 from .._limits import Limiter
 from .._manager import StreamManager
 from ._fds import FdBaseline
-from ._leaks import Leak, LeakError, find_leaks
+from ._leaks import Leak, LeakError, find_leaks, format_leaks
 from ._transport import TrackingTransport
 
 __all__ = ["ManagerOptions", "checked_manager"]
@@ -79,31 +79,29 @@ async def checked_manager(
     baseline = fds if isinstance(fds, FdBaseline) else FdBaseline.take() if fds else None
     manager = StreamManager(**options)
     leaks: list[Leak] = []
-    failed = False
     try:
         async with manager:
-            try:
-                yield manager
-            except BaseException:
-                failed = True
-                raise
+            yield manager
             if settle:
                 await trio.testing.wait_all_tasks_blocked()
             leaks.extend(find_leaks(manager))
     except BaseException as exc:
-        failed = True
-        after = _after_close(manager, transports, baseline)
-        if leaks or after:
-            exc.add_note(str(LeakError([*leaks, *after], where="(found while the block failed)")))
+        # The block's own error goes on; what was left is a note on it (not on a
+        # cancellation, which leaves things half-way on purpose).
+        found = [*leaks, *_after_close(manager, transports, baseline)]
+        if found and not isinstance(exc, trio.Cancelled):
+            exc.add_note(format_leaks(found, where="(found while the block failed)"))
         raise
+    # What was already reported at the block's end (a slot never given back) once.
     leaks.extend(leak for leak in _after_close(manager, transports, baseline) if leak not in leaks)
-    if leaks and not failed:
+    if leaks:
         raise LeakError(leaks, where="at the end of checked_manager")
 
 
 def _after_close(
     manager: StreamManager, transports: Sequence[TrackingTransport], baseline: FdBaseline | None
 ) -> list[Leak]:
+    """What is left once the manager has closed: its own leaks, responses, descriptors."""
     found = find_leaks(manager)
     for transport in transports:
         found.extend(transport.leaks())

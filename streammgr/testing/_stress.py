@@ -310,6 +310,8 @@ async def stress(
         CloseReason.DEADLINE: manager._deadline,
     }
     natural.update(reason for reason, seconds in defaults.items() if seconds is not None)
+    if manager.stats().max_waiting is not None:
+        natural.add(CloseReason.REJECTED)  # a bounded queue may refuse any stream
     for number, outcome in enumerate(outcomes):
         violations.extend(_check_outcome(number, outcome, natural, opened, closed))
     for leak in find_leaks(manager):
