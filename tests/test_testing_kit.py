@@ -271,6 +271,13 @@ async def test_tracking_leaves_credentials_out_of_its_report() -> None:
     assert "sk-secret" not in text
 
 
+def test_the_simulated_provider_names_the_faults() -> None:
+    provider = SimulatedProvider()
+    http = httpx.AsyncClient()
+    with pytest.raises(ValueError, match="fault must be None or one of http_error, rate_limited"):
+        provider.chat(http, fault="explode")
+
+
 def test_tracking_refuses_what_is_not_an_async_transport() -> None:
     with pytest.raises(TypeError, match=r"inner must be an httpx\.AsyncBaseTransport"):
         TrackingTransport(httpx.HTTPTransport())  # type: ignore[arg-type]
@@ -415,6 +422,7 @@ async def test_stress_refuses_bad_arguments() -> None:
 # -- the pytest plugin ---------------------------------------------------------------
 
 PLUGIN_TESTS = """
+import httpx
 import pytest
 import trio
 
@@ -441,6 +449,22 @@ async def test_simulated(stream_manager, simulated_upstream, autojump_clock):
     async with simulated_upstream.client() as http:
         async with stream_manager.open(simulated_upstream.chat(http, tokens=3)) as stream:
             assert (await collect_chat(stream)).finish_reason == "stop"
+
+
+class Body(httpx.AsyncByteStream):
+    async def __aiter__(self):
+        yield b"hello"
+
+
+async def test_leaves_a_response_open(track_transport):
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, stream=Body()))
+    transport = track_transport(mock)
+    async with httpx.AsyncClient(transport=transport) as http:
+        await http.send(http.build_request("GET", "http://upstream.test/forgotten"), stream=True)
+
+
+def test_leaves_a_file_open(fd_baseline, tmp_path):
+    test_leaves_a_file_open.held = (tmp_path / "held").open("w")
 
 
 async def test_leaks_a_stream(stream_manager, autojump_clock):
@@ -476,3 +500,8 @@ def test_the_plugin_provides_checked_fixtures_and_leaves_other_tests_alone(
     assert "FAILED test_user.py::test_leaks_a_stream" in out, out
     assert "LeakError" in out
     assert "key='leaky'" in out
+    assert "ERROR test_user.py::test_leaves_a_response_open" in out, out
+    assert "GET http://upstream.test/forgotten never closed" in out
+    if FdBaseline.take().supported:
+        assert "ERROR test_user.py::test_leaves_a_file_open" in out, out
+        assert "held opened and not closed" in out

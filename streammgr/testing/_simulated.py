@@ -76,10 +76,18 @@ class SimulatedProvider:
             timeouts: the source's timeouts.
             fault: a :class:`~streammgr.simulate.Fault` (or its name) for this request.
             **behaviour: more keys of the ``streammgr_simulate`` field (``tokens``,
-                ``fault_after``, ``status``, ``retry_after``, ``stall``, ``seed``...).
+                ``fault_after``, ``status``, ``retry_after``, ``stall``, ``seed``...);
+                a wrong one is the simulator's 400, raised as
+                :class:`~streammgr.UpstreamStatusError` naming the key.
+
+        Raises:
+            ValueError: ``fault`` is not a fault's name.
         """
         simulate: dict[str, object] = dict(behaviour)
         if fault is not None:
+            if fault not in Fault._value2member_map_:
+                names = ", ".join(member.value for member in Fault)
+                raise ValueError(f"fault must be None or one of {names}, got {fault!r}")
             simulate["fault"] = str(Fault(fault))
         return OpenAIChat(
             client,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ._leaks import Leak, LeakError
+from ._leaks import Leak, LeakError, _now
 
 __all__ = ["TrackedResponse", "TrackingTransport"]
 
@@ -103,7 +103,12 @@ class TrackingTransport(httpx.AsyncBaseTransport):
             tracked.preloaded = True
             return response
         stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise TypeError(
+                f"the inner transport returned a response with a synchronous body "
+                f"({type(stream).__name__}); an async transport must give an "
+                f"httpx.AsyncByteStream (with MockTransport: stream=, or content=)"
+            )
         response.stream = _TrackedStream(stream, tracked)
         return response
 
@@ -133,9 +138,13 @@ class TrackingTransport(httpx.AsyncBaseTransport):
 
     def leaks(self) -> list[Leak]:
         """A :class:`Leak` (kind ``"response"``) per response not closed, or closed twice."""
-        now = trio.current_time()
+        now = _now()
         found = [
-            Leak("response", f"{response} never closed", age=now - response.opened_at)
+            Leak(
+                "response",
+                f"{response} never closed",
+                age=None if now is None else now - response.opened_at,
+            )
             for response in self.open_responses
         ]
         found += [
