@@ -381,7 +381,7 @@ class Service:
 
     async def open_chat(self, tenant: str) -> None:
         """Hold a chat of ``tenant`` open (returns once its first token came)."""
-        await asyncio.to_thread(trio.from_thread.run, self._open, tenant, trio_token=self._token)
+        await asyncio.to_thread(self.open_chat_now, tenant)
 
     def open_chat_now(self, tenant: str) -> None:
         """:meth:`open_chat`, from a thread running no event loop."""
