@@ -551,3 +551,38 @@ def test_an_unreachable_server_is_a_clear_message_and_top_keeps_retrying() -> No
             await pilot.press("q")
 
     run(scenario)
+
+
+def test_keys_are_shown_as_text_and_an_ended_feed_reconnects() -> None:
+    # Through httpx.MockTransport: each feed request answers a snapshot and the end.
+    evil = stream("x-1", key="[red]tenant[/red]", phase="streaming", items=3)
+    feeds: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == f"Bearer {TOKEN}"
+        if request.url.path == "/admin/streams/events":
+            feeds.append(1)
+            body = feed_bytes(
+                event("snapshot", {"reason": "start", "streams": [evil]}),
+                event("end", {"reason": "manager_closed"}),
+            )
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        if request.url.path == "/admin/streams":
+            return httpx.Response(200, json={"streams": [evil], "total": 1, "next_cursor": None})
+        assert request.url.path == "/admin/stats"
+        return httpx.Response(200, json={"active": 1, "waiting": 0, "max_streams": 4})
+
+    async def scenario() -> None:
+        settings = TopSettings(url="http://admin.test/admin", token=TOKEN, refresh=0.2)
+        app = TopApp(settings, transport=httpx.MockTransport(answer))
+        async with app.run_test(size=(150, 30)) as pilot:
+            await until(app, pilot, lambda: len(feeds) >= 2, "a second feed request")
+            assert table_rows(app)[0]["key"] == "[red]tenant[/red]"
+            assert "[red]tenant[/red]" in shown_text(app)
+            await until(app, pilot, lambda: "manager closed" in app.feed_status, "the end")
+            assert "manager_closed" in app.feed_status
+            assert "reconnecting in" in app.feed_status
+            await until(app, pilot, lambda: "active 1/4" in shown_text(app), "the limits")
+            await pilot.press("q")
+
+    run(scenario)

@@ -17,6 +17,7 @@ from typing import ClassVar
 from urllib.parse import quote
 
 import httpx
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -34,6 +35,19 @@ CANCEL_REASON = "cancelled from streammgr top"
 
 MAX_PAGES = 20
 """The most pages of 1000 streams one poll reads."""
+
+# Fixed widths: measuring a column again after a cell shrank costs a pass over every
+# row of it (per cell updated: quadratic at a thousand rows changing each refresh).
+# Longer values are cut; the confirmation of a cancel shows the whole id and key.
+_WIDTHS: dict[Column, int] = {
+    "id": 14,
+    "key": 24,
+    "phase": 10,
+    "age": 7,
+    "items": 10,
+    "bytes": 10,
+    "rate": 10,
+}
 
 _FEED_TIMEOUT = httpx.Timeout(10.0, read=90.0)  # keep-alives come every 15 s by default
 
@@ -169,7 +183,7 @@ class TopApp(App[int]):
         """Set up the columns and start the feed and the poll."""
         table = self.query_one(DataTable)
         for column in COLUMNS:
-            table.add_column(column, key=column)
+            table.add_column(column, key=column, width=_WIDTHS[column])
         self.run_worker(self._follow_feed(), name="feed", exit_on_error=False)
         self.run_worker(self._poll(), name="poll", exit_on_error=False)
         self._redraw()
@@ -234,8 +248,8 @@ class TopApp(App[int]):
 
     def _redraw(self) -> None:
         # In place: rows added and removed, changed cells updated, then one sort by
-        # the model's order. (Clearing and refilling the table costs about ten times
-        # as much at a thousand rows, and loses the cursor.)
+        # the model's order (clearing and refilling the table costs more and loses
+        # the cursor). Cells are Text, never markup: a key is the caller's data.
         self._redraw_pending = False
         table = self.query_one(DataTable)
         selected = self.selected_id()
@@ -249,16 +263,16 @@ class TopApp(App[int]):
             cells = row.cells()
             before = shown.get(row.id)
             if before is None:
-                table.add_row(*cells, key=row.id)
+                table.add_row(*map(Text, cells), key=row.id)
             elif before != cells:
                 for column, old, new in zip(COLUMNS, before, cells, strict=True):
                     if old != new:
-                        table.update_cell(row.id, column, new, update_width=True)
+                        table.update_cell(row.id, column, Text(new))
             shown[row.id] = cells
         order = {row.id: index for index, row in enumerate(rows)}
         current = [row.key.value for row in table.ordered_rows]
         if current != [row.id for row in rows]:
-            table.sort("id", key=order.__getitem__)
+            table.sort("id", key=lambda cell: order[str(cell)])
         if selected is not None and selected in order:
             table.move_cursor(row=order[selected], animate=False)
         self.query_one("#limits", Static).update(
