@@ -1,4 +1,5 @@
-"""The ``streammgr`` command (cyclopts, async commands on Trio): serve, simulate, demo.
+"""The ``streammgr`` command (cyclopts, async commands on Trio): serve, simulate, demo,
+top (a Textual app on asyncio).
 
 Every flag of ``serve`` can also be set through an environment variable named
 ``STREAMMGR_`` and the flag in capitals (``--max-streams`` → ``STREAMMGR_MAX_STREAMS``);
@@ -18,6 +19,7 @@ from cyclopts import Parameter
 
 from .. import __version__
 from ._logging import LogFormat
+from ._top import Column
 
 __all__ = ["UsageError", "app", "main"]
 
@@ -230,6 +232,53 @@ async def demo(
     from .._demo import run_demo
 
     return await run_demo(streams, seed, verbose)
+
+
+def _admin_url(type_: object, value: str) -> None:
+    scheme, _, rest = value.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/"):
+        raise ValueError(
+            "Accepts the inspection API's http:// or https:// base URL, "
+            "e.g. http://127.0.0.1:8000/admin"
+        )
+
+
+def _refresh(type_: object, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("Accepts a positive number of seconds")
+
+
+@app.command
+def top(
+    *,
+    url: Annotated[str, Parameter(validator=_admin_url)] = "http://127.0.0.1:8000/admin",
+    token: Annotated[str | None, Parameter(env_var="STREAMMGR_ADMIN_TOKEN")] = None,
+    sort: Column = "age",
+    reverse: bool = False,
+    refresh: Annotated[float, Parameter(validator=_refresh)] = 1.0,
+) -> int:
+    """A live table of a server's streams in flight and its limit usage (extra top).
+
+    Fed by the inspection API's events feed; counts and limits are polled every
+    --refresh seconds. Keys: 1-7 sort by a column (again: reverse), s next column,
+    r reverse, c cancel the selected stream (asks first), q quit.
+
+    Args:
+        url: The inspection API's base URL.
+        token: The admin bearer token (prefer the variable: a flag shows in ps).
+        sort: The column to sort by (numbers largest first, text A to Z).
+        reverse: Flip the sort order.
+        refresh: Seconds between two polls of phases, counts and limits.
+    """
+    try:
+        from ._top_app import TopSettings, run_top
+    except ImportError as exc:
+        raise SystemExit(
+            f"streammgr top needs the top extra ({exc.name} is missing): "
+            f"pip install 'streammgr[top]'"
+        ) from None
+    settings = TopSettings(url=url, token=token, sort=sort, reverse=reverse, refresh=refresh)
+    return run_top(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
