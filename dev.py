@@ -3,6 +3,7 @@
 
     python3 dev.py serve    # create .venv, install streammgr[server,cli], run the gateway
                             # in front of the built-in simulated upstream on 127.0.0.1:8000
+    python3 dev.py top      # install streammgr[top], watch a running server's streams live
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
     python3 dev.py bench    # install the benchmark extras and run every benchmark
@@ -60,6 +61,10 @@ def main() -> None:
         # exec: Ctrl-C and SIGTERM reach the server itself, which shuts down gracefully.
         os.chdir(ROOT)
         os.execv(PYTHON, [str(PYTHON), "-m", "streammgr", "serve", *rest])
+    elif command == "top":
+        setup("top")
+        os.chdir(ROOT)
+        os.execv(PYTHON, [str(PYTHON), "-m", "streammgr", "top", *rest])
     elif command == "demo":
         setup("cli")
         run(PYTHON, "-m", "streammgr", "demo", *rest)
@@ -75,7 +80,7 @@ def main() -> None:
         for script in sorted((ROOT / "benchmarks").glob("bench_*.py")):
             run(PYTHON, script, *rest)
     else:
-        sys.exit(f"unknown command {command!r}: use serve, demo, test or bench")
+        sys.exit(f"unknown command {command!r}: use serve, top, demo, test or bench")
 
 
 if __name__ == "__main__":
