@@ -29,7 +29,9 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Sec
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .._logging import get_logger, redact
 from .._manager import StreamManager
@@ -60,6 +62,8 @@ RETRY_AFTER = 5
 
 DEFAULT_CANCEL_REASON = "cancelled through the admin API"
 MAX_PAGE = 1000
+# A label filter: a non-empty name, a colon, the value (which may be empty or hold colons).
+LABEL_PATTERN = r"^[^:]+:"
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -359,7 +363,7 @@ def admin_app(
             list[Phase] | None, Query(description="Only streams in these phases (repeat).")
         ] = None,
         label: Annotated[
-            list[str] | None,
+            list[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]] | None,
             Query(description="Only streams with this label, as name:value (repeat: all)."),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
@@ -686,6 +690,18 @@ def _authenticator(token: str) -> Callable[..., Any]:
     return authenticate
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route takes at this path: a path with a GET and a DELETE
+    route answers a 405 from one of them, whose own ``Allow`` would name only it."""
+    allowed: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        methods = getattr(route, "methods", None)
+        if match is not Match.NONE and methods:
+            allowed |= set(methods)
+    return sorted(allowed)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
 
@@ -700,10 +716,26 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body it could not read as JSON (not UTF-8, say).
+            # Bad JSON is a validation error (JSON it could decode but not parse is
+            # one already): one code for both.
+            return AdminError(
+                422,
+                "validation_error",
+                f"invalid request: body: {exc.detail} (send a JSON object in UTF-8, "
+                f"with content-type application/json)",
+            ).response([{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}])
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see openapi.json"
+            allowed = _allowed_methods(app, request)
+            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+            message = (
+                f"{request.method} is not allowed on {request.url.path} (allowed: "
+                f"{', '.join(allowed)}); see openapi.json"
+            )
+            return AdminError(405, code, message, headers).response()
         else:
             message = str(exc.detail)
         return AdminError(exc.status_code, code, message, exc.headers).response()
