@@ -10,7 +10,7 @@ have data.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -56,6 +56,8 @@ class LiveAdmin:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._error: BaseException | None = None
+        self._manager = StreamManager()
+        self._nursery: trio.Nursery | None = None
         self._thread = threading.Thread(target=self._run, name="live-admin", daemon=True)
 
     def __enter__(self) -> LiveAdmin:
@@ -83,14 +85,11 @@ class LiveAdmin:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
         async with StreamManager(**LIMITS) as manager, trio.open_nursery() as nursery:
+            self._manager, self._nursery = manager, nursery
             app = admin_app(manager, token=TOKEN, max_watchers=2)
             for key, labels in HELD:
                 nursery.start_soon(self._hold, manager, key, labels)
-            with trio.fail_after(PATIENCE):
-                async with manager.watch() as events:
-                    async for _ in events:
-                        if len(manager.streams()) == len(HELD):
-                            break
+            await self._all_held()
             (self.url,) = await nursery.start(
                 partial(
                     serve,
@@ -105,13 +104,45 @@ class LiveAdmin:
             await self._stop.wait()
             nursery.cancel_scope.cancel()
 
+    async def _all_held(self) -> None:
+        manager = self._manager
+        with trio.fail_after(PATIENCE):
+            async with manager.watch() as events:
+                if len(manager.streams()) == len(HELD):
+                    return
+                async for _ in events:
+                    if len(manager.streams()) == len(HELD):
+                        return
+
+    def all_held(self) -> None:
+        """Wait until every holder has its stream open again (after cancels)."""
+        assert self._token is not None
+        trio.from_thread.run(self._all_held, trio_token=self._token)
+
+    def shut_down_manager(self) -> None:
+        """Start the manager's shutdown (with a long grace: it stays closing)."""
+        assert self._token is not None and self._nursery is not None
+        manager, nursery = self._manager, self._nursery
+
+        async def start() -> None:
+            nursery.start_soon(partial(manager.aclose, grace=60))
+            with trio.fail_after(PATIENCE):
+                while not manager.stats().closing:  # it closes at its first step
+                    await trio.lowlevel.checkpoint()
+
+        trio.from_thread.run(start, trio_token=self._token)
+
     @staticmethod
     async def _hold(manager: StreamManager, key: str, labels: dict[str, str]) -> None:
         while True:
-            with contextlib.suppress(streammgr.StreamError):
+            try:
                 async with manager.open(forever, key=key, labels=labels) as stream:
                     async for _ in stream:
                         pass
+            except streammgr.ManagerClosed:
+                return
+            except streammgr.StreamError:
+                continue  # cancelled by a case: open it again
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +162,11 @@ CONFIG = schemathesis.config.SchemathesisConfig.from_dict(
         # Schemathesis sends the token itself, and leaves it out (or spoils it) in the
         # cases that must be refused with a 401.
         "auth": {"openapi": {"HTTPBearer": {"bearer": TOKEN}}},
-        "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES}},
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES},
+            # The 503 while shutting down is an answer the document declares, not a crash.
+            "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503"]},
+        },
     }
 )
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG).exclude(path=FEED, method="GET")
@@ -152,5 +187,142 @@ def map_case(context: Any, case: Any) -> Any:
 def test_every_operation_conforms(case: Any, live: LiveAdmin) -> None:
     case.call_and_validate(base_url=live.url, timeout=PATIENCE)
     if case.method == "PUT" and case.path == "/admin/limits":
-        reset = requests.put(f"{live.url}/admin/limits", json=LIMITS, headers=AUTH, timeout=PATIENCE)
+        reset = requests.put(
+            f"{live.url}/admin/limits", json=LIMITS, headers=AUTH, timeout=PATIENCE
+        )
         assert reset.status_code == 200, reset.text
+
+
+def operation(path: str, method: str) -> Any:
+    """An operation for explicit cases (they do not get the configured token: pass
+    ``headers=AUTH``)."""
+    return schema[path][method]
+
+
+def get_json(live: LiveAdmin, path: str, **params: Any) -> Any:
+    response = requests.get(f"{live.url}{path}", params=params, headers=AUTH, timeout=PATIENCE)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_live_server_serves_this_document(live: LiveAdmin) -> None:
+    assert get_json(live, "/admin/openapi.json") == DOCUMENT
+
+
+def test_streams_in_flight_conform(live: LiveAdmin) -> None:
+    """The cases above rarely name a real stream: these do, with every check."""
+    live.all_held()
+    listed = get_json(live, "/admin/streams")
+    assert listed["total"] == len(HELD)
+    page = operation("/admin/streams", "GET").Case(query={"limit": 1, "label": ["model:m1"]})
+    first = page.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).json()
+    assert first["total"] == 2
+    assert first["next_cursor"] is not None
+    after = operation("/admin/streams", "GET").Case(query={"cursor": first["next_cursor"]})
+    after.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)
+
+    stream_id = listed["streams"][0]["id"]
+    one = operation("/admin/streams/{stream_id}", "GET")
+    cancel = operation("/admin/streams/{stream_id}", "DELETE")
+    found = one.Case(path_parameters={"stream_id": stream_id})
+    assert (
+        found.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).status_code
+        == 200
+    )
+    cancelled = cancel.Case(path_parameters={"stream_id": stream_id}, query={"reason": "céé ✓"})
+    assert (
+        cancelled.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).status_code
+        == 200
+    )
+    # Closed now (its holder opens another): in the history, and a 409 to cancel again.
+    closed = one.Case(path_parameters={"stream_id": stream_id})
+    closed_stream = closed.call_and_validate(
+        base_url=live.url, headers=AUTH, timeout=PATIENCE
+    ).json()
+    assert closed_stream["phase"] in {"closing", "closed"}
+    again = cancel.Case(path_parameters={"stream_id": stream_id}, body={"reason": "again"})
+    assert (
+        again.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).status_code
+        == 409
+    )
+
+    by_key = operation("/admin/keys/{key}/streams", "DELETE")
+    slash = by_key.Case(path_parameters={"key": "tenant/beta"})
+    assert slash.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).json() == {
+        "key": "tenant/beta",
+        "cancelled": 1,
+    }
+    history = operation("/admin/history", "GET").Case(query={"reason": ["cancelled"]})
+    assert (
+        history.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).json()["total"]
+        >= 2
+    )
+    for path in ("/admin/stats", "/admin/metrics", "/admin/healthz", "/admin/limits"):
+        operation(path, "GET").Case().call_and_validate(
+            base_url=live.url, headers=AUTH, timeout=PATIENCE
+        )
+
+
+def test_events_feed_conforms_with_a_bounded_read(live: LiveAdmin) -> None:
+    """The feed never ends: schemathesis reads a stream for at most ``timeout``
+    seconds of silence (or 20 events), then judges what came, with every check."""
+    feed = operation(FEED, "GET")
+    response = feed.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=1.0)
+    assert response.status_code == 200
+    assert response.headers["content-type"][0].startswith("text/event-stream")
+    assert response.content.startswith(b"event: snapshot\n")
+    # max_watchers=2: with two feeds open, the third is a 429 with Retry-After.
+    url = f"{live.url}{FEED}"
+    with (
+        requests.get(url, headers=AUTH, stream=True, timeout=PATIENCE) as first,
+        requests.get(url, headers=AUTH, stream=True, timeout=PATIENCE) as second,
+    ):
+        assert (first.status_code, second.status_code) == (200, 200)
+        refused = feed.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"][0]) > 0
+
+
+def test_shutting_down_conforms() -> None:
+    """While the manager shuts down: the 503s of the health check and the feed."""
+    with LiveAdmin() as server:
+        server.shut_down_manager()
+        for path in ("/admin/healthz", FEED):
+            case = operation(path, "GET").Case()
+            response = case.call_and_validate(base_url=server.url, headers=AUTH, timeout=PATIENCE)
+            assert response.status_code == 503, path
+            assert int(response.headers["retry-after"][0]) > 0
+
+
+def broken(document: dict[str, Any], path: str, status: str, content: dict[str, Any]) -> Any:
+    """A copy of the document with one response declared wrong."""
+    copied = copy.deepcopy(document)
+    copied["paths"][path]["get"]["responses"][status]["content"] = content
+    return schemathesis.openapi.from_dict(copied, config=CONFIG)
+
+
+def test_the_checks_catch_a_wrong_document(live: LiveAdmin) -> None:
+    """The checks can fail: a wrong body schema, a wrong content type, a header
+    declared but not sent are each caught against the same live server."""
+    wrong_schema = {"application/json": {"schema": {"type": "array"}}}
+    with pytest.raises(schemathesis.core.failures.FailureGroup, match="Response violates schema"):
+        case = broken(DOCUMENT, "/admin/limits", "200", wrong_schema)["/admin/limits"]["GET"]
+        case.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)
+    wrong_type = {"application/json": {"schema": {"type": "string"}}}
+    with pytest.raises(schemathesis.core.failures.FailureGroup, match="Undocumented Content-Type"):
+        case = broken(DOCUMENT, "/admin/metrics", "200", wrong_type)["/admin/metrics"]["GET"]
+        case.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)
+    feed_events = DOCUMENT["paths"][FEED]["get"]["responses"]["200"]["content"]
+    no_snapshot = copy.deepcopy(feed_events)
+    no_snapshot["text/event-stream"]["schema"]["oneOf"].pop(0)
+    with pytest.raises(schemathesis.core.failures.FailureGroup, match="SSE event violates"):
+        case = broken(DOCUMENT, FEED, "200", no_snapshot)[FEED]["GET"]
+        case.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=1.0)
+    copied = copy.deepcopy(DOCUMENT)
+    declared = copied["paths"]["/admin/stats"]["get"]["responses"]["200"]
+    declared["headers"] = {"X-Missing": {"required": True, "schema": {"type": "string"}}}
+    missing = schemathesis.openapi.from_dict(copied, config=CONFIG)["/admin/stats"]["GET"]
+    with pytest.raises(
+        schemathesis.core.failures.FailureGroup, match="Missing required response headers"
+    ):
+        missing.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)

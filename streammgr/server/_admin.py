@@ -170,6 +170,49 @@ def _check_token(token: str | None) -> str | None:
     return token
 
 
+def _sse_event(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"enum": names},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+        },
+    }
+
+
+_STREAM_REF = {"$ref": "#/components/schemas/Stream"}
+# One event of the feed, as the document declares it: its name and its JSON data.
+_FEED_EVENT: dict[str, Any] = {
+    "oneOf": [
+        _sse_event(
+            ["snapshot"],
+            {
+                "type": "object",
+                "required": ["reason", "streams"],
+                "properties": {
+                    "reason": {"enum": ["start", "overflow"]},
+                    "streams": {"type": "array", "items": _STREAM_REF},
+                },
+            },
+        ),
+        _sse_event(["opened", "admitted", "closed"], _STREAM_REF),
+        _sse_event(
+            ["end"],
+            {
+                "type": "object",
+                "required": ["reason"],
+                "properties": {"reason": {"enum": ["manager_closed"]}},
+            },
+        ),
+    ]
+}
+
+
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
     """An error response for ``responses=``: the error body, and Retry-After if sent."""
     declared: dict[str, Any] = {"model": ErrorBody, "description": description}
@@ -402,7 +445,7 @@ def admin_app(
                     "an overflow), then `opened`, `admitted`, `closed` (a stream each), "
                     "`end` when the manager closes; `: keep-alive` comments between."
                 ),
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": _FEED_EVENT}},  # see below
             },
             429: _error("Too many events feeds open (too_many_watchers).", retry_after=True),
             503: _error("The manager is shutting down (shutting_down).", retry_after=True),
@@ -570,7 +613,12 @@ def admin_app(
 
     def openapi_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _errors_as_json(generate())
+            document = _errors_as_json(generate())
+            # FastAPI merges its own {"type": "string"} (the feed's response class is
+            # not JSON) into the event schema above: put the event schema back alone.
+            feed = document["paths"][f"{prefix}/streams/events"]["get"]["responses"]["200"]
+            feed["content"] = {"text/event-stream": {"schema": _FEED_EVENT}}
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi_document  # type: ignore[method-assign]
