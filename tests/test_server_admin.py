@@ -762,6 +762,94 @@ async def test_a_slow_watcher_never_slows_the_manager(nursery: trio.Nursery) -> 
         await feed.stream.aclose()
 
 
+# -- what schemathesis found (tests/test_server_admin_schema.py) -----------------------
+
+
+async def test_label_filters_are_declared_and_checked_as_name_value(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            document = (await http.get("/admin/openapi.json")).json()
+            (label,) = [
+                p
+                for p in document["paths"]["/admin/streams"]["get"]["parameters"]
+                if p["name"] == "label"
+            ]
+            items = label["schema"]["anyOf"][0]["items"]
+            assert items == {"type": "string", "pattern": "^[^:]+:"}
+            for bad in ("", "model", ":value", "ünïcode"):
+                response = await http.get("/admin/streams", params={"label": bad})
+                assert error_of(response) == (422, "validation_error"), bad
+                assert "query label" in response.json()["error"]["message"]
+            for good in ("model:", "model:a:b", "ünï:cödé ✓"):
+                response = await http.get("/admin/streams", params={"label": good})
+                assert response.status_code == 200, good
+
+
+async def test_a_405_allows_every_method_of_its_path(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            for path, allowed in [
+                ("/admin/streams/some-id", "DELETE, GET"),
+                ("/admin/limits", "GET, PUT"),
+                ("/admin/stats", "GET"),
+            ]:
+                response = await http.request("OPTIONS", path)
+                assert error_of(response) == (405, "method_not_allowed"), path
+                assert response.headers["allow"] == allowed, path
+                assert f"(allowed: {allowed})" in response.json()["error"]["message"]
+
+
+async def test_integral_floats_are_integers_for_put_limits(nursery: trio.Nursery) -> None:
+    async with StreamManager(max_streams=2) as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            # JSON Schema's "integer" includes 7.0; 7.5 stays a 422 (see the test above).
+            response = await http.put(
+                "/admin/limits", json={"max_streams": 7.0, "max_waiting": 0.0}
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["max_streams"] == 7
+            assert (manager.stats().max_streams, manager.stats().max_waiting) == (7, 0)
+            for body in ({"max_streams": 7.5}, {"max_streams": 1e300}, {"max_waiting": -1.0}):
+                response = await http.put("/admin/limits", json=body)
+                assert error_of(response) == (422, "validation_error"), body
+            assert manager.stats().max_streams == 7
+
+
+async def test_an_unreadable_body_is_a_validation_error(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        headers = {"content-type": "application/json"}
+        async with client(server) as http:
+            for method, path in [
+                ("DELETE", "/admin/streams/x"),
+                ("DELETE", "/admin/keys/k/streams"),
+                ("PUT", "/admin/limits"),
+            ]:
+                response = await http.request(method, path, content=b"k?6\xff", headers=headers)
+                assert error_of(response) == (422, "validation_error"), path
+                assert "UTF-8" in response.json()["error"]["message"]
+                assert response.json()["error"]["details"][0]["loc"] == ["body"]
+
+
+async def test_the_feed_declares_each_event(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            document = (await http.get("/admin/openapi.json")).json()
+        declared = document["paths"]["/admin/streams/events"]["get"]["responses"]["200"]
+        (event_schema,) = declared["content"].values()
+        options = event_schema["schema"]["oneOf"]
+        names = [option["properties"]["event"]["enum"] for option in options]
+        assert names == [["snapshot"], ["opened", "admitted", "closed"], ["end"]]
+        assert options[1]["properties"]["data"]["contentSchema"] == {
+            "$ref": "#/components/schemas/Stream"
+        }
+        assert "type" not in event_schema["schema"]  # not FastAPI's bare string
+
+
 # -- the OpenAPI document, mounting ------------------------------------------------------
 
 EXPECTED_PATHS = {

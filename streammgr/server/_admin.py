@@ -382,7 +382,6 @@ def admin_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    _install_error_handlers(app)
 
     dependencies = [] if token is None else [Security(_authenticator(token))]
     Responses = dict[int | str, dict[str, Any]]
@@ -394,6 +393,7 @@ def admin_app(
     invalid: Responses = {422: _error("A parameter or the body is invalid (validation_error).")}
     not_found: Responses = {404: _error("Not in flight nor in history (stream_not_found).")}
     router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
+    _install_error_handlers(app, router)
 
     @router.get(
         "/streams",
@@ -738,11 +738,11 @@ def _authenticator(token: str) -> Callable[..., Any]:
     return authenticate
 
 
-def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+def _allowed_methods(router: APIRouter, request: Request) -> list[str]:
     """Every method some route takes at this path: a path with a GET and a DELETE
     route answers a 405 from one of them, whose own ``Allow`` would name only it."""
     allowed: set[str] = set()
-    for route in app.router.routes:
+    for route in router.routes:
         match, _ = route.matches(request.scope)
         methods = getattr(route, "methods", None)
         if match is not Match.NONE and methods:
@@ -750,7 +750,7 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(allowed)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, router: APIRouter) -> None:
     """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
 
     async def admin_error(request: Request, exc: Exception) -> Response:
@@ -777,7 +777,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
         elif exc.status_code == 405:
-            allowed = _allowed_methods(app, request)
+            allowed = _allowed_methods(router, request)
             headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
             message = (
                 f"{request.method} is not allowed on {request.url.path} (allowed: "
