@@ -834,6 +834,19 @@ async def test_an_unreadable_body_is_a_validation_error(nursery: trio.Nursery) -
                 assert response.json()["error"]["details"][0]["loc"] == ["body"]
 
 
+async def test_a_key_with_a_line_break_can_be_cancelled(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with manager.open(forever, key="tenant\r\n/a") as stream, client(server) as http:
+            # Starlette's {key:path} stopped at a line break: this was a 404 not_found.
+            response = await http.delete("/admin/keys/tenant%0D%0A/a/streams")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"key": "tenant\r\n/a", "cancelled": 1}
+            with pytest.raises(streammgr.StreamCancelled):
+                async for _ in stream:
+                    pass
+
+
 async def test_the_feed_declares_each_event(nursery: trio.Nursery) -> None:
     async with StreamManager() as manager:
         server = await serve_admin(nursery, manager)

@@ -16,18 +16,18 @@ from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
-import requests
+import schemathesis
+import schemathesis.core.failures
 import trio
+from hypothesis import settings
 
 import streammgr
 from streammgr import StreamManager
 from streammgr.server import admin_app, serve
 
 from .server_helpers import PATIENCE, quiet_hypercorn
-
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
 
 TOKEN = "schema-token-Vw42"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -67,7 +67,8 @@ class LiveAdmin:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        assert self._token is not None and self._stop is not None
+        assert self._token is not None
+        assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join(PATIENCE)
         assert not self._thread.is_alive(), "the admin server did not stop"
@@ -84,7 +85,14 @@ class LiveAdmin:
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
         self._stop = trio.Event()
-        async with StreamManager(**LIMITS) as manager, trio.open_nursery() as nursery:
+        async with (
+            StreamManager(
+                max_streams=LIMITS["max_streams"],
+                max_streams_per_key=LIMITS["max_streams_per_key"],
+                max_waiting=LIMITS["max_waiting"],
+            ) as manager,
+            trio.open_nursery() as nursery,
+        ):
             self._manager, self._nursery = manager, nursery
             app = admin_app(manager, token=TOKEN, max_watchers=2)
             for key, labels in HELD:
@@ -121,7 +129,8 @@ class LiveAdmin:
 
     def shut_down_manager(self) -> None:
         """Start the manager's shutdown (with a long grace: it stays closing)."""
-        assert self._token is not None and self._nursery is not None
+        assert self._token is not None
+        assert self._nursery is not None
         manager, nursery = self._manager, self._nursery
 
         async def start() -> None:
@@ -183,13 +192,11 @@ def map_case(context: Any, case: Any) -> Any:
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=20, derandomize=True, deadline=None)
+@settings(max_examples=20, derandomize=True, deadline=None)
 def test_every_operation_conforms(case: Any, live: LiveAdmin) -> None:
     case.call_and_validate(base_url=live.url, timeout=PATIENCE)
     if case.method == "PUT" and case.path == "/admin/limits":
-        reset = requests.put(
-            f"{live.url}/admin/limits", json=LIMITS, headers=AUTH, timeout=PATIENCE
-        )
+        reset = httpx.put(f"{live.url}/admin/limits", json=LIMITS, headers=AUTH, timeout=PATIENCE)
         assert reset.status_code == 200, reset.text
 
 
@@ -200,7 +207,7 @@ def operation(path: str, method: str) -> Any:
 
 
 def get_json(live: LiveAdmin, path: str, **params: Any) -> Any:
-    response = requests.get(f"{live.url}{path}", params=params, headers=AUTH, timeout=PATIENCE)
+    response = httpx.get(f"{live.url}{path}", params=params, headers=AUTH, timeout=PATIENCE)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -274,8 +281,8 @@ def test_events_feed_conforms_with_a_bounded_read(live: LiveAdmin) -> None:
     # max_watchers=2: with two feeds open, the third is a 429 with Retry-After.
     url = f"{live.url}{FEED}"
     with (
-        requests.get(url, headers=AUTH, stream=True, timeout=PATIENCE) as first,
-        requests.get(url, headers=AUTH, stream=True, timeout=PATIENCE) as second,
+        httpx.stream("GET", url, headers=AUTH, timeout=PATIENCE) as first,
+        httpx.stream("GET", url, headers=AUTH, timeout=PATIENCE) as second,
     ):
         assert (first.status_code, second.status_code) == (200, 200)
         refused = feed.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)

@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import StringConstraints
+from starlette.convertors import CONVERTOR_TYPES, PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -168,6 +169,16 @@ def _check_token(token: str | None) -> str | None:
             "authentication"
         )
     return token
+
+
+class _KeyConvertor(PathConvertor):
+    """``{key:path}`` that also takes line breaks (an admission key is any str;
+    Starlette's ``path`` is ``.*``, which stops at one, so such a key was a 404)."""
+
+    regex = "(?s:.*)"
+
+
+_KEY_CONVERTOR = "streammgr_admission_key"
 
 
 def _sse_event(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
@@ -354,6 +365,8 @@ def admin_app(
     """
     prefix = _check_prefix(prefix)
     token = _check_token(token)
+    if _KEY_CONVERTOR not in CONVERTOR_TYPES:  # Starlette's registry is process-wide
+        register_url_convertor(_KEY_CONVERTOR, _KeyConvertor())
     keep_alive_seconds = check_seconds("keep_alive", keep_alive)
     stall_seconds = check_seconds("stall_timeout", stall_timeout)
     if keep_alive_seconds is None or stall_seconds is None:
@@ -517,7 +530,7 @@ def admin_app(
         )
 
     @router.delete(
-        "/keys/{key:path}/streams",
+        "/keys/{key:" + _KEY_CONVERTOR + "}/streams",
         summary="Cancel every stream of a key",
         responses=invalid,
     )
