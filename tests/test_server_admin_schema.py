@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -42,6 +42,28 @@ async def forever() -> AsyncIterator[str]:
     yield "never"
 
 
+class FeedCounter:
+    """ASGI middleware: how many events-feed requests the app is serving now (a
+    feed gives its slot back before its request returns)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.open = 0
+        self.changed = trio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != FEED:
+            await self.app(scope, receive, send)
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+            self.changed.set()
+            self.changed = trio.Event()
+
+
 class LiveAdmin:
     """``admin_app`` served on 127.0.0.1 in a thread running ``trio.run``.
 
@@ -58,6 +80,7 @@ class LiveAdmin:
         self._error: BaseException | None = None
         self._manager = StreamManager()
         self._nursery: trio.Nursery | None = None
+        self._feeds = FeedCounter(None)
         self._thread = threading.Thread(target=self._run, name="live-admin", daemon=True)
 
     def __enter__(self) -> LiveAdmin:
@@ -94,7 +117,7 @@ class LiveAdmin:
             trio.open_nursery() as nursery,
         ):
             self._manager, self._nursery = manager, nursery
-            app = admin_app(manager, token=TOKEN, max_watchers=2)
+            self._feeds = app = FeedCounter(admin_app(manager, token=TOKEN, max_watchers=2))
             for key, labels in HELD:
                 nursery.start_soon(self._hold, manager, key, labels)
             await self._all_held()
@@ -112,20 +135,34 @@ class LiveAdmin:
             await self._stop.wait()
             nursery.cancel_scope.cancel()
 
-    async def _all_held(self) -> None:
+    async def _until(self, condition: Callable[[StreamManager], bool]) -> None:
         manager = self._manager
         with trio.fail_after(PATIENCE):
             async with manager.watch() as events:
-                if len(manager.streams()) == len(HELD):
+                if condition(manager):
                     return
                 async for _ in events:
-                    if len(manager.streams()) == len(HELD):
+                    if condition(manager):
                         return
 
-    def all_held(self) -> None:
-        """Wait until every holder has its stream open again (after cancels)."""
+    async def _all_held(self) -> None:
+        await self._until(lambda manager: len(manager.streams()) == len(HELD))
+
+    def until(self, condition: Callable[[StreamManager], bool]) -> None:
+        """Wait (bounded) until ``condition(manager)``, checked at every change."""
         assert self._token is not None
-        trio.from_thread.run(self._all_held, trio_token=self._token)
+        trio.from_thread.run(self._until, condition, trio_token=self._token)
+
+    def feeds_closed(self) -> None:
+        """Wait until the server has ended every events feed a client closed."""
+
+        async def closed() -> None:
+            with trio.fail_after(PATIENCE):
+                while self._feeds.open:
+                    await self._feeds.changed.wait()
+
+        assert self._token is not None
+        trio.from_thread.run(closed, trio_token=self._token)
 
     def shut_down_manager(self) -> None:
         """Start the manager's shutdown (with a long grace: it stays closing)."""
@@ -192,7 +229,7 @@ def map_case(context: Any, case: Any) -> Any:
 
 
 @schema.parametrize()
-@settings(max_examples=20, derandomize=True, deadline=None)
+@settings(max_examples=20, derandomize=True, deadline=None, database=None)
 def test_every_operation_conforms(case: Any, live: LiveAdmin) -> None:
     case.call_and_validate(base_url=live.url, timeout=PATIENCE)
     if case.method == "PUT" and case.path == "/admin/limits":
@@ -218,7 +255,8 @@ def test_the_live_server_serves_this_document(live: LiveAdmin) -> None:
 
 def test_streams_in_flight_conform(live: LiveAdmin) -> None:
     """The cases above rarely name a real stream: these do, with every check."""
-    live.all_held()
+    live.until(lambda manager: len(manager.streams()) == len(HELD))
+    closed_before = get_json(live, "/admin/history")["total"]
     listed = get_json(live, "/admin/streams")
     assert listed["total"] == len(HELD)
     page = operation("/admin/streams", "GET").Case(query={"limit": 1, "label": ["model:m1"]})
@@ -259,6 +297,7 @@ def test_streams_in_flight_conform(live: LiveAdmin) -> None:
         "key": "tenant/beta",
         "cancelled": 1,
     }
+    live.until(lambda manager: len(manager.history()) >= closed_before + 2)
     history = operation("/admin/history", "GET").Case(query={"reason": ["cancelled"]})
     assert (
         history.call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE).json()["total"]
@@ -278,6 +317,7 @@ def test_events_feed_conforms_with_a_bounded_read(live: LiveAdmin) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"][0].startswith("text/event-stream")
     assert response.content.startswith(b"event: snapshot\n")
+    live.feeds_closed()  # schemathesis closed it: its slot is free again
     # max_watchers=2: with two feeds open, the third is a 429 with Retry-After.
     url = f"{live.url}{FEED}"
     with (
@@ -288,6 +328,7 @@ def test_events_feed_conforms_with_a_bounded_read(live: LiveAdmin) -> None:
         refused = feed.Case().call_and_validate(base_url=live.url, headers=AUTH, timeout=PATIENCE)
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"][0]) > 0
+    live.feeds_closed()
 
 
 def test_shutting_down_conforms() -> None:
