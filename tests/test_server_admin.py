@@ -847,6 +847,32 @@ async def test_a_key_with_a_line_break_can_be_cancelled(nursery: trio.Nursery) -
                     pass
 
 
+async def test_odd_input_is_a_422_or_an_answer_never_a_500(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with (
+            manager.open(forever, key="ключ ✓", labels={"モデル": "値"}),
+            client(server) as http,
+        ):
+            for path, params in [
+                ("/admin/streams", {"limit": str(10**30)}),
+                ("/admin/streams", {"limit": "-1"}),
+                ("/admin/streams", {"limit": "1e3"}),
+                ("/admin/streams", {"phase": "nope"}),
+                ("/admin/history", {"limit": "0"}),
+                ("/admin/history", {"reason": "\x00"}),
+            ]:
+                response = await http.get(path, params=params)
+                assert error_of(response) == (422, "validation_error"), params
+            found = await http.get("/admin/streams", params={"key": "ключ ✓", "label": "モデル:値"})
+            assert found.json()["total"] == 1
+            cursor = await http.get("/admin/streams", params={"cursor": "é\x00" * 100})
+            assert error_of(cursor) == (400, "invalid_cursor")
+            for body in ({"max_streams": 10**30}, {"max_waiting": -(10**30)}):
+                response = await http.put("/admin/limits", json=body)
+                assert error_of(response) == (422, "validation_error"), body
+
+
 async def test_the_feed_declares_each_event(nursery: trio.Nursery) -> None:
     async with StreamManager() as manager:
         server = await serve_admin(nursery, manager)
