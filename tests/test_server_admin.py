@@ -794,6 +794,7 @@ async def test_a_405_allows_every_method_of_its_path(nursery: trio.Nursery) -> N
                 ("/admin/streams/some-id", "DELETE, GET"),
                 ("/admin/limits", "GET, PUT"),
                 ("/admin/stats", "GET"),
+                ("/admin/streams/events", "GET"),  # not /streams/{stream_id}'s DELETE too
             ]:
                 response = await http.request("OPTIONS", path)
                 assert error_of(response) == (405, "method_not_allowed"), path

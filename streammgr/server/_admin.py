@@ -752,13 +752,22 @@ def _authenticator(token: str) -> Callable[..., Any]:
 
 
 def _allowed_methods(router: APIRouter, request: Request) -> list[str]:
-    """Every method some route takes at this path: a path with a GET and a DELETE
-    route answers a 405 from one of them, whose own ``Allow`` would name only it."""
+    """Every method the routes of the path that answers this URL take.
+
+    A path with a GET and a DELETE route answers a 405 from one of them, whose own
+    ``Allow`` would name only it. Only the first path that matches counts, as in
+    the document: ``/streams/events`` (GET) also matches ``/streams/{stream_id}``.
+    """
     allowed: set[str] = set()
+    template: str | None = None
     for route in router.routes:
-        match, _ = route.matches(request.scope)
         methods = getattr(route, "methods", None)
-        if match is not Match.NONE and methods:
+        path = getattr(route, "path", None)
+        if not methods or (template is not None and path != template):
+            continue
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            template = path
             allowed |= set(methods)
     return sorted(allowed)
 
