@@ -762,6 +762,134 @@ async def test_a_slow_watcher_never_slows_the_manager(nursery: trio.Nursery) -> 
         await feed.stream.aclose()
 
 
+# -- what schemathesis found (tests/test_server_admin_schema.py) -----------------------
+
+
+async def test_label_filters_are_declared_and_checked_as_name_value(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            document = (await http.get("/admin/openapi.json")).json()
+            (label,) = [
+                p
+                for p in document["paths"]["/admin/streams"]["get"]["parameters"]
+                if p["name"] == "label"
+            ]
+            items = label["schema"]["anyOf"][0]["items"]
+            assert items == {"type": "string", "pattern": "^[^:]+:"}
+            for bad in ("", "model", ":value", "ünïcode"):
+                response = await http.get("/admin/streams", params={"label": bad})
+                assert error_of(response) == (422, "validation_error"), bad
+                assert "query label" in response.json()["error"]["message"]
+            for good in ("model:", "model:a:b", "ünï:cödé ✓"):
+                response = await http.get("/admin/streams", params={"label": good})
+                assert response.status_code == 200, good
+
+
+async def test_a_405_allows_every_method_of_its_path(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            for path, allowed in [
+                ("/admin/streams/some-id", "DELETE, GET"),
+                ("/admin/limits", "GET, PUT"),
+                ("/admin/stats", "GET"),
+                ("/admin/streams/events", "GET"),  # not /streams/{stream_id}'s DELETE too
+            ]:
+                response = await http.request("OPTIONS", path)
+                assert error_of(response) == (405, "method_not_allowed"), path
+                assert response.headers["allow"] == allowed, path
+                assert f"(allowed: {allowed})" in response.json()["error"]["message"]
+
+
+async def test_integral_floats_are_integers_for_put_limits(nursery: trio.Nursery) -> None:
+    async with StreamManager(max_streams=2) as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            # JSON Schema's "integer" includes 7.0; 7.5 stays a 422 (see the test above).
+            response = await http.put(
+                "/admin/limits", json={"max_streams": 7.0, "max_waiting": 0.0}
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["max_streams"] == 7
+            assert (manager.stats().max_streams, manager.stats().max_waiting) == (7, 0)
+            for body in ({"max_streams": 7.5}, {"max_streams": 1e300}, {"max_waiting": -1.0}):
+                response = await http.put("/admin/limits", json=body)
+                assert error_of(response) == (422, "validation_error"), body
+            assert manager.stats().max_streams == 7
+
+
+async def test_an_unreadable_body_is_a_validation_error(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        headers = {"content-type": "application/json"}
+        async with client(server) as http:
+            for method, path in [
+                ("DELETE", "/admin/streams/x"),
+                ("DELETE", "/admin/keys/k/streams"),
+                ("PUT", "/admin/limits"),
+            ]:
+                response = await http.request(method, path, content=b"k?6\xff", headers=headers)
+                assert error_of(response) == (422, "validation_error"), path
+                assert "UTF-8" in response.json()["error"]["message"]
+                assert response.json()["error"]["details"][0]["loc"] == ["body"]
+
+
+async def test_a_key_with_a_line_break_can_be_cancelled(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with manager.open(forever, key="tenant\r\n/a") as stream, client(server) as http:
+            # Starlette's {key:path} stopped at a line break: this was a 404 not_found.
+            response = await http.delete("/admin/keys/tenant%0D%0A/a/streams")
+            assert response.status_code == 200, response.text
+            assert response.json() == {"key": "tenant\r\n/a", "cancelled": 1}
+            with pytest.raises(streammgr.StreamCancelled):
+                async for _ in stream:
+                    pass
+
+
+async def test_odd_input_is_a_422_or_an_answer_never_a_500(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with (
+            manager.open(forever, key="ключ ✓", labels={"モデル": "値"}),
+            client(server) as http,
+        ):
+            for path, params in [
+                ("/admin/streams", {"limit": str(10**30)}),
+                ("/admin/streams", {"limit": "-1"}),
+                ("/admin/streams", {"limit": "1e3"}),
+                ("/admin/streams", {"phase": "nope"}),
+                ("/admin/history", {"limit": "0"}),
+                ("/admin/history", {"reason": "\x00"}),
+            ]:
+                response = await http.get(path, params=params)
+                assert error_of(response) == (422, "validation_error"), params
+            found = await http.get("/admin/streams", params={"key": "ключ ✓", "label": "モデル:値"})
+            assert found.json()["total"] == 1
+            cursor = await http.get("/admin/streams", params={"cursor": "é\x00" * 100})
+            assert error_of(cursor) == (400, "invalid_cursor")
+            for body in ({"max_streams": 10**30}, {"max_waiting": -(10**30)}):
+                response = await http.put("/admin/limits", json=body)
+                assert error_of(response) == (422, "validation_error"), body
+
+
+async def test_the_feed_declares_each_event(nursery: trio.Nursery) -> None:
+    async with StreamManager() as manager:
+        server = await serve_admin(nursery, manager)
+        async with client(server) as http:
+            document = (await http.get("/admin/openapi.json")).json()
+        declared = document["paths"]["/admin/streams/events"]["get"]["responses"]["200"]
+        (event_schema,) = declared["content"].values()
+        options = event_schema["schema"]["oneOf"]
+        names = [option["properties"]["event"]["enum"] for option in options]
+        assert names == [["snapshot"], ["opened", "admitted", "closed"], ["end"]]
+        assert options[1]["properties"]["data"]["contentSchema"] == {
+            "$ref": "#/components/schemas/Stream"
+        }
+        assert "type" not in event_schema["schema"]  # not FastAPI's bare string
+
+
 # -- the OpenAPI document, mounting ------------------------------------------------------
 
 EXPECTED_PATHS = {

@@ -29,7 +29,10 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Sec
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import StringConstraints
+from starlette.convertors import CONVERTOR_TYPES, PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .._logging import get_logger, redact
 from .._manager import StreamManager
@@ -60,6 +63,8 @@ RETRY_AFTER = 5
 
 DEFAULT_CANCEL_REASON = "cancelled through the admin API"
 MAX_PAGE = 1000
+# A label filter: a non-empty name, a colon, the value (which may be empty or hold colons).
+LABEL_PATTERN = r"^[^:]+:"
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -164,6 +169,59 @@ def _check_token(token: str | None) -> str | None:
             "authentication"
         )
     return token
+
+
+class _KeyConvertor(PathConvertor):
+    """``{key:path}`` that also takes line breaks (an admission key is any str;
+    Starlette's ``path`` is ``.*``, which stops at one, so such a key was a 404)."""
+
+    regex = "(?s:.*)"
+
+
+_KEY_CONVERTOR = "streammgr_admission_key"
+
+
+def _sse_event(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"enum": names},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+        },
+    }
+
+
+_STREAM_REF = {"$ref": "#/components/schemas/Stream"}
+# One event of the feed, as the document declares it: its name and its JSON data.
+_FEED_EVENT: dict[str, Any] = {
+    "oneOf": [
+        _sse_event(
+            ["snapshot"],
+            {
+                "type": "object",
+                "required": ["reason", "streams"],
+                "properties": {
+                    "reason": {"enum": ["start", "overflow"]},
+                    "streams": {"type": "array", "items": _STREAM_REF},
+                },
+            },
+        ),
+        _sse_event(["opened", "admitted", "closed"], _STREAM_REF),
+        _sse_event(
+            ["end"],
+            {
+                "type": "object",
+                "required": ["reason"],
+                "properties": {"reason": {"enum": ["manager_closed"]}},
+            },
+        ),
+    ]
+}
 
 
 def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
@@ -307,6 +365,8 @@ def admin_app(
     """
     prefix = _check_prefix(prefix)
     token = _check_token(token)
+    if _KEY_CONVERTOR not in CONVERTOR_TYPES:  # Starlette's registry is process-wide
+        register_url_convertor(_KEY_CONVERTOR, _KeyConvertor())
     keep_alive_seconds = check_seconds("keep_alive", keep_alive)
     stall_seconds = check_seconds("stall_timeout", stall_timeout)
     if keep_alive_seconds is None or stall_seconds is None:
@@ -335,7 +395,6 @@ def admin_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    _install_error_handlers(app)
 
     dependencies = [] if token is None else [Security(_authenticator(token))]
     Responses = dict[int | str, dict[str, Any]]
@@ -347,6 +406,7 @@ def admin_app(
     invalid: Responses = {422: _error("A parameter or the body is invalid (validation_error).")}
     not_found: Responses = {404: _error("Not in flight nor in history (stream_not_found).")}
     router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
+    _install_error_handlers(app, router)
 
     @router.get(
         "/streams",
@@ -359,7 +419,7 @@ def admin_app(
             list[Phase] | None, Query(description="Only streams in these phases (repeat).")
         ] = None,
         label: Annotated[
-            list[str] | None,
+            list[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]] | None,
             Query(description="Only streams with this label, as name:value (repeat: all)."),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
@@ -398,7 +458,7 @@ def admin_app(
                     "an overflow), then `opened`, `admitted`, `closed` (a stream each), "
                     "`end` when the manager closes; `: keep-alive` comments between."
                 ),
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": _FEED_EVENT}},  # see below
             },
             429: _error("Too many events feeds open (too_many_watchers).", retry_after=True),
             503: _error("The manager is shutting down (shutting_down).", retry_after=True),
@@ -470,7 +530,7 @@ def admin_app(
         )
 
     @router.delete(
-        "/keys/{key:path}/streams",
+        "/keys/{key:" + _KEY_CONVERTOR + "}/streams",
         summary="Cancel every stream of a key",
         responses=invalid,
     )
@@ -566,7 +626,12 @@ def admin_app(
 
     def openapi_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _errors_as_json(generate())
+            document = _errors_as_json(generate())
+            # FastAPI merges its own {"type": "string"} (the feed's response class is
+            # not JSON) into the event schema above: put the event schema back alone.
+            feed = document["paths"][f"{prefix}/streams/events"]["get"]["responses"]["200"]
+            feed["content"] = {"text/event-stream": {"schema": _FEED_EVENT}}
+            app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi_document  # type: ignore[method-assign]
@@ -686,7 +751,28 @@ def _authenticator(token: str) -> Callable[..., Any]:
     return authenticate
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _allowed_methods(router: APIRouter, request: Request) -> list[str]:
+    """Every method the routes of the path that answers this URL take.
+
+    A path with a GET and a DELETE route answers a 405 from one of them, whose own
+    ``Allow`` would name only it. Only the first path that matches counts, as in
+    the document: ``/streams/events`` (GET) also matches ``/streams/{stream_id}``.
+    """
+    allowed: set[str] = set()
+    template: str | None = None
+    for route in router.routes:
+        methods = getattr(route, "methods", None)
+        path = getattr(route, "path", None)
+        if not methods or (template is not None and path != template):
+            continue
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            template = path
+            allowed |= set(methods)
+    return sorted(allowed)
+
+
+def _install_error_handlers(app: FastAPI, router: APIRouter) -> None:
     """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
 
     async def admin_error(request: Request, exc: Exception) -> Response:
@@ -700,10 +786,26 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _STATUS_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body it could not read as JSON (not UTF-8, say).
+            # Bad JSON is a validation error (JSON it could decode but not parse is
+            # one already): one code for both.
+            return AdminError(
+                422,
+                "validation_error",
+                f"invalid request: body: {exc.detail} (send a JSON object in UTF-8, "
+                f"with content-type application/json)",
+            ).response([{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}])
         if exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see openapi.json"
+            allowed = _allowed_methods(router, request)
+            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+            message = (
+                f"{request.method} is not allowed on {request.url.path} (allowed: "
+                f"{', '.join(allowed)}); see openapi.json"
+            )
+            return AdminError(405, code, message, headers).response()
         else:
             message = str(exc.detail)
         return AdminError(exc.status_code, code, message, exc.headers).response()

@@ -7,8 +7,9 @@ turning a :class:`StreamInfo` or :class:`ManagerStats` into one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .._manager import ManagerStats
 from .._registry import StreamInfo
@@ -136,14 +137,25 @@ MAX_LIMIT = 1_000_000_000
 """The largest limit ``PUT /limits`` accepts (null removes a limit)."""
 
 
+def _integral(value: object) -> object:
+    """JSON Schema's ``integer`` includes ``3.0``: take it as ``3`` (strict mode
+    still refuses ``3.5``, ``"3"`` and ``true``)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+_Count = Annotated[int | None, BeforeValidator(_integral)]
+
+
 class LimitsUpdate(BaseModel):
     """A change of limits: fields left out stay as they are; null removes a limit."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    max_streams: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    max_streams_per_key: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    max_waiting: int | None = Field(default=None, ge=0, le=MAX_LIMIT, description="0: never queue.")
+    max_streams: _Count = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_streams_per_key: _Count = Field(default=None, ge=1, le=MAX_LIMIT)
+    max_waiting: _Count = Field(default=None, ge=0, le=MAX_LIMIT, description="0: never queue.")
 
 
 class Stats(BaseModel):
