@@ -6,7 +6,9 @@ way of parsing it (``SSEParser.feed``, ``SSEParser.feed_raw``, ``RawSSEParser.fe
 
 - the only exception is :class:`~streammgr.SSEEventTooLarge`; once raised, every later
   call raises the same one;
-- the chunking changes nothing: the same events, ``last_event_id``, ``retry`` and error;
+- the chunking changes nothing: the same events, ``last_event_id``, ``retry`` and error
+  (``retry`` may differ after an error in raw mode, which applies the ``retry:`` line
+  of a too-large event only if it arrived in an earlier chunk: known, left as it is);
 - the four ways agree: the raw modes give the same events as each other, and the events
   of the decoding parser (a prefix of them when a size limit stops the raw parser,
   which counts an event's bytes, not just its data); each batch's ``raw`` is the
