@@ -72,7 +72,7 @@ def main() -> None:
         setup("dev")
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
-        run(BIN / "mypy", "--strict", "streammgr", "benchmarks")
+        run(BIN / "mypy", "--strict", "streammgr", "benchmarks", "fuzz")
         run(BIN / "mypy", "tests")
         run(PYTHON, "-m", "pytest", "-q", *rest)
     elif command == "bench":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,7 @@ __all__ = [
     "check_seconds",
     "check_strings",
     "json_type",
+    "unpaired_surrogate",
 ]
 
 MIN_SECONDS = 0.001
@@ -129,3 +131,46 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+# A JSON escape of a surrogate, \\uD800 to \\uDFFF: only bodies that have one are searched.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def unpaired_surrogate(body: bytes, value: object) -> str | None:
+    """Where ``value``, decoded from the JSON ``body``, has an unpaired surrogate.
+
+    ``json.loads`` turns a ``\\ud800`` escape without its pair into a lone surrogate,
+    a ``str`` that no UTF-8 encoder accepts: a request holding one can be neither
+    forwarded (httpx's ``json=`` encodes UTF-8) nor hashed. ``body`` must have been
+    decoded as strict UTF-8, so that an escape is the only way to one: only a body
+    with a surrogate escape is searched, and the usual request costs one regex scan.
+
+    Returns:
+        The path of a string holding one (``"model"``, ``"messages[0].content"``; for
+        a key, the path of its object, ``""`` at the top), or ``None``.
+    """
+    if _SURROGATE_ESCAPE.search(body) is None:
+        return None
+    pending: list[tuple[str, object]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _encodes(item):
+                return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodes(key):
+                    return path
+                pending.append((f"{path}.{key}" if path else key, child))
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

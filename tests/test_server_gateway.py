@@ -539,6 +539,45 @@ async def test_unknown_routes_and_bad_requests(nursery: trio.Nursery) -> None:
         assert echoed.headers["x-request-id"] == "mine-1"
 
 
+@pytest.mark.parametrize("stream", ["true", "false"])
+async def test_what_cannot_be_sent_upstream_is_a_400_not_a_500(
+    nursery: trio.Nursery, stream: str
+) -> None:
+    # Regressions (found by fuzz/fuzz_gateway_request.py): these bodies passed the
+    # checks, then httpx could not encode the request upstream (stream: false: a lone
+    # surrogate, escaped or encoded as UTF-8 bytes, is no UTF-8; NaN and infinities are
+    # no JSON) or the simulator could not
+    # hash it (stream: true): a 500 producer_error for the caller's mistake.
+    start = b'{"model": "m", "stream": %b, ' % stream.encode()
+    user = b'"messages": [{"role": "user"}]'
+    bodies = [
+        (start + b'"model": "\\ud800", ' + user + b"}", "model", "unpaired surrogate"),
+        (
+            start + b'"messages": [{"role": "user", "content": "a\\udfffb"}]}',
+            "messages[0].content",
+            "send the character itself or both halves of its pair",
+        ),
+        (start + user + b', "user": "\\udc00"}', "user", "unpaired surrogate"),
+        (start + b'"model": "\xed\xa0\x80", ' + user + b"}", None, "not valid UTF-8 (byte"),
+        (start + user + b', "temperature": NaN}', None, "NaN, which is not a JSON number"),
+        (start + user + b', "top_p": -Infinity}', None, "-Infinity, which is not a JSON"),
+        (start + user + b', "top_p": [1e999]}', None, "1e999, too large for a double"),
+    ]
+    async with running_gateway(nursery) as gateway, httpx.AsyncClient() as client:
+        url = f"{gateway.url}/v1/chat/completions"
+        for body, param, says in bodies:
+            response = await client.post(url, content=body)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == param
+            assert says in error["message"]
+        assert gateway.manager.stats().opened_total == 0
+        # A surrogate pair is one character, and goes through; so does a finite float.
+        fine = start + b'"messages": [{"role": "user", "content": "\\ud83d\\ude00"}],'
+        response = await client.post(url, content=fine + b' "temperature": 1.5e-3}')
+        assert response.status_code == 200, response.text
+
+
 # -- the service: CORS, shutdown -------------------------------------------------------------------
 
 

@@ -169,6 +169,9 @@ def test_a_stream_follows_openais_chunk_format() -> None:
 def test_the_model_is_echoed_whatever_its_name() -> None:
     response = answer(request(model="gpt-4o-mini"))
     assert {chunk["model"] for chunk in chunks(response)} == {"gpt-4o-mini"}
+    # A character outside the BMP, escaped as a surrogate pair, is one character.
+    response = answer(request(model="m\U0001f600"))
+    assert {chunk["model"] for chunk in chunks(response)} == {"m\U0001f600"}
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
@@ -356,6 +359,19 @@ def test_a_wrong_method_is_a_405_naming_the_right_one() -> None:
             f"{EXTRA_FIELD}.fault",
             'strikes inside a stream: send it with "stream": true',
         ),
+        # Regressions (found by fuzz/fuzz_gateway_request.py): a \\ud800 escape without
+        # its pair decodes to a str that cannot be encoded, and the plan's seed hash
+        # raised UnicodeEncodeError (a 500 from the simulator).
+        (request(model="\ud800"), "model", "model has an unpaired surrogate escape"),
+        (
+            request(messages=[{"role": "user", "content": [{"type": "text", "text": "a\udc00"}]}]),
+            "messages[0].content[0].text",
+            "send the character itself or both halves of its pair",
+        ),
+        (request(**{"\udfff": 1}), None, "a key of the request body has an unpaired surrogate"),
+        # The same surrogate encoded as UTF-8 bytes, which json.loads(bytes) accepted.
+        (request(model="\ud800").replace(b"\\ud800", b"\xed\xa0\x80"), None, "not valid JSON"),
+        (request().decode().encode("utf-16"), None, "can't decode byte 0xff in position 0"),
     ],
 )
 def test_a_bad_request_is_a_400_naming_the_field(body: bytes, param: str | None, says: str) -> None:

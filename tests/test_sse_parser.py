@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streammgr._errors import SSEError, SSEEventTooLarge
-from streammgr.sse import ServerSentEvent, SSEParser, is_done
+from streammgr.sse import RawSSEParser, ServerSentEvent, SSEParser, is_done
 
 from .sse_reference import (
     E,
@@ -466,6 +466,24 @@ def test_a_long_line_in_tiny_chunks_is_kept_correctly() -> None:
     outcome = run(split_at(stream, list(range(13, len(stream), 13))), max_event_size=200_000)
     assert isinstance(outcome.error, SSEEventTooLarge)
     assert "unfinished line" in str(outcome.error)
+
+
+def test_the_cache_of_event_types_keeps_no_long_names() -> None:
+    # Regression (found measuring what a parser holds, tests/sse_invariants.py): the parser
+    # remembered the first 64 event types whatever their length, so 64 distinct names
+    # each of half max_event_size stayed in memory for the stream's life: 32 times
+    # the limit. Both paths: line by line, and the fast path.
+    limit = 20_000
+    names = [b"event: " + bytes([65 + index % 26]) * (limit // 2 - index) for index in range(64)]
+    for parser in (SSEParser(limit), RawSSEParser(limit)):
+        for name in names:
+            assert parser.feed(name + b"\ndata: x\n\n")[0].event == name[7:].decode()
+            assert parser.feed(b"data: y\n\n" + name + b"\ndata: x\n\n")[1].data == "x"
+        assert sum(map(len, parser._event_types)) <= 64 * 64
+    # The usual short names are still remembered: a cache hit returns the same str.
+    parser = SSEParser()
+    first = parser.feed(b"event: delta\ndata: 1\n\n")[0].event
+    assert parser.feed(b"event: delta\ndata: 2\n\n")[0].event is first
 
 
 # -- properties -----------------------------------------------------------------------

@@ -263,6 +263,23 @@ def test_raw_bytes_are_bounded_by_max_event_size() -> None:
     assert run_raw([stream], max_event_size=len(second) - 1).raws == [b"data: a\n\n", second]
 
 
+@pytest.mark.parametrize("limit", [19, 20])
+def test_a_kept_block_counts_the_same_whether_its_crlf_is_split_or_not(limit: int) -> None:
+    # Regression (found by fuzz/fuzz_sse.py): a kept block whose blank line is a CRLF
+    # split across chunks is kept without its LF, and counted a byte less, so whether
+    # the next event was too large depended on where the chunk ended.
+    stream = b"id: 1\r\n\r\ndata: abc\r\n\r\n"  # 9 bytes kept, 11 of the event's own
+    split = stream.index(b"\r\n\r\n") + 3  # between the CR and the LF of the blank line
+    whole = run_batches([stream], max_event_size=limit)
+    chunked = run_batches([stream[:split], stream[split:]], max_event_size=limit)
+    assert type(chunked.error) is type(whole.error)
+    assert chunked.events == whole.events
+    assert (whole.error is None) is (limit == 20)
+    # The bytes are as before: the kept block ends at the CR, its LF is not forwarded.
+    if limit == 20:
+        assert chunked.batches == [b"", b"id: 1\r\n\rdata: abc\r\n\r\n"]
+
+
 def test_a_long_raw_event_raises_as_soon_as_it_is_too_long() -> None:
     parser = SSEParser(max_event_size=16)
     assert parser.feed_raw(b"data: a\n\n") == [(E(data="a"), b"data: a\n\n")]

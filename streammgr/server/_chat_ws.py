@@ -47,12 +47,13 @@ from .._errors import ManagerClosed, StreamCancelled, StreamError
 from .._logging import get_logger
 from .._states import CloseReason
 from .._stream import ManagedStream
-from .._validate import json_type
+from .._validate import json_type, unpaired_surrogate
 from ..sources import ChatChunk, OpenAIChat, ToolCallDelta, Usage
 from ._gateway import (
     _NO_API_KEY,
     _BadRequest,
     _check_chat_request,
+    load_json,
     _completion_error,
     _Gateway,
     caller_key,
@@ -345,7 +346,7 @@ class _Session:
                 "n",
             )
         try:
-            _check_chat_request(payload)
+            _check_chat_request(payload, None)  # surrogates: checked by _decode
         except _BadRequest as exc:
             raise _BadMessage(str(exc), "invalid_field", exc.param) from None
         gateway = self._gateway
@@ -536,7 +537,9 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
 def _decode(text: str) -> dict[str, Any]:
     """A client message's JSON object."""
     try:
-        payload = json.loads(text)
+        payload = load_json(text)
+    except _BadRequest as exc:
+        raise _BadMessage(str(exc), "invalid_json") from None
     except (ValueError, RecursionError):
         raise _BadMessage(
             'the message is not valid JSON; send a JSON object such as {"type": '
@@ -547,6 +550,15 @@ def _decode(text: str) -> dict[str, Any]:
         raise _BadMessage(
             f'a message must be a JSON object with a "type", got {json_type(payload)}',
             "invalid_message",
+        )
+    where = unpaired_surrogate(text.encode(), payload)
+    if where is not None:
+        raise _BadMessage(
+            f"{where or 'a key of the message'} has an unpaired surrogate escape (\\ud800 "
+            f"to \\udfff without its pair), which is not text; send the character itself "
+            f"or both halves of its pair",
+            "invalid_field",
+            where or None,
         )
     return payload
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -59,7 +60,7 @@ from .._logging import excerpt, get_logger
 from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
-from .._validate import check_seconds, json_type
+from .._validate import check_seconds, json_type, unpaired_surrogate
 from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, Usage, collect_chat
 from ..sources._common import api_url
 from ..sources._openai import note_outcome
@@ -146,6 +147,24 @@ class _BadRequest(Exception):
         self.status = status
 
 
+def _not_a_number(text: str) -> float:
+    """``json.loads`` hook: NaN and Infinity, which Python reads but JSON has not
+    (httpx could not send them upstream: ``allow_nan=False``)."""
+    raise _BadRequest(f"the request body has {text}, which is not a JSON number; send a number")
+
+
+def _finite(text: str) -> float:
+    """``json.loads`` hook: a number with a fraction or exponent, refused if it
+    overflows to infinity (as NaN and Infinity are)."""
+    value = float(text)
+    if math.isinf(value):
+        raise _BadRequest(
+            f"the request body has the number {text[:40]}, too large for a double; send a "
+            f"finite number"
+        )
+    return value
+
+
 def _parse_chat_request(body: bytes) -> dict[str, Any]:
     """The request's JSON object, with the fields the gateway relies on checked.
 
@@ -156,7 +175,15 @@ def _parse_chat_request(body: bytes) -> dict[str, Any]:
         _BadRequest: naming the field.
     """
     try:
-        payload = json.loads(body)
+        # Strict UTF-8 (RFC 8259): json.loads(bytes) would also take UTF-16 and 32, and
+        # surrogates encoded as UTF-8, which nothing can encode again.
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _BadRequest(
+            f"the request body is not valid UTF-8 (byte {exc.start}); send JSON in UTF-8"
+        ) from None
+    try:
+        payload = load_json(text)
     except (ValueError, RecursionError):
         raise _BadRequest(
             "the request body is not valid JSON; send a chat-completions request object"
@@ -166,17 +193,33 @@ def _parse_chat_request(body: bytes) -> dict[str, Any]:
             f"the request body must be a JSON object, got {json_type(payload)}; send a "
             f"chat-completions request object"
         )
-    return _check_chat_request(payload)
+    return _check_chat_request(payload, body)
 
 
-def _check_chat_request(payload: dict[str, Any]) -> dict[str, Any]:
+def load_json(text: str) -> Any:
+    """``json.loads`` refusing NaN, Infinity and numbers that overflow to infinity
+    (with :class:`_BadRequest`): nothing could encode them again for the upstream."""
+    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+
+
+def _check_chat_request(payload: dict[str, Any], encoded: bytes | None) -> dict[str, Any]:
     """``payload`` (a decoded request object) with the fields the gateway reads checked.
 
     The rules of :func:`_parse_chat_request`, shared with the WebSocket route.
+    ``encoded`` is the JSON text it was decoded from, as strict UTF-8 (searched for
+    surrogate escapes); ``None``: the caller has checked for them.
 
     Raises:
         _BadRequest: naming the field.
     """
+    where = None if encoded is None else unpaired_surrogate(encoded, payload)
+    if where is not None:
+        raise _BadRequest(
+            f"{where or 'a key of the request body'} has an unpaired surrogate escape "
+            f"(\\ud800 to \\udfff without its pair), which is not text; send the "
+            f"character itself or both halves of its pair",
+            where or None,
+        )
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         what = "missing" if model is None else f"{json_type(model)}"

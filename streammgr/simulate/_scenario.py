@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
-from .._validate import json_type
+from .._validate import json_type, unpaired_surrogate
 
 __all__ = [
     "CREATED",
@@ -425,12 +425,15 @@ def plan_request(body: bytes, defaults: Behaviour) -> Scenario:
         The request's :class:`Scenario`: the same for the same body and defaults.
 
     Raises:
-        InvalidRequest: the body is not JSON, a field is missing or has the wrong
-            type (the message and ``param`` name it), or a mid-stream fault was asked
-            of a request that does not stream.
+        InvalidRequest: the body is not JSON in UTF-8, a field is missing or has the wrong
+            type (the message and ``param`` name it), a string has an unpaired
+            surrogate escape, or a mid-stream fault was asked of a request that does
+            not stream.
     """
     try:
-        payload = json.loads(body)
+        # Strict UTF-8, as OpenAI's: json.loads(bytes) would also take UTF-16 and 32,
+        # and surrogates encoded as UTF-8, which the seed's hash cannot encode again.
+        payload = json.loads(body.decode("utf-8-sig"))
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(
             f"the request body is not valid JSON ({exc}); send a JSON object with model "
@@ -440,6 +443,14 @@ def plan_request(body: bytes, defaults: Behaviour) -> Scenario:
     if not isinstance(payload, dict):
         raise InvalidRequest(
             f"the request body must be a JSON object, got {json_type(payload)}", param=None
+        )
+    where = unpaired_surrogate(body, payload)
+    if where is not None:
+        raise InvalidRequest(
+            f"{where or 'a key of the request body'} has an unpaired surrogate escape "
+            f"(\\ud800 to \\udfff without its pair), which is not text; send the "
+            f"character itself or both halves of its pair",
+            param=where or None,
         )
     model = payload.get("model")
     if model is None:

@@ -15,6 +15,9 @@ from ._event import ServerSentEvent, _new_tuple
 
 _BOM = b"\xef\xbb\xbf"
 _EVENT_TYPE_CACHE_SIZE = 64
+# The longest event type remembered, in bytes: usual names are short, and remembering
+# long ones would let a stream keep 64 lines of max_event_size for its whole life.
+_EVENT_TYPE_CACHE_NAME = 64
 # Bytes of an unfinished line between size checks and compactions of its pieces.
 _COMPACT_STEP = 65_536
 
@@ -217,7 +220,7 @@ class _LineParser:
     def _decode_event_type(self, name: bytes) -> str:
         """Decode an event type, remembering a few: streams repeat the same ones."""
         event_type = name.decode("utf-8", "replace")
-        if len(self._event_types) < _EVENT_TYPE_CACHE_SIZE:
+        if len(self._event_types) < _EVENT_TYPE_CACHE_SIZE and len(name) <= _EVENT_TYPE_CACHE_NAME:
             self._event_types[name] = event_type
         return event_type
 

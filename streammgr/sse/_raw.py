@@ -111,7 +111,7 @@ class RawSSEParser(_LineParser):
         ValueError: ``max_event_size`` is not a positive int.
     """
 
-    __slots__ = ("_block_pieces", "_block_retry", "_event_size", "_kept", "_kept_size")
+    __slots__ = ("_block_pieces", "_block_retry", "_event_size", "_kept", "_kept_cr", "_kept_size")
 
     def __init__(self, max_event_size: int = 1_048_576) -> None:
         super().__init__(max_event_size)
@@ -124,6 +124,9 @@ class RawSSEParser(_LineParser):
         # most two: a later block that sets the same thing replaces the earlier one.
         self._kept: list[tuple[bytes, bool, bool]] = []
         self._kept_size = 0
+        # The last block was kept and ended with a CR: if an LF starts the next chunk,
+        # the block's blank line was a CRLF, and it counts as one (see _prepared).
+        self._kept_cr = False
         # The bytes of the event being built: kept blocks, then _block_pieces.
         self._event_size = 0
         # The reconnection time when the block being built began.
@@ -255,14 +258,21 @@ class RawSSEParser(_LineParser):
             self._skip_lf = False
             if data[0] == 0x0A:
                 data = data[1:]  # the LF of a CRLF split across chunks
-                if self._block_pieces:  # else it ended a block already returned or dropped
-                    self._block_pieces.append(b"\n")
+                if self._block_pieces or self._kept_cr:  # else it ended a block already
+                    # returned or dropped. A kept block keeps its bytes (the reference,
+                    # tests/sse_reference.py, cuts a split CRLF at the CR) but counts
+                    # the LF, as it does when the CRLF comes in one chunk.
+                    if self._block_pieces:
+                        self._block_pieces.append(b"\n")
+                    else:
+                        self._kept_size += 1
                     self._event_size += 1
                     limit = self._max_event_size
                     if self._event_size > limit:
                         size = self._event_size
                         self._fail(_too_large("the bytes of an unfinished event", size, limit))
                     self._checkpoint = min(limit - self._event_size, _COMPACT_STEP)
+            self._kept_cr = False
         cr = data.find(b"\r") >= 0
         if cr:
             self._skip_lf = data[-1] == 0x0D
@@ -369,6 +379,8 @@ class RawSSEParser(_LineParser):
             return  # what came before the offending event; the error comes next
         if pending:
             pieces.append(data[end:])
+        if self._kept_cr and (pending or start < end):
+            self._kept_cr = False  # a line came after the kept block: its CR is not last
         self._pending = pending
         self._checkpoint = min(self._budget(), pending + _COMPACT_STEP)
 
@@ -511,12 +523,14 @@ class RawSSEParser(_LineParser):
                 raws.append(raw)
             else:
                 pairs.append((found[0], raw))
+            self._kept_cr = False
             return
         sets_id = self._last_event_id != last_event_id
         sets_retry = self._retry != retry
         if sets_id or sets_retry:
             # The client must see this id or retry: the next event's bytes start with it.
             self._keep_block(b"".join([*block_pieces, raw]), sets_id, sets_retry)
+        self._kept_cr = (sets_id or sets_retry) and raw.endswith(b"\r")
         block_pieces.clear()
         self._event_size = self._kept_size
 
