@@ -441,6 +441,15 @@ async def test_bad_messages_are_answered_and_the_connection_stays_usable(
         (json.dumps({**good, "stream": False}), "invalid_field", "stream"),
         (json.dumps({**good, "n": 2}), "invalid_field", "n"),
         (b'{"type": "chat.request"}', "invalid_message", None),
+        # Nothing could encode these again for the upstream (found by the fuzzer on
+        # the HTTP route): refused up front, never a failed stream.
+        (json.dumps(good)[:-1] + ', "temperature": NaN}', "invalid_json", None),
+        (json.dumps(good)[:-1] + ', "temperature": 1e999}', "invalid_json", None),
+        (
+            json.dumps({**good, "messages": [{"role": "user", "content": "\ud800"}]}),
+            "invalid_field",
+            "messages[0].content",
+        ),
     ]
     async with (
         running_gateway(nursery, upstream=upstream) as gateway,

@@ -53,10 +53,10 @@ from ._gateway import (
     _NO_API_KEY,
     _BadRequest,
     _check_chat_request,
-    load_json,
     _completion_error,
     _Gateway,
     caller_key,
+    load_json,
     openai_error,
 )
 from ._hypercorn import current_connection
