@@ -121,10 +121,12 @@ class Proc:
     port: int
     log: Path
     env: dict[str, str] | None = None
+    start_timeout: float = 60.0
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    def start(self, timeout: float = 60.0) -> Proc:
+    def start(self) -> Proc:
         """Start it and wait until its port accepts connections."""
+        timeout = self.start_timeout
         with open(self.log, "wb") as log:
             self.popen = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env
@@ -243,7 +245,7 @@ class ClientSpec:
     connect_parallel: int = 64
     model: str = "sim-small"
     path: str = "/v1/chat/completions"
-    hold_until: float | None = None  # monotonic time: disconnect every stream then
+    hold: bool = False  # hold every stream until SIGUSR1, then leave mid-stream
     headers: tuple[tuple[str, str], ...] = ()
     include_usage: bool = False
 
@@ -308,6 +310,7 @@ class StreamResult:
     start: float = 0.0  # monotonic, just before connecting
     status: int = 0
     arrivals: list[float] = field(default_factory=list)  # one per data: event
+    reads: int = 0  # socket reads that completed at least one data: event
     done: bool = False  # saw data: [DONE]
     errors: int = 0  # data events holding "error"
     retry_after: str | None = None
@@ -355,6 +358,11 @@ async def _one_stream(
             for name, _, value in (line.partition(":") for line in lines[1:])
         }
         result.retry_after = headers.get("retry-after")
+        if result.status != 200:  # keep the start of the error body
+            while len(rest) < 2000 and (data := await stream.receive_some(65536)):
+                rest += data
+            result.failure = bytes(rest[:300]).decode("utf-8", "replace")
+            return
         chunked = headers.get("transfer-encoding", "").lower() == "chunked"
         decoder = ChunkedDecoder()
         pending = b""
@@ -365,6 +373,7 @@ async def _one_stream(
                 pending += decoder.feed(data) if chunked else data
                 if b"\n\n" in pending:
                     *events, pending = pending.replace(b"\r\n", b"\n").split(b"\n\n")
+                    result.reads += 1
                     for event in events:
                         if event.startswith(b"data:"):
                             arrivals.append(now)
@@ -374,8 +383,6 @@ async def _one_stream(
                                 result.errors += 1
                 if chunked and decoder.done:
                     return
-            if spec.hold_until is not None and monotonic() >= spec.hold_until:
-                return  # leave mid-stream: the connection closes
             data = await stream.receive_some(65536)
             if not data:
                 if chunked and not decoder.done:
@@ -390,17 +397,23 @@ async def run_client(spec: ClientSpec) -> list[StreamResult]:
 
     async def guarded(result: StreamResult) -> None:
         try:
-            if spec.hold_until is None:
-                await _one_stream(spec, result.seed, connect, result)
-            else:
-                with trio.move_on_at(spec.hold_until - time.monotonic() + trio.current_time()):
-                    await _one_stream(spec, result.seed, connect, result)
+            await _one_stream(spec, result.seed, connect, result)
         except OSError as exc:
             result.failure = f"{type(exc).__name__}: {exc}"
 
-    async with trio.open_nursery() as nursery:
-        for result in results:
-            nursery.start_soon(guarded, result)
+    async def leave_on_signal(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async for _ in signals:
+                scope.cancel()  # every stream leaves mid-stream: its socket closes
+                return
+
+    async with trio.open_nursery() as outer:
+        if spec.hold:
+            outer.start_soon(leave_on_signal, outer.cancel_scope)
+        async with trio.open_nursery() as nursery:
+            for result in results:
+                nursery.start_soon(guarded, result)
+        outer.cancel_scope.cancel()
     return results
 
 
@@ -423,6 +436,12 @@ class ClientRun:
 
     popens: list[subprocess.Popen[bytes]]
     outs: list[Path]
+
+    def signal(self, number: int) -> None:
+        """Send a signal to every client process (SIGUSR1: leave every held stream)."""
+        for popen in self.popens:
+            if popen.poll() is None:
+                popen.send_signal(number)
 
     def wait(self, timeout: float) -> list[StreamResult]:
         """Every stream's result, once every client process has exited."""

@@ -63,7 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
 
-TARGETS = ("direct", "relay", "gateway", "gateway-lib")
+TARGETS = ("direct", "relay", "gateway", "gateway-lib", "litellm")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ class Figures:
     server_cpu: float = 0.0
     upstream_cpu: float = 0.0
     concurrency: float = 0.0
+    reads: int = 0  # client reads that completed events
     delays: list[float] = field(default_factory=list)  # arrival - sent, seconds
     notes: list[str] = field(default_factory=list)
 
@@ -136,8 +137,15 @@ class Runner:
     """Runs the phases of one target against its already started processes."""
 
     def __init__(
-        self, workdir: Path, sim: procs.Proc, server: procs.Proc, target: str, timeout: float
+        self,
+        workdir: Path,
+        sim: procs.Proc,
+        server: procs.Proc,
+        target: str,
+        timeout: float,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self.headers = headers
         self.workdir = workdir
         self.sim = sim
         self.server = server
@@ -149,7 +157,11 @@ class Runner:
         """Run ``streams`` streams with this pacing; measure."""
         self.seed += 1_000_000
         spec = procs.ClientSpec(
-            port=self.server.port, streams=streams, first_seed=self.seed, simulate=simulate
+            port=self.server.port,
+            streams=streams,
+            first_seed=self.seed,
+            simulate=simulate,
+            headers=self.headers,
         )
         procs.http_get_json(self.sim.port, "/bench/stamps")  # forget the last run's
         cpu_server, cpu_sim = self.server.cpu(), self.sim.cpu()
@@ -166,6 +178,7 @@ class Runner:
         for result in results:
             arrivals = result.arrivals
             figures.events += len(arrivals)
+            figures.reads += result.reads
             if result.status != 200 or not result.done or len(arrivals) != expected:
                 figures.failures += 1
                 if len(figures.notes) < 3:
@@ -201,22 +214,33 @@ class Runner:
         return self.run(level.streams, simulate, "latency")
 
 
+ServerFactory = Callable[[Path, str, str], procs.Proc]
+"""Makes the process of a target (not started): ``(workdir, target, upstream_url)``."""
+
+
+def start_server(workdir: Path, target: str, upstream: str) -> procs.Proc:
+    """The relay floor or the gateway in front of ``upstream`` (not started)."""
+    if target == "relay":
+        return procs.relay_proc(workdir, upstream)
+    return procs.gateway_proc(workdir, upstream, library=target == "gateway-lib")
+
+
 def measure(
-    workdir: Path, target: str, levels: Sequence[Level], repeats: int, timeout: float
+    workdir: Path,
+    target: str,
+    levels: Sequence[Level],
+    repeats: int,
+    timeout: float,
+    factory: ServerFactory = start_server,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> list[Figures]:
     """Start ``target``'s processes, warm them up, run every level's phases."""
     sim = procs.sim_proc(workdir).start()
     try:
         upstream = f"http://127.0.0.1:{sim.port}/v1"
-        if target == "direct":
-            server = sim
-        elif target == "relay":
-            server = procs.relay_proc(workdir, upstream).start()
-        else:
-            server = procs.gateway_proc(workdir, upstream, library=target == "gateway-lib")
-            server.start()
+        server = sim if target == "direct" else factory(workdir, target, upstream).start()
         try:
-            runner = Runner(workdir, sim, server, target, timeout)
+            runner = Runner(workdir, sim, server, target, timeout, headers)
             runner.run(5, {"tokens": 20, "first_token_latency": 0, "token_latency": 0}, "warm")
             figures: list[Figures] = []
             for level in levels:
@@ -251,7 +275,7 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
     print("\nThroughput: the simulator unpaced (token_latency 0)\n")
     print(
         f"{'streams':>7} {'target':<12} {'events/s':>10} {'server CPU/event':>17} "
-        f"{'upstream CPU/event':>19} {'concurrency':>11} {'failed':>6}"
+        f"{'upstream CPU/event':>19} {'concurrency':>11} {'events/read':>11} {'failed':>6}"
     )
     for level in levels:
         for target in targets:
@@ -262,7 +286,7 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
                 f"{level.streams:>7} {target:<12} {_fmt(f.rate):>10} "
                 f"{_fmt(f.cpu_per_event(), 1) + ' us':>17} "
                 f"{(_fmt(f.cpu_per_event('upstream'), 1) + ' us') if f.upstream_cpu else '':>19} "
-                f"{f.concurrency:>11.0f} {f.failures:>6}"
+                f"{f.concurrency:>11.0f} {f.events / max(1, f.reads):>11.2f} {f.failures:>6}"
             )
     print("\nLatency: every stream paced (interval between tokens as shown)\n")
     print(
@@ -297,7 +321,7 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
         relay_t = chosen.get(("relay", level.streams, "throughput"))
         relay_l = chosen.get(("relay", level.streams, "latency"))
         direct_l = chosen.get(("direct", level.streams, "latency"))
-        for target in ("gateway", "gateway-lib"):
+        for target in ("gateway", "gateway-lib", "litellm"):
             gw_t = chosen.get((target, level.streams, "throughput"))
             gw_l = chosen.get((target, level.streams, "latency"))
             if gw_t is None or gw_l is None or relay_t is None or relay_l is None:
@@ -307,7 +331,7 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
                 p99 = _fmt(gw_l.delay(0.99) - direct_l.delay(0.99), 2) + " ms"
                 p99 += f" (relay {_fmt(relay_l.delay(0.99) - direct_l.delay(0.99), 2)} ms)"
             print(
-                f"  {level.streams:>5} streams, {target}: CPU/event "
+                f"  {level.streams:>5} streams, {target} / relay: CPU/event "
                 f"{gw_l.cpu_per_event() / relay_l.cpu_per_event():.2f}x paced, "
                 f"{gw_t.cpu_per_event() / relay_t.cpu_per_event():.2f}x unpaced; "
                 f"events/s unpaced {gw_t.rate / relay_t.rate:.2f}x; added p99 {p99}"
