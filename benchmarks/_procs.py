@@ -248,6 +248,10 @@ class ClientSpec:
     hold: bool = False  # hold every stream until SIGUSR1, then leave mid-stream
     headers: tuple[tuple[str, str], ...] = ()
     include_usage: bool = False
+    # Hold the connect slot until the response's headers (not just until the request
+    # is sent): bounds the connections the server has not accepted yet, which
+    # hypercorn's listen backlog (100) caps; past it the kernel drops them.
+    parallel_until_headers: bool = False
 
     def to_json(self) -> str:
         """For the client process's ``--spec`` file."""
@@ -317,6 +321,14 @@ class StreamResult:
     failure: str | None = None
 
 
+async def _read_head(stream: trio.SocketStream, head: bytearray) -> None:
+    while head.find(b"\r\n\r\n") < 0:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        head += data
+
+
 async def _one_stream(
     spec: ClientSpec, seed: int, connect: trio.Semaphore, result: StreamResult
 ) -> None:
@@ -342,14 +354,16 @@ async def _one_stream(
         result.start = monotonic()
         stream = await trio.open_tcp_stream("127.0.0.1", spec.port)
         await stream.send_all(request)
-    async with stream:
         head = bytearray()
-        while (end := head.find(b"\r\n\r\n")) < 0:
-            data = await stream.receive_some(65536)
-            if not data:
-                result.failure = "closed before the headers"
-                return
-            head += data
+        if spec.parallel_until_headers:
+            await _read_head(stream, head)
+    async with stream:
+        if not spec.parallel_until_headers:
+            await _read_head(stream, head)
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            result.failure = "closed before the headers"
+            return
         rest = head[end + 4 :]
         lines = bytes(head[:end]).decode("latin-1").split("\r\n")
         result.status = int(lines[0].split()[1])
@@ -398,7 +412,7 @@ async def run_client(spec: ClientSpec) -> list[StreamResult]:
     async def guarded(result: StreamResult) -> None:
         try:
             await _one_stream(spec, result.seed, connect, result)
-        except OSError as exc:
+        except (OSError, trio.BrokenResourceError) as exc:
             result.failure = f"{type(exc).__name__}: {exc}"
 
     async def leave_on_signal(scope: trio.CancelScope) -> None:

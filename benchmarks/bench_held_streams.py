@@ -10,8 +10,12 @@ upstream (no ``--upstream-url``), so it holds only the downstream sockets, with
 no limits (``--max-streams none`` ...). Several client processes (``--clients``,
 4 by default; each raises ``RLIMIT_NOFILE`` to its hard limit) open the streams,
 ``--connect-parallel`` connecting at a time each; every stream asks the simulator
-for a slow answer (the first token after 1 s, then one every ``--token-interval``
-seconds, 30 by default) and is held until the clients leave them all mid-stream.
+for a slow answer (the first chunk at once, then a token every ``--token-interval``
+seconds, 30 by default); a client waits for a stream's headers before it counts
+it as connected, so no more than ``--connect-parallel`` connections per client wait
+for the server's accept (past hypercorn's listen backlog of 100, the kernel drops
+them and the client's request is reset a minute later); every stream is held until
+the clients leave them all mid-stream.
 
 Measured, from the gateway's ``/proc/<pid>``:
 
@@ -129,9 +133,10 @@ def hold_streams(
         first_seed=1_000_000,
         simulate={
             "tokens": 20,  # the simulator renders the whole answer up front: keep it short
-            "first_token_latency": 1.0,
+            "first_token_latency": 0.0,  # the headers at once: see parallel_until_headers
             "token_latency": token_interval,
         },
+        parallel_until_headers=True,
         connect_parallel=connect_parallel,
         model=model,
         headers=headers,
@@ -145,7 +150,6 @@ def hold_streams(
     figures.open_seconds = time.monotonic() - start
     cpu1 = server.cpu()
     figures.open_cpu = cpu1 - cpu0
-    time.sleep(min(2.0, hold))  # the first tokens (1 s after each request) go out
     cpu1, t1 = server.cpu(), time.monotonic()
     time.sleep(hold)  # holding: what it costs to keep them
     figures.hold_cpu, figures.hold_seconds = server.cpu() - cpu1, time.monotonic() - t1
@@ -173,7 +177,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds to hold them")
     parser.add_argument("--token-interval", type=float, default=30.0, help="seconds")
-    parser.add_argument("--connect-parallel", type=int, default=32, help="per client")
+    parser.add_argument("--connect-parallel", type=int, default=16, help="per client")
     args = parser.parse_args()
     limit = procs.raise_nofile()
     print(
