@@ -14,7 +14,9 @@ error's text) and exits 0, so ``python3 dev.py bench`` goes on.
 
 LiteLLM runs as ``litellm --config litellm.yaml`` (uvicorn, one worker, its
 default), with one model, ``sim-small`` → ``openai/sim-small`` at the simulator's
-``api_base``, a master key (it refuses to start without one) and no database.
+``api_base``, a master key (it refuses to start without one), no database, and
+its aiohttp pool unbounded (``AIOHTTP_CONNECTOR_LIMIT_PER_HOST``: by default it
+holds 500 upstream connections per host and queues the rest), as gateway-lib's.
 The ``streammgr_simulate`` body field passes through it to the simulator.
 
 Three parts, each the same for LiteLLM and for the gateway:
@@ -112,7 +114,14 @@ def litellm_proc(workdir: Path, upstream: str, *, limit: str | None = None) -> p
         f"  master_key: {MASTER_KEY}\n" + settings
     )
     args = [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "LITELLM_LOG": "ERROR"}
+    # LiteLLM's aiohttp pool holds 500 connections per host by default (1,000 in all);
+    # past that, requests wait for one. Unbounded here, as gateway-lib's httpx pool.
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "AIOHTTP_CONNECTOR_LIMIT": "100000",
+        "AIOHTTP_CONNECTOR_LIMIT_PER_HOST": "100000",
+    }
     log = workdir / f"litellm-{port}.log"
     return procs.Proc("litellm", args, port, log, env=env, start_timeout=240.0)
 
