@@ -231,35 +231,42 @@ def start_server(workdir: Path, target: str, upstream: str) -> procs.Proc:
 
 def measure(
     workdir: Path,
-    target: str,
+    targets: Sequence[str],
     levels: Sequence[Level],
     repeats: int,
     timeout: float,
     factory: ServerFactory = start_server,
-    headers: tuple[tuple[str, str], ...] = (),
+    headers: Callable[[str], tuple[tuple[str, str], ...]] = lambda target: (),
     skip: Callable[[str, Level], bool] | None = None,
 ) -> list[Figures]:
-    """Start ``target``'s processes, warm them up, run every level's phases
-    (but those ``skip`` says to leave out)."""
+    """Start one simulator and every target's server, warm each up, then run every
+    level's phases with the targets taking turns (so that a slow spell of the
+    machine does not fall on one of them only), except those ``skip`` leaves out.
+    Idle servers cost nothing: only the one under test is busy."""
     sim = procs.sim_proc(workdir).start()
+    upstream = f"http://127.0.0.1:{sim.port}/v1"
+    servers: list[procs.Proc] = []
     try:
-        upstream = f"http://127.0.0.1:{sim.port}/v1"
-        server = sim if target == "direct" else factory(workdir, target, upstream).start()
-        try:
-            runner = Runner(workdir, sim, server, target, timeout, headers)
+        runners: list[Runner] = []
+        for target in targets:
+            server = sim
+            if target != "direct":
+                server = factory(workdir, target, upstream).start()
+                servers.append(server)
+            runner = Runner(workdir, sim, server, target, timeout, headers(target))
             runner.run(5, {"tokens": 20, "first_token_latency": 0, "token_latency": 0}, "warm")
-            figures: list[Figures] = []
-            for level in levels:
-                if skip is not None and skip(target, level):
-                    continue
-                for _ in range(repeats):
-                    figures.append(runner.throughput(level))
-                    figures.append(runner.latency(level))
-            return figures
-        finally:
-            if server is not sim:
-                server.stop()
+            runners.append(runner)
+        figures: list[Figures] = []
+        for level in levels:
+            active = [r for r in runners if skip is None or not skip(r.target, level)]
+            for _ in range(repeats):
+                figures += [runner.throughput(level) for runner in active]
+                figures += [runner.latency(level) for runner in active]
+            print(f"  {level.streams} streams: done", flush=True)
+        return figures
     finally:
+        for server in servers:
+            server.stop()
         sim.stop()
 
 
@@ -384,11 +391,8 @@ def main() -> None:
     )
     print(f"streams {counts}, targets {targets}, repeats {repeats}")
     started = time.monotonic()
-    figures: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        for target in targets:
-            figures += measure(Path(tmp), target, levels, repeats, args.timeout, skip=skip)
-            print(f"  {target}: done at {time.monotonic() - started:.0f}s", flush=True)
+        figures = measure(Path(tmp), targets, levels, repeats, args.timeout, skip=skip)
     report(figures, levels)
     print(
         f"\nload average after: {procs.load_average()}; "

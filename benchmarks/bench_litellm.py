@@ -136,13 +136,15 @@ def factory(workdir: Path, target: str, upstream: str) -> procs.Proc:
 def load(workdir: Path, counts: list[int], timeout: float) -> None:
     """Part 1: the load phases for the relay floor, the gateway and LiteLLM."""
     levels = [bench_gateway.LEVELS[n] for n in counts]
-    figures: list[bench_gateway.Figures] = []
-    for target in ("direct", "relay", "gateway-lib", "litellm"):
-        headers = AUTH if target == "litellm" else ()
-        figures += bench_gateway.measure(
-            workdir, target, levels, 1, timeout, factory=factory, headers=headers
-        )
-        print(f"  {target}: done", flush=True)
+    figures = bench_gateway.measure(
+        workdir,
+        ("direct", "relay", "gateway-lib", "litellm"),
+        levels,
+        1,
+        timeout,
+        factory=factory,
+        headers=lambda target: AUTH if target == "litellm" else (),
+    )
     bench_gateway.report(figures, levels)
 
 
