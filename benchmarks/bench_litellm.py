@@ -146,6 +146,24 @@ def load(workdir: Path, counts: list[int], timeout: float) -> None:
         headers=lambda target: AUTH if target == "litellm" else (),
     )
     bench_gateway.report(figures, levels)
+    print("\nLiteLLM / gateway-lib:")
+    for level in levels:
+        pair = {
+            (f.target, f.phase): f
+            for f in figures
+            if f.streams == level.streams and f.target in ("litellm", "gateway-lib")
+        }
+        try:
+            lt, gt = pair["litellm", "throughput"], pair["gateway-lib", "throughput"]
+            ll, gl = pair["litellm", "latency"], pair["gateway-lib", "latency"]
+        except KeyError:
+            continue
+        paced = ll.cpu_per_event() / gl.cpu_per_event()
+        print(
+            f"  {level.streams:>5} streams: CPU/event {paced:.2f}x"
+            f" paced, {lt.cpu_per_event() / gt.cpu_per_event():.2f}x unpaced; "
+            f"events/s unpaced {lt.rate / gt.rate:.2f}x"
+        )
 
 
 def held(workdir: Path, streams: int, hold: float) -> None:
