@@ -19,11 +19,15 @@ it sends with ``time.monotonic()``), the proxy under test, and one client proces
 - ``gateway``: ``python -m streammgr serve --upstream-url http://127.0.0.1:PORT/v1``
   with no limits (``--max-streams none`` ...), logging JSON lines at INFO as it runs
   in production (two lines a stream);
-- ``gateway-lib`` (instead of ``gateway`` at more than 100 streams; both with
-  ``--targets``): the same service
-  built in-process with an httpx pool without a connection limit: the CLI's httpx
-  client keeps httpx's default of 100 connections, so past 100 streams the CLI
-  gateway queues upstream requests (see docs/performance.md).
+- ``gateway-lib`` (instead of ``gateway`` at more than 100 streams; ``--targets``
+  runs any of them at every level): the same service built in-process with an
+  httpx pool without a connection limit: the CLI's httpx client keeps httpx's
+  default of 100 connections, so past 100 streams the CLI gateway queues upstream
+  requests (see docs/performance.md).
+
+Every server is started at once (one simulator behind all of them), and at each
+level the targets take turns, so that a slow spell of the machine does not fall
+on one of them only; an idle server costs nothing.
 
 Two phases at each number of concurrent streams:
 
