@@ -3,7 +3,8 @@
 Run it with::
 
     .venv/bin/python benchmarks/bench_held_streams.py                  # 10,000 streams
-    .venv/bin/python benchmarks/bench_held_streams.py --streams 2000 --hold 30
+    .venv/bin/python benchmarks/bench_held_streams.py --quick          # 2,000 streams
+    .venv/bin/python benchmarks/bench_held_streams.py --streams 5000 --hold 30
 
 The gateway is ``python -m streammgr serve`` in front of its in-process simulated
 upstream (no ``--upstream-url``), so it holds only the downstream sockets, with
@@ -173,12 +174,17 @@ def hold_streams(
 def main() -> None:
     """Parse the flags, hold the streams, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--streams", type=int, default=None, help="10,000 (--quick: 2,000)")
+    parser.add_argument("--quick", action="store_true", help="2,000 streams, held 5 s")
     parser.add_argument("--clients", type=int, default=4, help="client processes")
-    parser.add_argument("--hold", type=float, default=10.0, help="seconds to hold them")
+    parser.add_argument("--hold", type=float, default=None, help="seconds to hold them (10)")
     parser.add_argument("--token-interval", type=float, default=30.0, help="seconds")
     parser.add_argument("--connect-parallel", type=int, default=16, help="per client")
     args = parser.parse_args()
+    if args.streams is None:
+        args.streams = 2000 if args.quick else 10_000
+    if args.hold is None:
+        args.hold = 5.0 if args.quick else 10.0
     limit = procs.raise_nofile()
     print(
         f"bench_held_streams: {platform.python_implementation()} {platform.python_version()}, "

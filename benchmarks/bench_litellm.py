@@ -258,13 +258,18 @@ def limits(workdir: Path) -> None:
 def main() -> None:
     """Parse the flags, install LiteLLM if needed, run the three parts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", default="1,100", help="comma-separated, of 1,100,1000")
-    parser.add_argument("--held", type=int, default=1000, help="streams held in part 2")
+    parser.add_argument("--streams", default=None, help="comma-separated, of 1,100,1000 (1,100)")
+    parser.add_argument("--held", type=int, default=None, help="streams held in part 2 (1,000)")
+    parser.add_argument("--quick", action="store_true", help="load at 1 stream, 200 held")
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to hold them")
     parser.add_argument("--parts", default="load,held,limits")
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
+    if args.streams is None:
+        args.streams = "1" if args.quick else "1,100"
+    if args.held is None:
+        args.held = 200 if args.quick else 1000
     try:
         version = ensure_litellm(not args.no_install)
     except Unavailable as exc:
