@@ -213,3 +213,44 @@ async def test_simulate_serves_the_simulator_then_stops_on_sigint(nursery: trio.
             models = await client.get(f"{url}/v1/models")
         assert [model["id"] for model in models.json()["data"]] == ["sim-small", "sim-large"]
         assert await running.stop() == 0
+
+
+async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
+    nursery: trio.Nursery,
+) -> None:
+    # httpx's default pool holds 100 connections: the 101st stream of `streammgr
+    # serve --max-streams 200` waited for the pool inside its slot, then failed.
+    from streammgr.cli._run import upstream_client
+    from streammgr.simulate import SimulatedUpstream
+
+    from .server_helpers import Server
+
+    upstream = SimulatedUpstream(first_token_latency=0, token_latency=0)
+    server = await Server().start(nursery, upstream)
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "streammgr_simulate": {"fault": "stall_mid_stream", "fault_after": 1, "stall": 60},
+    }
+    held = trio.Event()
+    answered = 0
+
+    async def hold(client: httpx.AsyncClient) -> None:
+        nonlocal answered
+        async with client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as answer:
+            answered += answer.status_code == 200  # the headers are in: the response is open
+            await held.wait()
+
+    streams = 120
+    async with upstream_client(200, None) as client, trio.open_nursery() as holders:
+        for _ in range(streams):
+            holders.start_soon(hold, client)
+        with trio.move_on_after(PATIENCE):
+            while upstream.stats().open < streams or answered < streams:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert upstream.stats().open == streams, upstream.stats()
+        assert answered == streams
+        held.set()
+    server.stop.set()
+    assert upstream.stats().max_open == streams

@@ -94,6 +94,26 @@ async def _until_stopped(run: _Serve, what: str) -> int:
     return 0
 
 
+def upstream_client(
+    max_streams: int | None, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """The gateway's client of its upstream.
+
+    One upstream connection per stream: httpx's default pool (100 connections, 20
+    kept alive) made streams beyond the 100th wait for a connection inside their
+    slots, and fail after the pool timeout. The manager's limit is the cap (and a
+    few more for ``GET /v1/models``, which is not a stream). No overall read
+    timeout: a stream may last long; the manager's and the source's timeouts
+    bound it.
+    """
+    timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
+    limits = httpx.Limits(
+        max_connections=None if max_streams is None else max_streams + 16,
+        max_keepalive_connections=max_streams or 100,
+    )
+    return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
+
+
 async def run_serve(settings: ServeSettings) -> int:
     """``streammgr serve``: the gateway until a signal; returns the exit code."""
     configure_logging(settings.log_format)
@@ -141,10 +161,7 @@ async def run_serve(settings: ServeSettings) -> int:
         max_streams=settings.max_streams,
         max_streams_per_key=settings.max_streams_per_key,
     )
-    # No overall read timeout: a stream may last long; the manager's and the
-    # source's timeouts bound it.
-    timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
-    async with httpx.AsyncClient(transport=transport, timeout=timeout) as upstream:
+    async with upstream_client(settings.max_streams, transport) as upstream:
         # The inspection API, at /admin (check_exposure refused an exposed one
         # without a token before anything started).
         admin = admin_app(manager, token=settings.admin_token, prefix="")

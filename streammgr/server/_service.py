@@ -197,6 +197,7 @@ async def serve_service(
     shutdown_trigger: Callable[[], Awaitable[object]],
     grace: float = 5.0,
     close_timeout: float = 5.0,
+    backlog: int = 1024,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -216,11 +217,17 @@ async def serve_service(
         shutdown_trigger: an async callable that returns when it is time to stop.
         grace: seconds active streams get to finish after the trigger.
         close_timeout: seconds after ``grace`` before connections are cut.
+        backlog: connections the kernel queues before they are accepted (hypercorn's
+            default, 100, drops a burst of new clients: each then waits for a TCP
+            retransmission); capped by the system's ``net.core.somaxconn``.
         task_status: ``nursery.start`` returns the URLs listened on.
     """
     config = Config()
     config.accesslog = None
     config.graceful_timeout = grace + close_timeout
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 1:
+        raise ValueError(f"backlog must be a positive int, got {backlog!r}")
+    config.backlog = backlog
     async with trio.open_nursery() as nursery:
         await serve(
             app,
