@@ -446,3 +446,15 @@ def error_of(response: RawResponse) -> dict[str, Any]:
     error = json.loads(body)["error"]
     return error
 
+
+
+async def receive_until(
+    response: RawResponse, wanted: Callable[[RawResponse], bool], patience: float
+) -> None:
+    """As ``response.until(wanted)``, bounded by ``patience`` seconds instead."""
+    with trio.fail_after(patience):
+        while not wanted(response):
+            data = await response.stream.receive_some(1 << 16)
+            if not data:
+                raise AssertionError(f"the connection closed first: {response.received[-300:]!r}")
+            response.received += data
