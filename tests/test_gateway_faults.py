@@ -205,7 +205,7 @@ async def test_many_connections_opened_and_abandoned_at_once() -> None:
     count = 60
     options = {"max_streams": 10, "acquire_timeout": 30.0}
     async with open_rig(manager_options=options, **EARLY) as rig:
-        whole = json.dumps(chat(**ENDLESS)).encode()
+        whole = json.dumps(chat(first_token_latency=30.0)).encode()  # in flight, cheaply
         responses: list[RawResponse] = []
         bare: list[trio.SocketStream] = []
         for index in range(count):
