@@ -23,6 +23,7 @@ Real time: every wait is on an event or a condition, bounded by ``PATIENCE``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -215,14 +216,13 @@ class Rig:
                 and not self.leftovers()
             )
 
-        try:
+        with contextlib.suppress(trio.TooSlowError):  # the asserts below say what is left
             await self.until(quiet)
-        except trio.TooSlowError:
-            pass  # the asserts below say what is left
         stats = manager.stats()
         assert manager.streams() == [], manager.streams()
         assert (stats.active, stats.waiting) == (0, 0), stats
-        assert stats.active_by_key == {} and stats.waiting_by_key == {}, stats
+        assert stats.active_by_key == {}, stats
+        assert stats.waiting_by_key == {}, stats
         assert self.upstream.stats().open == 0, self.upstream.stats()
         left = self.leftovers()
         assert left == [], left
@@ -440,12 +440,13 @@ def error_of(response: RawResponse) -> dict[str, Any]:
         payload, _ = unchunked(response.body)
         error: dict[str, Any] = json.loads(data_events(payload)[-1])["error"]
         return error
-    body = unchunked(response.body)[0] if "chunked" in response.headers.get(
-        "transfer-encoding", ""
-    ) else response.body
-    error = json.loads(body)["error"]
-    return error
-
+    body = (
+        unchunked(response.body)[0]
+        if "chunked" in response.headers.get("transfer-encoding", "")
+        else response.body
+    )
+    found: dict[str, Any] = json.loads(body)["error"]
+    return found
 
 
 async def receive_until(

@@ -51,9 +51,9 @@ from .server_helpers import PATIENCE, RawResponse, quiet_hypercorn, read_until_c
 
 KEEP_ALIVE = b": keep-alive\n\n"
 # Headers and keep-alives out at once, so that every phase has a client that reads.
-EARLY = {"answer_within": 0.05, "keep_alive": 0.05}
-ENDLESS = {"tokens": 100000, "token_latency": 0.02}
-FLOOD = {"tokens": 100000, "token_latency": 0, "first_token_latency": 0}
+EARLY: dict[str, Any] = {"answer_within": 0.05, "keep_alive": 0.05}
+ENDLESS: dict[str, Any] = {"tokens": 100000, "token_latency": 0.02}
+FLOOD: dict[str, Any] = {"tokens": 100000, "token_latency": 0, "first_token_latency": 0}
 
 
 def has_content(response: RawResponse) -> bool:
@@ -376,7 +376,9 @@ BAD_REQUESTS: dict[str, tuple[Callable[[Rig], Awaitable[RawResponse]], int, str 
     "unknown_route": (_request("POST", "/v1/embeddings", b"{}"), 404, None),
     "wrong_method": (_request("GET", CHAT, b""), 405, None),
     "bad_content_length": (
-        lambda rig: _raw_bytes(rig, b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: x\r\n\r\n"),
+        lambda rig: _raw_bytes(
+            rig, b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: x\r\n\r\n"
+        ),
         400,
         None,
     ),
@@ -550,7 +552,8 @@ async def test_shutdown_with_streams_in_every_phase_is_prompt_and_told_in_band()
         await rig.until(lambda: rig.manager.stats().waiting == 1)
         await waiting.until(has_keep_alive)
         phases = Counter(info.phase for info in rig.manager.streams())
-        assert phases[Phase.WAITING] == 1 and phases[Phase.CONNECTING] == 1
+        assert phases[Phase.WAITING] == 1
+        assert phases[Phase.CONNECTING] == 1
         started = trio.current_time()
         rig.stop.set()
         for response in (streaming, connecting, waiting):
@@ -634,9 +637,7 @@ async def test_a_request_cancelled_right_after_it_connected_leaves_no_pooled_con
             network_backend=_CancelAfterConnect(lambda: manager.cancel(stream_ids[0]))
         )
         transport._pool = pool
-        source = SSESource(
-            http, f"{url}/v1/chat/completions", method="POST", json=chat(tokens=3)
-        )
+        source = SSESource(http, f"{url}/v1/chat/completions", method="POST", json=chat(tokens=3))
         async with manager.open(source) as stream:
             stream_ids.append(stream.id)
             with pytest.raises(streammgr.StreamCancelled):
@@ -664,7 +665,9 @@ async def test_a_connection_closed_before_its_request_frees_its_socket_at_once(
         partial(serve, upstream, port=0, shutdown_trigger=stop.wait, config=config)
     )
     before = open_fds()
-    clients = [await trio.open_tcp_stream("127.0.0.1", int(url.rpartition(":")[2])) for _ in range(5)]
+    clients = [
+        await trio.open_tcp_stream("127.0.0.1", int(url.rpartition(":")[2])) for _ in range(5)
+    ]
     for client in clients:
         await client.send_all(sent)
     with trio.move_on_after(PATIENCE):  # the five accepted
