@@ -25,8 +25,9 @@ with a seeded share that leaves mid-stream and a share cancelled by the operator
 
 The children are stopped (SIGINT, then SIGKILL) on every exit path of this
 process, Ctrl-C included. (Not ``PR_SET_PDEATHSIG``: Trio starts processes from a
-worker thread, and the kernel would kill the child when that thread retires.) Figures are from one machine and one run:
-compare them between runs of the same machine, not across machines.
+worker thread, and the kernel would kill the child when that thread retires.)
+Figures are from one machine and one run: compare them between runs of the same
+machine, not across machines.
 """
 
 from __future__ import annotations
@@ -433,7 +434,7 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         # The pool's idle connections may stay; anything else is a leak. The gateway
         # closes its ends of the client connections closed just now as it sees them.
         with trio.move_on_after(5.0):
-            while fd_count(gateway.pid) > fds_before + established_to(upstream_port):
+            while fd_count(gateway.pid) > fds_before + established_to(upstream_port):  # noqa: ASYNC110 - another process: nothing to wait on
                 await trio.sleep(0.05)
         pooled = established_to(upstream_port)
         fds_after, rss_after = fd_count(gateway.pid), rss_bytes(gateway.pid)
