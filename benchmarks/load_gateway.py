@@ -133,8 +133,8 @@ async def child(name: str, nursery: trio.Nursery, *argv: str) -> AsyncIterator[C
             print(f"{name} logged: {line[:600]}")
         if code is not None:  # it had exited by itself
             print(f"{name} exited early with code {code}; its last log lines:")
-            for line in running.tail:
-                print(f"  {line[:300]!r}")
+            for raw in running.tail:
+                print(f"  {raw[:300]!r}")
 
 
 # -- what the kernel says about a process ------------------------------------------------------
@@ -305,7 +305,7 @@ async def run_load(
     # keepalive_expiry below the server's keep_alive_timeout (5 s): a connection the
     # server closes while this client reuses it is a failed request, not a retry.
     limits = httpx.Limits(
-        max_connections=None, max_keepalive_connections=options.concurrency, keepalive_expiry=2.0
+        max_connections=None, max_keepalive_connections=options.concurrency, keepalive_expiry=1.0
     )
     timeout = httpx.Timeout(PATIENCE, read=None)
     async with (
