@@ -360,6 +360,14 @@ async def quiet(client: httpx.AsyncClient, gateway: str) -> dict[str, object]:
     raise AssertionError(f"the gateway still holds streams {PATIENCE:g}s after the load")
 
 
+async def settle(pid: int, fds_before: int, upstream_port: int) -> None:
+    """Wait (bounded) until the gateway has closed its ends of the connections closed
+    just now: at most its descriptors from before, plus its idle pooled upstream ones."""
+    with trio.move_on_after(5.0):
+        while fd_count(pid) > fds_before + established_to(upstream_port):  # noqa: ASYNC110 - another process: nothing to wait on
+            await trio.sleep(0.05)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return math.nan
@@ -406,36 +414,29 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         began = time.perf_counter()
         soak_samples: list[tuple[float, int, int]] = []
         if options.soak:
+            # In rounds: load, then drained to quiet, then a sample, so that each sample
+            # counts what is left when nothing is in flight (what a leak would grow).
             deadline = time.monotonic() + options.soak * 60
+            round_seconds = min(30.0, options.soak * 6)
+            while time.monotonic() < deadline:
+                round_end = min(deadline, time.monotonic() + round_seconds)
 
-            async def record() -> None:
-                while True:
-                    await trio.sleep(min(30.0, options.soak * 6))
-                    soak_samples.append(
-                        (time.perf_counter() - began, rss_bytes(gateway.pid), fd_count(gateway.pid))
-                    )
+                def in_round(started: int, round_end: float = round_end) -> bool:
+                    return time.monotonic() < round_end
 
-            async with trio.open_nursery() as soaking:
-                soaking.start_soon(record)
-                await run_load(
-                    gateway.url,
-                    upstream_port,
-                    options,
-                    results,
-                    lambda _: time.monotonic() < deadline,
+                await run_load(gateway.url, upstream_port, options, results, in_round)
+                await quiet(admin, gateway.url)
+                await settle(gateway.pid, fds_before, upstream_port)
+                soak_samples.append(
+                    (time.perf_counter() - began, rss_bytes(gateway.pid), fd_count(gateway.pid))
                 )
-                soaking.cancel_scope.cancel()
         else:
             await run_load(
                 gateway.url, upstream_port, options, results, lambda n: n < options.streams
             )
         elapsed = time.perf_counter() - began
         stats = await quiet(admin, gateway.url)
-        # The pool's idle connections may stay; anything else is a leak. The gateway
-        # closes its ends of the client connections closed just now as it sees them.
-        with trio.move_on_after(5.0):
-            while fd_count(gateway.pid) > fds_before + established_to(upstream_port):  # noqa: ASYNC110 - another process: nothing to wait on
-                await trio.sleep(0.05)
+        await settle(gateway.pid, fds_before, upstream_port)
         pooled = established_to(upstream_port)
         fds_after, rss_after = fd_count(gateway.pid), rss_bytes(gateway.pid)
         if fds_after > fds_before + pooled:
@@ -475,15 +476,18 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         == options.max_streams,
         "fds back to before (+ idle pool)": fds_after <= fds_before + pooled,
     }
-    if soak_samples:
-        hours = [seconds / 3600 for seconds, _, _ in soak_samples]
-        if len(soak_samples) >= 2:
-            rss_slope = _slope(hours, [rss for _, rss, _ in soak_samples])
-            fd_slope = _slope(hours, [fds for _, _, fds in soak_samples])
-            print(
-                f"soak {options.soak:g} min, {len(soak_samples)} samples: RSS "
-                f"{rss_slope / 2**20:+.1f} MiB/hour, fds {fd_slope:+.1f}/hour"
-            )
+    # The first fifth of a soak is the warm-up (the registry's history filling, the
+    # allocator's arenas): the growth is fitted on the rest.
+    steady = soak_samples[len(soak_samples) // 5 :]
+    if len(steady) >= 2:
+        hours = [seconds / 3600 for seconds, _, _ in steady]
+        rss_slope = _slope(hours, [rss for _, rss, _ in steady])
+        fd_slope = _slope(hours, [fds for _, _, fds in steady])
+        print(
+            f"soak {options.soak:g} min, {len(steady)} quiet samples after the warm-up: "
+            f"RSS {rss_slope / 2**20:+.1f} MiB/hour, fds {fd_slope:+.1f}/hour "
+            f"(fds at each quiet point: {[fds for _, _, fds in soak_samples]})"
+        )
     for problem in results.problems[:10]:
         print(f"problem: {problem}")
     for check, passed in checks.items():
