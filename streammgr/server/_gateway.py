@@ -264,13 +264,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise _BadRequest(
-                f"the request body is larger than {limit} bytes; send less", status=413
-            )
-        parts.append(part)
+    # aclosing: a body refused half-read leaves no unfinished generator to the collector.
+    async with aclosing(request.stream()) as chunks:
+        async for part in chunks:
+            size += len(part)
+            if size > limit:
+                raise _BadRequest(
+                    f"the request body is larger than {limit} bytes; send less", status=413
+                )
+            parts.append(part)
     return b"".join(parts)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, cast
 
 import trio
@@ -110,6 +111,7 @@ class _BoundedWriteStream(trio.abc.HalfCloseableStream):
         self._send_timeout = math.inf if send_timeout is None else send_timeout
         self.socket = stream.socket
         self.closed = False
+        self.on_eof: Callable[[], Awaitable[None]] | None = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with trio.move_on_after(self._send_timeout) as patience:
@@ -128,7 +130,10 @@ class _BoundedWriteStream(trio.abc.HalfCloseableStream):
         await self._stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        if not data and self.on_eof is not None:
+            await self.on_eof()
+        return data
 
     async def aclose(self) -> None:
         self.closed = True
@@ -190,6 +195,7 @@ async def serve(
             ConnectionState(lifespan_state.copy()),
             cast(Any, bounded),
         )
+        bounded.on_eof = partial(_end_if_idle, server)
         open_streams.add(bounded)
         try:
             await server.run()
@@ -241,6 +247,23 @@ async def serve(
         reaper.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+async def _end_if_idle(server: TCPServer) -> None:
+    """The client closed its end: end the connection now if no request is in flight.
+
+    hypercorn 0.18 handles the end of an idle connection (between keep-alive
+    requests, or before a whole request came) by doing nothing: its read loop ends,
+    but the connection's task group waits for the idle task, which closes the
+    socket only at ``keep_alive_timeout`` (5 s). Until then the descriptor stays
+    open, so clients that connect and go could hold thousands. Stopping the idle
+    task lets hypercorn close the connection at once. A request in flight (a
+    client that half-closed after sending it) is left alone: its answer may
+    still be read.
+    """
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    if protocol is not None and getattr(protocol, "stream", True) is None:  # HTTP/1, idle
+        await server.idle_task.stop()
 
 
 async def _serve_listeners(
