@@ -43,6 +43,7 @@ import trio.testing
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions, admin_app, build_service_app, serve, serve_service
 from streammgr.simulate import SimulatedUpstream, plan_request
+from streammgr.testing import find_leaks, format_leaks
 
 from .server_helpers import PATIENCE, CloseWatcher, RawResponse, quiet_hypercorn
 
@@ -226,6 +227,10 @@ class Rig:
         assert self.upstream.stats().open == 0, self.upstream.stats()
         left = self.leftovers()
         assert left == [], left
+        # And what the users' kit checks (the admin app's own feeds run for its
+        # lifetime: watchers are expected here).
+        leaks = [leak for leak in find_leaks(manager) if leak.kind != "watcher"]
+        assert leaks == [], format_leaks(leaks)
 
     def reasons(self) -> Counter[CloseReason]:
         """How many streams closed for each reason."""
