@@ -1,0 +1,289 @@
+"""A hostile trial of the WebSocket chat route and of registry notes (issues #8/#9).
+
+Each test attacks one thing as a hostile client, a hostile upstream or a careless
+operator would, and checks the invariants afterwards: the registry empty, no
+stream active or waiting, the simulator holding no connection, no secret in any
+message, record or log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from trio_websocket import WebSocketConnection
+
+from streammgr import CloseReason, StreamManager, current_producer
+from streammgr.server._gateway import _has_outcome, _note_outcome_of
+from streammgr.server._metrics import AdminMetrics
+
+from .server_helpers import PATIENCE
+from .test_server_chat_ws import (
+    UPSTREAM_KEY,
+    Running,
+    connect,
+    fast_upstream,
+    receive,
+    request,
+    running_gateway,
+    until_done,
+    wait_until,
+)
+
+CALLER_TOKEN = "sk-caller-secret-9876543210"
+
+
+def assert_quiet(gateway: Running) -> None:
+    """Nothing left behind: no stream in the registry, no slot, no upstream connection."""
+    assert gateway.manager.streams() == []
+    stats = gateway.manager.stats()
+    assert stats.active == 0
+    assert stats.waiting == 0
+
+
+async def assert_upstream_released(gateway: Running) -> None:
+    await wait_until(lambda: gateway.upstream.stats().open == 0)
+
+
+def sse(*chunks: dict[str, Any] | str) -> bytes:
+    lines = []
+    for chunk in chunks:
+        data = chunk if isinstance(chunk, str) else json.dumps(chunk)
+        lines.append(f"data: {data}\n\n")
+    lines.append("data: [DONE]\n\n")
+    return "".join(lines).encode()
+
+
+def answering(body: bytes, status: int = 200) -> httpx.MockTransport:
+    def answer(_: httpx.Request) -> httpx.Response:
+        kind = "text/event-stream" if status == 200 else "application/json"
+        return httpx.Response(status, headers={"content-type": kind}, content=body)
+
+    return httpx.MockTransport(answer)
+
+
+# -- the WebSocket route -------------------------------------------------------------------
+
+
+async def test_binary_frames_huge_ids_and_a_flood_during_a_stream(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.01)
+    async with (
+        running_gateway(nursery, upstream=upstream) as gateway,
+        connect(gateway.server.port) as ws,
+    ):
+        await ws.send_message(b"\x00\x01binary")
+        answer = await receive(ws)
+        assert answer["type"] == "error"
+        assert answer["error"]["code"] == "invalid_message"
+        huge = "x" * 10_000
+        await ws.send_message(json.dumps({"type": "chat.request", "id": huge}))
+        answer = await receive(ws)
+        assert answer["error"]["param"] == "id"
+        assert huge not in json.dumps(answer)  # never echoed back
+        assert "id" not in answer
+        await ws.send_message(request("long", tokens=200))
+        # A flood while the stream runs: each is answered, none starts a stream.
+        for number in range(50):
+            await ws.send_message(request(f"flood-{number}"))
+        refused = 0
+        while True:
+            message = await receive(ws)
+            if message["type"] == "error":
+                assert message["error"]["code"] == "request_in_flight"
+                refused += 1
+            elif message.get("done"):
+                assert message["id"] == "long"
+                assert message["finish_reason"] == "stop"
+                break
+        while refused < 50:  # the rest of the refusals may follow the final message
+            message = await receive(ws)
+            assert message["error"]["code"] == "request_in_flight"
+            refused += 1
+        assert len(gateway.manager.history()) == 1
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_cancel_racing_the_end_of_a_stream_and_a_new_request(
+    nursery: trio.Nursery,
+) -> None:
+    # chat.cancel, then chat.request, sent together right as a short answer ends: the
+    # cancel hits the old stream or nothing, never the new request.
+    async with (
+        running_gateway(nursery) as gateway,
+        connect(gateway.server.port) as ws,
+    ):
+        for number in range(5):
+            await ws.send_message(request(f"a{number}", tokens=1))
+            await ws.send_message(json.dumps({"type": "chat.cancel", "id": f"a{number}"}))
+            await ws.send_message(request(f"b{number}", tokens=2))
+            finals: dict[str, dict[str, Any]] = {}
+            while "b" + str(number) not in finals:
+                message = await receive(ws)
+                if message.get("done"):
+                    finals[message["id"]] = message
+                elif message["type"] == "error":
+                    # The second request came while the first was in flight.
+                    assert message["error"]["code"] == "request_in_flight"
+                    await ws.send_message(request(f"b{number}", tokens=2))
+            assert finals[f"b{number}"]["finish_reason"] == "stop"
+        reasons = {info.close_reason for info in gateway.manager.history()}
+        assert reasons <= {CloseReason.COMPLETED, CloseReason.CANCELLED}
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_a_client_that_closes_mid_send_leaves_nothing(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.001)
+    async with running_gateway(nursery, upstream=upstream) as gateway:
+        for _ in range(3):
+            async with connect(gateway.server.port) as ws:
+                await ws.send_message(request("gone", tokens=5000))
+                await receive(ws)
+            with trio.fail_after(PATIENCE):
+                while gateway.manager.streams():
+                    await trio.sleep(0.005)
+        assert {info.close_reason for info in gateway.manager.history()} == {
+            CloseReason.CLIENT_DISCONNECTED
+        }
+        assert_quiet(gateway)
+        await assert_upstream_released(gateway)
+
+
+async def test_many_idle_connections_are_closed_at_shutdown(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery) as gateway:
+        sockets: list[WebSocketConnection] = []
+        async with trio.open_nursery() as clients:
+
+            async def idle(ready: trio.Event) -> None:
+                async with connect(gateway.server.port) as ws:
+                    sockets.append(ws)
+                    ready.set()
+                    with trio.fail_after(PATIENCE):
+                        while not ws.closed:
+                            try:
+                                await ws.get_message()
+                            except Exception:
+                                break
+
+            for _ in range(20):
+                ready = trio.Event()
+                clients.start_soon(idle, ready)
+                await ready.wait()
+            await gateway.manager.aclose()
+        assert all(ws.closed is not None and ws.closed.code == 1001 for ws in sockets)
+        assert_quiet(gateway)
+
+
+@pytest.mark.parametrize("status", [401, 429, 500])
+async def test_upstream_refusals_carry_no_secret(
+    nursery: trio.Nursery, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streammgr")
+    echoed = json.dumps(
+        {"error": {"message": f"bad key {UPSTREAM_KEY} / {CALLER_TOKEN}", "type": "x"}}
+    )
+    async with (
+        running_gateway(nursery, transport=answering(echoed.encode(), status)) as gateway,
+        connect(gateway.server.port, [("authorization", f"Bearer {CALLER_TOKEN}")]) as ws,
+    ):
+        await ws.send_message(request("r"))
+        _, final = await until_done(ws)
+        assert final["error"]["code"]
+        text = json.dumps(final)
+        (info,) = gateway.manager.history()
+    records = json.dumps(info.to_dict()) + caplog.text
+    for secret in (UPSTREAM_KEY, CALLER_TOKEN):
+        assert secret not in text
+        assert secret not in records
+    assert_quiet(gateway)
+
+
+# -- notes ----------------------------------------------------------------------------------
+
+HOSTILE_CHUNKS = [
+    '{"choices":[{"index":0,"delta":{},"finish_reason":5}]}',
+    '{"choices":[{"index":0,"delta":{},"finish_reason":{"a":1}}]}',
+    '{"choices":[{"index":0,"delta":{},"finish_reason":"' + "s" * 100_000 + '"}]}',
+    '{"choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":true,"total_tokens":1.5}}',
+    '{"choices":[],"usage":{"prompt_tokens":' + "9" * 400 + ',"completion_tokens":1}}',
+    '{"choices":[],"usage":{"prompt_tokens":' + "9" * 5000 + "}}",  # over int's digit limit
+    '{"choices":[],"usage":[1,2,3]}',
+    '{"choices":[],"usage":"lots"}',
+    '{"choices":' + json.dumps([{"finish_reason": str(n)} for n in range(10_000)]) + "}",
+    '{"content":"\\"usage\\": {","choices":[]}',
+    '{"content":"\\"finish_reason\\": \\"stop\\"","choices":[]}',
+    '{"usage": {',
+    "[1,2]",
+    '"usage"',
+]
+
+
+async def test_hostile_chunks_never_fail_the_raw_path_and_keep_notes_bounded() -> None:
+    async with StreamManager() as manager:
+
+        async def producer() -> AsyncIterator[str]:
+            for chunk in HOSTILE_CHUNKS * 3:  # usage in every chunk, too
+                if _has_outcome(chunk):
+                    _note_outcome_of(chunk)
+                yield chunk
+
+        async with manager.open(producer) as stream:
+            assert len([chunk async for chunk in stream]) == len(HOSTILE_CHUNKS) * 3
+        (info,) = manager.history()
+    assert info.close_reason is CloseReason.COMPLETED
+    assert set(info.notes) <= {"finish_reason", "prompt_tokens", "completion_tokens", "total_tokens"}
+    assert all(len(value) <= 64 for value in info.notes.values() if isinstance(value, str))
+
+
+async def test_huge_token_counts_do_not_break_the_metrics_feed() -> None:
+    # An upstream's usage with a 400-digit count is a valid int: noted, and the
+    # metrics feed (run in the admin app's lifespan) must count it or skip it, not die.
+    async with StreamManager() as manager:
+
+        async def producer() -> AsyncIterator[str]:
+            _note_outcome_of(HOSTILE_CHUNKS[4])
+            yield "x"
+
+        metrics = AdminMetrics(manager)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.run_feed)
+            async with manager.open(producer) as stream:
+                async for _ in stream:
+                    pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        (info,) = manager.history()
+        assert info.notes["prompt_tokens"] == int("9" * 400)
+        assert b"streammgr_completion_tokens_total 1.0" in metrics.render().replace(
+            b"generation", b"completion"
+        )
+
+
+async def test_annotating_in_a_tight_loop_and_on_a_cancelled_stream() -> None:
+    async with StreamManager() as manager:
+        done = trio.Event()
+
+        async def producer() -> AsyncIterator[int]:
+            context = current_producer()
+            assert context is not None
+            for number in range(10_000):
+                context.annotate(step=number)
+            yield 1
+            done.set()
+            await trio.sleep_forever()
+            yield 2
+
+        async with manager.open(producer) as stream:
+            async for _ in stream:
+                await done.wait()
+                manager.cancel(stream.id)
+                break
+        (info,) = manager.history()
+    assert info.close_reason is CloseReason.CANCELLED
+    assert info.notes == {"step": 9999}
