@@ -237,7 +237,12 @@ async def test_hostile_chunks_never_fail_the_raw_path_and_keep_notes_bounded() -
             assert len([chunk async for chunk in stream]) == len(HOSTILE_CHUNKS) * 3
         (info,) = manager.history()
     assert info.close_reason is CloseReason.COMPLETED
-    assert set(info.notes) <= {"finish_reason", "prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(info.notes) <= {
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    }
     assert all(len(value) <= 64 for value in info.notes.values() if isinstance(value, str))
 
 
