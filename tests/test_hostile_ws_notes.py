@@ -14,15 +14,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
-from streammgr import CloseReason, StreamManager, current_producer
+from streammgr import (
+    CloseReason,
+    IdleTimeout,
+    ManagerClosed,
+    StreamCancelled,
+    StreamLimitExceeded,
+    StreamManager,
+    UpstreamStatusError,
+    UpstreamTruncated,
+    current_producer,
+)
+from streammgr.server._answers import ErrorAnswer, error_answer
 from streammgr.server._gateway import _has_outcome, _note_outcome_of
 from streammgr.server._metrics import AdminMetrics
 
-from .server_helpers import PATIENCE
+from .server_helpers import PATIENCE, CloseWatcher
 from .test_server_chat_ws import (
     UPSTREAM_KEY,
     Running,
@@ -141,13 +153,15 @@ async def test_cancel_racing_the_end_of_a_stream_and_a_new_request(
 async def test_a_client_that_closes_mid_send_leaves_nothing(nursery: trio.Nursery) -> None:
     upstream = fast_upstream(token_latency=0.001)
     async with running_gateway(nursery, upstream=upstream) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        seen: tuple[str, ...] = ()
         for _ in range(3):
             async with connect(gateway.server.port) as ws:
                 await ws.send_message(request("gone", tokens=5000))
                 await receive(ws)
-            with trio.fail_after(PATIENCE):
-                while gateway.manager.streams():
-                    await trio.sleep(0.005)
+            info = await watcher.next_close(besides=seen)
+            seen = (*seen, info.id)
         assert {info.close_reason for info in gateway.manager.history()} == {
             CloseReason.CLIENT_DISCONNECTED
         }
@@ -292,3 +306,71 @@ async def test_annotating_in_a_tight_loop_and_on_a_cancelled_stream() -> None:
         (info,) = manager.history()
     assert info.close_reason is CloseReason.CANCELLED
     assert info.notes == {"step": 9999}
+
+
+# -- x-should-retry and Retry-After, as the openai SDK reads them --------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstreams_huge_retry_after_is_a_429_not_a_crash(
+    nursery: trio.Nursery, stream: bool
+) -> None:
+    # A finite Retry-After near float's maximum: ``retry_after * 1000`` is infinite,
+    # and the answer's headers must still be written.
+    def limited(_: httpx.Request) -> httpx.Response:
+        headers = {"retry-after": "1e308", "content-type": "application/json"}
+        return httpx.Response(429, headers=headers, content=b'{"error":{"message":"slow"}}')
+
+    async with (
+        running_gateway(nursery, transport=httpx.MockTransport(limited)) as gateway,
+        httpx.AsyncClient(base_url=gateway.server.url) as client,
+    ):
+        body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+        with trio.fail_after(PATIENCE):
+            answer = await client.post("/v1/chat/completions", json={**body, "stream": stream})
+        assert answer.status_code == 429
+        assert answer.json()["error"]["type"] == "rate_limit_exceeded"
+        assert float(answer.headers["retry-after"]) > 60
+        sdk = openai.AsyncOpenAI(api_key="x", base_url=gateway.server.url)
+        assert sdk._should_retry(answer) is False  # longer than the SDK waits
+        await sdk.close()
+    assert_quiet(gateway)
+
+
+def _sdk_retries(answer: ErrorAnswer) -> bool:
+    headers = [(name.decode(), value.decode()) for name, value in answer.headers()]
+    response = httpx.Response(answer.status, headers=headers)
+    client = openai.OpenAI(api_key="x", base_url="http://gateway.local/v1")
+    try:
+        return client._should_retry(response)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (StreamLimitExceeded("over", limit="max_streams", retry_after=0.05, key="k"), True),
+        (StreamLimitExceeded("over", limit="max_per_key", retry_after=3600, key="k"), False),
+        (ManagerClosed("closed"), True),
+        (UpstreamStatusError("no", status_code=401, body="{}"), False),
+        (UpstreamStatusError("no", status_code=403, body="{}"), False),
+        (UpstreamStatusError("no", status_code=400, body="{}"), False),
+        (UpstreamStatusError("no", status_code=429, body="{}"), True),
+        (UpstreamStatusError("no", status_code=429, body="{}", retry_after=2.5), True),
+        (UpstreamStatusError("no", status_code=500, body="{}"), True),
+        (UpstreamStatusError("no", status_code=503, body="{}"), True),
+        (UpstreamStatusError("no", status_code=408, body="{}"), True),
+        (UpstreamTruncated("cut"), True),
+        (StreamCancelled("op", close_reason=CloseReason.CANCELLED, stream_id="s"), False),
+        (StreamCancelled("", close_reason=CloseReason.SHUTDOWN, stream_id="s"), True),
+        (
+            IdleTimeout("idle", close_reason=CloseReason.IDLE_TIMEOUT, stream_id="s", timeout=1),
+            True,
+        ),
+    ],
+)
+def test_the_sdk_retries_what_may_go_better_and_only_that(
+    error: BaseException, retried: bool
+) -> None:
+    assert _sdk_retries(error_answer(error, "s1", None)) is retried
