@@ -445,3 +445,28 @@ async def test_checked_manager_catches_a_leaked_socket() -> None:
     leaked.close()
     assert [leak.kind for leak in caught.value.leaks] == ["fd"]
     assert "socket:" in caught.value.leaks[0].what
+
+
+async def test_a_note_never_carries_a_secret_of_the_manager(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streammgr")
+    secret = "sk-manager-secret-0123456789"
+    seen: list[Any] = []
+    async with StreamManager(secrets=[secret]) as manager:
+
+        async def producer() -> AsyncIterator[int]:
+            context = current_producer()
+            assert context is not None
+            context.annotate(finish_reason=f"the key {secret} was refused", model="m-1")
+            seen.append(manager.streams()[0].notes)  # the live registry too
+            yield 1
+
+        async with manager.open(producer) as stream:
+            async for _ in stream:
+                pass
+        (info,) = manager.history()
+    assert info.notes["model"] == "m-1"
+    assert "refused" in str(info.notes["finish_reason"])
+    for text in (json.dumps(info.to_dict()), json.dumps(dict(seen[0])), caplog.text):
+        assert secret not in text
