@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 import trio
-from trio_websocket import WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from streammgr import (
     CloseReason,
@@ -31,13 +31,16 @@ from streammgr import (
     UpstreamTruncated,
     current_producer,
 )
+from streammgr.server import ServiceOptions, build_service_app, serve_service
 from streammgr.server._answers import ErrorAnswer, error_answer
 from streammgr.server._gateway import _has_outcome, _note_outcome_of
 from streammgr.server._metrics import AdminMetrics
+from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
-from .server_helpers import PATIENCE, CloseWatcher
+from .server_helpers import PATIENCE, CloseWatcher, Server
 from .test_server_chat_ws import (
+    BASE,
     UPSTREAM_KEY,
     Running,
     connect,
@@ -470,3 +473,63 @@ async def test_a_note_never_carries_a_secret_of_the_manager(
     assert "refused" in str(info.notes["finish_reason"])
     for text in (json.dumps(info.to_dict()), json.dumps(dict(seen[0])), caplog.text):
         assert secret not in text
+
+
+async def test_shutdown_in_every_phase_tells_each_client_and_closes_with_1001(
+    nursery: trio.Nursery,
+) -> None:
+    # One connection streaming, one whose upstream has not answered yet, one queued
+    # for a slot, one idle: a graceful shutdown ends each in band, then closes it.
+    manager = StreamManager(max_streams=2)
+    upstream = fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(
+            manager, http, ServiceOptions(upstream_url=BASE), acquire_timeout=30.0
+        )
+        server = Server()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_service(
+                    app,
+                    manager,
+                    port=0,
+                    shutdown_trigger=server.stop.wait,
+                    grace=0.1,
+                    close_timeout=30.0,
+                    task_status=task_status,
+                )
+            finally:
+                server.stopped.set()
+
+        (server.url,) = await nursery.start(run)
+        server.port = int(server.url.rpartition(":")[2])
+        async with (
+            connect(server.port) as streaming,
+            connect(server.port) as connecting,
+            connect(server.port) as queued,
+            connect(server.port) as idle,
+        ):
+            await streaming.send_message(request("s", tokens=1000))
+            assert (await receive(streaming))["delta"]
+            await connecting.send_message(request("c", first_token_latency=30.0))
+            await queued.send_message(request("q"))
+            await wait_until(lambda: manager.stats().waiting == 1)
+            server.stop.set()
+            finals = {}
+            for ws in (streaming, connecting, queued):
+                _, final = await until_done(ws)
+                finals[final["id"]] = final["error"]["code"]
+            assert finals["s"] == "shutdown"
+            assert finals["c"] == "shutdown"
+            assert finals["q"] in {"shutdown", "shutting_down"}
+            for ws in (streaming, connecting, queued, idle):
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+                    await ws.get_message()
+                assert closed.value.reason is not None
+                assert closed.value.reason.code == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    assert manager.streams() == []
+    assert manager.stats().active == manager.stats().waiting == 0
+    assert upstream.stats().open == 0
