@@ -19,6 +19,7 @@ import openai
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import TextMessage
 
 from streammgr import (
     CloseReason,
@@ -38,7 +39,7 @@ from streammgr.server._metrics import AdminMetrics
 from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
-from .server_helpers import PATIENCE, CloseWatcher, Server
+from .server_helpers import PATIENCE, CloseWatcher, Server, read_until_closed
 from .test_server_chat_ws import (
     BASE,
     UPSTREAM_KEY,
@@ -48,6 +49,7 @@ from .test_server_chat_ws import (
     receive,
     request,
     running_gateway,
+    stalled_client,
     until_done,
     wait_until,
 )
@@ -76,8 +78,12 @@ def sse(*chunks: dict[str, Any] | str) -> bytes:
     return "".join(lines).encode()
 
 
-def answering(body: bytes, status: int = 200) -> httpx.MockTransport:
-    def answer(_: httpx.Request) -> httpx.Response:
+def answering(
+    body: bytes, status: int = 200, seen: list[httpx.Request] | None = None
+) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
         kind = "text/event-stream" if status == 200 else "application/json"
         return httpx.Response(status, headers={"content-type": kind}, content=body)
 
@@ -207,8 +213,10 @@ async def test_upstream_refusals_carry_no_secret(
     echoed = json.dumps(
         {"error": {"message": f"bad key {UPSTREAM_KEY} / {CALLER_TOKEN}", "type": "x"}}
     )
+    seen: list[httpx.Request] = []
+    transport = answering(echoed.encode(), status, seen)
     async with (
-        running_gateway(nursery, transport=answering(echoed.encode(), status)) as gateway,
+        running_gateway(nursery, transport=transport) as gateway,
         connect(gateway.server.port, [("authorization", f"Bearer {CALLER_TOKEN}")]) as ws,
     ):
         await ws.send_message(request("r"))
@@ -217,6 +225,9 @@ async def test_upstream_refusals_carry_no_secret(
         text = json.dumps(final)
         (info,) = gateway.manager.history()
     records = json.dumps(info.to_dict()) + caplog.text
+    (upstream_request,) = seen  # the upstream gets the gateway's key, never the caller's
+    assert upstream_request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CALLER_TOKEN not in str(upstream_request.headers) + upstream_request.content.decode()
     for secret in (UPSTREAM_KEY, CALLER_TOKEN):
         assert secret not in text
         assert secret not in records
@@ -337,7 +348,7 @@ async def test_an_upstreams_huge_retry_after_is_a_429_not_a_crash(
         assert answer.json()["error"]["type"] == "rate_limit_exceeded"
         assert float(answer.headers["retry-after"]) > 60
         sdk = openai.AsyncOpenAI(api_key="x", base_url=gateway.server.url)
-        assert sdk._should_retry(answer) is False  # longer than the SDK waits
+        assert sdk._should_retry(answer) is False  # longer than the SDK waits  # type: ignore[arg-type]  # the SDK types httpx2's Response
         await sdk.close()
     assert_quiet(gateway)
 
@@ -347,7 +358,7 @@ def _sdk_retries(answer: ErrorAnswer) -> bool:
     response = httpx.Response(answer.status, headers=headers)
     client = openai.OpenAI(api_key="x", base_url="http://gateway.local/v1")
     try:
-        return client._should_retry(response)
+        return client._should_retry(response)  # type: ignore[arg-type]  # the SDK types httpx2's Response
     finally:
         client.close()
 
@@ -533,3 +544,55 @@ async def test_shutdown_in_every_phase_tells_each_client_and_closes_with_1001(
     assert manager.streams() == []
     assert manager.stats().active == manager.stats().waiting == 0
     assert upstream.stats().open == 0
+
+
+async def test_a_client_that_floods_and_never_reads_is_cut_off(nursery: trio.Nursery) -> None:
+    # Every bad message is answered; a client that sends them without ever reading
+    # fills the server's send buffer, then its own: the server must stop reading
+    # (bounded memory), and the write guard must close the connection.
+    async with running_gateway(nursery, stall_timeout=0.2) as gateway:
+        stream, client = await stalled_client(gateway.server.port, request("one", tokens=1))
+        message = client.send(TextMessage(data=json.dumps({"type": "t" * 60})))
+        sent = 0
+        with trio.fail_after(PATIENCE):
+            try:
+                while True:
+                    await stream.send_all(message * 64)
+                    sent += 64
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        assert sent > 0
+        await read_until_closed(stream)
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.COMPLETED
+        assert_quiet(gateway)
+        await assert_upstream_released(gateway)
+
+
+async def test_finish_reasons_of_a_hostile_upstream_keep_the_metrics_labels_bounded() -> None:
+    async with StreamManager() as manager:
+        metrics = AdminMetrics(manager)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.run_feed)
+            for number in range(200):
+
+                async def producer(number: int = number) -> AsyncIterator[str]:
+                    reason = f"reason-{number}" if number else "stop"
+                    _note_outcome_of(
+                        json.dumps({"choices": [{"finish_reason": reason}], "usage": None})
+                    )
+                    yield "x"
+
+                async with manager.open(producer) as stream:
+                    async for _ in stream:
+                        pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    lines = [
+        line
+        for line in metrics.render().decode().splitlines()
+        if line.startswith("streammgr_finished_reason") or "finished_reason=" in line
+    ]
+    counted = [line for line in lines if not line.startswith("#") and "_created" not in line]
+    assert sorted(line.split('"')[1] for line in counted) == ["other", "stop"]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 200
