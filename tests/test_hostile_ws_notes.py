@@ -348,7 +348,8 @@ async def test_an_upstreams_huge_retry_after_is_a_429_not_a_crash(
         assert answer.json()["error"]["type"] == "rate_limit_exceeded"
         assert float(answer.headers["retry-after"]) > 60
         sdk = openai.AsyncOpenAI(api_key="x", base_url=gateway.server.url)
-        assert sdk._should_retry(answer) is False  # longer than the SDK waits  # type: ignore[arg-type]  # the SDK types httpx2's Response
+        # Longer than the SDK waits (its stubs name httpx2's Response: same class).
+        assert sdk._should_retry(answer) is False  # type: ignore[arg-type]
         await sdk.close()
     assert_quiet(gateway)
 
@@ -358,7 +359,7 @@ def _sdk_retries(answer: ErrorAnswer) -> bool:
     response = httpx.Response(answer.status, headers=headers)
     client = openai.OpenAI(api_key="x", base_url="http://gateway.local/v1")
     try:
-        return client._should_retry(response)  # type: ignore[arg-type]  # the SDK types httpx2's Response
+        return client._should_retry(response)  # type: ignore[arg-type]  # httpx2 in its stubs
     finally:
         client.close()
 
