@@ -597,3 +597,16 @@ async def test_finish_reasons_of_a_hostile_upstream_keep_the_metrics_labels_boun
     counted = [line for line in lines if not line.startswith("#") and "_created" not in line]
     assert sorted(line.split('"')[1] for line in counted) == ["other", "stop"]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 200
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        '{"choices":[{"index":0,"delta":{},"logprobs":{"finish_reason":null},'
+        '"finish_reason":"stop"}]}',
+        '{"meta":{"usage":null},"choices":[],"usage":{"prompt_tokens":3}}',
+    ],
+)
+def test_an_outcome_after_a_nested_null_of_the_same_name_is_seen(chunk: str) -> None:
+    # The cheap check looked at the first occurrence of the name only.
+    assert _has_outcome(chunk)
