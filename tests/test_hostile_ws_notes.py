@@ -610,3 +610,30 @@ async def test_finish_reasons_of_a_hostile_upstream_keep_the_metrics_labels_boun
 def test_an_outcome_after_a_nested_null_of_the_same_name_is_seen(chunk: str) -> None:
     # The cheap check looked at the first occurrence of the name only.
     assert _has_outcome(chunk)
+
+
+async def test_chat_cancel_while_queued_for_a_slot_charges_nothing(nursery: trio.Nursery) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 30.0}
+    upstream = fast_upstream(token_latency=0.02)
+    async with (
+        running_gateway(nursery, upstream=upstream, manager_options=options) as gateway,
+        connect(gateway.server.port) as busy,
+        connect(gateway.server.port) as queued,
+    ):
+        await busy.send_message(request("busy", tokens=1000))
+        assert (await receive(busy))["delta"]
+        await queued.send_message(request("queued"))
+        await wait_until(lambda: gateway.manager.stats().waiting == 1)
+        await queued.send_message(json.dumps({"type": "chat.cancel", "id": "queued"}))
+        deltas, final = await until_done(queued)
+        assert deltas == []
+        assert final["error"]["code"] == "cancelled"
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.CANCELLED
+        assert info.admitted_at is None
+        assert gateway.upstream.stats().opened == 1  # only the busy one
+        assert gateway.manager.stats().waiting == 0
+        await busy.send_message(json.dumps({"type": "chat.cancel"}))
+        assert (await until_done(busy))[1]["error"]["code"] == "cancelled"
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
