@@ -43,6 +43,7 @@ from .server_helpers import PATIENCE, CloseWatcher, Server, read_until_closed
 from .test_server_chat_ws import (
     BASE,
     UPSTREAM_KEY,
+    Flood,
     Running,
     connect,
     fast_upstream,
@@ -637,3 +638,32 @@ async def test_chat_cancel_while_queued_for_a_slot_charges_nothing(nursery: trio
         assert (await until_done(busy))[1]["error"]["code"] == "cancelled"
     assert_quiet(gateway)
     await assert_upstream_released(gateway)
+
+
+async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    # The runner is parked in a send that cannot be cancelled when the manager shuts
+    # down: the stream still ends at once, and the guard closes the connection.
+    flood = Flood()
+    flood_server = await Server().start(nursery, flood)
+    async with running_gateway(
+        nursery,
+        transport=httpx.AsyncHTTPTransport(),
+        upstream_url=f"{flood_server.url}/v1",
+        stall_timeout=0.5,
+    ) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        client, _ = await stalled_client(gateway.server.port, request("flood"))
+        await wait_until(lambda: gateway.manager.stats().active == 1)
+        await wait_until(lambda: gateway.manager.streams()[0].bytes > 1 << 20)
+        with trio.fail_after(PATIENCE):
+            await gateway.manager.aclose()
+        (info,) = gateway.manager.history()
+        assert info.close_reason in {CloseReason.SHUTDOWN, CloseReason.CLIENT_STALLED}
+        with trio.fail_after(PATIENCE):
+            await flood.left.wait()
+        await read_until_closed(client)
+        assert_quiet(gateway)
+    flood_server.stop.set()
