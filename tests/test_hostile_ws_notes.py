@@ -553,7 +553,7 @@ async def test_a_client_that_floods_and_never_reads_is_cut_off(nursery: trio.Nur
     # fills the server's send buffer, then its own: the server must stop reading
     # (bounded memory), and the write guard must close the connection.
     async with running_gateway(nursery, stall_timeout=0.2) as gateway:
-        stream, client = await stalled_client(gateway.server.port, request("one", tokens=1))
+        stream, client = await stalled_client(gateway.server.port, "{}")
         message = client.send(TextMessage(data=json.dumps({"type": "t" * 60})))
         sent = 0
         with trio.fail_after(PATIENCE):
@@ -565,10 +565,8 @@ async def test_a_client_that_floods_and_never_reads_is_cut_off(nursery: trio.Nur
                 pass
         assert sent > 0
         await read_until_closed(stream)
-        (info,) = gateway.manager.history()
-        assert info.close_reason is CloseReason.COMPLETED
+        assert gateway.manager.history() == []  # no message started a stream
         assert_quiet(gateway)
-        await assert_upstream_released(gateway)
 
 
 async def test_finish_reasons_of_a_hostile_upstream_keep_the_metrics_labels_bounded() -> None:
