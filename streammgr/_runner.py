@@ -45,7 +45,7 @@ from ._limits import Limiter
 from ._logging import describe_error
 from ._registry import Registry, StreamRecord
 from ._states import CloseReason
-from ._stream import CURRENT_RECORD, ManagedStream, StreamSender
+from ._stream import CURRENT_RECORD, CURRENT_SECRETS, ManagedStream, StreamSender
 from ._timeouts import TimeoutWatchdog
 
 __all__ = ["StreamRunner"]
@@ -354,6 +354,7 @@ class StreamRunner:
         scope = record.scope
         assert scope is not None
         CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
+        CURRENT_SECRETS.set(self.secrets)
         try:
             with scope:
                 if push:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
@@ -20,10 +20,12 @@ import trio
 from ._batch import _Batch
 from ._errors import StreamCancelled
 from ._lifecycle import CANCEL_REASONS, Action, Event, ReaderOutcome, State, apply, reader_outcome
-from ._registry import NoteValue, StreamInfo, StreamRecord, merged_notes
+from ._logging import redact
+from ._registry import MAX_NOTE_LENGTH, NoteValue, StreamInfo, StreamRecord, merged_notes
 
 __all__ = [
     "CURRENT_RECORD",
+    "CURRENT_SECRETS",
     "ManagedStream",
     "ProducerContext",
     "StreamOwner",
@@ -64,6 +66,10 @@ class StreamOwner(Protocol):
 CURRENT_RECORD: contextvars.ContextVar[StreamRecord] = contextvars.ContextVar(
     "streammgr_current_record"
 )
+# Set beside it: the manager's secrets (its shared list), scrubbed from notes.
+CURRENT_SECRETS: contextvars.ContextVar[Sequence[str]] = contextvars.ContextVar(
+    "streammgr_current_secrets", default=()
+)
 
 
 class ProducerContext:
@@ -74,10 +80,11 @@ class ProducerContext:
     with :func:`current_producer` from inside a producer.
     """
 
-    __slots__ = ("_record",)
+    __slots__ = ("_record", "_secrets")
 
-    def __init__(self, record: StreamRecord) -> None:
+    def __init__(self, record: StreamRecord, secrets: Sequence[str] = ()) -> None:
         self._record = record
+        self._secrets = secrets
 
     @property
     def stream_id(self) -> str:
@@ -103,8 +110,10 @@ class ProducerContext:
         For what only the producer knows and an operator wants to see, such as an
         LLM answer's ``finish_reason`` and token counts (the OpenAI sources and the
         gateway record those). A later value replaces an earlier one of the same
-        name. Values are JSON scalars; like labels, never put secrets in notes.
-        Notes recorded after the stream closed are ignored (its record is final).
+        name. Values are JSON scalars; like labels, never put secrets in notes
+        (a str is scrubbed of the manager's ``secrets`` and of credential-shaped
+        text, as errors are, should one slip in). Notes recorded after the stream
+        closed are ignored (its record is final).
 
         Raises:
             TypeError: a value that is not a str, int, float, bool or None.
@@ -113,8 +122,17 @@ class ProducerContext:
         record = self._record
         if record.closed_at is not None:
             return
+        if any(value.__class__ is str for value in notes.values()):
+            notes = {name: self._scrubbed(value) for name, value in notes.items()}
         record.notes = merged_notes(record.notes, notes)
         record.cached = None
+
+    def _scrubbed(self, value: NoteValue) -> NoteValue:
+        """A note's str without secrets, cut to the longest note (a longer one is
+        left for :func:`merged_notes` to refuse)."""
+        if not isinstance(value, str) or len(value) > MAX_NOTE_LENGTH:
+            return value
+        return redact(value, self._secrets)[:MAX_NOTE_LENGTH]
 
     def __repr__(self) -> str:
         return f"<ProducerContext for stream {self._record.id}>"
@@ -127,7 +145,7 @@ def current_producer() -> ProducerContext | None:
     sources also work on their own.
     """
     record = CURRENT_RECORD.get(None)
-    return None if record is None else ProducerContext(record)
+    return None if record is None else ProducerContext(record, CURRENT_SECRETS.get())
 
 
 class StreamSender(Generic[T]):

@@ -142,13 +142,17 @@ class ErrorAnswer:
         up, and ``retry-after-ms``, which the openai SDK honours)."""
         headers = [(b"content-type", b"application/json")]
         if self.retry_after is not None:
-            seconds = max(math.ceil(self.retry_after), 0)
-            headers.append((b"retry-after", str(seconds).encode()))
-            headers.append((b"retry-after-ms", str(math.ceil(self.retry_after * 1000)).encode()))
+            # An upstream's wait is finite but may be huge (1e308 * 1000 is infinite).
+            wait = min(max(self.retry_after, 0.0), _MAX_RETRY_AFTER)
+            headers.append((b"retry-after", str(math.ceil(wait)).encode()))
+            headers.append((b"retry-after-ms", str(math.ceil(wait * 1000)).encode()))
         if self.should_retry is not None:
             headers.append((b"x-should-retry", b"true" if self.should_retry else b"false"))
         return headers
 
+
+_MAX_RETRY_AFTER = 366 * 86400.0
+"""The longest wait the headers say (a year): an upstream's longer one is cut to it."""
 
 _NOT_RETRIED = frozenset({CloseReason.CANCELLED, CloseReason.CLIENT_STALLED})
 

@@ -381,11 +381,18 @@ def _has_outcome(data: str) -> bool:
     Compact JSON's ``"finish_reason":null`` is told by one comparison; other
     spacing is read past.
     """
+    # Every occurrence is looked at: a nested "usage": null may come first.
     at = data.find('"finish_reason"')
-    if at >= 0 and not data.startswith(":null", at + 15) and _value_set(data, at + 15):
-        return True
+    while at >= 0:
+        if not data.startswith(":null", at + 15) and _value_set(data, at + 15):
+            return True
+        at = data.find('"finish_reason"', at + 15)
     at = data.find('"usage"')
-    return at >= 0 and not data.startswith(":null", at + 7) and _value_set(data, at + 7)
+    while at >= 0:
+        if not data.startswith(":null", at + 7) and _value_set(data, at + 7):
+            return True
+        at = data.find('"usage"', at + 7)
+    return False
 
 
 def _note_outcome_of(data: str) -> None:

@@ -52,6 +52,8 @@ PREFIX = "streammgr_"
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 """The finish reasons counted by name; any other is counted as ``other``."""
 
+_MAX_COUNT = 2**53  # the largest count a float holds exactly
+
 
 class _ManagerCollector(Collector):
     """What the manager knows now, read at every scrape."""
@@ -223,9 +225,15 @@ class AdminMetrics:
 
     def _count_tokens(self, notes: Mapping[str, NoteValue]) -> None:
         prompt, generated = notes.get("prompt_tokens"), notes.get("completion_tokens")
-        if isinstance(prompt, int) and not isinstance(prompt, bool) and prompt > 0:
+        # An upstream's count beyond _MAX_COUNT (a float cannot hold a 400-digit int:
+        # OverflowError would end the feed) is not counted.
+        if isinstance(prompt, int) and not isinstance(prompt, bool) and 0 < prompt <= _MAX_COUNT:
             self._prompt_tokens.inc(prompt)
-        if isinstance(generated, int) and not isinstance(generated, bool) and generated > 0:
+        if (
+            isinstance(generated, int)
+            and not isinstance(generated, bool)
+            and 0 < generated <= _MAX_COUNT
+        ):
             self._generation_tokens.inc(generated)
         finish_reason = notes.get("finish_reason")
         if isinstance(finish_reason, str) and finish_reason:
