@@ -20,7 +20,12 @@ import trio.testing
 import streammgr
 from streammgr import CloseReason, FairLimiter, Permit, StreamManager, StreamSender
 from streammgr.server import EventStreamResponse, encode_batch
-from streammgr.server._answers import error_answer, without_resume_fields
+from streammgr.server._answers import (
+    _RESUME_FIELD,
+    _has_resume_field,
+    error_answer,
+    without_resume_fields,
+)
 from streammgr.sse import RawBatch, ServerSentEvent
 
 from .conftest import Probe
@@ -591,3 +596,22 @@ def test_answers_tell_the_client_whether_a_retry_can_help(
     assert answer.status == status
     headers = dict(answer.headers())
     assert headers.get(b"x-should-retry") == should_retry
+
+
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (b'data: {"id":"chatcmpl-1"}\n\n', False),
+        (b"data: x\nid: 7\n\n", True),
+        (b"data: x\rid\r\r", True),
+        (b"id:1\ndata: x\n\n", True),
+        (b"retry: 10\n\n", True),
+        (b"data: x\r\nretry:5\r\n\r\n", True),
+        (b"data: identity\n\n", False),
+        (b"data: x\nidle: 1\n\n", False),  # a field named idle is not id
+        (b": keep-alive\n\n", False),
+    ],
+)
+def test_resume_fields_are_found_wherever_a_line_starts(data: bytes, found: bool) -> None:
+    assert _has_resume_field(data) is found
+    assert (_RESUME_FIELD.search(data) is not None) is found  # the full check agrees
