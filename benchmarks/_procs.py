@@ -620,6 +620,10 @@ async def _serve_hypercorn(app: App, port: int) -> None:
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.graceful_timeout = 1.0
+    # As serve_service's: hypercorn's backlog of 100 drops a burst of connects (the
+    # gateway opening 1,000 upstream connections at once), which then wait for a SYN
+    # retransmission.
+    config.backlog = 1024
     stop = trio.Event()
 
     async def on_signal() -> None:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import trio
 from hypercorn.config import Config
 
 from streammgr import StreamInfo, StreamManager
-from streammgr.server import serve
+from streammgr.server import ServiceOptions, build_service_app, serve, serve_service
+from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -194,3 +197,40 @@ class CloseWatcher:
                     if stream_id not in besides:
                         return info
                 await self._changed.wait()
+
+
+def fast_upstream(**options: Any) -> SimulatedUpstream:
+    """The simulator, fast: 10 ms to the first token, 2 ms between tokens."""
+    return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
+
+
+@asynccontextmanager
+async def running_service(
+    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
+) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
+    """The whole service (gateway, CORS, admin) under ``serve_service`` on a free port,
+    in front of an in-process simulator (20 ms between tokens); stopped at the end."""
+    upstream = fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(manager, http, options, acquire_timeout=0.1)
+        server = Server()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_service(
+                    app,
+                    manager,
+                    port=0,
+                    shutdown_trigger=server.stop.wait,
+                    task_status=task_status,
+                    **serve_options,
+                )
+            finally:
+                server.stopped.set()
+
+        (server.url,) = await nursery.start(run)
+        server.port = int(server.url.rpartition(":")[2])
+        yield server, upstream
+        server.stop.set()
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()

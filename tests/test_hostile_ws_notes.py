@@ -39,14 +39,13 @@ from streammgr.server._metrics import AdminMetrics
 from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
-from .server_helpers import PATIENCE, CloseWatcher, Server, read_until_closed
+from .server_helpers import PATIENCE, CloseWatcher, Server, fast_upstream, read_until_closed
 from .test_server_chat_ws import (
     BASE,
     UPSTREAM_KEY,
     Flood,
     Running,
     connect,
-    fast_upstream,
     receive,
     request,
     running_gateway,

@@ -28,11 +28,18 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from streammgr import CloseReason, StreamManager
-from streammgr.server import ServiceOptions, build_service_app, gateway_app, serve_service
+from streammgr.server import ServiceOptions, gateway_app
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 from streammgr.sources import SourceTimeouts
 
-from .server_helpers import PATIENCE, CloseWatcher, Server, read_until_closed
+from .server_helpers import (
+    PATIENCE,
+    CloseWatcher,
+    Server,
+    fast_upstream,
+    read_until_closed,
+    running_service,
+)
 
 BASE = "http://simulated.local/v1"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -44,10 +51,6 @@ class Running:
     manager: StreamManager
     upstream: SimulatedUpstream
     server: Server
-
-
-def fast_upstream(**options: Any) -> SimulatedUpstream:
-    return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
 
 
 @asynccontextmanager
@@ -626,36 +629,6 @@ async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
 
 
 # -- origins and shutdown ---------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def running_service(
-    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
-) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
-    upstream = fast_upstream(token_latency=0.02)
-    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-        app = build_service_app(manager, http, options, acquire_timeout=0.1)
-        server = Server()
-
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_service(
-                    app,
-                    manager,
-                    port=0,
-                    shutdown_trigger=server.stop.wait,
-                    task_status=task_status,
-                    **serve_options,
-                )
-            finally:
-                server.stopped.set()
-
-        (server.url,) = await nursery.start(run)
-        server.port = int(server.url.rpartition(":")[2])
-        yield server, upstream
-        server.stop.set()
-        with trio.fail_after(PATIENCE):
-            await server.stopped.wait()
 
 
 async def test_only_allowed_origins_may_connect(nursery: trio.Nursery) -> None:

@@ -24,16 +24,22 @@ import streammgr
 from streammgr import CloseReason, StreamManager
 from streammgr.server import (
     ServiceOptions,
-    build_service_app,
     caller_key,
     gateway_app,
     serve,
-    serve_service,
 )
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 from streammgr.sources import SourceTimeouts
 
-from .server_helpers import PATIENCE, CloseWatcher, RawResponse, Server, quiet_hypercorn
+from .server_helpers import (
+    PATIENCE,
+    CloseWatcher,
+    RawResponse,
+    Server,
+    fast_upstream,
+    quiet_hypercorn,
+    running_service,
+)
 
 BASE = "http://simulated.local/v1"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -60,10 +66,6 @@ class Running:
     @property
     def url(self) -> str:
         return self.server.url
-
-
-def fast_upstream(**options: Any) -> SimulatedUpstream:
-    return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
 
 
 @asynccontextmanager
@@ -579,36 +581,6 @@ async def test_what_cannot_be_sent_upstream_is_a_400_not_a_500(
 
 
 # -- the service: CORS, shutdown -------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def running_service(
-    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
-) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
-    upstream = fast_upstream(token_latency=0.02)
-    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-        app = build_service_app(manager, http, options, acquire_timeout=0.1)
-        server = Server()
-
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_service(
-                    app,
-                    manager,
-                    port=0,
-                    shutdown_trigger=server.stop.wait,
-                    task_status=task_status,
-                    **serve_options,
-                )
-            finally:
-                server.stopped.set()
-
-        (server.url,) = await nursery.start(run)
-        server.port = int(server.url.rpartition(":")[2])
-        yield server, upstream
-        server.stop.set()
-        with trio.fail_after(PATIENCE):
-            await server.stopped.wait()
 
 
 async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -> None:

@@ -60,6 +60,7 @@ from ._gateway import (
     openai_error,
 )
 from ._hypercorn import current_connection
+from ._response import until_stalled
 
 __all__ = ["CHAT_WS_PATH", "ChatSocket"]
 
@@ -436,29 +437,21 @@ class _Session:
 
     async def _guard_writes(self, stall_timeout: float) -> None:
         """End the session when one send has waited ``stall_timeout`` for the client."""
-        while True:
-            started = self._write_started
-            if started is None:
-                await trio.sleep(stall_timeout)
-                continue
-            if trio.current_time() < started + stall_timeout:
-                await trio.sleep_until(started + stall_timeout)
-                continue
-            stream = self._stream
-            get_logger().warning(
-                "chat_ws.client_stalled",
-                stream_id=None if stream is None else stream.id,
-                stall_timeout=stall_timeout,
-            )
-            self._closed = True
-            self._stop_stream(
-                CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s"
-            )
-            if self._connection is not None:
-                with trio.CancelScope(shield=True):
-                    await self._connection.abort()
-            self._end()
-            return
+        await until_stalled(lambda: self._write_started, stall_timeout)
+        stream = self._stream
+        get_logger().warning(
+            "chat_ws.client_stalled",
+            stream_id=None if stream is None else stream.id,
+            stall_timeout=stall_timeout,
+        )
+        self._closed = True
+        self._stop_stream(
+            CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s"
+        )
+        if self._connection is not None:
+            with trio.CancelScope(shield=True):
+                await self._connection.abort()
+        self._end()
 
     async def _watch_shutdown(self) -> None:
         await self._socket.wait_manager_closed()

@@ -187,6 +187,23 @@ class EventStreamResponse(Response):
             nursery.cancel_scope.cancel()
 
 
+async def until_stalled(write_started: Callable[[], float | None], stall_timeout: float) -> None:
+    """Return when one write has waited ``stall_timeout`` for the client.
+
+    ``write_started()`` is when the write in flight began (``None``: none is). Wakes
+    once per ``stall_timeout`` while no write is in flight, and at the exact moment a
+    write in flight reaches it: writers only stamp the time.
+    """
+    while True:
+        started = write_started()
+        if started is None:
+            await trio.sleep(stall_timeout)
+        elif trio.current_time() < started + stall_timeout:
+            await trio.sleep_until(started + stall_timeout)
+        else:
+            return
+
+
 def _check_answer_within(value: float) -> float:
     """``0`` (the headers at once), or seconds as every timeout takes them."""
     if value == 0 and not isinstance(value, bool):
@@ -317,32 +334,19 @@ class _Run:
                 return
 
     async def guard_writes(self, stall_timeout: float) -> None:
-        """End the response when one write has waited ``stall_timeout`` for the client.
-
-        Wakes once per ``stall_timeout`` while no write is in flight, and at the
-        exact moment a write in flight reaches it: the writer only stamps the time.
-        """
+        """End the response when one write has waited ``stall_timeout`` for the
+        client (see :func:`until_stalled`)."""
         writer = self._writer
-        while True:
-            started = writer.write_started
-            if started is None:
-                await trio.sleep(stall_timeout)
-                continue
-            if trio.current_time() < started + stall_timeout:
-                await trio.sleep_until(started + stall_timeout)
-                continue
-            get_logger().warning(
-                "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
-            )
-            # The stream first, so that its reason is recorded before the connection's
-            # close makes the server report a disconnect.
-            self._stop(
-                CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s"
-            )
-            if self._connection is not None:
-                with trio.CancelScope(shield=True):
-                    await self._connection.abort()
-            return
+        await until_stalled(lambda: writer.write_started, stall_timeout)
+        get_logger().warning(
+            "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
+        )
+        # The stream first, so that its reason is recorded before the connection's
+        # close makes the server report a disconnect.
+        self._stop(CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s")
+        if self._connection is not None:
+            with trio.CancelScope(shield=True):
+                await self._connection.abort()
 
     async def _write_until_admitted(self) -> None:
         """While the stream waits for a slot: the headers in time, then keep-alives."""
