@@ -60,6 +60,10 @@ client cost; a proxy's added latency at a percentile is its delay at that
 percentile minus the direct run's at the same percentile, the same number of
 streams and the same pacing. (A difference of percentiles, not a percentile of
 differences: the two runs are separate, so their events cannot be paired.)
+"Steady" percentiles leave out the events that arrived before every stream of the
+phase had its first event: while streams still open, their admissions compete with
+the first events of the others, which says what opening costs, not what forwarding
+adds.
 
 The machine is shared and has two cores for three busy processes: compare ratios
 and report the load average printed with the figures.
@@ -123,6 +127,9 @@ class Figures:
     concurrency: float = 0.0
     reads: int = 0  # client reads that completed events
     delays: list[float] = field(default_factory=list)  # arrival - sent, seconds
+    # The delays of events that arrived once every stream had its first event: the
+    # steady state, without the streams' openings competing with the first events.
+    steady: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -138,6 +145,10 @@ class Figures:
     def delay(self, fraction: float) -> float:
         """The delivery delay at a percentile, milliseconds."""
         return procs.percentile(self.delays, fraction) * 1e3
+
+    def steady_delay(self, fraction: float) -> float:
+        """The steady state's delivery delay at a percentile, milliseconds."""
+        return procs.percentile(self.steady, fraction) * 1e3 if self.steady else float("nan")
 
 
 class Runner:
@@ -183,6 +194,7 @@ class Runner:
         stamps: dict[str, list[float]] = procs.http_get_json(self.sim.port, "/bench/stamps")
         expected = int(simulate["tokens"]) + 3  # role, tokens, finish, [DONE]
         first, last, busy = float("inf"), 0.0, 0.0
+        paired: list[tuple[float, float]] = []  # (arrival, delay)
         for result in results:
             arrivals = result.arrivals
             figures.events += len(arrivals)
@@ -198,7 +210,10 @@ class Runner:
                 first, last = min(first, arrivals[0]), max(last, arrivals[-1])
                 busy += arrivals[-1] - arrivals[0]
                 sent = stamps.get(str(result.seed), [])
-                figures.delays += [a - s for a, s in zip(arrivals, sent, strict=False)]
+                paired += [(a, a - s) for a, s in zip(arrivals, sent, strict=False)]
+        figures.delays = [delay for _, delay in paired]
+        started = max((r.arrivals[0] for r in results if r.arrivals), default=float("inf"))
+        figures.steady = [delay for arrival, delay in paired if arrival > started]
         figures.window = max(0.0, last - first)
         figures.concurrency = busy / figures.window if figures.window else 0.0
         return figures
@@ -311,7 +326,7 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
     print(
         f"{'streams':>7} {'target':<12} {'interval':>8} {'events/s':>9} "
         f"{'server CPU/event':>17} {'delay p50':>9} {'p99':>8} {'added p50':>9} "
-        f"{'added p99':>9} {'failed':>6}"
+        f"{'added p99':>9} {'steady added p99':>16} {'failed':>6}"
     )
     for level in levels:
         direct = chosen.get(("direct", level.streams, "latency"))
@@ -319,15 +334,17 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
             f = chosen.get((target, level.streams, "latency"))
             if f is None:
                 continue
-            added50 = added99 = float("nan")
+            added50 = added99 = steady99 = float("nan")
             if direct is not None and target != "direct":
                 added50 = f.delay(0.5) - direct.delay(0.5)
                 added99 = f.delay(0.99) - direct.delay(0.99)
+                steady99 = f.steady_delay(0.99) - direct.steady_delay(0.99)
             print(
                 f"{level.streams:>7} {target:<12} {level.interval * 1e3:>6.0f}ms "
                 f"{_fmt(f.rate):>9} {_fmt(f.cpu_per_event(), 1) + ' us':>17} "
                 f"{_fmt(f.delay(0.5), 2):>7}ms {_fmt(f.delay(0.99), 2):>6}ms "
-                f"{_fmt(added50, 2):>7}ms {_fmt(added99, 2):>7}ms {f.failures:>6}"
+                f"{_fmt(added50, 2):>7}ms {_fmt(added99, 2):>7}ms {_fmt(steady99, 2):>14}ms "
+                f"{f.failures:>6}"
             )
     notes = [(f, note) for f in figures for note in f.notes]
     if notes:
@@ -349,6 +366,9 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
             if direct_l is not None:
                 p99 = _fmt(gw_l.delay(0.99) - direct_l.delay(0.99), 2) + " ms"
                 p99 += f" (relay {_fmt(relay_l.delay(0.99) - direct_l.delay(0.99), 2)} ms)"
+                steady = gw_l.steady_delay(0.99) - direct_l.steady_delay(0.99)
+                relay_steady = relay_l.steady_delay(0.99) - direct_l.steady_delay(0.99)
+                p99 += f", steady state {_fmt(steady, 2)} ms (relay {_fmt(relay_steady, 2)} ms)"
             print(
                 f"  {level.streams:>5} streams, {target} / relay: CPU/event "
                 f"{gw_l.cpu_per_event() / relay_l.cpu_per_event():.2f}x paced, "
