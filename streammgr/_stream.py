@@ -414,6 +414,15 @@ class ManagedStream(Generic[T]):
         self._count(record, items)
         return items
 
+    def _has_ready(self) -> bool:
+        """Whether the next batch is ready, so that taking it will not wait (for a
+        writer that would otherwise bound the wait with a cancel scope, which costs
+        more than this check). ``False`` also before the stream is entered."""
+        if self._batch is not None:
+            return True
+        channel = self._receive_channel
+        return channel is not None and channel.statistics().current_buffer_used > 0
+
     def _take_ready(self, record: StreamRecord) -> Any:
         """The next item or batch envelope if one is ready, else ``_WAIT``; ``_END``.
 

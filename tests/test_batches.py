@@ -328,3 +328,27 @@ async def test_cancel_refuses_a_reason_a_stream_only_ends_with_by_itself(
             await stream.__anext__()
     (info,) = manager.history()
     assert (info.close_reason, info.items) == (CloseReason.CLIENT_DISCONNECTED, 2)
+
+
+async def test_has_ready_tells_whether_the_next_batch_will_wait() -> None:
+    # The streaming response skips its keep-alive scope when a batch is ready.
+    sent = trio.Event()
+
+    async def producer(send: streammgr.StreamSender[int]) -> None:
+        await send.send_batch([1, 2])
+        await send.send(3)
+        sent.set()
+        await trio.sleep_forever()
+
+    async with streammgr.StreamManager() as manager:
+        stream = manager.open(producer, buffer_size=4)
+        assert not stream._has_ready()  # not entered
+        async with stream:
+            await sent.wait()
+            assert stream._has_ready()
+            batches = stream.batches()
+            assert await anext(batches) == [1, 2]
+            assert stream._has_ready()
+            assert await anext(stream) == 3
+            assert not stream._has_ready()
+            manager.cancel(stream.id)
