@@ -133,7 +133,28 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     known = _known(secrets)
     if known:
         text = _remove_secrets(text, known)
-    return _PATTERNS.sub(_replace, text)
+    return _PATTERNS.sub(_replace, text) if _may_hold_credential(text) else text
+
+
+def _may_hold_credential(text: str) -> bool:
+    """Whether ``_PATTERNS`` can match ``text``: each of its alternatives needs one of
+    these words. The regular expression tries every position; these are fast scans,
+    and most logged values (ids, keys, event names) hold none of them. Text that is
+    not ASCII always goes to the expression (its case-insensitive matching knows
+    letters such as U+0131 that ``lower()`` does not map)."""
+    if not text.isascii():
+        return True
+    lower = text.lower()
+    return (
+        "k-" in lower  # sk-, pk-, rk- keys
+        or "key" in lower  # api_key, api-key, apikey
+        or "token" in lower  # token, access_token
+        or "bearer" in lower
+        or "basic" in lower
+        or "secret" in lower
+        or "passw" in lower  # password, passwd
+        or "authorization" in lower
+    )
 
 
 @functools.lru_cache(maxsize=256)
