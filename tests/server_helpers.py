@@ -25,8 +25,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 App = Callable[[Scope, Any, Any], Awaitable[None]]
 
-PATIENCE = 5.0
-"""The most seconds any loopback wait may take before the test fails."""
+PATIENCE = 10.0
+"""The most seconds any loopback wait may take before the test fails: a bound, not a
+timing (waits end as soon as what they wait for happens), generous for slow CI machines."""
 
 
 def quiet_hypercorn() -> Config:
