@@ -48,9 +48,8 @@ from .._logging import get_logger
 from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import json_type, unpaired_surrogate
-from ..sources import ChatChunk, OpenAIChat, ToolCallDelta, Usage
+from ..sources import ChatChunk, ToolCallDelta, Usage
 from ._gateway import (
-    _NO_API_KEY,
     _BadRequest,
     _check_chat_request,
     _completion_error,
@@ -353,17 +352,7 @@ class _Session:
         gateway = self._gateway
         model: str = payload["model"]
         self._requests += 1
-        params = {name: value for name, value in payload.items() if name not in _NOT_FORWARDED}
-        chat = OpenAIChat(
-            gateway.upstream,
-            api_key=gateway.api_key or _NO_API_KEY,
-            model=model,
-            messages=payload["messages"],
-            base_url=gateway.base_url,
-            include_usage=True,
-            timeouts=gateway.upstream_timeouts,
-            extra_body=params,  # the caller's fields go to the upstream's body only
-        )
+        chat = gateway.chat_source(payload, _NOT_FORWARDED)
         labels = {
             "route": "chat.ws",
             "model": model[:64],

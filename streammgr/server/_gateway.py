@@ -138,6 +138,10 @@ def _answer_response(answer: ErrorAnswer, stream_id: str) -> Response:
 # -- the request ------------------------------------------------------------------------
 
 
+# What the gateway reads itself and does not forward on the stream: false route.
+_NOT_FORWARDED = frozenset({"model", "messages", "stream", "stream_options"})
+
+
 class _BadRequest(Exception):
     """Internal: the request body is not a chat-completions request (a 400, or 413)."""
 
@@ -603,6 +607,25 @@ class _Gateway:
         self.max_request_size = max_request_size
         self.secrets = (api_key,) if api_key else ()
 
+    def chat_source(self, payload: dict[str, Any], not_forwarded: frozenset[str]) -> OpenAIChat:
+        """The upstream request of a checked chat request, with usage asked for.
+
+        The caller's fields (but ``not_forwarded``) go to the upstream's body only:
+        never as OpenAIChat's own arguments (``headers=``, ``api_key=``...).
+        """
+        return OpenAIChat(
+            self.upstream,
+            api_key=self.api_key or _NO_API_KEY,
+            model=payload["model"],
+            messages=payload["messages"],
+            base_url=self.base_url,
+            include_usage=True,
+            timeouts=self.upstream_timeouts,
+            extra_body={
+                name: value for name, value in payload.items() if name not in not_forwarded
+            },
+        )
+
     def upstream_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if self.api_key:
@@ -641,23 +664,7 @@ class _Gateway:
                 stall_timeout=self.stall_timeout,
                 answer_error=_completion_error,  # an upstream's 4xx stays a 4xx
             )
-        params = {
-            name: value
-            for name, value in payload.items()
-            if name not in ("model", "messages", "stream", "stream_options")
-        }
-        chat = OpenAIChat(
-            self.upstream,
-            api_key=self.api_key or _NO_API_KEY,
-            model=model,
-            messages=payload["messages"],
-            base_url=self.base_url,
-            include_usage=True,
-            timeouts=self.upstream_timeouts,
-            # The caller's fields go to the upstream's body only: never as
-            # OpenAIChat's own arguments (headers=, api_key=, base_url=...).
-            extra_body=params,
-        )
+        chat = self.chat_source(payload, _NOT_FORWARDED)
         labels["stream"] = "false"
         stream = self.manager.open(chat, key=key, labels=labels)
         return _CompletionResponse(self.manager, stream, model, request_id)
