@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,8 +19,9 @@ import trio
 from hypercorn.config import Config
 
 from streammgr import StreamInfo, StreamManager
-from streammgr.server import ServiceOptions, build_service_app, serve, serve_service
+from streammgr.server import ServiceOptions, build_service_app, gateway_app, serve, serve_service
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
+from streammgr.sources import SourceTimeouts
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -235,3 +237,53 @@ async def running_service(
         server.stop.set()
         with trio.fail_after(PATIENCE):
             await server.stopped.wait()
+
+
+GATEWAY_BASE = "http://simulated.local/v1"
+"""The upstream URL the gateway tests give (the in-process simulator answers it)."""
+GATEWAY_UPSTREAM_KEY = "sk-upstream-key-0123456789"
+"""The gateway's own upstream key in the gateway tests."""
+
+
+@dataclass
+class Running:
+    """A gateway served by :func:`running_gateway`."""
+
+    manager: StreamManager
+    upstream: SimulatedUpstream
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@asynccontextmanager
+async def running_gateway(
+    nursery: trio.Nursery,
+    *,
+    upstream: SimulatedUpstream | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    upstream_url: str = GATEWAY_BASE,
+    manager_options: dict[str, Any] | None = None,
+    send_timeout: float | None = 60.0,
+    **gateway_options: Any,
+) -> AsyncIterator[Running]:
+    """The gateway over a running manager, served on a free port."""
+    upstream = upstream if upstream is not None else fast_upstream()
+    transport = transport if transport is not None else SimulatedTransport(upstream)
+    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
+    async with (
+        httpx.AsyncClient(transport=transport) as http,
+        StreamManager(**(manager_options or {})) as manager,
+    ):
+        app = gateway_app(
+            manager,
+            http,
+            upstream_url=upstream_url,
+            api_key=GATEWAY_UPSTREAM_KEY,
+            **gateway_options,
+        )
+        server = await Server().start(nursery, app, send_timeout=send_timeout)
+        yield Running(manager, upstream, server)
+        server.stop.set()

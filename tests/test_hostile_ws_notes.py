@@ -39,16 +39,22 @@ from streammgr.server._metrics import AdminMetrics
 from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
-from .server_helpers import PATIENCE, CloseWatcher, Server, fast_upstream, read_until_closed
+from .server_helpers import (
+    PATIENCE,
+    CloseWatcher,
+    Running,
+    Server,
+    fast_upstream,
+    read_until_closed,
+    running_gateway,
+)
 from .test_server_chat_ws import (
     BASE,
     UPSTREAM_KEY,
     Flood,
-    Running,
     connect,
     receive,
     request,
-    running_gateway,
     stalled_client,
     until_done,
     wait_until,

@@ -12,7 +12,6 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -28,55 +27,24 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from streammgr import CloseReason, StreamManager
-from streammgr.server import ServiceOptions, gateway_app
-from streammgr.simulate import SimulatedTransport, SimulatedUpstream
-from streammgr.sources import SourceTimeouts
+from streammgr.server import ServiceOptions
+from streammgr.simulate import SimulatedUpstream
 
 from .server_helpers import (
+    GATEWAY_BASE,
+    GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
     Server,
     fast_upstream,
     read_until_closed,
+    running_gateway,
     running_service,
 )
 
-BASE = "http://simulated.local/v1"
+BASE = GATEWAY_BASE
 MESSAGES = [{"role": "user", "content": "hello there"}]
-UPSTREAM_KEY = "sk-upstream-key-0123456789"
-
-
-@dataclass
-class Running:
-    manager: StreamManager
-    upstream: SimulatedUpstream
-    server: Server
-
-
-@asynccontextmanager
-async def running_gateway(
-    nursery: trio.Nursery,
-    *,
-    upstream: SimulatedUpstream | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    upstream_url: str = BASE,
-    manager_options: dict[str, Any] | None = None,
-    send_timeout: float | None = 60.0,
-    **gateway_options: Any,
-) -> AsyncIterator[Running]:
-    upstream = upstream if upstream is not None else fast_upstream()
-    transport = transport if transport is not None else SimulatedTransport(upstream)
-    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
-    async with (
-        httpx.AsyncClient(transport=transport) as http,
-        StreamManager(**(manager_options or {})) as manager,
-    ):
-        app = gateway_app(
-            manager, http, upstream_url=upstream_url, api_key=UPSTREAM_KEY, **gateway_options
-        )
-        server = await Server().start(nursery, app, send_timeout=send_timeout)
-        yield Running(manager, upstream, server)
-        server.stop.set()
+UPSTREAM_KEY = GATEWAY_UPSTREAM_KEY
 
 
 @asynccontextmanager

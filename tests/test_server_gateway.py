@@ -11,8 +11,6 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,22 +26,23 @@ from streammgr.server import (
     gateway_app,
     serve,
 )
-from streammgr.simulate import SimulatedTransport, SimulatedUpstream
-from streammgr.sources import SourceTimeouts
+from streammgr.simulate import SimulatedTransport
 
 from .server_helpers import (
+    GATEWAY_BASE,
+    GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
     RawResponse,
-    Server,
     fast_upstream,
     quiet_hypercorn,
+    running_gateway,
     running_service,
 )
 
-BASE = "http://simulated.local/v1"
+BASE = GATEWAY_BASE
 MESSAGES = [{"role": "user", "content": "hello there"}]
-UPSTREAM_KEY = "sk-upstream-key-0123456789"
+UPSTREAM_KEY = GATEWAY_UPSTREAM_KEY
 CALLER_KEY = "sk-caller-secret-9876543210"
 
 # The openai SDK stops reading at [DONE] without closing its own SSE generators (nor
@@ -55,43 +54,6 @@ SDK_WARNINGS = pytest.mark.filterwarnings(
     "ignore:Async generator 'httpcore.:ResourceWarning",
     "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning",
 )
-
-
-@dataclass
-class Running:
-    manager: StreamManager
-    upstream: SimulatedUpstream
-    server: Server
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-@asynccontextmanager
-async def running_gateway(
-    nursery: trio.Nursery,
-    *,
-    upstream: SimulatedUpstream | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    upstream_url: str = BASE,
-    manager_options: dict[str, Any] | None = None,
-    **gateway_options: Any,
-) -> AsyncIterator[Running]:
-    """The gateway over a running manager, served on a free port."""
-    upstream = upstream if upstream is not None else fast_upstream()
-    transport = transport if transport is not None else SimulatedTransport(upstream)
-    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
-    async with (
-        httpx.AsyncClient(transport=transport) as http,
-        StreamManager(**(manager_options or {})) as manager,
-    ):
-        app = gateway_app(
-            manager, http, upstream_url=upstream_url, api_key=UPSTREAM_KEY, **gateway_options
-        )
-        server = await Server().start(nursery, app)
-        yield Running(manager, upstream, server)
-        server.stop.set()
 
 
 def chat(stream: bool, **simulate: Any) -> dict[str, Any]:
