@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from .._manager import StreamManager
+from .._manager import StreamManager, require_trio
 
 __all__ = ["manager_lifespan"]
 
@@ -22,6 +22,9 @@ def manager_lifespan(
     nursery lives in the lifespan's task, which on Trio (hypercorn's trio worker,
     Starlette through anyio) spans the app's whole life.
 
+    The app must run on Trio: served by uvicorn (asyncio), the lifespan's start
+    fails at once with a ``RuntimeError`` that says so and how to serve it.
+
     Args:
         manager: a manager not entered yet (a manager is entered once).
 
@@ -31,6 +34,7 @@ def manager_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
+        require_trio()  # before anything else the app's start-up would do
         async with manager:
             yield
 
