@@ -7,7 +7,8 @@ hand-off. This module holds what a user configures (:class:`SourceTimeouts`,
 connection attempts: the reconnect policy, the delays, the count of attempts and
 ``Last-Event-ID``. One connection (the request, its checks, its timeouts, its
 close) and its events (how a read becomes a batch) are in :mod:`._http_connection`,
-which is also the one place httpx's exceptions become :class:`~streammgr.UpstreamError`.
+which is also the one place httpx's exceptions become :class:`~streammgr.UpstreamError`;
+it gets what it needs from the source as one frozen :class:`ConnectionSettings`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ import httpx
 import trio
 
 from .._batch import BatchIterator
-from .._errors import (
-    UpstreamConnectError,
-    UpstreamDeadlineExceeded,
-    UpstreamError,
-    UpstreamStatusError,
-)
-from .._logging import redact
+from .._errors import UpstreamConnectError, UpstreamStatusError
 from .._validate import check_count, check_seconds, check_strings
 from ..sse import ServerSentEvent, SSEParser
 from ._common import header_secrets, redact_url, url_secrets
-from ._http_connection import PARSED, RAW, RAW_BATCH, Connection, Reading, Retryable
+from ._http_connection import (
+    PARSED,
+    RAW,
+    RAW_BATCH,
+    Connection,
+    ConnectionSettings,
+    Reading,
+    Retryable,
+)
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 
@@ -228,35 +231,47 @@ class SSESource:
         check_count("error_body_limit", error_body_limit, minimum=0)
         extra_secrets = check_strings("secrets", secrets)
         SSEParser(max_event_size)  # validates max_event_size
-        self._client = client
-        self._method = method.upper()
         try:
-            self._url = httpx.URL(url)
+            parsed_url = httpx.URL(url)
         except httpx.InvalidURL as exc:  # a caller's mistake: a builtin error, as for any
             raise ValueError(f"url is not a valid URL: {exc}") from None
         if params:
-            self._url = self._url.copy_merge_params(dict(params))
-        self._headers = httpx.Headers(headers or {})
-        self._json = json
-        self._content = content
+            parsed_url = parsed_url.copy_merge_params(dict(params))
+        request_headers = httpx.Headers(headers or {})
         self._timeouts = timeouts if timeouts is not None else SourceTimeouts()
         self._reconnect = reconnect
         self._last_event_id = last_event_id
-        self._max_event_size = max_event_size
-        self._error_body_limit = error_body_limit
         # The secret parts of the request itself (credential headers, the URL's
         # userinfo and credential parameters), compared decoded: see _common.
         self._secrets = tuple(
             dict.fromkeys(
                 [
                     *(value for value in extra_secrets if value),
-                    *header_secrets(self._headers.multi_items()),
-                    *url_secrets(str(self._url)),
+                    *header_secrets(request_headers.multi_items()),
+                    *url_secrets(str(parsed_url)),
                 ]
             )
         )
-        self._shown_url = redact_url(str(self._url), self._secrets)
+        self._shown_url = redact_url(str(parsed_url), self._secrets)
         self._rng = random.Random()
+        self._settings = ConnectionSettings(
+            client=client,
+            method=method.upper(),
+            url=parsed_url,
+            shown_url=self._shown_url,
+            headers=request_headers,
+            json=json,
+            content=content,
+            connect=self._timeouts.connect,
+            first_event=self._timeouts.first_event,
+            idle=self._timeouts.idle,
+            total=self._timeouts.total,
+            reconnects=reconnect is not None,
+            retry_statuses=reconnect.retry_statuses if reconnect is not None else frozenset(),
+            max_event_size=max_event_size,
+            error_body_limit=error_body_limit,
+            secrets=self._secrets,
+        )
 
     @property
     def url(self) -> str:
@@ -264,7 +279,7 @@ class SSESource:
         return self._shown_url
 
     def __repr__(self) -> str:
-        return f"SSESource({self._method} {self.url})"
+        return f"SSESource({self._settings.method} {self.url})"
 
     # -- producing: connection attempts, one after another ---------------------------
 
@@ -302,7 +317,7 @@ class SSESource:
         attempts = _Attempts(self, total_deadline)
         last_event_id = self._last_event_id
         while True:
-            connection = Connection(self, reading, last_event_id, total_deadline)
+            connection = Connection(self._settings, reading, last_event_id, total_deadline)
             outcome: Retryable | None = None
             try:
                 if not await connection.open():
@@ -320,25 +335,6 @@ class SSESource:
                 await connection.close()
             last_event_id = connection.last_event_id
             await attempts.wait_to_reconnect(connection, outcome)
-
-    # -- what the layers share ---------------------------------------------------------
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
-
-    def _retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
-        """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
-        if self._reconnect is None:
-            return error
-        return Retryable(error, delay)
-
-    def _total_timeout(self, what: str) -> UpstreamDeadlineExceeded:
-        total = self._timeouts.total or 0.0
-        return UpstreamDeadlineExceeded(
-            f"{what} ({total:g}s); raise timeouts.total if streams this long are expected",
-            timeout=total,
-            url=self.url,
-        )
 
 
 class _Attempts:
@@ -397,7 +393,7 @@ class _Attempts:
         else:
             delay = policy.delay(self.attempt, self.server_retry, source._rng)
         if trio.current_time() + delay >= self._total_deadline:
-            raise source._total_timeout(
+            raise source._settings.total_timeout(
                 "no time left to reconnect within the total timeout"
             ) from last_error
         await trio.sleep(delay)

@@ -10,6 +10,9 @@ cancelled by the manager closes its connection before the reader's ``async with`
 block returns. What can go wrong on the way is mapped here, at this edge, to a
 typed :class:`~streammgr.UpstreamError`, by the tables :data:`_SEND_ERRORS` and
 :data:`_READ_ERRORS`: no httpx exception reaches the user.
+
+It knows the source only through :class:`ConnectionSettings`, a frozen object the
+source builds once: this module imports nothing from :mod:`._http`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import contextlib
 import json as jsonlib
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import httpx
 import trio
@@ -28,6 +32,7 @@ from .._errors import (
     SSEEventTooLarge,
     UpstreamConnectError,
     UpstreamConnectTimeout,
+    UpstreamDeadlineExceeded,
     UpstreamError,
     UpstreamFirstEventTimeout,
     UpstreamIdleTimeout,
@@ -35,16 +40,13 @@ from .._errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from .._logging import describe_error, get_logger
+from .._logging import describe_error, get_logger, redact
 from .._stream import current_producer
 from ..sse import RawSSEParser, ServerSentEvent, SSEParser
 from ._common import body_excerpt, excerpt_margin
 from ._common import retry_after as parse_retry_after
 
-if TYPE_CHECKING:
-    from ._http import SSESource
-
-__all__ = ["PARSED", "RAW", "Connection", "Reading", "Retryable"]
+__all__ = ["PARSED", "RAW", "RAW_BATCH", "Connection", "ConnectionSettings", "Reading", "Retryable"]
 
 T = TypeVar("T")
 
@@ -104,6 +106,70 @@ class Retryable(Exception):
         self.delay = delay
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Everything one connection needs from its source, fixed when the source is made.
+
+    Built by :class:`~streammgr.sources.SSESource` from its arguments (already
+    checked there), and shared by each of its connections.
+
+    Attributes:
+        client: the ``httpx.AsyncClient`` to send with.
+        method: the HTTP method, upper case.
+        url: the upstream URL, query parameters merged.
+        shown_url: ``url`` with its credentials redacted: the only one in errors.
+        headers: the request's own headers.
+        json: a JSON body, or ``None``.
+        content: a raw body, or ``None``.
+        connect: seconds from sending to the response headers (``None``: no limit).
+        first_event: seconds from sending to the first event (``None``: no limit).
+        idle: the longest gap between two events, in seconds (``None``: no limit).
+        total: the longest the whole stream may last (``None``: no limit).
+        reconnects: whether a reconnect policy is set: then an error a reconnection
+            may cure is raised wrapped in :class:`Retryable`.
+        retry_statuses: the statuses the reconnect policy retries (empty without one).
+        max_event_size: the parser's bound on one line or event, in bytes.
+        error_body_limit: the longest excerpt of an error body, in characters.
+        secrets: the values to scrub from every message.
+    """
+
+    client: httpx.AsyncClient
+    method: str
+    url: httpx.URL
+    shown_url: str
+    headers: httpx.Headers
+    json: object
+    content: bytes | str | None
+    connect: float | None
+    first_event: float | None
+    idle: float | None
+    total: float | None
+    reconnects: bool
+    retry_statuses: frozenset[int]
+    max_event_size: int
+    error_body_limit: int
+    secrets: tuple[str, ...]
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of the request scrubbed."""
+        return redact(text, self.secrets)
+
+    def retryable(self, error: UpstreamError, delay: float | None = None) -> Exception:
+        """Wrap ``error`` for the reconnect loop when a policy is set; else as is."""
+        if not self.reconnects:
+            return error
+        return Retryable(error, delay)
+
+    def total_timeout(self, what: str) -> UpstreamDeadlineExceeded:
+        """The error for a stream that outlived ``total``; ``what`` says where."""
+        total = self.total or 0.0
+        return UpstreamDeadlineExceeded(
+            f"{what} ({total:g}s); raise timeouts.total if streams this long are expected",
+            timeout=total,
+            url=self.shown_url,
+        )
+
+
 # -- one connection's events: how a read becomes the batch handed over ------------------
 
 
@@ -132,7 +198,7 @@ RAW_BATCH: Reading[ServerSentEvent] = Reading(
 
 
 class Connection(Generic[T]):
-    """One request of an :class:`SSESource` and its response.
+    """One request of an :class:`~streammgr.sources.SSESource` and its response.
 
     :meth:`open` sends the request and checks the answer; :meth:`next_batch`
     returns the events of the next read that carried any, within the timeout that
@@ -150,7 +216,7 @@ class Connection(Generic[T]):
         "_parser",
         "_reading",
         "_response",
-        "_source",
+        "_settings",
         "_total_deadline",
         "connected_at",
         "ended_at",
@@ -161,14 +227,14 @@ class Connection(Generic[T]):
 
     def __init__(
         self,
-        source: SSESource,
+        settings: ConnectionSettings,
         reading: Reading[T],
         last_event_id: str,
         total_deadline: float,
     ) -> None:
-        self._source = source
+        self._settings = settings
         self._reading = reading
-        self._parser = reading.parser(source._max_event_size)
+        self._parser = reading.parser(settings.max_event_size)
         self._total_deadline = total_deadline
         self._deadline = math.inf
         self._delivered = False  # a batch went out: the idle timeout restarts
@@ -191,7 +257,7 @@ class Connection(Generic[T]):
 
         Returns ``False`` for 204 No Content: nothing to stream, never reconnect.
         """
-        source = self._source
+        settings = self._settings
         started = trio.current_time()
         self._response = await self._send(self._request())
         if not await self._check(self._response):
@@ -199,8 +265,7 @@ class Connection(Generic[T]):
         self.connected_at = trio.current_time()
         if self._context is not None:
             self._context.connected()
-        timeouts = source._timeouts
-        first_event, idle = timeouts.first_event, timeouts.idle
+        first_event, idle = settings.first_event, settings.idle
         if first_event is not None:
             self._deadline = started + first_event
         elif idle is not None:
@@ -215,7 +280,7 @@ class Connection(Generic[T]):
         activity: the idle timeout runs on across them.
         """
         assert self._body is not None
-        idle = self._source._timeouts.idle
+        idle = self._settings.idle
         if self._delivered and idle is not None:
             # From now: time parked at yield behind a slow reader is not the
             # upstream's idleness.
@@ -234,7 +299,7 @@ class Connection(Generic[T]):
             except SSEEventTooLarge as exc:
                 raise UpstreamProtocolError(
                     f"{exc}; the upstream sent an event larger than this source accepts",
-                    url=self._source.url,
+                    url=self._settings.shown_url,
                 ) from exc
             if batch:
                 if not self.seen_event:
@@ -257,41 +322,45 @@ class Connection(Generic[T]):
     # -- the request -------------------------------------------------------------------
 
     def _request(self) -> httpx.Request:
-        source = self._source
-        headers = source._headers.copy()
+        settings = self._settings
+        headers = settings.headers.copy()
         headers.setdefault("accept", "text/event-stream")
         headers.setdefault("cache-control", "no-store")
         if self.last_event_id:
             headers["last-event-id"] = self.last_event_id
-        return source._client.build_request(
-            source._method, source._url, headers=headers, json=source._json, content=source._content
+        return settings.client.build_request(
+            settings.method,
+            settings.url,
+            headers=headers,
+            json=settings.json,
+            content=settings.content,
         )
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send the request within the connect timeout; map every way it can fail."""
-        source = self._source
-        connect = source._timeouts.connect
+        settings = self._settings
+        connect = settings.connect
         total_deadline = self._total_deadline
         response: httpx.Response | None = None
         deadline = trio.current_time() + connect if connect is not None else math.inf
         try:
             try:
                 with trio.CancelScope(deadline=min(deadline, total_deadline)):
-                    response = await source._client.send(request, stream=True)
+                    response = await settings.client.send(request, stream=True)
             finally:
                 if response is None:  # cancelled, timed out or failed: see the helper
-                    await _reclaim_orphaned_connections(source._client)
+                    await _reclaim_orphaned_connections(settings.client)
         except _HTTPX_ERRORS as exc:
-            raise _upstream_error(source, exc, _SEND_ERRORS) from exc
+            raise _upstream_error(settings, exc, _SEND_ERRORS) from exc
         if response is None:
             if total_deadline <= deadline:
-                raise source._total_timeout("the upstream stream outlived its total timeout")
-            raise source._retryable(
+                raise settings.total_timeout("the upstream stream outlived its total timeout")
+            raise settings.retryable(
                 UpstreamConnectTimeout(
                     f"the upstream did not answer within the connect timeout of {connect:g}s; "
                     f"check the upstream, or raise timeouts.connect",
                     timeout=connect or 0.0,
-                    url=source.url,
+                    url=settings.shown_url,
                 )
             )
         return response
@@ -301,7 +370,7 @@ class Connection(Generic[T]):
 
         Returns ``False`` for 204 No Content: nothing to stream, never reconnect.
         """
-        source = self._source
+        settings = self._settings
         status = response.status_code
         if status == _NO_RECONNECT_STATUS:
             return False
@@ -322,11 +391,10 @@ class Connection(Generic[T]):
                 f"upstream returned {status}: {_error_message(body)}; {hint}",
                 status_code=status,
                 body=body,
-                url=source.url,
+                url=settings.shown_url,
                 retry_after=retry_after,
             )
-            policy = source._reconnect
-            if policy is not None and status in policy.retry_statuses:
+            if settings.reconnects and status in settings.retry_statuses:
                 raise Retryable(error, retry_after)
             raise error
         content_type = response.headers.get("content-type", "")
@@ -336,15 +404,15 @@ class Connection(Generic[T]):
                 f"upstream answered {status} with content type {content_type or 'none'!r}, "
                 f"not text/event-stream: {_error_message(body)}; check the URL and that the "
                 f"request asks for a stream",
-                url=source.url,
+                url=settings.shown_url,
             )
         return True
 
     async def _excerpt(self, response: httpx.Response) -> str:
         """Up to ``error_body_limit`` characters of the body (see
         :func:`~streammgr.sources._common.body_excerpt`); the response is closed."""
-        source = self._source
-        wanted = source._error_body_limit + excerpt_margin(source._secrets)
+        settings = self._settings
+        wanted = settings.error_body_limit + excerpt_margin(settings.secrets)
         pieces: list[bytes] = []
         size = 0
         complete = False
@@ -365,7 +433,7 @@ class Connection(Generic[T]):
                 cleanup.deadline = trio.current_time() + _CLOSE_TIMEOUT
                 await _close(response, body)
         return body_excerpt(
-            b"".join(pieces), source._error_body_limit, source._secrets, whole=complete
+            b"".join(pieces), settings.error_body_limit, settings.secrets, whole=complete
         )
 
     # -- the reads -------------------------------------------------------------------
@@ -381,25 +449,24 @@ class Connection(Generic[T]):
         with trio.CancelScope(deadline=deadline) as scope:
             return await self._read_chunk(chunks, body)
         assert scope.cancelled_caught
-        source = self._source
-        timeouts = source._timeouts
+        settings = self._settings
         if deadline >= self._total_deadline:
-            raise source._total_timeout("the upstream stream outlived its total timeout")
-        if not self.seen_event and timeouts.first_event is not None:
-            raise source._retryable(
+            raise settings.total_timeout("the upstream stream outlived its total timeout")
+        if not self.seen_event and settings.first_event is not None:
+            raise settings.retryable(
                 UpstreamFirstEventTimeout(
-                    f"the upstream sent no event within {timeouts.first_event:g}s of the "
+                    f"the upstream sent no event within {settings.first_event:g}s of the "
                     f"request; raise timeouts.first_event if it is just slow to start",
-                    timeout=timeouts.first_event,
-                    url=source.url,
+                    timeout=settings.first_event,
+                    url=settings.shown_url,
                 )
             )
-        raise source._retryable(
+        raise settings.retryable(
             UpstreamIdleTimeout(
-                f"the upstream sent no event for {timeouts.idle:g}s; raise timeouts.idle if "
+                f"the upstream sent no event for {settings.idle:g}s; raise timeouts.idle if "
                 f"gaps this long are normal",
-                timeout=timeouts.idle or 0.0,
-                url=source.url,
+                timeout=settings.idle or 0.0,
+                url=settings.shown_url,
             )
         )
 
@@ -410,7 +477,7 @@ class Connection(Generic[T]):
         except StopAsyncIteration:
             return None
         except _HTTPX_ERRORS as exc:
-            raise _upstream_error(self._source, exc, _READ_ERRORS, body.encoding) from exc
+            raise _upstream_error(self._settings, exc, _READ_ERRORS, body.encoding) from exc
 
 
 # -- httpx's errors, mapped at this edge -------------------------------------------------
@@ -490,7 +557,7 @@ _READ_ERRORS: _ErrorTable = (
 
 
 def _upstream_error(
-    source: SSESource, exc: Exception, table: _ErrorTable, encoding: str = ""
+    settings: ConnectionSettings, exc: Exception, table: _ErrorTable, encoding: str = ""
 ) -> Exception:
     """The error to raise ``from exc``, as ``table`` says (wrapped to be retried if
     the entry allows it and the source has a reconnect policy)."""
@@ -500,16 +567,15 @@ def _upstream_error(
         if isinstance(exc, httpx_class)
     )
     text = message.format(
-        name=type(exc).__name__, message=source._redact(str(exc)), encoding=encoding or "none"
+        name=type(exc).__name__, message=settings.redact(str(exc)), encoding=encoding or "none"
     )
     error: UpstreamError
     if issubclass(error_class, UpstreamTimeout):
-        timeouts = source._timeouts
-        timeout = timeouts.connect if error_class is UpstreamConnectTimeout else timeouts.idle
-        error = error_class(text, timeout=timeout or 0.0, url=source.url)
+        timeout = settings.connect if error_class is UpstreamConnectTimeout else settings.idle
+        error = error_class(text, timeout=timeout or 0.0, url=settings.shown_url)
     else:
-        error = error_class(text, url=source.url)
-    return source._retryable(error) if retryable else error
+        error = error_class(text, url=settings.shown_url)
+    return settings.retryable(error) if retryable else error
 
 
 class _Body:
