@@ -7,6 +7,15 @@ no network, no API key). Some readers leave early, one upstream hangs (a
 ``stall_mid_stream`` fault), an operator cancels a tenant. It prints the registry
 while it runs and the totals at the end, and checks that the limits were never
 exceeded and that no upstream connection was left open.
+
+What ``--seed`` fixes: the plan, drawn from the seed before any stream starts (each
+client's tenant, arrival time, answer length and whether it leaves early, printed
+as one line), and every simulated answer (text and pacing). On Trio's mock clock
+that fixes the totals too (25 runs of seed 7 gave the same totals; the test runs it
+twice). On the real clock, how long each step takes on this machine decides close
+races (a stream waiting ``acquire_timeout`` for a slot that frees at about the same
+moment), so a loaded machine can move a stream or two between "completed" and
+"rejected" from run to run; the checks hold in every run.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import httpx
 import structlog
@@ -46,11 +56,68 @@ def render(manager: StreamManager, start: float) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientPlan:
+    """What one demo client does, drawn from the seed before anything runs.
+
+    Attributes:
+        index: the client's number.
+        tenant: its caller key.
+        arrival: seconds after the start at which it opens its stream.
+        tokens: how many tokens the simulated upstream answers.
+        hangs: its upstream stops after three tokens (``idle_timeout`` cuts it).
+        leaves_early: it stops reading after three chunks.
+    """
+
+    index: int
+    tenant: str
+    arrival: float
+    tokens: int
+    hangs: bool
+    leaves_early: bool
+
+
+def plan_clients(streams: int, seed: int) -> list[ClientPlan]:
+    """Every client's plan, from ``seed`` alone: the same seed gives the same plans.
+
+    Drawn in index order before any task starts, so Trio's order of running the
+    clients cannot change who gets which draw.
+    """
+    rng = random.Random(seed)
+    plans = []
+    for index in range(streams):
+        hangs = index == 1
+        leaves_early = not hangs and rng.random() < 0.2
+        arrival = 0.0 if index < 12 else rng.uniform(0, 1.5)
+        plans.append(
+            ClientPlan(
+                index=index,
+                tenant=f"tenant-{'abcd'[index % 4]}",
+                arrival=arrival,
+                tokens=rng.randint(5, 30),
+                hangs=hangs,
+                leaves_early=leaves_early,
+            )
+        )
+    return plans
+
+
+def describe_plan(plans: list[ClientPlan], seed: int) -> str:
+    """One line that two runs with the same seed print alike."""
+    early = sum(plan.leaves_early for plan in plans)
+    tokens = sum(plan.tokens for plan in plans)
+    last = max((plan.arrival for plan in plans), default=0.0)
+    return (
+        f"plan (seed {seed}): {len(plans)} clients, {early} leave early, 1 upstream hangs, "
+        f"{tokens} tokens asked in all, the last arrives at {last:.3f}s"
+    )
+
+
 async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> int:
     """Run the demo; returns a process exit code (0 when every check held)."""
     level = logging.INFO if verbose else logging.WARNING
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
-    rng = random.Random(seed)
+    plans = plan_clients(streams, seed)
     # Paced like a real model: 0.085-0.155 s to the first token, 0.01-0.08 s between tokens.
     upstream = SimulatedUpstream(
         seed=seed, first_token_latency=0.12, token_latency=0.045, jitter=0.035
@@ -62,6 +129,7 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
         f"streammgr demo: {streams} streams from 4 tenants, max_streams={max_streams}, "
         f"max_streams_per_key={max_per_key}, max_waiting=20, acquire_timeout=2s, idle_timeout=1s"
     )
+    print(describe_plan(plans, seed))
     async with (
         httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http,
         StreamManager(
@@ -74,13 +142,11 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
     ):
         start = trio.current_time()
 
-        async def client(index: int) -> None:
-            tenant = f"tenant-{'abcd'[index % 4]}"
-            hang = index == 1  # this upstream stops sending: idle_timeout cuts it
-            leaves_early = not hang and rng.random() < 0.2
-            await trio.sleep(0 if index < 12 else rng.uniform(0, 1.5))
-            behaviour: dict[str, object] = {"tokens": rng.randint(5, 30)}
-            if hang:  # three tokens, then nothing: a hung provider
+        async def client(plan: ClientPlan) -> None:
+            index, tenant, leaves_early = plan.index, plan.tenant, plan.leaves_early
+            await trio.sleep(plan.arrival)
+            behaviour: dict[str, object] = {"tokens": plan.tokens}
+            if plan.hangs:  # three tokens, then nothing: a hung provider
                 behaviour |= {"fault": "stall_mid_stream", "fault_after": 3}
             chat = OpenAIChat(
                 http,
@@ -123,8 +189,8 @@ async def run_demo(streams: int = 60, seed: int = 7, verbose: bool = False) -> i
             nursery.start_soon(monitor, done)
             async with trio.open_nursery() as clients:
                 clients.start_soon(operator)
-                for index in range(streams):
-                    clients.start_soon(client, index)
+                for plan in plans:
+                    clients.start_soon(client, plan)
             done.set()
         stats = manager.stats()
     print("\nfinished in %.2fs" % (trio.current_time() - start))

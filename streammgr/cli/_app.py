@@ -226,7 +226,8 @@ async def demo(
 
     Args:
         streams: How many streams.
-        seed: The random seed.
+        seed: Fixes the plan (each client's tenant, arrival, answer length, early
+            leave) and the simulated answers.
         verbose: Print lifecycle logs.
     """
     from .._demo import run_demo
