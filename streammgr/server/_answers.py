@@ -185,7 +185,7 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
     """
     if isinstance(error, StreamLimitExceeded):
         return ErrorAnswer(
-            429, "rate_limit_exceeded", error.limit, str(error), error.retry_after, True
+            429, "rate_limit_exceeded", error.limit, _limit_message(error), error.retry_after, True
         )
     if isinstance(error, ManagerClosed):
         return ErrorAnswer(
@@ -240,3 +240,21 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
         str(CloseReason.PRODUCER_ERROR),
         f"the stream failed ({type(error).__name__}); see the server's logs for stream {stream_id}",
     )
+
+
+_LIMIT_SENTENCES = {
+    "max_streams": "the server has as many streams open as it allows at once (max_streams)",
+    "max_streams_per_key": (
+        "this API key has as many streams open as the server allows per key (max_streams_per_key)"
+    ),
+    "max_waiting": "the server's queue of streams waiting for a slot is full (max_waiting)",
+}
+
+
+def _limit_message(error: StreamLimitExceeded) -> str:
+    """The 429's message, for an API client: which limit, how long to wait.
+
+    Not ``str(error)``: its advice (``manager.set_limits()``) is for Python callers.
+    """
+    what = _LIMIT_SENTENCES.get(error.limit, f"the server's {error.limit} limit was reached")
+    return f"{what}; retry after {error.retry_after:g}s (Retry-After)"
