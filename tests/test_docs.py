@@ -29,3 +29,16 @@ def test_example_runs(name: str, code: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, f"{name} failed:\n{result.stderr}"
+
+
+def test_readme_tells_browser_front_ends_about_cors_origin() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "--cors-origin" in readme
+    assert "STREAMMGR_CORS_ORIGIN" in readme
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[path.name for path in DOCS])
+def test_no_doc_promises_what_has_landed(path: Path) -> None:
+    text = " ".join(path.read_text().split())  # sentences wrap across lines
+    assert "when they land" not in text
+    assert "come with the service issue" not in text
