@@ -6,6 +6,7 @@
     python3 dev.py top      # install streammgr[top], watch a running server's streams live
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
+                            # (pytest includes the wheel and sdist check: tests/test_packaging.py)
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
 Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already

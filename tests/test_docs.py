@@ -42,3 +42,22 @@ def test_no_doc_promises_what_has_landed(path: Path) -> None:
     text = " ".join(path.read_text().split())  # sentences wrap across lines
     assert "when they land" not in text
     assert "come with the service issue" not in text
+
+
+# `pip install` of streammgr by its bare name (with or without extras), which PyPI
+# cannot satisfy: streammgr is installed from a clone (`./streammgr[...]`) or a git URL.
+BY_NAME = re.compile(
+    r"pip install (?:-e )?['\"]?streammgr(?:\[[a-z,]*\])?['\"]?(?! @)(?=[\s`'\"]|$)"
+)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[path.name for path in DOCS])
+def test_no_doc_installs_streammgr_by_name_from_pypi(path: Path) -> None:
+    assert BY_NAME.findall(path.read_text()) == []
+
+
+def test_the_install_pattern_catches_the_pypi_form() -> None:
+    assert BY_NAME.findall("run `pip install 'streammgr[server,cli]'` first")
+    assert BY_NAME.findall("pip install streammgr\n")
+    assert not BY_NAME.findall("pip install './streammgr[server,cli]'")
+    assert not BY_NAME.findall("pip install 'streammgr[server,cli] @ git+https://h/o/streammgr'")
