@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,57 @@ def test_example_runs(name: str, code: str) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, f"{name} failed:\n{result.stderr}"
+
+
+PYTEST_CONFIG = re.compile(r"```toml\n(\[tool\.pytest\.ini_options\]\n.*?)```", re.DOTALL)
+
+
+def pytest_examples() -> list[tuple[str, str, str]]:
+    """(name, the test file, the pytest configuration the same page shows) for every
+    Python example that is a pytest test file."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        configs = PYTEST_CONFIG.findall(text)
+        for index, code in enumerate(BLOCK.findall(text)):
+            if re.search(r"^(async )?def test_", code, re.MULTILINE):
+                found.append((f"{path.name}#{index}", code, configs[0] if configs else ""))
+    return found
+
+
+def test_the_testing_guide_has_a_pytest_example() -> None:
+    assert [name for name, _, _ in pytest_examples() if name.startswith("testing.md")]
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "config"), pytest_examples(), ids=[name for name, _, _ in pytest_examples()]
+)
+def test_pytest_example_passes_in_a_fresh_project(
+    name: str, code: str, config: str, tmp_path: Path
+) -> None:
+    """As a user pastes it: the page's test file and its configuration (a
+    ``pyproject.toml``) in a directory of their own, outside this repository (so not
+    under our conftest or our ini), with only the plugins a ``streammgr[testing]``
+    install has: pytest-trio and streammgr's own."""
+    assert config, f"{name}: the page shows no [tool.pytest.ini_options] the example needs"
+    (tmp_path / "pyproject.toml").write_text(config)
+    (tmp_path / "test_example.py").write_text(code)
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    plugins = ["-p", "pytest_trio.plugin", "-p", "streammgr.testing._plugin"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugins],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{name} failed in a fresh project:\n{output}"
+    assert f"rootdir: {tmp_path}" in output  # its own project, not ours
+    assert "configfile: pyproject.toml" in output
+    assert "1 passed" in output
 
 
 def test_readme_tells_browser_front_ends_about_cors_origin() -> None:
