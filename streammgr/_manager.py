@@ -36,34 +36,9 @@ from ._states import CloseReason
 from ._stream import ManagedStream, StreamSender, is_push_producer
 from ._validate import UNSET, _Unset, check_count, check_seconds, check_strings
 
-__all__ = ["ManagerStats", "StreamManager", "require_trio"]
+__all__ = ["ManagerStats", "StreamManager"]
 
 T = TypeVar("T")
-
-
-def require_trio() -> None:
-    """Raise a clear error unless the caller runs on Trio.
-
-    Called where streammgr first needs Trio (entering a manager, the app's
-    lifespan), so that a FastAPI app served by uvicorn (asyncio) fails with what
-    to do instead of an ``AttributeError`` from Trio's internals. One contextvar
-    read (sniffio, which Trio and httpx already use).
-
-    Raises:
-        RuntimeError: not running on Trio; the message names what runs instead
-            and the two ways to serve an app on Trio.
-    """
-    try:
-        library = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        library = "no async library"
-    if library != "trio":
-        raise RuntimeError(
-            f"streammgr runs on Trio, but this code runs on {library}: serve the app "
-            "with `hypercorn --worker-class trio module:app` or "
-            "`streammgr.server.serve(app, ...)` (uvicorn runs asyncio), or run your "
-            "own code with `trio.run`"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,3 +518,28 @@ def _raise_from_nursery(
     finally:
         lone.__cause__, lone.__context__, lone.__suppress_context__ = cause, context, suppress
         del lone, group
+
+
+def require_trio() -> None:
+    """Raise a clear error unless the caller runs on Trio.
+
+    Called where streammgr first needs Trio (entering a manager, the app's
+    lifespan), so that a FastAPI app served by uvicorn (asyncio) fails with what
+    to do instead of an ``AttributeError`` from Trio's internals. One contextvar
+    read (sniffio, which Trio and httpx already use).
+
+    Raises:
+        RuntimeError: not running on Trio; the message names what runs instead
+            and the two ways to serve an app on Trio.
+    """
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = "no async library"
+    if library != "trio":
+        raise RuntimeError(
+            f"streammgr runs on Trio, but this code runs on {library}: serve the app "
+            "with `hypercorn --worker-class trio module:app` or "
+            "`streammgr.server.serve(app, ...)` (uvicorn runs asyncio), or run your "
+            "own code with `trio.run`"
+        )
