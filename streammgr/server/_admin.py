@@ -5,7 +5,8 @@ OpenAPI document from the typed bodies in :mod:`._admin_models`, and from the
 ``responses=`` declared on each route (every error with its code, the events
 feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). No
 middleware at all: authentication is a dependency of every route, so the document
-declares it too, and errors are exception handlers. docs/http-api.md is the guide.
+declares it too, and errors are exception handlers (their one shape, and how the
+document declares them: :mod:`._admin_errors`). docs/http-api.md is the guide.
 
 What runs where: the endpoints only read snapshots and call the manager's
 non-blocking controls (``cancel``, ``cancel_key``, ``set_limits``); the events feed
@@ -20,32 +21,35 @@ import binascii
 import hmac
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import StringConstraints
 from starlette.convertors import CONVERTOR_TYPES, PathConvertor, register_url_convertor
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from .._logging import get_logger, redact
 from .._manager import StreamManager
 from .._registry import StreamInfo
 from .._states import CloseReason, Phase
 from .._validate import check_count, check_seconds
+from ._admin_errors import (
+    FEED_EVENT,
+    AdminError,
+    declared_error,
+    errors_as_json,
+    install_error_handlers,
+)
 from ._admin_feed import EventFeedResponse, WatcherSlots
 from ._admin_models import (
     MAX_REASON,
     CancelBody,
     CancelKeyResult,
     CancelResult,
-    ErrorBody,
     Health,
     History,
     Limits,
@@ -65,45 +69,6 @@ DEFAULT_CANCEL_REASON = "cancelled through the admin API"
 MAX_PAGE = 1000
 # A label filter: a non-empty name, a colon, the value (which may be empty or hold colons).
 LABEL_PATTERN = r"^[^:]+:"
-
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    422: "validation_error",
-    429: "too_many_requests",
-    503: "shutting_down",
-}
-
-
-class AdminError(Exception):
-    """An error answer of the inspection API: ``{"error": {"code", "message"}}``.
-
-    Args:
-        status: the HTTP status.
-        code: the stable code clients match on.
-        message: what was wrong and what to do.
-        headers: extra headers (``Retry-After``, ``WWW-Authenticate``).
-    """
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def response(self, details: list[dict[str, object]] | None = None) -> JSONResponse:
-        """The JSON answer."""
-        error: dict[str, object] = {"code": self.code, "message": self.message}
-        if details is not None:
-            error["details"] = details
-        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 
 
 def check_exposure(host: str, token: str | None, *, option: str = "--admin-token") -> None:
@@ -181,62 +146,6 @@ class _KeyConvertor(PathConvertor):
 _KEY_CONVERTOR = "streammgr_admission_key"
 
 
-def _sse_event(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"enum": names},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": data,
-            },
-        },
-    }
-
-
-_STREAM_REF = {"$ref": "#/components/schemas/Stream"}
-# One event of the feed, as the document declares it: its name and its JSON data.
-_FEED_EVENT: dict[str, Any] = {
-    "oneOf": [
-        _sse_event(
-            ["snapshot"],
-            {
-                "type": "object",
-                "required": ["reason", "streams"],
-                "properties": {
-                    "reason": {"enum": ["start", "overflow"]},
-                    "streams": {"type": "array", "items": _STREAM_REF},
-                },
-            },
-        ),
-        _sse_event(["opened", "admitted", "closed"], _STREAM_REF),
-        _sse_event(
-            ["end"],
-            {
-                "type": "object",
-                "required": ["reason"],
-                "properties": {"reason": {"enum": ["manager_closed"]}},
-            },
-        ),
-    ]
-}
-
-
-def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-    """An error response for ``responses=``: the error body, and Retry-After if sent."""
-    declared: dict[str, Any] = {"model": ErrorBody, "description": description}
-    if retry_after:
-        declared["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before trying again.",
-                "schema": {"type": "integer", "minimum": 0},
-            }
-        }
-    return declared
-
-
 def _cursor(info: StreamInfo) -> str:
     raw = json.dumps([info.created_at, info.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -287,23 +196,6 @@ def _labels(values: list[str]) -> dict[str, str]:
             )
         wanted[name] = label
     return wanted
-
-
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's validation error in this API's shape: a message naming each field."""
-    details: list[dict[str, object]] = []
-    parts = []
-    for error in exc.errors():
-        raw_loc = list(error.get("loc", ()))
-        loc = [str(part) for part in raw_loc]
-        message = str(error.get("msg", ""))
-        # Without "input": a rejected value may be something that should not be
-        # echoed into logs or proxies (a token pasted in the wrong field).
-        details.append({"loc": raw_loc, "msg": message, "type": error.get("type")})
-        where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
-        parts.append(f"{where}: {message}")
-    text = "invalid request: " + "; ".join(parts) + " (see details; fix the request and retry)"
-    return AdminError(422, "validation_error", text).response(details)
 
 
 def admin_app(
@@ -401,17 +293,19 @@ def admin_app(
     unauthorized: Responses = (
         {}
         if token is None
-        else {401: _error("The bearer token is missing or wrong (code unauthorized).")}
+        else {401: declared_error("The bearer token is missing or wrong (code unauthorized).")}
     )
-    invalid: Responses = {422: _error("A parameter or the body is invalid (validation_error).")}
-    not_found: Responses = {404: _error("Not in flight nor in history (stream_not_found).")}
+    invalid: Responses = {
+        422: declared_error("A parameter or the body is invalid (validation_error).")
+    }
+    not_found: Responses = {404: declared_error("Not in flight nor in history (stream_not_found).")}
     router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
-    _install_error_handlers(app, router)
+    install_error_handlers(app, router)
 
     @router.get(
         "/streams",
         summary="List streams in flight",
-        responses={**invalid, 400: _error("The cursor is not one this server gave.")},
+        responses={**invalid, 400: declared_error("The cursor is not one this server gave.")},
     )
     async def list_streams(
         key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
@@ -458,10 +352,12 @@ def admin_app(
                     "an overflow), then `opened`, `admitted`, `closed` (a stream each), "
                     "`end` when the manager closes; `: keep-alive` comments between."
                 ),
-                "content": {"text/event-stream": {"schema": _FEED_EVENT}},  # see below
+                "content": {"text/event-stream": {"schema": FEED_EVENT}},  # see below
             },
-            429: _error("Too many events feeds open (too_many_watchers).", retry_after=True),
-            503: _error("The manager is shutting down (shutting_down).", retry_after=True),
+            429: declared_error(
+                "Too many events feeds open (too_many_watchers).", retry_after=True
+            ),
+            503: declared_error("The manager is shutting down (shutting_down).", retry_after=True),
         },
     )
     async def stream_events() -> Response:
@@ -494,7 +390,9 @@ def admin_app(
         responses={
             **not_found,
             **invalid,
-            409: _error("The stream has closed or is ending (stream_closed, stream_ending)."),
+            409: declared_error(
+                "The stream has closed or is ending (stream_closed, stream_ending)."
+            ),
         },
     )
     async def cancel_stream(
@@ -584,7 +482,7 @@ def admin_app(
         summary="Change admission limits now",
         responses={
             **invalid,
-            400: _error("The limiter refused the values (invalid_limits)."),
+            400: declared_error("The limiter refused the values (invalid_limits)."),
         },
     )
     async def put_limits(request: Request, update: LimitsUpdate) -> Limits:
@@ -599,7 +497,9 @@ def admin_app(
     @router.get(
         "/healthz",
         summary="Liveness: 200 while the manager admits streams",
-        responses={503: _error("The manager is shutting down (shutting_down).", retry_after=True)},
+        responses={
+            503: declared_error("The manager is shutting down (shutting_down).", retry_after=True)
+        },
     )
     async def healthz() -> Health:
         current = manager.stats()
@@ -626,11 +526,11 @@ def admin_app(
 
     def openapi_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document = _errors_as_json(generate())
+            document = errors_as_json(generate())
             # FastAPI merges its own {"type": "string"} (the feed's response class is
             # not JSON) into the event schema above: put the event schema back alone.
             feed = document["paths"][f"{prefix}/streams/events"]["get"]["responses"]["200"]
-            feed["content"] = {"text/event-stream": {"schema": _FEED_EVENT}}
+            feed["content"] = {"text/event-stream": {"schema": FEED_EVENT}}
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -646,25 +546,6 @@ def admin_app(
 
     app.include_router(router)
     return app
-
-
-def _errors_as_json(document: dict[str, Any]) -> dict[str, Any]:
-    """Declare every error answer as the JSON it is.
-
-    FastAPI puts a response's model under the route's media type, which for the
-    events feed and the metrics is not JSON: their errors are JSON all the same.
-    """
-    schema = {"$ref": "#/components/schemas/ErrorBody"}
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
-                if int(status) >= 400:
-                    response["content"] = {"application/json": {"schema": schema}}
-    # FastAPI's own validation error shape, which this app never sends.
-    schemas = document.get("components", {}).get("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(name, None)
-    return document
 
 
 def _find(manager: StreamManager, stream_id: str) -> StreamInfo:
@@ -749,75 +630,3 @@ def _authenticator(token: str) -> Callable[..., Any]:
         )
 
     return authenticate
-
-
-def _allowed_methods(router: APIRouter, request: Request) -> list[str]:
-    """Every method the routes of the path that answers this URL take.
-
-    A path with a GET and a DELETE route answers a 405 from one of them, whose own
-    ``Allow`` would name only it. Only the first path that matches counts, as in
-    the document: ``/streams/events`` (GET) also matches ``/streams/{stream_id}``.
-    """
-    allowed: set[str] = set()
-    template: str | None = None
-    for route in router.routes:
-        methods = getattr(route, "methods", None)
-        path = getattr(route, "path", None)
-        if not methods or (template is not None and path != template):
-            continue
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            template = path
-            allowed |= set(methods)
-    return sorted(allowed)
-
-
-def _install_error_handlers(app: FastAPI, router: APIRouter) -> None:
-    """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
-
-    async def admin_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, AdminError)
-        return exc.response()
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return _validation_error(exc)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
-        if exc.status_code == 400:
-            # FastAPI's only 400: a body it could not read as JSON (not UTF-8, say).
-            # Bad JSON is a validation error (JSON it could decode but not parse is
-            # one already): one code for both.
-            return AdminError(
-                422,
-                "validation_error",
-                f"invalid request: body: {exc.detail} (send a JSON object in UTF-8, "
-                f"with content-type application/json)",
-            ).response([{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}])
-        if exc.status_code == 404:
-            message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
-        elif exc.status_code == 405:
-            allowed = _allowed_methods(router, request)
-            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
-            message = (
-                f"{request.method} is not allowed on {request.url.path} (allowed: "
-                f"{', '.join(allowed)}); see openapi.json"
-            )
-            return AdminError(405, code, message, headers).response()
-        else:
-            message = str(exc.detail)
-        return AdminError(exc.status_code, code, message, exc.headers).response()
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return AdminError(
-            500,
-            "internal_error",
-            "the inspection API failed; see the server's logs and retry",
-        ).response()
-
-    app.add_exception_handler(AdminError, admin_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, server_error)
