@@ -187,7 +187,7 @@ async def test_get_one_stream_active_then_closed(nursery: trio.Nursery) -> None:
             assert done["idle"] is None
             missing = await http.get("/admin/streams/nope-1")
             assert error_of(missing) == (404, "stream_not_found")
-            assert "GET /history" in missing.json()["error"]["message"]
+            assert "GET /admin/history" in missing.json()["error"]["message"]
             unknown = await http.get("/admin/nothing-here")
             assert error_of(unknown) == (404, "not_found")
             wrong_method = await http.post("/admin/stats")

@@ -3,10 +3,11 @@
 A FastAPI app over a service's own :class:`StreamManager`: FastAPI builds the
 OpenAPI document from the typed bodies in :mod:`._admin_models`, and from the
 ``responses=`` declared on each route (every error with its code, the events
-feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). No
-middleware at all: authentication is a dependency of every route, so the document
-declares it too, and errors are exception handlers (their one shape, and how the
-document declares them: :mod:`._admin_errors`). docs/http-api.md is the guide.
+feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). One
+middleware, the Host and Origin check (:mod:`._hosts`); authentication is a
+dependency of every route, so the document declares it too, and errors are
+exception handlers (their one shape, and how the document declares them:
+:mod:`._admin_errors`). docs/http-api.md is the guide.
 
 What runs where: the endpoints only read snapshots and call the manager's
 non-blocking controls (``cancel``, ``cancel_key``, ``set_limits``); the events feed
@@ -21,7 +22,7 @@ import binascii
 import hmac
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -58,6 +59,7 @@ from ._admin_models import (
     Stream,
     StreamPage,
 )
+from ._hosts import HostGuard, check_allowed_hosts
 from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
 
 __all__ = ["RETRY_AFTER", "AdminError", "admin_app", "check_exposure"]
@@ -112,6 +114,53 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False  # a host name (or "", every address): it may be reachable
+
+
+MIN_FRAGMENT = 8
+"""The shortest run of a token's characters (or of its base64 spelling) redacted as a
+piece of it: a reason may quote a token cut short. Shorter runs are too often words."""
+
+
+def token_forms(token: str) -> tuple[str, ...]:
+    """``token`` and its base64 spellings (standard and URL-safe; at each of the three
+    alignments it can have inside a longer encoded value, the characters that only
+    its bytes decide), as exact values to redact."""
+    raw = token.encode()
+    forms = [token]
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw).decode()
+        # Characters [first, last) carry only the token's bits.
+        first, last = -(-8 * offset // 6), 8 * (offset + len(raw)) // 6
+        core = encoded[first:last]
+        if len(core) >= MIN_FRAGMENT:
+            forms += [core, core.translate(_URL_SAFE)]
+    return tuple(dict.fromkeys(forms))
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
+_REDACTED = "[REDACTED]"  # as redact() writes it
+
+
+def _without_fragments(text: str, secrets: list[str]) -> str:
+    """``text`` with every run of at least :data:`MIN_FRAGMENT` characters that is a
+    piece of one of ``secrets`` replaced by ``[REDACTED]`` (a token cut short)."""
+    covered = [False] * len(text)
+    for secret in secrets:
+        pieces = {
+            secret[start : start + MIN_FRAGMENT] for start in range(len(secret) - MIN_FRAGMENT + 1)
+        }
+        for start in range(len(text) - MIN_FRAGMENT + 1):
+            if text[start : start + MIN_FRAGMENT] in pieces:
+                covered[start : start + MIN_FRAGMENT] = [True] * MIN_FRAGMENT
+    if not any(covered):
+        return text
+    pieces_out: list[str] = []
+    for index, character in enumerate(text):
+        if not covered[index]:
+            pieces_out.append(character)
+        elif index == 0 or not covered[index - 1]:
+            pieces_out.append(_REDACTED)
+    return "".join(pieces_out)
 
 
 def _check_prefix(prefix: str) -> str:
@@ -208,6 +257,8 @@ def admin_app(
     events_buffer: int = 1024,
     stall_timeout: float = 30.0,
     title: str = "streammgr inspection API",
+    allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The inspection API over ``manager``, as an ASGI app (FastAPI) to serve or mount.
 
@@ -231,6 +282,16 @@ def admin_app(
     refuses to start exposed beyond loopback without a token, through
     :func:`check_exposure`; call it too if you serve the app yourself.
 
+    **Hosts and origins** (:class:`~streammgr.server.HostGuard`). A web page whose
+    domain resolves to 127.0.0.1 is same-origin for the browser (DNS rebinding):
+    without ``token``, the app answers only requests whose ``Host`` is a loopback
+    name (``localhost``, ``127.0.0.1``, ``[::1]``, any port) or one of
+    ``allowed_hosts``; any other gets a 403 (``host_not_allowed``). With ``token``,
+    any host unless ``allowed_hosts`` is given. Whatever the token, a PUT, POST or
+    DELETE that carries ``Origin`` must come from the request's own origin, one of
+    ``allowed_origins`` or an origin on one of ``allowed_hosts`` (403
+    ``origin_not_allowed``; ``Origin: null`` is refused).
+
     **Lifespan.** The app's lifespan runs the task that feeds the metrics'
     histograms from ``manager.watch()``. It does not run the manager: give the
     server app ``lifespan=manager_lifespan(manager)``. Mounted in another app (a
@@ -248,6 +309,11 @@ def admin_app(
         stall_timeout: the most seconds one write of the events feed may wait for a
             client that stopped reading; then the feed and its connection end.
         title: the OpenAPI document's title.
+        allowed_hosts: ``Host`` names answered besides the loopback ones
+            (``"admin.example"``: any port; ``"admin.example:8443"``; ``"*"``: any
+            host). ``None``: loopback names only without ``token``, any host with one.
+        allowed_origins: origins whose state-changing requests are accepted besides
+            the request's own (e.g. the service's CORS origins; ``"*"`` adds none).
 
     Returns:
         The FastAPI app.
@@ -257,6 +323,9 @@ def admin_app(
     """
     prefix = _check_prefix(prefix)
     token = _check_token(token)
+    if allowed_hosts is None:
+        allowed_hosts = () if token is None else ("*",)
+    allowed_hosts = check_allowed_hosts(allowed_hosts)
     if _KEY_CONVERTOR not in CONVERTOR_TYPES:  # Starlette's registry is process-wide
         register_url_convertor(_KEY_CONVERTOR, _KeyConvertor())
     keep_alive_seconds = check_seconds("keep_alive", keep_alive)
@@ -265,10 +334,19 @@ def admin_app(
         raise TypeError("keep_alive and stall_timeout must be numbers of seconds, not None")
     slots = WatcherSlots(check_count("max_watchers", max_watchers, minimum=1))
     events_buffer = check_count("events_buffer", events_buffer, minimum=1)
-    secrets = [token] if token else []
+    # The token in every spelling an operator's reason may hold it in, scrubbed by the
+    # manager too: from what it records, and so from what a stream's reader is told.
+    secrets = list(token_forms(token)) if token else []
+    for value in secrets:
+        manager.add_secret(value)
 
     def clean(text: str) -> str:
         return redact(text, secrets)
+
+    def clean_reason(text: str) -> str:
+        # Once, where a reason enters: the answer, the log line, the registry, the
+        # stream's client all get this text.
+        return _without_fragments(redact(text, secrets), secrets)
 
     metrics = AdminMetrics(manager, event_feeds=lambda: slots.open)
 
@@ -288,6 +366,15 @@ def admin_app(
         lifespan=lifespan,
     )
 
+    # For the service's access log (build_service_app): values never to log.
+    app.state.secrets = tuple(secrets)
+    # First of all: a request naming a host or origin not allowed gets no further.
+    app.add_middleware(
+        HostGuard,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+        check_origins=True,
+    )
     dependencies = [] if token is None else [Security(_authenticator(token))]
     Responses = dict[int | str, dict[str, Any]]
     unauthorized: Responses = (
@@ -381,8 +468,9 @@ def admin_app(
         )
 
     @router.get("/streams/{stream_id}", summary="One stream", responses={**not_found, **invalid})
-    async def get_stream(stream_id: str) -> Stream:
-        return Stream.of(_find(manager, stream_id), trio.current_time(), clean)
+    async def get_stream(request: Request, stream_id: str) -> Stream:
+        info = _find(manager, stream_id, _base(request, prefix))
+        return Stream.of(info, trio.current_time(), clean)
 
     @router.delete(
         "/streams/{stream_id}",
@@ -404,8 +492,8 @@ def admin_app(
         ] = None,
         body: Annotated[CancelBody | None, Body()] = None,
     ) -> CancelResult:
-        text = _reason(reason, body)
-        info = _find(manager, stream_id)
+        text = clean_reason(_reason(reason, body))
+        info = _find(manager, stream_id, _base(request, prefix))
         if info.phase is Phase.CLOSED:
             raise AdminError(
                 409,
@@ -417,14 +505,16 @@ def admin_app(
                 409,
                 "stream_ending",
                 f"stream {stream_id!r} is already ending (phase {info.phase}); it will close "
-                f"by itself: watch GET {prefix}/streams/{stream_id}",
+                f"by itself: watch GET {_base(request, prefix)}/streams/{stream_id}",
             )
         get_logger().info(
             "admin.cancelled", stream_id=stream_id, client=_client(request), detail=text
         )
         return CancelResult(
             cancelled=True,
-            stream=Stream.of(_find(manager, stream_id), trio.current_time(), clean),
+            stream=Stream.of(
+                _find(manager, stream_id, _base(request, prefix)), trio.current_time(), clean
+            ),
         )
 
     @router.delete(
@@ -441,7 +531,7 @@ def admin_app(
         ] = None,
         body: Annotated[CancelBody | None, Body()] = None,
     ) -> CancelKeyResult:
-        text = _reason(reason, body)
+        text = clean_reason(_reason(reason, body))
         count = manager.cancel_key(key, reason=text)
         get_logger().info(
             "admin.cancelled_key", key=key, cancelled=count, client=_client(request), detail=text
@@ -548,14 +638,15 @@ def admin_app(
     return app
 
 
-def _find(manager: StreamManager, stream_id: str) -> StreamInfo:
+def _find(manager: StreamManager, stream_id: str, base: str) -> StreamInfo:
+    """The stream, else a 404 naming the real paths (``base``: see :func:`_base`)."""
     info = manager.get(stream_id)
     if info is None:
         raise AdminError(
             404,
             "stream_not_found",
             f"no stream {stream_id!r} in flight or in the recent history; list streams "
-            f"with GET /streams or closed ones with GET /history",
+            f"with GET {base}/streams or closed ones with GET {base}/history",
         )
     return info
 
@@ -568,6 +659,12 @@ def _reason(query: str | None, body: CancelBody | None) -> str:
         )
     text = query if query is not None else from_body
     return DEFAULT_CANCEL_REASON if text is None else text
+
+
+def _base(request: Request, prefix: str) -> str:
+    """The path before the API's own routes, as clients see it: the mount's path
+    (``/admin`` in the service), then ``prefix``."""
+    return str(request.scope.get("root_path", "")) + prefix
 
 
 def _limits(manager: StreamManager) -> Limits:
