@@ -29,6 +29,8 @@ class ReadyState:
 
 
 _NO_STORE = {"cache-control": "no-store"}
+_METHODS = frozenset({"GET", "HEAD"})
+_EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 def health_routes(manager: StreamManager, state: ReadyState) -> list[Route]:
@@ -42,16 +44,30 @@ def health_routes(manager: StreamManager, state: ReadyState) -> list[Route]:
     """
 
     async def healthz(request: Request) -> Response:
+        if request.method not in _METHODS:
+            return _not_allowed(request)
         return JSONResponse({"status": "ok"}, headers=_NO_STORE)
 
     async def readyz(request: Request) -> Response:
+        if request.method not in _METHODS:
+            return _not_allowed(request)
         if not state.started:
             return JSONResponse({"status": "starting"}, 503, headers=_NO_STORE)
         if state.stopped or manager.stats().closing:
             return JSONResponse({"status": "draining"}, 503, headers=_NO_STORE)
         return JSONResponse({"status": "ready"}, headers=_NO_STORE)
 
+    # Every method routed here (the gateway's catch-all mount would answer a 404).
     return [
-        Route("/healthz", healthz, methods=["GET", "HEAD"]),
-        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=_EVERY_METHOD),
+        Route("/readyz", readyz, methods=_EVERY_METHOD),
     ]
+
+
+def _not_allowed(request: Request) -> Response:
+    message = f"{request.method} is not allowed on {request.url.path}; use GET"
+    return JSONResponse(
+        {"error": {"code": "method_not_allowed", "message": message}},
+        405,
+        headers={"allow": "GET, HEAD"},
+    )
