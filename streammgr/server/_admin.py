@@ -715,7 +715,7 @@ def _authenticator(token: str) -> Callable[..., Any]:
             "admin.unauthorized",
             problem=problem,
             method=request.method,
-            path=request.url.path,
+            path=redact(request.url.path, [token]),  # a token pasted in a path too
             client=_client(request),
         )
         raise AdminError(

@@ -206,7 +206,7 @@ class HostGuard:
             return
         code, message = problem
         get_logger().warning(
-            "http.host_refused",
+            "host_guard.refused",
             code=code,
             host=hosts[0][:200] if hosts else None,
             origin=None if origin is None else origin[:200],
