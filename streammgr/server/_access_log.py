@@ -80,8 +80,8 @@ class AccessLog:
         failed = False
         try:
             await self.app(scope, receive, noting_send)
-        except BaseException:
-            failed = True
+        except Exception:
+            failed = True  # the server answers 500 (a cancellation answers nothing)
             raise
         finally:
             if answer is not None or (failed and kind == "http"):
