@@ -401,3 +401,41 @@ def test_serve_passes_allowed_hosts_and_the_access_log(monkeypatch: pytest.Monke
 def test_serve_refuses_a_bad_allowed_host(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_app.main(["serve", "--allowed-host", "https://api.example"]) == 2
     assert "--allowed-host" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "evil_status"),
+    [
+        ([], 403),  # the default: loopback, no token
+        (["--allowed-host", "evil.example"], 200),
+        (["--host", "0.0.0.0", "--admin-token", TOKEN], 200),  # beyond loopback: any host
+        (["--host", "0.0.0.0", "--admin-token", TOKEN, "--allowed-host", "api.example"], 403),
+    ],
+)
+def test_serve_wires_the_host_check(
+    argv: list[str], evil_status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streammgr.server
+    from streammgr.cli import _run
+
+    statuses: dict[str, int] = {}
+
+    async def serve_in_process(
+        app: Any, manager: StreamManager, *, task_status: Any, **options: Any
+    ) -> None:
+        # What serve_service would serve, called in-process instead of on a port.
+        task_status.started(["http://127.0.0.1:0"])
+        headers = {"host": "evil.example:8000", "authorization": f"Bearer {TOKEN}"}
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            running_lifespan(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client,
+        ):
+            statuses["models"] = (await client.get("/v1/models", headers=headers)).status_code
+            statuses["limits"] = (await client.get("/admin/limits", headers=headers)).status_code
+            statuses["probe"] = (await client.get("/readyz", headers=headers)).status_code
+
+    monkeypatch.setattr(streammgr.server, "serve_service", serve_in_process)
+    monkeypatch.setattr(_run, "configure_logging", lambda log_format: None)
+    assert cli_app.main(["serve", *argv]) == 0
+    assert statuses == {"models": evil_status, "limits": evil_status, "probe": 200}
