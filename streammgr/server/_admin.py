@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -59,7 +58,7 @@ from ._admin_models import (
     Stream,
     StreamPage,
 )
-from ._hosts import HostGuard, check_allowed_hosts
+from ._hosts import HostGuard, check_allowed_hosts, is_loopback_host
 from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
 
 __all__ = ["RETRY_AFTER", "AdminError", "admin_app", "check_exposure"]
@@ -95,7 +94,7 @@ def check_exposure(host: str, token: str | None, *, option: str = "--admin-token
         if token != token.strip():
             raise bad_token
         return
-    if _is_loopback(host):
+    if is_loopback_host(host.strip()):
         if token is not None:  # "": the admin app would refuse it at start
             raise bad_token
         return
@@ -104,16 +103,6 @@ def check_exposure(host: str, token: str | None, *, option: str = "--admin-token
         f"pass {option} (clients then send 'Authorization: Bearer <token>'), "
         f"or listen on 127.0.0.1"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # a host name (or "", every address): it may be reachable
 
 
 MIN_FRAGMENT = 8
