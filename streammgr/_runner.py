@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._lifecycle import Action, Event, State, apply
 from ._limits import Limiter
-from ._logging import describe_error
+from ._logging import describe_error, redact
 from ._registry import Registry, StreamRecord
 from ._states import CloseReason
 from ._stream import CURRENT_RECORD, CURRENT_SECRETS, ManagedStream, StreamSender
@@ -134,7 +134,12 @@ class StreamRunner:
         return actions
 
     def cancel(self, record: StreamRecord, reason: CloseReason, detail: str) -> bool:
-        """End a stream from outside with ``reason``; ``False`` if it was already ending."""
+        """End a stream from outside with ``reason``; ``False`` if it was already ending.
+
+        ``detail`` is redacted here, where every cancel's text is stored: the history,
+        the logs and the reader's :class:`StreamCancelled` all take it from the record.
+        """
+        detail = redact(detail, self.secrets)
         return bool(self.handle(record, Event.CANCEL, reason=reason, detail=detail))
 
     def cancel_waiting(self) -> None:

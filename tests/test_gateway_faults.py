@@ -214,7 +214,7 @@ async def test_many_connections_opened_and_abandoned_at_once() -> None:
                 responses.append(await rig.post(whole))
             elif kind == 1:  # half a request
                 stream = await trio.open_tcp_stream("127.0.0.1", rig.port)
-                await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+                await stream.send_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n")
                 bare.append(stream)
             else:  # a connection and nothing else
                 bare.append(await trio.open_tcp_stream("127.0.0.1", rig.port))
@@ -340,7 +340,7 @@ async def _huge(rig: Rig) -> RawResponse:
     size = 9 * 1024 * 1024
     stream = await trio.open_tcp_stream("127.0.0.1", rig.port)
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
         f"content-type: application/json\r\ncontent-length: {size}\r\n\r\n"
     )
     await stream.send_all(head.encode())
@@ -383,7 +383,9 @@ BAD_REQUESTS: dict[str, tuple[Callable[[Rig], Awaitable[RawResponse]], int, str 
         None,
     ),
     "header_without_colon": (
-        lambda rig: _raw_bytes(rig, b"GET /v1/models HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n"),
+        lambda rig: _raw_bytes(
+            rig, b"GET /v1/models HTTP/1.1\r\nhost: localhost\r\nno colon here\r\n\r\n"
+        ),
         400,
         None,
     ),
@@ -656,7 +658,9 @@ async def test_a_request_cancelled_right_after_it_connected_leaves_no_pooled_con
     stop.set()
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"])
+@pytest.mark.parametrize(
+    "sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"]
+)
 async def test_a_connection_closed_before_its_request_frees_its_socket_at_once(
     nursery: trio.Nursery, sent: bytes
 ) -> None:

@@ -187,7 +187,7 @@ async def test_get_one_stream_active_then_closed(nursery: trio.Nursery) -> None:
             assert done["idle"] is None
             missing = await http.get("/admin/streams/nope-1")
             assert error_of(missing) == (404, "stream_not_found")
-            assert "GET /history" in missing.json()["error"]["message"]
+            assert "GET /admin/history" in missing.json()["error"]["message"]
             unknown = await http.get("/admin/nothing-here")
             assert error_of(unknown) == (404, "not_found")
             wrong_method = await http.post("/admin/stats")
@@ -1051,6 +1051,24 @@ async def test_mounted_in_a_bigger_app(nursery: trio.Nursery) -> None:
     with pytest.raises(streammgr.ManagerClosed):
         async with manager.open(forever):
             pass
+
+
+async def test_messages_name_the_paths_the_client_sees_when_mounted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Mounted at /ops with prefix="": "GET /streams" would send the reader to a 404.
+    manager = StreamManager()
+    app = Starlette(routes=[Mount("/ops", admin_app(manager, prefix=""))])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+        missing = await http.get("/ops/streams/nope-1")
+        cancel_missing = await http.delete("/ops/streams/nope-2")
+        unknown = await http.get("/ops/nothing-here")
+    for answer in (missing, cancel_missing):
+        assert error_of(answer) == (404, "stream_not_found")
+        message = answer.json()["error"]["message"]
+        assert "GET /ops/streams or closed ones with GET /ops/history" in message
+    assert "GET /ops/nothing-here" in unknown.json()["error"]["message"]
 
 
 async def scrape_at(http: httpx.AsyncClient, path: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ the flag and what it accepts, with exit code 2.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Annotated
@@ -76,6 +77,18 @@ def _origin(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+_HOST_ENTRY = re.compile(r"\*|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[A-Za-z0-9_.-]+\.?(:\d{1,5})?")
+
+
+def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
+    for host in value:
+        if not _HOST_ENTRY.fullmatch(host):
+            raise ValueError(
+                f"Accepts a host name or address with an optional port, as clients write it "
+                f"in the URL (api.example.com, api.example.com:8443, [fd00::5]), or *; got {host}"
+            )
+
+
 app = cyclopts.App(
     name="streammgr",
     help="Run many streaming responses at once, safely.",
@@ -114,6 +127,11 @@ async def serve(
         tuple[str, ...], _env("cors_origin"), Parameter(validator=_origin, negative="")
     ] = (),
     log_format: Annotated[LogFormat, _env("log_format")] = "console",
+    allowed_host: Annotated[
+        tuple[str, ...],
+        Parameter(env_var="STREAMMGR_ALLOWED_HOSTS", validator=_allowed_host, negative=""),
+    ] = (),
+    access_log: Annotated[bool, _env("access_log"), Parameter(negative="")] = False,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -143,6 +161,11 @@ async def serve(
         cors_origin: An origin a browser may call the gateway from (repeat the flag
             for several; * for any).
         log_format: Logs on stderr as JSON lines (json) or for people (console).
+        allowed_host: A Host name the service answers besides localhost, 127.0.0.1 and
+            [::1] (repeat the flag for several; name:port for one port only; * for any),
+            against DNS rebinding. On loopback, every route but /healthz and /readyz
+            answers only these; beyond loopback, when given, too.
+        access_log: Log every answer (http.request), not only error answers (http.error).
     """
     from ._run import ServeSettings, run_serve
 
@@ -181,6 +204,8 @@ async def serve(
         admin_token=admin_token,
         cors_origins=cors_origin,
         log_format=log_format,
+        allowed_hosts=allowed_host,
+        access_log=access_log,
     )
     return await run_serve(settings)
 

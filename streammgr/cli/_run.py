@@ -44,6 +44,8 @@ class ServeSettings:
     admin_token: str | None
     cors_origins: tuple[str, ...]
     log_format: LogFormat
+    allowed_hosts: tuple[str, ...] = ()
+    access_log: bool = False
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -122,6 +124,7 @@ async def run_serve(settings: ServeSettings) -> int:
             ServiceOptions,
             admin_app,
             build_service_app,
+            is_loopback_host,
             serve_service,
         )
     except ImportError as exc:
@@ -153,6 +156,14 @@ async def run_serve(settings: ServeSettings) -> int:
         key_header=settings.key_header,
         cors_origins=settings.cors_origins,
         upstream_timeouts=SourceTimeouts(connect=30.0),
+        # On loopback, every route answers loopback names and --allowed-host only (DNS
+        # rebinding); beyond it, --allowed-host restricts them when given.
+        allowed_hosts=(
+            settings.allowed_hosts
+            if settings.allowed_hosts or is_loopback_host(settings.host)
+            else ("*",)
+        ),
+        access_log=settings.access_log,
     )
     log = structlog.get_logger("streammgr.cli")
     log.info(
@@ -164,7 +175,13 @@ async def run_serve(settings: ServeSettings) -> int:
     async with upstream_client(settings.max_streams, transport) as upstream:
         # The inspection API, at /admin (check_exposure refused an exposed one
         # without a token before anything started).
-        admin = admin_app(manager, token=settings.admin_token, prefix="")
+        admin = admin_app(
+            manager,
+            token=settings.admin_token,
+            prefix="",
+            allowed_hosts=settings.allowed_hosts or None,
+            allowed_origins=settings.cors_origins,
+        )
         app = build_service_app(
             manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
         )

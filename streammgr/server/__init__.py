@@ -6,6 +6,7 @@ Only this package imports Starlette, FastAPI, prometheus-client and hypercorn;
 ``import streammgr`` does not import it. The guides: docs/server.md, docs/http-api.md.
 """
 
+from ._access_log import AccessLog as AccessLog
 from ._admin import admin_app as admin_app
 from ._admin import check_exposure as check_exposure
 from ._answers import ErrorAnswer as ErrorAnswer
@@ -15,6 +16,9 @@ from ._gateway import MAX_REQUEST_SIZE as MAX_REQUEST_SIZE
 from ._gateway import RequestIdMiddleware as RequestIdMiddleware
 from ._gateway import caller_key as caller_key
 from ._gateway import gateway_app as gateway_app
+from ._hosts import LOOPBACK_HOSTS as LOOPBACK_HOSTS
+from ._hosts import HostGuard as HostGuard
+from ._hosts import is_loopback_host as is_loopback_host
 from ._hypercorn import TESTED_HYPERCORN_VERSIONS as TESTED_HYPERCORN_VERSIONS
 from ._hypercorn import Connection as Connection
 from ._hypercorn import current_connection as current_connection
@@ -27,11 +31,14 @@ from ._service import graceful_trigger as graceful_trigger
 from ._service import serve_service as serve_service
 
 __all__ = [
+    "LOOPBACK_HOSTS",
     "MAX_REQUEST_SIZE",
     "TESTED_HYPERCORN_VERSIONS",
+    "AccessLog",
     "Connection",
     "ErrorAnswer",
     "EventStreamResponse",
+    "HostGuard",
     "RequestIdMiddleware",
     "ServiceOptions",
     "admin_app",
@@ -43,6 +50,7 @@ __all__ = [
     "error_answer",
     "gateway_app",
     "graceful_trigger",
+    "is_loopback_host",
     "manager_lifespan",
     "serve",
     "serve_service",

@@ -3,9 +3,11 @@
 A FastAPI app over a service's own :class:`StreamManager`: FastAPI builds the
 OpenAPI document from the typed bodies in :mod:`._admin_models`, and from the
 ``responses=`` declared on each route (every error with its code, the events
-feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). No
-middleware at all: authentication is a dependency of every route, so the document
-declares it too, and errors are exception handlers. docs/http-api.md is the guide.
+feed's ``text/event-stream``, every 429/503 with its ``Retry-After``). One
+middleware, the Host and Origin check (:mod:`._hosts`); authentication is a
+dependency of every route, so the document declares it too, and errors are
+exception handlers (their one shape, and how the document declares them:
+:mod:`._admin_errors`). docs/http-api.md is the guide.
 
 What runs where: the endpoints only read snapshots and call the manager's
 non-blocking controls (``cancel``, ``cancel_key``, ``set_limits``); the events feed
@@ -18,34 +20,36 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import trio
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import StringConstraints
 from starlette.convertors import CONVERTOR_TYPES, PathConvertor, register_url_convertor
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from .._logging import get_logger, redact
 from .._manager import StreamManager
 from .._registry import StreamInfo
 from .._states import CloseReason, Phase
 from .._validate import check_count, check_seconds
+from ._admin_errors import (
+    FEED_EVENT,
+    AdminError,
+    declared_error,
+    errors_as_json,
+    install_error_handlers,
+)
 from ._admin_feed import EventFeedResponse, WatcherSlots
 from ._admin_models import (
     MAX_REASON,
     CancelBody,
     CancelKeyResult,
     CancelResult,
-    ErrorBody,
     Health,
     History,
     Limits,
@@ -54,6 +58,7 @@ from ._admin_models import (
     Stream,
     StreamPage,
 )
+from ._hosts import HostGuard, check_allowed_hosts, is_loopback_host
 from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
 
 __all__ = ["RETRY_AFTER", "AdminError", "admin_app", "check_exposure"]
@@ -65,45 +70,6 @@ DEFAULT_CANCEL_REASON = "cancelled through the admin API"
 MAX_PAGE = 1000
 # A label filter: a non-empty name, a colon, the value (which may be empty or hold colons).
 LABEL_PATTERN = r"^[^:]+:"
-
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    422: "validation_error",
-    429: "too_many_requests",
-    503: "shutting_down",
-}
-
-
-class AdminError(Exception):
-    """An error answer of the inspection API: ``{"error": {"code", "message"}}``.
-
-    Args:
-        status: the HTTP status.
-        code: the stable code clients match on.
-        message: what was wrong and what to do.
-        headers: extra headers (``Retry-After``, ``WWW-Authenticate``).
-    """
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-    def response(self, details: list[dict[str, object]] | None = None) -> JSONResponse:
-        """The JSON answer."""
-        error: dict[str, object] = {"code": self.code, "message": self.message}
-        if details is not None:
-            error["details"] = details
-        return JSONResponse({"error": error}, status_code=self.status, headers=self.headers)
 
 
 def check_exposure(host: str, token: str | None, *, option: str = "--admin-token") -> None:
@@ -128,7 +94,7 @@ def check_exposure(host: str, token: str | None, *, option: str = "--admin-token
         if token != token.strip():
             raise bad_token
         return
-    if _is_loopback(host):
+    if is_loopback_host(host.strip()):
         if token is not None:  # "": the admin app would refuse it at start
             raise bad_token
         return
@@ -139,14 +105,51 @@ def check_exposure(host: str, token: str | None, *, option: str = "--admin-token
     )
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # a host name (or "", every address): it may be reachable
+MIN_FRAGMENT = 8
+"""The shortest run of a token's characters (or of its base64 spelling) redacted as a
+piece of it: a reason may quote a token cut short. Shorter runs are too often words."""
+
+
+def token_forms(token: str) -> tuple[str, ...]:
+    """``token`` and its base64 spellings (standard and URL-safe; at each of the three
+    alignments it can have inside a longer encoded value, the characters that only
+    its bytes decide), as exact values to redact."""
+    raw = token.encode()
+    forms = [token]
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw).decode()
+        # Characters [first, last) carry only the token's bits.
+        first, last = -(-8 * offset // 6), 8 * (offset + len(raw)) // 6
+        core = encoded[first:last]
+        if len(core) >= MIN_FRAGMENT:
+            forms += [core, core.translate(_URL_SAFE)]
+    return tuple(dict.fromkeys(forms))
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
+_REDACTED = "[REDACTED]"  # as redact() writes it
+
+
+def _without_fragments(text: str, secrets: list[str]) -> str:
+    """``text`` with every run of at least :data:`MIN_FRAGMENT` characters that is a
+    piece of one of ``secrets`` replaced by ``[REDACTED]`` (a token cut short)."""
+    covered = [False] * len(text)
+    for secret in secrets:
+        pieces = {
+            secret[start : start + MIN_FRAGMENT] for start in range(len(secret) - MIN_FRAGMENT + 1)
+        }
+        for start in range(len(text) - MIN_FRAGMENT + 1):
+            if text[start : start + MIN_FRAGMENT] in pieces:
+                covered[start : start + MIN_FRAGMENT] = [True] * MIN_FRAGMENT
+    if not any(covered):
+        return text
+    pieces_out: list[str] = []
+    for index, character in enumerate(text):
+        if not covered[index]:
+            pieces_out.append(character)
+        elif index == 0 or not covered[index - 1]:
+            pieces_out.append(_REDACTED)
+    return "".join(pieces_out)
 
 
 def _check_prefix(prefix: str) -> str:
@@ -179,62 +182,6 @@ class _KeyConvertor(PathConvertor):
 
 
 _KEY_CONVERTOR = "streammgr_admission_key"
-
-
-def _sse_event(names: list[str], data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["event", "data"],
-        "properties": {
-            "event": {"enum": names},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": data,
-            },
-        },
-    }
-
-
-_STREAM_REF = {"$ref": "#/components/schemas/Stream"}
-# One event of the feed, as the document declares it: its name and its JSON data.
-_FEED_EVENT: dict[str, Any] = {
-    "oneOf": [
-        _sse_event(
-            ["snapshot"],
-            {
-                "type": "object",
-                "required": ["reason", "streams"],
-                "properties": {
-                    "reason": {"enum": ["start", "overflow"]},
-                    "streams": {"type": "array", "items": _STREAM_REF},
-                },
-            },
-        ),
-        _sse_event(["opened", "admitted", "closed"], _STREAM_REF),
-        _sse_event(
-            ["end"],
-            {
-                "type": "object",
-                "required": ["reason"],
-                "properties": {"reason": {"enum": ["manager_closed"]}},
-            },
-        ),
-    ]
-}
-
-
-def _error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-    """An error response for ``responses=``: the error body, and Retry-After if sent."""
-    declared: dict[str, Any] = {"model": ErrorBody, "description": description}
-    if retry_after:
-        declared["headers"] = {
-            "Retry-After": {
-                "description": "Seconds to wait before trying again.",
-                "schema": {"type": "integer", "minimum": 0},
-            }
-        }
-    return declared
 
 
 def _cursor(info: StreamInfo) -> str:
@@ -289,23 +236,6 @@ def _labels(values: list[str]) -> dict[str, str]:
     return wanted
 
 
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's validation error in this API's shape: a message naming each field."""
-    details: list[dict[str, object]] = []
-    parts = []
-    for error in exc.errors():
-        raw_loc = list(error.get("loc", ()))
-        loc = [str(part) for part in raw_loc]
-        message = str(error.get("msg", ""))
-        # Without "input": a rejected value may be something that should not be
-        # echoed into logs or proxies (a token pasted in the wrong field).
-        details.append({"loc": raw_loc, "msg": message, "type": error.get("type")})
-        where = f"{loc[0]} {'.'.join(loc[1:])}".strip() if loc else "request"
-        parts.append(f"{where}: {message}")
-    text = "invalid request: " + "; ".join(parts) + " (see details; fix the request and retry)"
-    return AdminError(422, "validation_error", text).response(details)
-
-
 def admin_app(
     manager: StreamManager,
     *,
@@ -316,6 +246,8 @@ def admin_app(
     events_buffer: int = 1024,
     stall_timeout: float = 30.0,
     title: str = "streammgr inspection API",
+    allowed_hosts: Sequence[str] | None = None,
+    allowed_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The inspection API over ``manager``, as an ASGI app (FastAPI) to serve or mount.
 
@@ -339,6 +271,16 @@ def admin_app(
     refuses to start exposed beyond loopback without a token, through
     :func:`check_exposure`; call it too if you serve the app yourself.
 
+    **Hosts and origins** (:class:`~streammgr.server.HostGuard`). A web page whose
+    domain resolves to 127.0.0.1 is same-origin for the browser (DNS rebinding):
+    without ``token``, the app answers only requests whose ``Host`` is a loopback
+    name (``localhost``, ``127.0.0.1``, ``[::1]``, any port) or one of
+    ``allowed_hosts``; any other gets a 403 (``host_not_allowed``). With ``token``,
+    any host unless ``allowed_hosts`` is given. Whatever the token, a PUT, POST or
+    DELETE that carries ``Origin`` must come from the request's own origin, one of
+    ``allowed_origins`` or an origin on one of ``allowed_hosts`` (403
+    ``origin_not_allowed``; ``Origin: null`` is refused).
+
     **Lifespan.** The app's lifespan runs the task that feeds the metrics'
     histograms from ``manager.watch()``. It does not run the manager: give the
     server app ``lifespan=manager_lifespan(manager)``. Mounted in another app (a
@@ -356,6 +298,11 @@ def admin_app(
         stall_timeout: the most seconds one write of the events feed may wait for a
             client that stopped reading; then the feed and its connection end.
         title: the OpenAPI document's title.
+        allowed_hosts: ``Host`` names answered besides the loopback ones
+            (``"admin.example"``: any port; ``"admin.example:8443"``; ``"*"``: any
+            host). ``None``: loopback names only without ``token``, any host with one.
+        allowed_origins: origins whose state-changing requests are accepted besides
+            the request's own (e.g. the service's CORS origins; ``"*"`` adds none).
 
     Returns:
         The FastAPI app.
@@ -365,6 +312,9 @@ def admin_app(
     """
     prefix = _check_prefix(prefix)
     token = _check_token(token)
+    if allowed_hosts is None:
+        allowed_hosts = () if token is None else ("*",)
+    allowed_hosts = check_allowed_hosts(allowed_hosts)
     if _KEY_CONVERTOR not in CONVERTOR_TYPES:  # Starlette's registry is process-wide
         register_url_convertor(_KEY_CONVERTOR, _KeyConvertor())
     keep_alive_seconds = check_seconds("keep_alive", keep_alive)
@@ -373,10 +323,19 @@ def admin_app(
         raise TypeError("keep_alive and stall_timeout must be numbers of seconds, not None")
     slots = WatcherSlots(check_count("max_watchers", max_watchers, minimum=1))
     events_buffer = check_count("events_buffer", events_buffer, minimum=1)
-    secrets = [token] if token else []
+    # The token in every spelling an operator's reason may hold it in, scrubbed by the
+    # manager too: from what it records, and so from what a stream's reader is told.
+    secrets = list(token_forms(token)) if token else []
+    for value in secrets:
+        manager.add_secret(value)
 
     def clean(text: str) -> str:
         return redact(text, secrets)
+
+    def clean_reason(text: str) -> str:
+        # Once, where a reason enters: the answer, the log line, the registry, the
+        # stream's client all get this text.
+        return _without_fragments(redact(text, secrets), secrets)
 
     metrics = AdminMetrics(manager, event_feeds=lambda: slots.open)
 
@@ -396,22 +355,33 @@ def admin_app(
         lifespan=lifespan,
     )
 
+    # For the service's access log (build_service_app): values never to log.
+    app.state.secrets = tuple(secrets)
+    # First of all: a request naming a host or origin not allowed gets no further.
+    app.add_middleware(
+        HostGuard,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+        check_origins=True,
+    )
     dependencies = [] if token is None else [Security(_authenticator(token))]
     Responses = dict[int | str, dict[str, Any]]
     unauthorized: Responses = (
         {}
         if token is None
-        else {401: _error("The bearer token is missing or wrong (code unauthorized).")}
+        else {401: declared_error("The bearer token is missing or wrong (code unauthorized).")}
     )
-    invalid: Responses = {422: _error("A parameter or the body is invalid (validation_error).")}
-    not_found: Responses = {404: _error("Not in flight nor in history (stream_not_found).")}
+    invalid: Responses = {
+        422: declared_error("A parameter or the body is invalid (validation_error).")
+    }
+    not_found: Responses = {404: declared_error("Not in flight nor in history (stream_not_found).")}
     router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
-    _install_error_handlers(app, router)
+    install_error_handlers(app, router)
 
     @router.get(
         "/streams",
         summary="List streams in flight",
-        responses={**invalid, 400: _error("The cursor is not one this server gave.")},
+        responses={**invalid, 400: declared_error("The cursor is not one this server gave.")},
     )
     async def list_streams(
         key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
@@ -458,10 +428,12 @@ def admin_app(
                     "an overflow), then `opened`, `admitted`, `closed` (a stream each), "
                     "`end` when the manager closes; `: keep-alive` comments between."
                 ),
-                "content": {"text/event-stream": {"schema": _FEED_EVENT}},  # see below
+                "content": {"text/event-stream": {"schema": FEED_EVENT}},  # see below
             },
-            429: _error("Too many events feeds open (too_many_watchers).", retry_after=True),
-            503: _error("The manager is shutting down (shutting_down).", retry_after=True),
+            429: declared_error(
+                "Too many events feeds open (too_many_watchers).", retry_after=True
+            ),
+            503: declared_error("The manager is shutting down (shutting_down).", retry_after=True),
         },
     )
     async def stream_events() -> Response:
@@ -485,8 +457,9 @@ def admin_app(
         )
 
     @router.get("/streams/{stream_id}", summary="One stream", responses={**not_found, **invalid})
-    async def get_stream(stream_id: str) -> Stream:
-        return Stream.of(_find(manager, stream_id), trio.current_time(), clean)
+    async def get_stream(request: Request, stream_id: str) -> Stream:
+        info = _find(manager, stream_id, _base(request, prefix))
+        return Stream.of(info, trio.current_time(), clean)
 
     @router.delete(
         "/streams/{stream_id}",
@@ -494,7 +467,9 @@ def admin_app(
         responses={
             **not_found,
             **invalid,
-            409: _error("The stream has closed or is ending (stream_closed, stream_ending)."),
+            409: declared_error(
+                "The stream has closed or is ending (stream_closed, stream_ending)."
+            ),
         },
     )
     async def cancel_stream(
@@ -506,8 +481,8 @@ def admin_app(
         ] = None,
         body: Annotated[CancelBody | None, Body()] = None,
     ) -> CancelResult:
-        text = _reason(reason, body)
-        info = _find(manager, stream_id)
+        text = clean_reason(_reason(reason, body))
+        info = _find(manager, stream_id, _base(request, prefix))
         if info.phase is Phase.CLOSED:
             raise AdminError(
                 409,
@@ -519,14 +494,16 @@ def admin_app(
                 409,
                 "stream_ending",
                 f"stream {stream_id!r} is already ending (phase {info.phase}); it will close "
-                f"by itself: watch GET {prefix}/streams/{stream_id}",
+                f"by itself: watch GET {_base(request, prefix)}/streams/{stream_id}",
             )
         get_logger().info(
             "admin.cancelled", stream_id=stream_id, client=_client(request), detail=text
         )
         return CancelResult(
             cancelled=True,
-            stream=Stream.of(_find(manager, stream_id), trio.current_time(), clean),
+            stream=Stream.of(
+                _find(manager, stream_id, _base(request, prefix)), trio.current_time(), clean
+            ),
         )
 
     @router.delete(
@@ -543,7 +520,7 @@ def admin_app(
         ] = None,
         body: Annotated[CancelBody | None, Body()] = None,
     ) -> CancelKeyResult:
-        text = _reason(reason, body)
+        text = clean_reason(_reason(reason, body))
         count = manager.cancel_key(key, reason=text)
         get_logger().info(
             "admin.cancelled_key", key=key, cancelled=count, client=_client(request), detail=text
@@ -584,7 +561,7 @@ def admin_app(
         summary="Change admission limits now",
         responses={
             **invalid,
-            400: _error("The limiter refused the values (invalid_limits)."),
+            400: declared_error("The limiter refused the values (invalid_limits)."),
         },
     )
     async def put_limits(request: Request, update: LimitsUpdate) -> Limits:
@@ -599,7 +576,9 @@ def admin_app(
     @router.get(
         "/healthz",
         summary="Liveness: 200 while the manager admits streams",
-        responses={503: _error("The manager is shutting down (shutting_down).", retry_after=True)},
+        responses={
+            503: declared_error("The manager is shutting down (shutting_down).", retry_after=True)
+        },
     )
     async def healthz() -> Health:
         current = manager.stats()
@@ -626,11 +605,11 @@ def admin_app(
 
     def openapi_document() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document = _errors_as_json(generate())
+            document = errors_as_json(generate())
             # FastAPI merges its own {"type": "string"} (the feed's response class is
             # not JSON) into the event schema above: put the event schema back alone.
             feed = document["paths"][f"{prefix}/streams/events"]["get"]["responses"]["200"]
-            feed["content"] = {"text/event-stream": {"schema": _FEED_EVENT}}
+            feed["content"] = {"text/event-stream": {"schema": FEED_EVENT}}
             app.openapi_schema = document
         return app.openapi_schema
 
@@ -648,33 +627,15 @@ def admin_app(
     return app
 
 
-def _errors_as_json(document: dict[str, Any]) -> dict[str, Any]:
-    """Declare every error answer as the JSON it is.
-
-    FastAPI puts a response's model under the route's media type, which for the
-    events feed and the metrics is not JSON: their errors are JSON all the same.
-    """
-    schema = {"$ref": "#/components/schemas/ErrorBody"}
-    for operations in document.get("paths", {}).values():
-        for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
-                if int(status) >= 400:
-                    response["content"] = {"application/json": {"schema": schema}}
-    # FastAPI's own validation error shape, which this app never sends.
-    schemas = document.get("components", {}).get("schemas", {})
-    for name in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(name, None)
-    return document
-
-
-def _find(manager: StreamManager, stream_id: str) -> StreamInfo:
+def _find(manager: StreamManager, stream_id: str, base: str) -> StreamInfo:
+    """The stream, else a 404 naming the real paths (``base``: see :func:`_base`)."""
     info = manager.get(stream_id)
     if info is None:
         raise AdminError(
             404,
             "stream_not_found",
             f"no stream {stream_id!r} in flight or in the recent history; list streams "
-            f"with GET /streams or closed ones with GET /history",
+            f"with GET {base}/streams or closed ones with GET {base}/history",
         )
     return info
 
@@ -687,6 +648,12 @@ def _reason(query: str | None, body: CancelBody | None) -> str:
         )
     text = query if query is not None else from_body
     return DEFAULT_CANCEL_REASON if text is None else text
+
+
+def _base(request: Request, prefix: str) -> str:
+    """The path before the API's own routes, as clients see it: the mount's path
+    (``/admin`` in the service), then ``prefix``."""
+    return str(request.scope.get("root_path", "")) + prefix
 
 
 def _limits(manager: StreamManager) -> Limits:
@@ -737,7 +704,7 @@ def _authenticator(token: str) -> Callable[..., Any]:
             "admin.unauthorized",
             problem=problem,
             method=request.method,
-            path=request.url.path,
+            path=redact(request.url.path, [token]),  # a token pasted in a path too
             client=_client(request),
         )
         raise AdminError(
@@ -749,75 +716,3 @@ def _authenticator(token: str) -> Callable[..., Any]:
         )
 
     return authenticate
-
-
-def _allowed_methods(router: APIRouter, request: Request) -> list[str]:
-    """Every method the routes of the path that answers this URL take.
-
-    A path with a GET and a DELETE route answers a 405 from one of them, whose own
-    ``Allow`` would name only it. Only the first path that matches counts, as in
-    the document: ``/streams/events`` (GET) also matches ``/streams/{stream_id}``.
-    """
-    allowed: set[str] = set()
-    template: str | None = None
-    for route in router.routes:
-        methods = getattr(route, "methods", None)
-        path = getattr(route, "path", None)
-        if not methods or (template is not None and path != template):
-            continue
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            template = path
-            allowed |= set(methods)
-    return sorted(allowed)
-
-
-def _install_error_handlers(app: FastAPI, router: APIRouter) -> None:
-    """Every error as ``{"error": {"code", "message"}}``, FastAPI's own ones too."""
-
-    async def admin_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, AdminError)
-        return exc.response()
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return _validation_error(exc)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
-        if exc.status_code == 400:
-            # FastAPI's only 400: a body it could not read as JSON (not UTF-8, say).
-            # Bad JSON is a validation error (JSON it could decode but not parse is
-            # one already): one code for both.
-            return AdminError(
-                422,
-                "validation_error",
-                f"invalid request: body: {exc.detail} (send a JSON object in UTF-8, "
-                f"with content-type application/json)",
-            ).response([{"loc": ["body"], "msg": str(exc.detail), "type": "body_unreadable"}])
-        if exc.status_code == 404:
-            message = f"no such endpoint: {request.method} {request.url.path}; see openapi.json"
-        elif exc.status_code == 405:
-            allowed = _allowed_methods(router, request)
-            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
-            message = (
-                f"{request.method} is not allowed on {request.url.path} (allowed: "
-                f"{', '.join(allowed)}); see openapi.json"
-            )
-            return AdminError(405, code, message, headers).response()
-        else:
-            message = str(exc.detail)
-        return AdminError(exc.status_code, code, message, exc.headers).response()
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        return AdminError(
-            500,
-            "internal_error",
-            "the inspection API failed; see the server's logs and retry",
-        ).response()
-
-    app.add_exception_handler(AdminError, admin_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, server_error)

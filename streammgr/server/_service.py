@@ -17,14 +17,16 @@ import httpx
 import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount, Router
 from starlette.types import ASGIApp
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
-from ._gateway import MAX_REQUEST_SIZE, gateway_app
+from ._access_log import AccessLog
+from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
+from ._health import ReadyState, health_routes
+from ._hosts import HostGuard
 from ._hypercorn import serve
 from ._lifespan import manager_lifespan
 
@@ -59,6 +61,15 @@ class ServiceOptions:
         keep_alive: seconds without a write before a keep-alive comment.
         stall_timeout: the most seconds one write may wait for a client.
         max_request_size: the largest request body, in bytes.
+        allowed_hosts: the ``Host`` names every route answers besides the loopback
+            ones (``localhost``, ``127.0.0.1``, ``[::1]``, any port), against DNS
+            rebinding (see :class:`~streammgr.server.HostGuard`): ``"api.example"``
+            (any port), ``"api.example:8443"``, or ``"*"`` for any host. ``None``
+            (the default): loopback names only, right for a service on loopback;
+            serving beyond it, list the names clients use, or ``("*",)``. The
+            probes ``/healthz`` and ``/readyz`` are exempt.
+        access_log: log every answer (``http.request``), not only the errors
+            (``http.error``, always); see :class:`~streammgr.server.AccessLog`.
     """
 
     upstream_url: str
@@ -70,13 +81,16 @@ class ServiceOptions:
     keep_alive: float | None = 15.0
     stall_timeout: float | None = 30.0
     max_request_size: int = MAX_REQUEST_SIZE
+    allowed_hosts: Sequence[str] | None = None
+    access_log: bool = False
 
     def __repr__(self) -> str:
         # Never the key.
         key = "set" if self.api_key else "none"
         return (
             f"ServiceOptions(upstream_url={self.upstream_url!r}, api_key={key}, "
-            f"key_header={self.key_header!r}, cors_origins={tuple(self.cors_origins)!r})"
+            f"key_header={self.key_header!r}, cors_origins={tuple(self.cors_origins)!r}, "
+            f"allowed_hosts={self.allowed_hosts!r}, access_log={self.access_log!r})"
         )
 
 
@@ -89,7 +103,14 @@ def build_service_app(
     admin: Starlette | None = None,
 ) -> ASGIApp:
     """The service: the gateway at ``/v1``, the inspection API at ``/admin``, CORS,
-    and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+    the probes ``/healthz`` and ``/readyz``, the Host check, a log line per error
+    answer, and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+
+    Every route but the probes answers only the hosts ``options.allowed_hosts``
+    allows (loopback names by default); every answer of 400 or more is logged as
+    ``http.error`` (and every other one as ``http.request`` with
+    ``options.access_log``); every answer, the inspection API's too, has an
+    ``x-request-id``.
 
     Args:
         manager: a manager not entered yet: the app's lifespan runs it.
@@ -102,6 +123,7 @@ def build_service_app(
         admin: the inspection API, mounted at ``/admin`` when given
             (``streammgr.server.admin_app(manager, token=..., prefix="")``); its own
             lifespan (the task feeding its histograms) runs inside the service's.
+            It checks hosts and origins itself (pass it the same ``allowed_hosts``).
 
     Returns:
         An ASGI app to pass to :func:`~streammgr.server.serve`.
@@ -122,10 +144,10 @@ def build_service_app(
         max_request_size=options.max_request_size,
         websocket_origins=options.cors_origins,  # browsers apply no CORS to WebSockets
     )
-    routes = []
+    guarded: list[BaseRoute] = []
     # --- The inspection API: the one place it is mounted. --------------------------
     if admin is not None:
-        routes.append(Mount("/admin", app=admin))
+        guarded.append(Mount("/admin", app=admin))
     # CORS opens the gateway to other origins, never the inspection API: a web page in
     # an operator's browser must not read or cancel streams of a tokenless admin API.
     public: ASGIApp = gateway
@@ -138,21 +160,38 @@ def build_service_app(
             expose_headers=list(_EXPOSED_HEADERS),
             max_age=600,
         )
-    routes.append(Mount("/", app=public))
-    middleware: list[Middleware] = []
+    guarded.append(Mount("/", app=public))
+    # Against DNS rebinding: every route but the probes (a kubelet names the pod's
+    # IP) answers only the allowed hosts.
+    hosts = HostGuard(Router(routes=guarded), allowed_hosts=options.allowed_hosts or ())
+    ready = ReadyState()
+    routes: list[BaseRoute] = [*health_routes(manager, ready), Mount("/", app=hosts)]
     run_manager = manager_lifespan(manager)
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         # Starlette runs no lifespan of a mounted app: the admin app's runs here.
         async with run_manager(app):
-            if admin is None:
-                yield
-            else:
-                async with admin.router.lifespan_context(admin):
+            ready.started = True
+            try:
+                if admin is None:
                     yield
+                else:
+                    async with admin.router.lifespan_context(admin):
+                        yield
+            finally:
+                ready.stopped = True
 
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    service = Starlette(routes=routes, lifespan=lifespan)
+    # The admin token (admin_app keeps it in its state) and the upstream key never
+    # reach a log line, not even in a path.
+    secrets = [options.api_key or "", *(getattr(admin.state, "secrets", ()) if admin else ())]
+    return AccessLog(
+        RequestIdMiddleware(service),
+        requests=options.access_log,
+        key_header=options.key_header,
+        secrets=secrets,
+    )
 
 
 def graceful_trigger(
