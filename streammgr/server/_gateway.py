@@ -57,7 +57,7 @@ from .._errors import (
     UpstreamProtocolError,
     UpstreamTruncated,
 )
-from .._logging import excerpt, get_logger
+from .._logging import excerpt
 from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
@@ -77,6 +77,7 @@ from ._chat_request import (
     read_body,
 )
 from ._chat_ws import CHAT_WS_PATH, ChatSocket
+from ._models import MODELS_CACHE_TTL, ModelsRoute
 from ._response import EventStreamResponse
 
 __all__ = ["MAX_REQUEST_SIZE", "RequestIdMiddleware", "caller_key", "gateway_app", "openai_error"]
@@ -424,50 +425,6 @@ class _Gateway:
         stream = self.manager.open(chat, key=key, labels=labels)
         return _CompletionResponse(self.manager, stream, model, request_id)
 
-    async def models(self, request: Request) -> Response:
-        settings = self.settings
-        headers = {"accept": "application/json"}
-        if settings.api_key:
-            headers["authorization"] = f"Bearer {settings.api_key}"
-        connect = settings.upstream_timeouts.connect
-        with trio.move_on_after(connect if connect is not None else 30.0) as patience:
-            try:
-                answer = await settings.upstream.get(settings.models_url, headers=headers)
-            except httpx.HTTPError as exc:
-                get_logger().warning("gateway.models_failed", error=type(exc).__name__)
-                return openai_error(
-                    502,
-                    f"could not reach the upstream ({type(exc).__name__}); retry later",
-                    error_type="upstream_error",
-                    code="upstream_error",
-                )
-        if patience.cancelled_caught:
-            return openai_error(
-                504,
-                "the upstream did not list its models in time; retry later",
-                error_type="upstream_error",
-                code="upstream_connect_timeout",
-            )
-        passed = {
-            name: value
-            for name, value in answer.headers.items()
-            if name.lower() in ("retry-after", "retry-after-ms")
-        }
-        if answer.status_code in (401, 403):
-            return openai_error(
-                502,
-                f"the upstream refused the gateway's credentials ({answer.status_code})",
-                error_type="upstream_error",
-                code="upstream_error",
-                headers={"x-should-retry": "false"},  # the same on every try
-            )
-        return Response(
-            answer.content,
-            status_code=answer.status_code,
-            headers=passed,
-            media_type=answer.headers.get("content-type", "application/json"),
-        )
-
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """404 and 405 (and any other HTTPException) in OpenAI's error format."""
@@ -542,6 +499,7 @@ def gateway_app(
     stall_timeout: float | None = 30.0,
     max_request_size: int = MAX_REQUEST_SIZE,
     websocket_origins: Sequence[str] = (),
+    models_cache_ttl: float | None = MODELS_CACHE_TTL,
 ) -> ASGIApp:
     """An OpenAI-compatible gateway in front of ``upstream_url``, as an ASGI app.
 
@@ -585,6 +543,9 @@ def gateway_app(
             (``"*"``: any); a handshake from another origin gets a 403. Empty: any
             (browsers apply no CORS to WebSockets: set it when a browser page may
             connect).
+        models_cache_ttl: seconds ``GET /v1/models`` keeps the upstream's list
+            (``None``: not kept; callers at the same time still share one
+            upstream request). See docs/gateway.md.
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
@@ -607,6 +568,7 @@ def gateway_app(
         raise TypeError(f"max_request_size must be an int, got {max_request_size!r}")
     if max_request_size < 1:
         raise ValueError(f"max_request_size must be at least 1 byte, got {max_request_size}")
+    check_seconds("models_cache_ttl", models_cache_ttl)
     if api_key is not None:
         manager.add_secret(api_key)
     settings = GatewaySettings(
@@ -624,10 +586,11 @@ def gateway_app(
     if isinstance(websocket_origins, str):
         raise TypeError("websocket_origins must be a list of origins, not one str")
     chat_socket = ChatSocket(manager, settings, websocket_origins)
+    models = ModelsRoute(settings, cache_ttl=models_cache_ttl)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/v1/models", models.endpoint, methods=["GET"]),
             WebSocketRoute(CHAT_WS_PATH, chat_socket.endpoint),
         ],
         exception_handlers={HTTPException: _http_error},
