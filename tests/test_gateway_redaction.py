@@ -128,6 +128,36 @@ async def test_a_key_cut_at_the_end_of_an_excerpt_leaves_no_piece(
     assert any("[REDACTED]" in answer for answer in shown)
 
 
+def failing_mid_stream(kind: str, text: str) -> Handler:
+    """An upstream that answers 200 and then fails in the stream, quoting ``text``."""
+    if kind == "error object":
+        event = "data: " + json.dumps({"error": {"message": text}})
+    elif kind == "event: error":
+        event = "event: error\ndata: " + json.dumps({"message": text})
+    else:  # a malformed chunk
+        event = "data: " + text
+    opening = {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}
+    body = f"data: {json.dumps(opening)}\n\n{event}\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return handler
+
+
+@pytest.mark.parametrize("route", ["stream", "no-stream", "websocket"])
+@pytest.mark.parametrize("kind", ["error object", "event: error", "malformed chunk"])
+async def test_a_key_quoted_by_a_failure_mid_stream_leaves_no_piece(
+    autojump_clock: trio.abc.Clock, route: str, kind: str
+) -> None:
+    # The in-band error quotes the upstream's text, cut at 200 characters.
+    for filler in range(150, 260, 7):
+        for text in (KEY, base64.b64encode(f"Bearer {KEY}".encode()).decode()):
+            answer = await answer_of(route, failing_mid_stream(kind, "x" * filler + text))
+            assert "error" in answer
+            assert find_secret(KEY, answer) is None, (filler, answer)
+
+
 def test_redact_finds_the_key_inside_base64_at_every_alignment() -> None:
     for prefix in ("", "a", "ab", "Bearer ", "Authorization: Bearer "):
         text = prefix + KEY + " and after"

@@ -124,11 +124,13 @@ class _ChatEvents:
     :class:`~streammgr.UpstreamTruncated`. Checking that every chunk is JSON would
     mean decoding each one, which raw mode exists to avoid: a chunk is checked for
     the shape of an object (``{...}``) only, and parsed only when it holds the text
-    ``"error"``.
+    ``"error"``. The upstream's text quoted in those errors is cut with ``secrets``
+    known (the gateway's key), so that no beginning of one is left at the cut.
     """
 
-    def __init__(self, source: SSESource) -> None:
+    def __init__(self, source: SSESource, secrets: Sequence[str] = ()) -> None:
         self._source = source
+        self._secrets = tuple(secrets)
 
     def __repr__(self) -> str:
         return f"_ChatEvents({self._source!r})"
@@ -145,7 +147,7 @@ class _ChatEvents:
                     batch = await reads.anext_batch()
                 except StopAsyncIteration:
                     break
-                end, failure = _scan(batch, url)
+                end, failure = _scan(batch, url, self._secrets)
                 if end == len(batch):
                     yield batch
                 elif end:
@@ -163,7 +165,9 @@ class _ChatEvents:
         )
 
 
-def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None]:
+def _scan(
+    batch: list[ServerSentEvent], url: str, secrets: Sequence[str] = ()
+) -> tuple[int, Exception | None]:
     """How many of the batch's events to forward, and the failure after them, if any.
 
     Stops after ``[DONE]`` (it is forwarded) or before a failing event.
@@ -173,11 +177,11 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
         if data == OPENAI_DONE:
             return index + 1, None
         if event.event == "error":
-            return index, _api_error(data, url)
+            return index, _api_error(data, url, secrets)
         if not _is_object(data):
             return index, UpstreamProtocolError(
                 f"the upstream sent a malformed chunk (not a JSON object): "
-                f"{excerpt(data, _EXCERPT)!r}",
+                f"{excerpt(data, _EXCERPT, secrets)!r}",
                 url=url,
             )
         if _has_outcome(data):
@@ -187,11 +191,12 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
                 payload = json.loads(data)
             except (ValueError, RecursionError):
                 return index, UpstreamProtocolError(
-                    f"the upstream sent a malformed chunk (not JSON): {excerpt(data, _EXCERPT)!r}",
+                    f"the upstream sent a malformed chunk (not JSON): "
+                    f"{excerpt(data, _EXCERPT, secrets)!r}",
                     url=url,
                 )
             if isinstance(payload, dict) and payload.get("error") is not None:
-                return index, _api_error(data, url)
+                return index, _api_error(data, url, secrets)
     return len(batch), None
 
 
@@ -251,7 +256,7 @@ def _note_outcome_of(data: str) -> None:
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def _api_error(data: str, url: str) -> UpstreamAPIError:
+def _api_error(data: str, url: str, secrets: Sequence[str] = ()) -> UpstreamAPIError:
     """The upstream's in-stream error object as an :class:`~streammgr.UpstreamAPIError`."""
     try:
         payload = json.loads(data)
@@ -260,7 +265,7 @@ def _api_error(data: str, url: str) -> UpstreamAPIError:
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     if not isinstance(error, dict):
         error = {"message": str(error)}
-    message = excerpt(str(error.get("message") or "unknown error"), _EXCERPT)
+    message = excerpt(str(error.get("message") or "unknown error"), _EXCERPT, secrets)
     error_type, code = error.get("type"), error.get("code")
     return UpstreamAPIError(
         f"the upstream reported an error mid-stream: {message}",
@@ -411,7 +416,7 @@ class _Gateway:
             labels["stream"] = "true"
             return EventStreamResponse(
                 self.manager,
-                _ChatEvents(source),
+                _ChatEvents(source, settings.secrets),
                 key=key,
                 labels=labels,
                 resumable=False,
