@@ -18,6 +18,8 @@ in front of an OpenAI-compatible upstream, every chat request run through a
   :func:`~streammgr.sources.collect_chat` and answers one ``chat.completion``
   object. It watches the client meanwhile: a client that leaves cancels the stream
   (``client_disconnected``) and with it the upstream request.
+- ``GET /v1/models``: :class:`~streammgr.server._models.ModelsRoute` (one cached
+  answer, one upstream request in flight, a bound per key, a capped and redacted body);
 - every other ``/v1/...`` route, and any other path: a 404 in OpenAI's error format;
   a bad body: a 400 naming the field.
 
@@ -512,11 +514,11 @@ def gateway_app(
     Events forwarded from the upstream without re-encoding, never with an ``id:`` or
     ``retry:`` field, and ends with an in-band ``data: {"error": {...}}`` event when
     the upstream fails mid-stream; ``stream: false`` answers the assembled
-    ``chat.completion``), ``GET /v1/models`` (the upstream's list); anything else a
-    404 in OpenAI's error format. Every chat request runs through ``manager`` under
-    the caller's key (see :func:`caller_key`); over a limit, the answer is 429 with
-    ``Retry-After``, ``retry-after-ms`` and an OpenAI error body. Every answer has
-    ``x-request-id``. See docs/gateway.md.
+    ``chat.completion``), ``GET /v1/models`` (the upstream's list, cached);
+    anything else a 404 in OpenAI's error format. Every chat request runs through
+    ``manager`` under the caller's key (see :func:`caller_key`); over a limit, the
+    answer is 429 with ``Retry-After``, ``retry-after-ms`` and an OpenAI error body.
+    Every answer has ``x-request-id``. See docs/gateway.md.
 
     The app has no lifespan: run ``manager`` around it (``async with manager``, or
     :func:`~streammgr.server.manager_lifespan` in the app that mounts it, as
