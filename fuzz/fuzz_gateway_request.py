@@ -7,7 +7,7 @@ the fields both parsers read (``model``, ``messages``, ``stream``, ``stream_opti
 ``n``, ``max_tokens``, ``streammgr_simulate``...) and values of every JSON type, strings
 with escapes of any code point included, which is then serialised as the body. It asserts:
 
-- ``_parse_chat_request`` (streammgr/server/_gateway.py) returns the request object or
+- ``parse_chat_request`` (streammgr/server/_chat_request.py) returns the request object or
   raises its typed bad request (a 400 naming the field), never anything else; a
   request it accepts can be sent upstream (encoded as UTF-8 JSON, as httpx does);
 - ``plan_request`` (streammgr/simulate/_scenario.py) returns a scenario or raises
@@ -37,11 +37,15 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 with atheris.instrument_imports(
-    include=["streammgr.server._gateway", "streammgr.simulate._scenario", "streammgr._validate"]
+    include=[
+        "streammgr.server._chat_request",
+        "streammgr.simulate._scenario",
+        "streammgr._validate",
+    ]
 ):
     from starlette.datastructures import Headers
 
-    from streammgr.server._gateway import _BadRequest, _parse_chat_request, caller_key
+    from streammgr.server._chat_request import BadRequest, caller_key, parse_chat_request
     from streammgr.simulate._scenario import Behaviour, InvalidRequest, Scenario, plan_request
 
 KEYS = (
@@ -139,9 +143,9 @@ def request_body(fdp: DataProvider) -> bytes:
 
 def check_gateway(body: bytes) -> None:
     try:
-        payload = _parse_chat_request(body)
-    except _BadRequest as exc:
-        refused: _BadRequest = exc
+        payload = parse_chat_request(body)
+    except BadRequest as exc:
+        refused: BadRequest = exc
     else:
         check_request(payload)
         return

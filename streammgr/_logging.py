@@ -19,6 +19,7 @@ survives the cut).
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
@@ -91,9 +92,39 @@ def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("(?=(" + "|".join(_pattern_of(secret) for secret in secrets) + "))")
 
 
+_MIN_BASE64_CORE = 8  # characters: a shorter run would match ordinary text
+_URL_SAFE = str.maketrans("+/", "-_")
+
+
+@functools.lru_cache(maxsize=256)
+def _base64_cores(secret: str) -> tuple[str, ...]:
+    """The base64 text found in every base64 encoding that holds ``secret``.
+
+    An upstream that echoes ``Authorization`` base64-encoded (``Bearer <key>``, or
+    the whole header) spells the key in base64 at one of three alignments. For each,
+    the characters made of the secret's own bits alone (the first and last, which
+    mix in the neighbouring bytes, are left out), in the standard and the URL-safe
+    alphabet: one of them is in any such encoding, whatever surrounds the secret.
+    """
+    data = secret.encode("utf-8", "surrogatepass")
+    cores: list[str] = []
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        # Character i carries bits [6i, 6i + 6); the secret's bits are [8 offset, 8 (offset + n)).
+        core = encoded[-(-8 * offset // 6) : 8 * (offset + len(data)) // 6]
+        if len(core) >= _MIN_BASE64_CORE:
+            cores += [core, core.translate(_URL_SAFE)]
+    return tuple(dict.fromkeys(cores))
+
+
 def _known(secrets: Iterable[str]) -> tuple[str, ...]:
-    """The non-empty ``secrets``, longest first, without duplicates."""
-    return tuple(sorted({secret for secret in secrets if secret}, key=lambda s: (-len(s), s)))
+    """The non-empty ``secrets`` and their base64 forms (:func:`_base64_cores`),
+    longest first, without duplicates."""
+    given = {secret for secret in secrets if secret}
+    every = set(given)
+    for secret in given:
+        every.update(_base64_cores(secret))
+    return tuple(sorted(every, key=lambda s: (-len(s), s)))
 
 
 def _remove_secrets(text: str, secrets: tuple[str, ...]) -> str:
@@ -121,10 +152,11 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
     Replaces every occurrence of the given ``secrets`` (exact values, e.g. an API
     key the application knows), also when written percent-encoded (``%2B`` or
-    ``%2b`` for ``+``), form-encoded (``+`` for a space) or JSON-escaped (``\\/``),
-    and overlapping ones whole; then anything shaped like a credential: bearer and
-    basic authorization values, ``sk-...`` keys, and ``api_key=...`` /
-    ``"token": "..."`` pairs.
+    ``%2b`` for ``+``), form-encoded (``+`` for a space), JSON-escaped (``\\/``) or
+    inside base64 (``base64("Bearer <key>")``: the part of the base64 text that
+    spells the secret), and overlapping ones whole; then anything shaped like a
+    credential: bearer and basic authorization values, ``sk-...`` keys, and
+    ``api_key=...`` / ``"token": "..."`` pairs.
 
     Args:
         text: the text to clean.

@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._logging import excerpt, get_logger
-from ._gateway import caller_key
+from ._chat_request import caller_key
 
 __all__ = ["AccessLog"]
 

@@ -45,16 +45,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .._errors import ManagerClosed, StreamCancelled, StreamError
 from .._logging import get_logger
+from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import json_type, unpaired_surrogate
 from ..sources import ChatChunk, ToolCallDelta, Usage
-from ._gateway import (
-    _BadRequest,
-    _check_chat_request,
-    _completion_error,
-    _Gateway,
+from ._chat_request import (
+    BadRequest,
+    GatewaySettings,
     caller_key,
+    check_chat_request,
+    completion_error,
     load_json,
     openai_error,
 )
@@ -100,13 +101,17 @@ class ChatSocket:
     the gateway's). Its :meth:`endpoint` is a Starlette WebSocket endpoint.
 
     Args:
-        gateway: the gateway's shared state (manager, upstream, options).
+        manager: the manager every request runs through.
+        settings: the gateway's settings (upstream, options).
         origins: the ``Origin`` values allowed to open a connection (``"*"``: any);
             empty: any. A handshake from another origin gets a 403.
     """
 
-    def __init__(self, gateway: _Gateway, origins: Sequence[str] = ()) -> None:
-        self.gateway = gateway
+    def __init__(
+        self, manager: StreamManager, settings: GatewaySettings, origins: Sequence[str] = ()
+    ) -> None:
+        self.manager = manager
+        self.settings = settings
         self.origins = frozenset(origins)
         self._manager_closed = False
         self._watching = False
@@ -136,7 +141,7 @@ class ChatSocket:
                 continue
             self._watching = True
             try:
-                async with self.gateway.manager.watch(max_buffer=1) as events:
+                async with self.manager.watch(max_buffer=1) as events:
                     async for _ in events:
                         pass
                 self._manager_closed = True
@@ -172,11 +177,11 @@ class _Session:
 
     def __init__(self, socket: ChatSocket, websocket: WebSocket, connection_id: str) -> None:
         self._socket = socket
-        self._gateway = socket.gateway
-        self._manager = socket.gateway.manager
+        self._settings = socket.settings
+        self._manager = socket.manager
         self._websocket = websocket
         self._connection_id = connection_id
-        self._key = caller_key(websocket.headers, socket.gateway.key_header)
+        self._key = caller_key(websocket.headers, socket.settings.key_header)
         self._connection = current_connection()
         self._nursery: trio.Nursery | None = None
         self._lock = trio.Lock()
@@ -191,7 +196,7 @@ class _Session:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_shutdown, name="streammgr-ws-shutdown-watch")
-            stall_timeout = self._gateway.stall_timeout
+            stall_timeout = self._settings.stall_timeout
             if stall_timeout is not None:
                 nursery.start_soon(self._guard_writes, stall_timeout, name="streammgr-ws-guard")
             await self._receive_messages()
@@ -282,7 +287,7 @@ class _Session:
                 None,
             )
             return
-        limit = self._gateway.max_request_size
+        limit = self._settings.max_request_size
         size = len(text) if text.isascii() else len(text.encode())
         if size > limit:
             await self._send_error(
@@ -346,13 +351,12 @@ class _Session:
                 "n",
             )
         try:
-            _check_chat_request(payload, None)  # surrogates: checked by _decode
-        except _BadRequest as exc:
+            check_chat_request(payload, None)  # surrogates: checked by _decode
+        except BadRequest as exc:
             raise _BadMessage(str(exc), "invalid_field", exc.param) from None
-        gateway = self._gateway
         model: str = payload["model"]
         self._requests += 1
-        chat = gateway.chat_source(payload, _NOT_FORWARDED)
+        chat = self._settings.chat_source(payload, _NOT_FORWARDED)
         labels = {
             "route": "chat.ws",
             "model": model[:64],
@@ -401,7 +405,7 @@ class _Session:
                 delta={}, done=True, finish_reason=end.finish_reason, usage=_usage(end.usage)
             )
         else:
-            answer = _completion_error(error, stream.id, stream.info().error)
+            answer = completion_error(error, stream.id, stream.info().error)
             final["done"] = True
             final["error"] = {
                 "message": answer.message,
@@ -520,7 +524,7 @@ def _decode(text: str) -> dict[str, Any]:
     """A client message's JSON object."""
     try:
         payload = load_json(text)
-    except _BadRequest as exc:
+    except BadRequest as exc:
         raise _BadMessage(str(exc), "invalid_json") from None
     except (ValueError, RecursionError):
         raise _BadMessage(

@@ -18,6 +18,8 @@ in front of an OpenAI-compatible upstream, every chat request run through a
   :func:`~streammgr.sources.collect_chat` and answers one ``chat.completion``
   object. It watches the client meanwhile: a client that leaves cancels the stream
   (``client_disconnected``) and with it the upstream request.
+- ``GET /v1/models``: :class:`~streammgr.server._models.ModelsRoute` (one cached
+  answer, one upstream request in flight, a bound per key, a capped and redacted body);
 - every other ``/v1/...`` route, and any other path: a 404 in OpenAI's error format;
   a bad body: a 400 naming the field.
 
@@ -25,17 +27,19 @@ The admission key is the caller's credential hashed (``key-`` and 16 hex digits 
 its SHA-256; the credential itself is never stored, logged or forwarded), or the
 value of a configured header, or ``anonymous``. The upstream gets the configured
 API key, never the caller's. Every answer carries ``x-request-id``.
+
+This module keeps the routes, the middleware and :func:`gateway_app`; what a chat
+request is (its key, body, checks, errors, the settings) lives in
+``_chat_request.py``, which the WebSocket route (``_chat_ws.py``) imports too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -53,78 +57,35 @@ from .._errors import (
     StreamCancelled,
     UpstreamAPIError,
     UpstreamProtocolError,
-    UpstreamStatusError,
     UpstreamTruncated,
 )
-from .._logging import excerpt, get_logger
+from .._logging import excerpt
 from .._manager import StreamManager
 from .._states import CloseReason
 from .._stream import ManagedStream
-from .._validate import check_seconds, json_type, unpaired_surrogate
-from ..sources import ChatCompletion, OpenAIChat, SourceTimeouts, SSESource, Usage, collect_chat
-from ..sources._common import api_url
+from .._validate import check_seconds
+from ..sources import ChatCompletion, SourceTimeouts, SSESource, Usage, collect_chat
 from ..sources._openai import note_outcome
 from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
-from ._answers import ErrorAnswer, error_answer
+from ._answers import ErrorAnswer
+from ._chat_request import (
+    MAX_REQUEST_SIZE,
+    BadRequest,
+    GatewaySettings,
+    caller_key,
+    completion_error,
+    openai_error,
+    parse_chat_request,
+    read_body,
+)
+from ._chat_ws import CHAT_WS_PATH, ChatSocket
+from ._models import MODELS_CACHE_TTL, ModelsRoute
 from ._response import EventStreamResponse
 
 __all__ = ["MAX_REQUEST_SIZE", "RequestIdMiddleware", "caller_key", "gateway_app", "openai_error"]
 
-MAX_REQUEST_SIZE = 8 * 1024 * 1024
-"""The largest request body the gateway reads, in bytes (a larger one gets a 413)."""
-
-_ANONYMOUS = "anonymous"
-_KEY_HEADER_LIMIT = 128  # characters of a configured key header's value used as the key
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _EXCERPT = 200
-# A stream: false answer is assembled from a stream; the key sent when none is set.
-_NO_API_KEY = "no-key"
-
-
-def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str:
-    """The admission key of a request: who the per-key limit counts.
-
-    The value of ``key_header`` when it is configured and present (cut to 128
-    characters: an id set by a trusted proxy in front, not a secret); else the
-    caller's credential (``Authorization: Bearer ...``, or the whole header for
-    another scheme) hashed: ``key-`` and the first 16 hex digits of its SHA-256,
-    so the registry, logs and limits never hold the credential itself; else
-    ``"anonymous"``.
-
-    Args:
-        headers: the request's headers (case-insensitive, as Starlette's).
-        key_header: the name of a header that names the caller, or ``None``.
-    """
-    if key_header is not None:
-        value = headers.get(key_header, "").strip()
-        if value:
-            return value[:_KEY_HEADER_LIMIT]
-    credential = headers.get("authorization", "").strip()
-    scheme, _, token = credential.partition(" ")
-    if scheme.lower() == "bearer":
-        credential = token.strip()
-    if not credential:
-        return _ANONYMOUS
-    return "key-" + hashlib.sha256(credential.encode()).hexdigest()[:16]
-
-
-def openai_error(
-    status: int,
-    message: str,
-    *,
-    error_type: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    """A JSON answer in OpenAI's error format: ``{"error": {message, type, param, code}}``."""
-    error = {"message": message, "type": error_type, "param": param, "code": code}
-    return Response(
-        json.dumps({"error": error}, separators=(",", ":")),
-        status_code=status,
-        headers=dict(headers or {}),
-        media_type="application/json",
-    )
 
 
 def _answer_response(answer: ErrorAnswer, stream_id: str) -> Response:
@@ -140,144 +101,6 @@ def _answer_response(answer: ErrorAnswer, stream_id: str) -> Response:
 
 # What the gateway reads itself and does not forward on the stream: false route.
 _NOT_FORWARDED = frozenset({"model", "messages", "stream", "stream_options"})
-
-
-class _BadRequest(Exception):
-    """Internal: the request body is not a chat-completions request (a 400, or 413)."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.param = param
-        self.status = status
-
-
-def _not_a_number(text: str) -> float:
-    """``json.loads`` hook: NaN and Infinity, which Python reads but JSON has not
-    (httpx could not send them upstream: ``allow_nan=False``)."""
-    raise _BadRequest(f"the request body has {text}, which is not a JSON number; send a number")
-
-
-def _finite(text: str) -> float:
-    """``json.loads`` hook: a number with a fraction or exponent, refused if it
-    overflows to infinity (as NaN and Infinity are)."""
-    value = float(text)
-    if math.isinf(value):
-        raise _BadRequest(
-            f"the request body has the number {text[:40]}, too large for a double; send a "
-            f"finite number"
-        )
-    return value
-
-
-def _parse_chat_request(body: bytes) -> dict[str, Any]:
-    """The request's JSON object, with the fields the gateway relies on checked.
-
-    Only what the gateway itself reads is checked (``model``, ``messages``,
-    ``stream``, ``stream_options``, ``n``); the upstream checks the rest.
-
-    Raises:
-        _BadRequest: naming the field.
-    """
-    try:
-        # Strict UTF-8 (RFC 8259): json.loads(bytes) would also take UTF-16 and 32, and
-        # surrogates encoded as UTF-8, which nothing can encode again.
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _BadRequest(
-            f"the request body is not valid UTF-8 (byte {exc.start}); send JSON in UTF-8"
-        ) from None
-    try:
-        payload = load_json(text)
-    except (ValueError, RecursionError):
-        raise _BadRequest(
-            "the request body is not valid JSON; send a chat-completions request object"
-        ) from None
-    if not isinstance(payload, dict):
-        raise _BadRequest(
-            f"the request body must be a JSON object, got {json_type(payload)}; send a "
-            f"chat-completions request object"
-        )
-    return _check_chat_request(payload, body)
-
-
-def load_json(text: str) -> Any:
-    """``json.loads`` refusing NaN, Infinity and numbers that overflow to infinity
-    (with :class:`_BadRequest`): nothing could encode them again for the upstream."""
-    return json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
-
-
-def _check_chat_request(payload: dict[str, Any], encoded: bytes | None) -> dict[str, Any]:
-    """``payload`` (a decoded request object) with the fields the gateway reads checked.
-
-    The rules of :func:`_parse_chat_request`, shared with the WebSocket route.
-    ``encoded`` is the JSON text it was decoded from, as strict UTF-8 (searched for
-    surrogate escapes); ``None``: the caller has checked for them.
-
-    Raises:
-        _BadRequest: naming the field.
-    """
-    where = None if encoded is None else unpaired_surrogate(encoded, payload)
-    if where is not None:
-        raise _BadRequest(
-            f"{where or 'a key of the request body'} has an unpaired surrogate escape "
-            f"(\\ud800 to \\udfff without its pair), which is not text; send the "
-            f"character itself or both halves of its pair",
-            where or None,
-        )
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        what = "missing" if model is None else f"{json_type(model)}"
-        raise _BadRequest(f"model must be a non-empty string, got {what}", "model")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        what = "missing" if messages is None else json_type(messages)
-        if isinstance(messages, list):
-            what = "an empty array"
-        raise _BadRequest(f"messages must be a non-empty array, got {what}", "messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _BadRequest(
-                f"messages[{index}] must be an object, got {json_type(message)}",
-                f"messages[{index}]",
-            )
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _BadRequest(f"stream must be a boolean, got {json_type(stream)}", "stream")
-    options = payload.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise _BadRequest(
-            f"stream_options must be an object, got {json_type(options)}", "stream_options"
-        )
-    choices = payload.get("n")
-    if choices is not None and (isinstance(choices, bool) or not isinstance(choices, int)):
-        raise _BadRequest(f"n must be an integer, got {json_type(choices)}", "n")
-    if not stream and choices not in (None, 1):
-        raise _BadRequest(
-            f"n must be 1 with stream: false through this gateway, got {choices}; "
-            f"stream the answer (stream: true) for several choices",
-            "n",
-        )
-    return payload
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, at most ``limit`` bytes.
-
-    Raises:
-        _BadRequest: (413) the body is larger.
-    """
-    parts: list[bytes] = []
-    size = 0
-    # aclosing: a body refused half-read leaves no unfinished generator to the collector.
-    async with aclosing(request.stream()) as chunks:
-        async for part in chunks:
-            size += len(part)
-            if size > limit:
-                raise _BadRequest(
-                    f"the request body is larger than {limit} bytes; send less", status=413
-                )
-            parts.append(part)
-    return b"".join(parts)
 
 
 # -- stream: true --------------------------------------------------------------------------
@@ -303,11 +126,13 @@ class _ChatEvents:
     :class:`~streammgr.UpstreamTruncated`. Checking that every chunk is JSON would
     mean decoding each one, which raw mode exists to avoid: a chunk is checked for
     the shape of an object (``{...}``) only, and parsed only when it holds the text
-    ``"error"``.
+    ``"error"``. The upstream's text quoted in those errors is cut with ``secrets``
+    known (the gateway's key), so that no beginning of one is left at the cut.
     """
 
-    def __init__(self, source: SSESource) -> None:
+    def __init__(self, source: SSESource, secrets: Sequence[str] = ()) -> None:
         self._source = source
+        self._secrets = tuple(secrets)
 
     def __repr__(self) -> str:
         return f"_ChatEvents({self._source!r})"
@@ -324,7 +149,7 @@ class _ChatEvents:
                     batch = await reads.anext_batch()
                 except StopAsyncIteration:
                     break
-                end, failure = _scan(batch, url)
+                end, failure = _scan(batch, url, self._secrets)
                 if end == len(batch):
                     yield batch
                 elif end:
@@ -342,7 +167,9 @@ class _ChatEvents:
         )
 
 
-def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None]:
+def _scan(
+    batch: list[ServerSentEvent], url: str, secrets: Sequence[str] = ()
+) -> tuple[int, Exception | None]:
     """How many of the batch's events to forward, and the failure after them, if any.
 
     Stops after ``[DONE]`` (it is forwarded) or before a failing event.
@@ -352,11 +179,11 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
         if data == OPENAI_DONE:
             return index + 1, None
         if event.event == "error":
-            return index, _api_error(data, url)
+            return index, _api_error(data, url, secrets)
         if not _is_object(data):
             return index, UpstreamProtocolError(
                 f"the upstream sent a malformed chunk (not a JSON object): "
-                f"{excerpt(data, _EXCERPT)!r}",
+                f"{excerpt(data, _EXCERPT, secrets)!r}",
                 url=url,
             )
         if _has_outcome(data):
@@ -366,11 +193,12 @@ def _scan(batch: list[ServerSentEvent], url: str) -> tuple[int, Exception | None
                 payload = json.loads(data)
             except (ValueError, RecursionError):
                 return index, UpstreamProtocolError(
-                    f"the upstream sent a malformed chunk (not JSON): {excerpt(data, _EXCERPT)!r}",
+                    f"the upstream sent a malformed chunk (not JSON): "
+                    f"{excerpt(data, _EXCERPT, secrets)!r}",
                     url=url,
                 )
             if isinstance(payload, dict) and payload.get("error") is not None:
-                return index, _api_error(data, url)
+                return index, _api_error(data, url, secrets)
     return len(batch), None
 
 
@@ -430,7 +258,7 @@ def _note_outcome_of(data: str) -> None:
 _USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
-def _api_error(data: str, url: str) -> UpstreamAPIError:
+def _api_error(data: str, url: str, secrets: Sequence[str] = ()) -> UpstreamAPIError:
     """The upstream's in-stream error object as an :class:`~streammgr.UpstreamAPIError`."""
     try:
         payload = json.loads(data)
@@ -439,7 +267,7 @@ def _api_error(data: str, url: str) -> UpstreamAPIError:
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     if not isinstance(error, dict):
         error = {"message": str(error)}
-    message = excerpt(str(error.get("message") or "unknown error"), _EXCERPT)
+    message = excerpt(str(error.get("message") or "unknown error"), _EXCERPT, secrets)
     error_type, code = error.get("type"), error.get("code")
     return UpstreamAPIError(
         f"the upstream reported an error mid-stream: {message}",
@@ -503,7 +331,7 @@ class _CompletionResponse(Response):
             return
         assert error is not None
         info = self._manager.get(stream.id)
-        answer = _completion_error(error, stream.id, info.error if info is not None else None)
+        answer = completion_error(error, stream.id, info.error if info is not None else None)
         await _answer_response(answer, stream.id)(scope, receive, send)
 
     async def _watch_client(self, receive: Receive) -> None:
@@ -556,161 +384,53 @@ class _CompletionResponse(Response):
         return answer
 
 
-_NOT_PASSED_ON = frozenset({401, 403, 407, 429})  # the gateway's own key, or handled
-
-
-def _completion_error(error: BaseException, stream_id: str, recorded: str | None) -> ErrorAnswer:
-    """The answer of a failed ``stream: false`` request."""
-    if (
-        isinstance(error, UpstreamStatusError)
-        and 400 <= error.status_code < 500
-        and error.status_code not in _NOT_PASSED_ON
-    ):
-        text = recorded if recorded is not None else "the upstream refused the request"
-        return ErrorAnswer(
-            error.status_code, "invalid_request_error", "upstream_refused", text, None
-        )
-    return error_answer(error, stream_id, recorded)
-
-
 # -- the app -------------------------------------------------------------------------------
 
 
 class _Gateway:
-    """What the routes share: the manager, the upstream and the options."""
+    """The HTTP routes of one gateway: its manager and its settings."""
 
-    def __init__(
-        self,
-        manager: StreamManager,
-        upstream: httpx.AsyncClient,
-        *,
-        upstream_url: str,
-        api_key: str | None,
-        key_header: str | None,
-        upstream_timeouts: SourceTimeouts,
-        answer_within: float,
-        keep_alive: float | None,
-        stall_timeout: float | None,
-        max_request_size: int,
-    ) -> None:
+    def __init__(self, manager: StreamManager, settings: GatewaySettings) -> None:
         self.manager = manager
-        self.upstream = upstream
-        self.base_url = upstream_url
-        self.chat_url = api_url(upstream_url, "/chat/completions")
-        self.models_url = api_url(upstream_url, "/models")
-        self.api_key = api_key
-        self.key_header = key_header
-        self.upstream_timeouts = upstream_timeouts
-        self.answer_within = answer_within
-        self.keep_alive = keep_alive
-        self.stall_timeout = stall_timeout
-        self.max_request_size = max_request_size
-        self.secrets = (api_key,) if api_key else ()
-
-    def chat_source(self, payload: dict[str, Any], not_forwarded: frozenset[str]) -> OpenAIChat:
-        """The upstream request of a checked chat request, with usage asked for.
-
-        The caller's fields (but ``not_forwarded``) go to the upstream's body only:
-        never as OpenAIChat's own arguments (``headers=``, ``api_key=``...).
-        """
-        return OpenAIChat(
-            self.upstream,
-            api_key=self.api_key or _NO_API_KEY,
-            model=payload["model"],
-            messages=payload["messages"],
-            base_url=self.base_url,
-            include_usage=True,
-            timeouts=self.upstream_timeouts,
-            extra_body={
-                name: value for name, value in payload.items() if name not in not_forwarded
-            },
-        )
-
-    def upstream_headers(self) -> dict[str, str]:
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        if self.api_key:
-            headers["authorization"] = f"Bearer {self.api_key}"
-        return headers
+        self.settings = settings
 
     async def chat_completions(self, request: Request) -> Response:
+        settings = self.settings
         request_id: str = request.scope["state"]["request_id"]
         try:
-            body = await _read_body(request, self.max_request_size)
-            payload = _parse_chat_request(body)
-        except _BadRequest as exc:
+            body = await read_body(request, settings.max_request_size)
+            payload = parse_chat_request(body)
+        except BadRequest as exc:
             return openai_error(exc.status, str(exc), param=exc.param)
-        key = caller_key(request.headers, self.key_header)
+        key = caller_key(request.headers, settings.key_header)
         model: str = payload["model"]
         labels = {"route": "chat.completions", "model": model[:64], "request_id": request_id}
         if payload.get("stream"):
             source = SSESource(
-                self.upstream,
-                self.chat_url,
+                settings.upstream,
+                settings.chat_url,
                 method="POST",
-                headers=self.upstream_headers(),
+                headers=settings.upstream_headers(),
                 content=body,  # the caller's request as it came: nothing re-encoded
-                timeouts=self.upstream_timeouts,
-                secrets=self.secrets,
+                timeouts=settings.upstream_timeouts,
+                secrets=settings.secrets,
             )
             labels["stream"] = "true"
             return EventStreamResponse(
                 self.manager,
-                _ChatEvents(source),
+                _ChatEvents(source, settings.secrets),
                 key=key,
                 labels=labels,
                 resumable=False,
-                keep_alive=self.keep_alive,
-                answer_within=self.answer_within,
-                stall_timeout=self.stall_timeout,
-                answer_error=_completion_error,  # an upstream's 4xx stays a 4xx
+                keep_alive=settings.keep_alive,
+                answer_within=settings.answer_within,
+                stall_timeout=settings.stall_timeout,
+                answer_error=completion_error,  # an upstream's 4xx stays a 4xx
             )
-        chat = self.chat_source(payload, _NOT_FORWARDED)
+        chat = settings.chat_source(payload, _NOT_FORWARDED)
         labels["stream"] = "false"
         stream = self.manager.open(chat, key=key, labels=labels)
         return _CompletionResponse(self.manager, stream, model, request_id)
-
-    async def models(self, request: Request) -> Response:
-        headers = {"accept": "application/json"}
-        if self.api_key:
-            headers["authorization"] = f"Bearer {self.api_key}"
-        connect = self.upstream_timeouts.connect
-        with trio.move_on_after(connect if connect is not None else 30.0) as patience:
-            try:
-                answer = await self.upstream.get(self.models_url, headers=headers)
-            except httpx.HTTPError as exc:
-                get_logger().warning("gateway.models_failed", error=type(exc).__name__)
-                return openai_error(
-                    502,
-                    f"could not reach the upstream ({type(exc).__name__}); retry later",
-                    error_type="upstream_error",
-                    code="upstream_error",
-                )
-        if patience.cancelled_caught:
-            return openai_error(
-                504,
-                "the upstream did not list its models in time; retry later",
-                error_type="upstream_error",
-                code="upstream_connect_timeout",
-            )
-        passed = {
-            name: value
-            for name, value in answer.headers.items()
-            if name.lower() in ("retry-after", "retry-after-ms")
-        }
-        if answer.status_code in (401, 403):
-            return openai_error(
-                502,
-                f"the upstream refused the gateway's credentials ({answer.status_code})",
-                error_type="upstream_error",
-                code="upstream_error",
-                headers={"x-should-retry": "false"},  # the same on every try
-            )
-        return Response(
-            answer.content,
-            status_code=answer.status_code,
-            headers=passed,
-            media_type=answer.headers.get("content-type", "application/json"),
-        )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -786,6 +506,7 @@ def gateway_app(
     stall_timeout: float | None = 30.0,
     max_request_size: int = MAX_REQUEST_SIZE,
     websocket_origins: Sequence[str] = (),
+    models_cache_ttl: float | None = MODELS_CACHE_TTL,
 ) -> ASGIApp:
     """An OpenAI-compatible gateway in front of ``upstream_url``, as an ASGI app.
 
@@ -793,11 +514,11 @@ def gateway_app(
     Events forwarded from the upstream without re-encoding, never with an ``id:`` or
     ``retry:`` field, and ends with an in-band ``data: {"error": {...}}`` event when
     the upstream fails mid-stream; ``stream: false`` answers the assembled
-    ``chat.completion``), ``GET /v1/models`` (the upstream's list); anything else a
-    404 in OpenAI's error format. Every chat request runs through ``manager`` under
-    the caller's key (see :func:`caller_key`); over a limit, the answer is 429 with
-    ``Retry-After``, ``retry-after-ms`` and an OpenAI error body. Every answer has
-    ``x-request-id``. See docs/gateway.md.
+    ``chat.completion``), ``GET /v1/models`` (the upstream's list, cached);
+    anything else a 404 in OpenAI's error format. Every chat request runs through
+    ``manager`` under the caller's key (see :func:`caller_key`); over a limit, the
+    answer is 429 with ``Retry-After``, ``retry-after-ms`` and an OpenAI error body.
+    Every answer has ``x-request-id``. See docs/gateway.md.
 
     The app has no lifespan: run ``manager`` around it (``async with manager``, or
     :func:`~streammgr.server.manager_lifespan` in the app that mounts it, as
@@ -829,6 +550,9 @@ def gateway_app(
             (``"*"``: any); a handshake from another origin gets a 403. Empty: any
             (browsers apply no CORS to WebSockets: set it when a browser page may
             connect).
+        models_cache_ttl: seconds ``GET /v1/models`` keeps the upstream's list
+            (``None``: not kept; callers at the same time still share one
+            upstream request). See docs/gateway.md.
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
@@ -851,10 +575,10 @@ def gateway_app(
         raise TypeError(f"max_request_size must be an int, got {max_request_size!r}")
     if max_request_size < 1:
         raise ValueError(f"max_request_size must be at least 1 byte, got {max_request_size}")
+    check_seconds("models_cache_ttl", models_cache_ttl)
     if api_key is not None:
         manager.add_secret(api_key)
-    gateway = _Gateway(
-        manager,
+    settings = GatewaySettings(
         upstream,
         upstream_url=str(url),
         api_key=api_key,
@@ -865,15 +589,15 @@ def gateway_app(
         stall_timeout=stall_timeout,
         max_request_size=max_request_size,
     )
-    from ._chat_ws import CHAT_WS_PATH, ChatSocket  # it imports this module
-
+    gateway = _Gateway(manager, settings)
     if isinstance(websocket_origins, str):
         raise TypeError("websocket_origins must be a list of origins, not one str")
-    chat_socket = ChatSocket(gateway, websocket_origins)
+    chat_socket = ChatSocket(manager, settings, websocket_origins)
+    models = ModelsRoute(settings, cache_ttl=models_cache_ttl)
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/v1/models", models.endpoint, methods=["GET"]),
             WebSocketRoute(CHAT_WS_PATH, chat_socket.endpoint),
         ],
         exception_handlers={HTTPException: _http_error},
