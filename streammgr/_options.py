@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._validate import check_count, check_limit, check_seconds
+from ._validate import UNSET, check_count, check_limit, check_seconds
 
-__all__ = ["LAYERS", "OPTIONS", "Option", "check_option"]
+__all__ = ["LAYERS", "OPTIONS", "OVERRIDING", "Option", "check_option"]
 
 LAYERS = (
     "StreamManager",
@@ -34,6 +34,10 @@ LAYERS = (
 )
 """The places that take options: the manager, ``manager.open``, the streaming
 response, the gateway, the service's options and the ``serve`` command."""
+
+OVERRIDING = frozenset({"open", "EventStreamResponse"})
+"""The layers where one stream's option, left out, is the manager's (default
+:data:`~streammgr._validate.UNSET`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +65,9 @@ class Option:
     defaults: Mapping[str, object] = field(default_factory=dict)
 
     def default_for(self, layer: str) -> object:
-        """The default of this option in ``layer``."""
+        """The default of this option in ``layer`` (``UNSET``: the manager's)."""
+        if layer in OVERRIDING and "StreamManager" in self.layers:
+            return UNSET
         return self.defaults.get(layer, self.default)
 
 
