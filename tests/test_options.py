@@ -21,6 +21,7 @@ from streammgr import StreamManager
 from streammgr import _options as options_module
 from streammgr._options import LAYERS, OPTIONS, Option, check_option
 from streammgr.cli import _app as cli
+from streammgr.cli._run import ServeSettings
 from streammgr.server import EventStreamResponse, ServiceOptions, gateway_app
 
 
@@ -80,6 +81,7 @@ def _serve_flag(name: str) -> Any:
 def disagreements(options: Mapping[str, Option]) -> list[str]:
     """Every place where a layer and the table disagree, in words."""
     found: list[str] = []
+    serve_settings = {field.name for field in dataclasses.fields(ServeSettings)}
     for layer in LAYERS:
         keywords_of, doc_of = PLACES[layer]
         keywords, docstring = keywords_of(), doc_of()
@@ -97,6 +99,8 @@ def disagreements(options: Mapping[str, Option]) -> list[str]:
                     f"not {option.default_for(layer)!r}"
                 )
             if layer == "serve":
+                if option.name not in serve_settings:
+                    found.append(f"ServeSettings has no {option.name}")
                 flag = _serve_flag(option.name)
                 if flag.env_var != (f"STREAMMGR_{option.name.upper()}",):
                     found.append(f"serve: --{option.name} has no variable of its own")
