@@ -90,6 +90,8 @@ def disagreements(options: Mapping[str, Option]) -> list[str]:
                 if option.name in keywords:
                     found.append(f"{layer} takes {option.name}, not in its layers")
                 continue
+            if layer == "serve" and option.name not in serve_settings:
+                found.append(f"ServeSettings has no {option.name}")  # what serve passes on
             if option.name not in keywords:
                 found.append(f"{layer} does not take {option.name}")
                 continue
@@ -99,8 +101,6 @@ def disagreements(options: Mapping[str, Option]) -> list[str]:
                     f"not {option.default_for(layer)!r}"
                 )
             if layer == "serve":
-                if option.name not in serve_settings:
-                    found.append(f"ServeSettings has no {option.name}")
                 flag = _serve_flag(option.name)
                 if flag.env_var != (f"STREAMMGR_{option.name.upper()}",):
                     found.append(f"serve: --{option.name} has no variable of its own")
@@ -135,6 +135,7 @@ def test_an_option_added_in_one_place_only_is_named_with_every_place_it_misses()
     assert disagreements({**OPTIONS, "max_bytes": new}) == [
         "StreamManager does not take max_bytes",
         "open does not take max_bytes",
+        "ServeSettings has no max_bytes",
         "serve does not take max_bytes",
     ]
     # Taken by a layer, but not in the table: named too.

@@ -62,8 +62,8 @@ class EventStreamResponse(Response):
     opens ``manager.open(producer, *args, ...)`` (limits, registry, timeouts), and
     answers ``text/event-stream`` with one ``http.response.body`` message per batch
     (``stream.batches()``). Keep-alive comments go out every ``keep_alive`` seconds
-    without a write, from the moment the headers are out: also while the stream
-    waits for a slot and before its first item.
+    without a write, from the moment the headers are out: before the first item
+    and between items (never while the stream waits for a slot: see below).
 
     **Admission and headers.** Nothing is sent while the stream waits for a slot,
     and it waits at most ``answer_within`` seconds (or its ``acquire_timeout``, if
