@@ -191,7 +191,7 @@ _DEFINITIONS = (
         _seconds_or_zero,
         "the most seconds before the status is decided: a stream still waiting for "
         "a slot then is refused with a 429, an admitted one sends its headers "
-        "(``0``: never wait for a slot; ``None``: wait as long as ``acquire_timeout``).",
+        "(``0``: never wait for a slot; ``None``: no deadline).",
         _ANSWER,
         {"ServiceOptions": None},
     ),

@@ -690,8 +690,8 @@ async def test_a_refusal_that_comes_after_answer_within_is_still_a_429(
 async def test_answer_within_none_waits_as_long_as_acquire_timeout(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    # No deadline of its own: the acquire timeout refuses (a 429, nothing sent before),
-    # and an admitted stream sends its headers at once.
+    # No deadline: the acquire timeout refuses (a 429, nothing sent before), and an
+    # admitted stream sends its headers with its first batch, however late.
     async with StreamManager(max_streams=1, acquire_timeout=30) as manager:
         async with manager.open(forever):
             server = FakeServer()
@@ -703,11 +703,13 @@ async def test_answer_within_none_waits_as_long_as_acquire_timeout(
         assert round(server.sent[0][0] - start, 6) == 30.0
         server = FakeServer()
         start = trio.current_time()
-        nursery.start_soon(server.run, EventStreamResponse(manager, reads, 1, answer_within=None))
+        nursery.start_soon(
+            server.run, EventStreamResponse(manager, reads, 1, 40.0, answer_within=None)
+        )
         await wait_until_done(server)
     assert server.start()["status"] == 200
-    assert [round(t - start, 6) for t, _ in server.sent] == [0.0, 0.0, 0.5, 0.5]
-    assert server.bodies() == [KEEP_ALIVE, b"data: 0a\n\ndata: 0b\n\n", b""]
+    assert [round(t - start, 6) for t, _ in server.sent] == [40.0, 40.0, 40.0]
+    assert server.bodies() == [b"data: 0a\n\ndata: 0b\n\n", b""]
 
 
 async def test_a_slot_freed_before_answer_within_streams(

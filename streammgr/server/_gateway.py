@@ -819,9 +819,8 @@ def gateway_app(
         upstream_timeouts: the upstream requests' timeouts (default: connect 30 s).
         answer_within: the most seconds before the status is decided: a stream
             still waiting for a slot then is refused with a 429, an admitted one
-            sends its headers (``0``: never wait for a slot; ``None``: wait as long
-            as ``acquire_timeout``). See
-            :class:`~streammgr.server.EventStreamResponse`.
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). See :class:`~streammgr.server.EventStreamResponse`.
         keep_alive: seconds without a write before a keep-alive comment (``None``:
             none).
         stall_timeout: the most seconds one write may wait for a client that reads

@@ -110,10 +110,12 @@ class EventStreamResponse(Response):
             none). The default, 15: load balancers cut connections idle for 60 s.
         answer_within: the most seconds before the status is decided: a stream
             still waiting for a slot then is refused with a 429, an admitted one
-            sends its headers (``0``: never wait for a slot; ``None``: wait as long
-            as ``acquire_timeout``). Default 1. With ``0`` or ``None`` the headers go
-            out as soon as the stream is admitted. To let streams queue longer,
-            raise it: the client sees no byte while its stream waits.
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). Default 1. With ``0`` the headers go out as soon as the stream
+            is admitted; with ``None`` the stream waits as long as its
+            ``acquire_timeout`` lets it, and the headers go out with its first batch
+            (or its error's status). To let streams queue longer, raise it: the
+            client sees no byte while its stream waits.
         stall_timeout: the most seconds one write may wait for a client that reads
             nothing (then ``client_stalled``; ``None``: no bound). Default 30: then
             the stream's producer and slot are released, and the connection is
@@ -245,8 +247,9 @@ class _Writer:
         self.headers_sent = False
         self.ended = False
         self.write_started: float | None = None
-        # None: the headers go out as soon as the stream is admitted, as with 0.
-        self._answer_at = trio.current_time() + (response._answer_within or 0.0)
+        # None: no deadline; the headers go out with the first batch.
+        within = response._answer_within
+        self._answer_at = math.inf if within is None else trio.current_time() + within
         self._last_write = -math.inf
 
     def idle_write_at(self) -> float:

@@ -55,10 +55,10 @@ class ServiceOptions:
         upstream_timeouts: the upstream requests' timeouts (``None``: the default).
         answer_within: the most seconds before the status is decided: a stream
             still waiting for a slot then is refused with a 429, an admitted one
-            sends its headers (``0``: never wait for a slot; ``None``: wait as long
-            as ``acquire_timeout``). Left out: the manager's ``acquire_timeout``, at
-            least 1 s (the streams wait as long as the manager lets them, and the
-            headers of a fast stream go out with its first batch).
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). Left out: the manager's ``acquire_timeout``, at least 1 s, or
+            no deadline if streams wait forever: a stream waits for a slot as long as
+            the manager lets it, and a refusal is always a 429.
         keep_alive: seconds without a write before a keep-alive comment (``None``:
             none).
         stall_timeout: the most seconds one write may wait for a client that reads
