@@ -23,6 +23,7 @@ import trio
 from ._lifecycle import CANCEL_REASONS
 from ._limits import FairLimiter, Limiter, LimiterSnapshot
 from ._logging import get_logger
+from ._options import check_option
 from ._registry import (
     Registry,
     RegistryWatcher,
@@ -34,7 +35,7 @@ from ._registry import (
 from ._runner import StreamRunner
 from ._states import CloseReason
 from ._stream import ManagedStream, StreamSender, is_push_producer
-from ._validate import UNSET, _Unset, check_count, check_seconds, check_strings
+from ._validate import UNSET, _Unset, check_strings
 
 __all__ = ["ManagerStats", "StreamManager"]
 
@@ -88,26 +89,36 @@ class StreamManager:
     streams ``shutdown_grace`` seconds to finish, cancels the rest and waits until
     nothing of any stream is left running.
 
+    The options are defined once, with their checks, in :mod:`streammgr._options`;
+    ``open`` and :class:`~streammgr.server.EventStreamResponse` take the per-stream
+    ones (timeouts, buffer) by the same names, to override these defaults.
+
     Args:
         max_streams: the most streams holding a slot at once (``None``: no limit).
-        max_streams_per_key: the most for one key (``None``: no limit).
-        max_waiting: the most ``open`` calls queued for a slot; more are rejected at
-            once (``0``: never queue; ``None``: unbounded).
-        acquire_timeout: default seconds ``open`` waits for a slot (``None``: forever).
-        reader_timeout: default seconds an item may wait for the reader to take it.
-        idle_timeout: default seconds the producer may deliver nothing.
-        deadline: default longest life of a stream, from admission.
-        buffer_size: default hand-offs (items or batches) buffered between producer
-            and reader. The default, 16, measured 4.3x the items/s of ``0`` per item
-            and 2.7x per batch (docs/performance.md); ``0`` hands each item over
-            directly: the strongest back-pressure.
-        shutdown_grace: seconds active streams get to finish when the block exits
-            normally.
-        cleanup_timeout: the most seconds the shielded ``aclose()`` of a cancelled
-            async generator (its ``finally`` blocks, closing its upstream) may take
-            when it was parked at ``yield``. Cleanup that runs while the producer
-            is cancelled mid-``await`` (and a push producer's own cleanup) is the
-            producer's: Trio cannot abandon a task, so bound slow cleanup there.
+        max_streams_per_key: the most streams holding a slot at once for one key
+            (``None``: no limit).
+        max_waiting: the most streams queued for a slot; more are refused at once
+            (``0``: never queue; ``None``: no bound).
+        acquire_timeout: seconds a stream may wait for a slot before it is refused
+            (``None``: forever). The default of every ``open``.
+        reader_timeout: seconds an item may wait for the reader to take it
+            (``None``: forever). The default of every ``open``.
+        idle_timeout: seconds the producer may deliver nothing (``None``: forever).
+            The default of every ``open``.
+        deadline: the longest life of a stream, in seconds from its admission
+            (``None``: none). The default of every ``open``.
+        buffer_size: hand-offs (items or batches) buffered between producer and
+            reader (``0``: each is handed over directly). The default of every
+            ``open``; 16 measured 4.3x the items/s of ``0`` per item and 2.7x per
+            batch (docs/performance.md); ``0`` is the strongest back-pressure.
+        shutdown_grace: seconds active streams get to finish at shutdown (when the
+            block exits normally).
+        cleanup_timeout: the most seconds a cancelled producer's cleanup may take
+            when it was parked at ``yield`` (the shielded ``aclose()`` of its async
+            generator: its ``finally`` blocks, closing its upstream). Cleanup that
+            runs while the producer is cancelled mid-``await`` (and a push
+            producer's own cleanup) is the producer's: Trio cannot abandon a task,
+            so bound slow cleanup there.
         history_size: how many closed streams ``history()`` remembers.
         limiter: an admission :class:`Limiter` to use instead of the in-memory
             :class:`FairLimiter` (then the three limits above must be left unset).
@@ -132,23 +143,25 @@ class StreamManager:
         secrets: tuple[str, ...] | list[str] = (),
     ) -> None:
         if limiter is None:
-            limiter = FairLimiter(max_streams, max_streams_per_key, max_waiting)
+            limiter = FairLimiter(
+                check_option("max_streams", max_streams),
+                check_option("max_streams_per_key", max_streams_per_key),
+                check_option("max_waiting", max_waiting),
+            )
         elif (max_streams, max_streams_per_key, max_waiting) != (None, None, None):
             raise ValueError(
                 "pass limits either to the limiter or to StreamManager, not both: "
                 "max_streams, max_streams_per_key and max_waiting must be None with limiter="
             )
         self._limiter = limiter
-        self._acquire_timeout = check_seconds("acquire_timeout", acquire_timeout)
-        self._reader_timeout = check_seconds("reader_timeout", reader_timeout)
-        self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
-        self._deadline = check_seconds("deadline", deadline)
-        self._buffer_size = check_count("buffer_size", buffer_size, minimum=0)
-        if not shutdown_grace >= 0:
-            raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
-        self._shutdown_grace = float(shutdown_grace)
-        self._cleanup_timeout = cast(float, check_seconds("cleanup_timeout", cleanup_timeout))
-        self._registry = Registry(history_size)
+        self._acquire_timeout: float | None = check_option("acquire_timeout", acquire_timeout)
+        self._reader_timeout: float | None = check_option("reader_timeout", reader_timeout)
+        self._idle_timeout: float | None = check_option("idle_timeout", idle_timeout)
+        self._deadline: float | None = check_option("deadline", deadline)
+        self._buffer_size: int = check_option("buffer_size", buffer_size)
+        self._shutdown_grace: float = check_option("shutdown_grace", shutdown_grace)
+        self._cleanup_timeout: float = check_option("cleanup_timeout", cleanup_timeout)
+        self._registry = Registry(check_option("history_size", history_size))
         self._secrets = [value for value in check_strings("secrets", secrets) if value]
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
@@ -298,12 +311,16 @@ class StreamManager:
                 ``"default"``.
             labels: str-to-str labels shown in the registry and logs. Never put
                 secrets in labels.
-            acquire_timeout: override the manager's default (``None``: wait forever).
-            reader_timeout: override the manager's default (``None``: none).
-            idle_timeout: override the manager's default (``None``: none).
-            deadline: override the manager's default (``None``: none).
-            buffer_size: override the manager's default channel buffer (counted in
-                hand-offs: an item, or a batch).
+            acquire_timeout: seconds a stream may wait for a slot before it is
+                refused (``None``: forever). Left out: the manager's.
+            reader_timeout: seconds an item may wait for the reader to take it
+                (``None``: forever). Left out: the manager's.
+            idle_timeout: seconds the producer may deliver nothing (``None``:
+                forever). Left out: the manager's.
+            deadline: the longest life of a stream, in seconds from its admission
+                (``None``: none). Left out: the manager's.
+            buffer_size: hand-offs (items or batches) buffered between producer and
+                reader (``0``: each is handed over directly). Left out: the manager's.
             item_size: how many bytes an item counts for in the registry; the
                 default (``None``) counts ``len()`` of bytes and str items.
 
@@ -325,31 +342,17 @@ class StreamManager:
             trio.current_time(),
             time.time(),
         )
-        record.reader_timeout = (
-            self._reader_timeout
-            if reader_timeout is UNSET
-            else check_seconds("reader_timeout", reader_timeout)
-        )
-        record.idle_timeout = (
-            self._idle_timeout
-            if idle_timeout is UNSET
-            else check_seconds("idle_timeout", idle_timeout)
-        )
-        record.deadline = (
-            self._deadline if deadline is UNSET else check_seconds("deadline", deadline)
-        )
+        record.reader_timeout = _override(self._reader_timeout, "reader_timeout", reader_timeout)
+        record.idle_timeout = _override(self._idle_timeout, "idle_timeout", idle_timeout)
+        record.deadline = _override(self._deadline, "deadline", deadline)
         return ManagedStream(
             self._runner,
             record,
             producer,
             args,
             push,
-            self._acquire_timeout
-            if acquire_timeout is UNSET
-            else check_seconds("acquire_timeout", acquire_timeout),
-            self._buffer_size
-            if buffer_size is UNSET
-            else check_count("buffer_size", buffer_size, minimum=0),
+            _override(self._acquire_timeout, "acquire_timeout", acquire_timeout),
+            _override(self._buffer_size, "buffer_size", buffer_size),
             item_size,
         )
 
@@ -483,6 +486,11 @@ class StreamManager:
     def limiter(self) -> Limiter:
         """The admission limiter in use."""
         return self._limiter
+
+
+def _override(default: T, name: str, value: object) -> T:
+    """``open``'s value of an option: the manager's ``default`` when left out."""
+    return default if value is UNSET else cast(T, check_option(name, value))
 
 
 def _check_cancel_reason(close_reason: CloseReason) -> None:

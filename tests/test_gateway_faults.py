@@ -52,6 +52,9 @@ from .server_helpers import PATIENCE, RawResponse, quiet_hypercorn, read_until_c
 KEEP_ALIVE = b": keep-alive\n\n"
 # Headers and keep-alives out at once, so that every phase has a client that reads.
 EARLY: dict[str, Any] = {"answer_within": 0.05, "keep_alive": 0.05}
+# The same, for streams that wait for a slot: nothing is sent while a stream waits,
+# and it waits at most answer_within (then a 429).
+QUEUED: dict[str, Any] = {"answer_within": 30.0, "keep_alive": 0.05}
 ENDLESS: dict[str, Any] = {"tokens": 100000, "token_latency": 0.02}
 FLOOD: dict[str, Any] = {"tokens": 100000, "token_latency": 0, "first_token_latency": 0}
 
@@ -101,7 +104,9 @@ async def finish(response: RawResponse) -> RawResponse:
 @pytest.mark.parametrize("phase", ["waiting", "before_first_byte", "mid_stream"])
 async def test_a_client_that_leaves_frees_everything(phase: str, stream: bool) -> None:
     options = {"max_streams": 1, "acquire_timeout": 30.0}
-    async with open_rig(manager_options=options, **EARLY) as rig:
+    async with open_rig(
+        manager_options=options, **(QUEUED if phase == "waiting" else EARLY)
+    ) as rig:
         holder = None
         if phase == "waiting":
             holder = await rig.post(chat(**ENDLESS))
@@ -116,7 +121,7 @@ async def test_a_client_that_leaves_frees_everything(phase: str, stream: bool) -
             await response.until(has_content)
         else:
             await rig.until(lambda: any(info.items >= 3 for info in rig.manager.streams()))
-        if stream:
+        if stream and phase != "waiting":  # (no byte while waiting)
             await response.until(lambda response: b"\r\n\r\n" in response.received)
         await response.stream.aclose()
         info = await rig.watcher.next_close()
@@ -204,7 +209,7 @@ async def test_a_stalled_client_under_a_reader_timeout_frees_its_slot() -> None:
 async def test_many_connections_opened_and_abandoned_at_once() -> None:
     count = 60
     options = {"max_streams": 10, "acquire_timeout": 30.0}
-    async with open_rig(manager_options=options, **EARLY) as rig:
+    async with open_rig(manager_options=options, **QUEUED) as rig:
         whole = json.dumps(chat(first_token_latency=30.0)).encode()  # in flight, cheaply
         responses: list[RawResponse] = []
         bare: list[trio.SocketStream] = []
@@ -466,14 +471,14 @@ async def _admin(rig: Rig, method: str, path: str, body: dict[str, Any] | None =
 
 @pytest.mark.parametrize("phase", ["waiting", "streaming"])
 async def test_an_operator_cancel_ends_the_stream_in_band(phase: str) -> None:
+    # In band once streaming; a waiting stream has sent nothing: its answer is a 503.
     options = {"max_streams": 1, "acquire_timeout": 30.0}
-    async with open_rig(manager_options=options, **EARLY) as rig:
+    async with open_rig(manager_options=options, **QUEUED) as rig:
         holder = await rig.post(chat(**ENDLESS))
         await holder.until(has_content)
         if phase == "waiting":
             response = await rig.post(chat(**ENDLESS))
             await rig.until(lambda: rig.manager.stats().waiting == 1)
-            await response.until(has_keep_alive)
             (target,) = [info for info in rig.manager.streams() if info.phase is Phase.WAITING]
         else:
             response = holder
@@ -482,7 +487,11 @@ async def test_an_operator_cancel_ends_the_stream_in_band(phase: str) -> None:
         assert answer["cancelled"] is True
         await response.until(is_complete)
         await response.stream.aclose()
-        error = in_band_error(response)["error"]
+        if phase == "waiting":
+            assert response.status == 503
+            error = error_of(response)
+        else:
+            error = in_band_error(response)["error"]
         assert (error["type"], error["code"]) == ("stream_cancelled", "cancelled")
         if phase == "waiting":
             await holder.stream.aclose()
@@ -496,7 +505,7 @@ async def test_an_operator_cancel_ends_the_stream_in_band(phase: str) -> None:
 
 async def test_limits_lowered_and_raised_while_saturated_are_never_exceeded() -> None:
     options = {"max_streams": 4, "acquire_timeout": 30.0}
-    async with open_rig(manager_options=options, **EARLY) as rig:
+    async with open_rig(manager_options=options, **QUEUED) as rig:
         overshoots: list[str] = []
 
         async def sample(task_status: trio.TaskStatus[None]) -> None:
@@ -548,7 +557,7 @@ async def test_shutdown_with_streams_in_every_phase_is_prompt_and_told_in_band()
         grace=grace,
         close_timeout=close_timeout,
         upstream_timeouts=timeouts,
-        **EARLY,
+        **QUEUED,
     ) as rig:
         streaming = await rig.post(chat(**ENDLESS))
         connecting = await rig.post(chat(fault="stall_before_first_byte"))
@@ -557,7 +566,6 @@ async def test_shutdown_with_streams_in_every_phase_is_prompt_and_told_in_band()
         await rig.until(lambda: len(rig.manager.streams()) == 3)
         waiting = await rig.post(chat(**ENDLESS))
         await rig.until(lambda: rig.manager.stats().waiting == 1)
-        await waiting.until(has_keep_alive)
         phases = Counter(info.phase for info in rig.manager.streams())
         assert phases[Phase.WAITING] == 1
         assert phases[Phase.CONNECTING] == 1
@@ -565,7 +573,12 @@ async def test_shutdown_with_streams_in_every_phase_is_prompt_and_told_in_band()
         rig.stop.set()
         for response in (streaming, connecting, waiting):
             await response.until(is_complete)
-            error = in_band_error(response)["error"]
+            # In band once the headers are out; the waiting stream (and the connecting
+            # one: answer_within is long here) had sent nothing: a 503.
+            error = (
+                in_band_error(response)["error"] if response is streaming else error_of(response)
+            )
+            assert response.status == (200 if response is streaming else 503)
             assert error["code"] == "shutdown"
             assert "shutting down" in error["message"]
         with trio.fail_after(grace + close_timeout + 2.0):

@@ -134,7 +134,7 @@ async def test_hundreds_of_streams_never_exceed_the_limits_and_arrive_intact() -
         manager_options=options,
         upstream_options={"first_token_latency": 0.01, "token_latency": 0.004},
         key_header="x-tenant",
-        answer_within=0.05,
+        answer_within=None,  # queued as long as it takes; the headers at admission
         keep_alive=1.0,
     ) as rig:
         overshoots: list[str] = []

@@ -19,6 +19,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from .. import __version__
+from .._options import OPTIONS
 from ._logging import LogFormat
 from ._top import Column
 
@@ -38,24 +39,28 @@ def _port(type_: object, value: int) -> None:
         raise ValueError("Accepts a TCP port, 0 to 65535 (0: any free port)")
 
 
-def _positive_count(type_: object, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError("Accepts a whole number of at least 1, or none (no limit)")
+def _for_people(text: str) -> str:
+    """An option's doc or message as the command line says it: ``None`` is "none"."""
+    text = text.replace("``None``", "none").replace("None", "none").replace("``", "")
+    return text[:1].upper() + text[1:]
 
 
-def _count(type_: object, value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError("Accepts a whole number of at least 0, or none (no limit)")
+def _option(name: str) -> Parameter:
+    """The flag of a manager option: its variable, check and help come from its one
+    definition in ``streammgr._options``, so the command refuses what the library
+    would refuse, with the same words."""
+    option = OPTIONS[name]
 
+    def validate(type_: object, value: object) -> None:
+        try:
+            option.check(name, value)
+        except (TypeError, ValueError) as exc:
+            # "max_streams must be ...": the flag is named before it, by cyclopts.
+            raise ValueError(_for_people(str(exc).removeprefix(f"{name} "))) from None
 
-def _seconds(type_: object, value: float | None) -> None:
-    if value is not None and not (value > 0 and math.isfinite(value)):
-        raise ValueError("Accepts a positive number of seconds, or none (no limit)")
-
-
-def _grace(type_: object, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError("Accepts a number of seconds, at least 0")
+    return Parameter(
+        env_var=f"STREAMMGR_{name.upper()}", validator=validate, help=_for_people(option.doc)
+    )
 
 
 def _url(type_: object, value: str | None) -> None:
@@ -104,23 +109,15 @@ async def serve(
     port: Annotated[int, _env("port"), Parameter(validator=_port)] = 8000,
     upstream_url: Annotated[str | None, _env("upstream_url"), Parameter(validator=_url)] = None,
     upstream_api_key_env: Annotated[str | None, _env("upstream_api_key_env")] = None,
-    max_streams: Annotated[
-        int | None, _env("max_streams"), Parameter(validator=_positive_count)
-    ] = 100,
-    max_streams_per_key: Annotated[
-        int | None, _env("max_streams_per_key"), Parameter(validator=_positive_count)
-    ] = 10,
-    max_waiting: Annotated[int | None, _env("max_waiting"), Parameter(validator=_count)] = 100,
-    acquire_timeout: Annotated[
-        float | None, _env("acquire_timeout"), Parameter(validator=_seconds)
-    ] = 5.0,
-    reader_timeout: Annotated[
-        float | None, _env("reader_timeout"), Parameter(validator=_seconds)
-    ] = 30.0,
-    idle_timeout: Annotated[
-        float | None, _env("idle_timeout"), Parameter(validator=_seconds)
-    ] = 60.0,
-    shutdown_grace: Annotated[float, _env("shutdown_grace"), Parameter(validator=_grace)] = 5.0,
+    # The manager's options (streammgr/_options.py): defaults as tests/test_options.py
+    # checks them against the table.
+    max_streams: Annotated[int | None, _option("max_streams")] = 100,
+    max_streams_per_key: Annotated[int | None, _option("max_streams_per_key")] = 10,
+    max_waiting: Annotated[int | None, _option("max_waiting")] = 100,
+    acquire_timeout: Annotated[float | None, _option("acquire_timeout")] = 5.0,
+    reader_timeout: Annotated[float | None, _option("reader_timeout")] = 30.0,
+    idle_timeout: Annotated[float | None, _option("idle_timeout")] = 60.0,
+    shutdown_grace: Annotated[float, _option("shutdown_grace")] = 5.0,
     key_header: Annotated[str | None, _env("key_header")] = None,
     admin_token: Annotated[str | None, _env("admin_token")] = None,
     cors_origin: Annotated[
@@ -146,15 +143,6 @@ async def serve(
             (e.g. https://api.openai.com/v1). Default: the built-in simulator, in-process.
         upstream_api_key_env: The name of the environment variable that holds the
             upstream's API key (e.g. OPENAI_API_KEY). Default: send no key.
-        max_streams: The most streams at once (none: no limit).
-        max_streams_per_key: The most streams at once for one caller key (none: no limit).
-        max_waiting: The most requests waiting for a slot; more get a 429 at once
-            (none: no bound).
-        acquire_timeout: Seconds a request may wait for a slot before its 429 (none: forever).
-        reader_timeout: Seconds an event may wait for a client that reads nothing (none: forever).
-        idle_timeout: Seconds the upstream may send nothing before the stream ends
-            with an in-band error (none: forever).
-        shutdown_grace: Seconds streams get to finish at shutdown.
         key_header: A request header whose value is the caller's key for the per-key
             limit (set by a trusted proxy). Default: the caller's bearer token, hashed.
         admin_token: The bearer token of the inspection API at /admin.

@@ -15,6 +15,7 @@ import structlog
 import trio
 
 from .._manager import StreamManager
+from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
 
 __all__ = ["SIMULATED_UPSTREAM_URL", "ServeSettings", "run_serve", "run_simulate"]
@@ -23,6 +24,12 @@ __all__ = ["SIMULATED_UPSTREAM_URL", "ServeSettings", "run_serve", "run_simulate
 SIMULATED_UPSTREAM_URL = "http://simulated-upstream.invalid/v1"
 
 _Serve = Callable[[Callable[[], Awaitable[object]], trio.TaskStatus[list[str]]], Awaitable[None]]
+
+
+def serve_options() -> list[str]:
+    """The manager options ``serve`` has flags for: each is a field of
+    :class:`ServeSettings` and goes to the :class:`StreamManager` as it is."""
+    return [name for name, option in OPTIONS.items() if "serve" in option.layers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +148,8 @@ async def run_serve(settings: ServeSettings) -> int:
         transport = SimulatedTransport(SimulatedUpstream())
         upstream_url = SIMULATED_UPSTREAM_URL
     manager = StreamManager(
-        max_streams=settings.max_streams,
-        max_streams_per_key=settings.max_streams_per_key,
-        max_waiting=settings.max_waiting,
-        acquire_timeout=settings.acquire_timeout,
-        reader_timeout=settings.reader_timeout,
-        idle_timeout=settings.idle_timeout,
-        shutdown_grace=settings.shutdown_grace,
+        # Every manager option serve has a flag for (streammgr/_options.py).
+        **{name: getattr(settings, name) for name in serve_options()},
         secrets=[value for value in (settings.api_key, settings.admin_token) if value],
     )
     options = ServiceOptions(

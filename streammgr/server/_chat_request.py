@@ -301,7 +301,8 @@ class GatewaySettings:
         api_key: the key sent to the upstream, or ``None``.
         key_header: the header naming the caller, or ``None`` (see :func:`caller_key`).
         upstream_timeouts: the upstream requests' timeouts.
-        answer_within: the most seconds before a streaming answer's headers go out.
+        answer_within: the most seconds before a streaming answer's status is
+            decided (``None``: as long as the manager's ``acquire_timeout``).
         keep_alive: seconds without a write before a keep-alive comment.
         stall_timeout: the most seconds one write may wait for a client.
         max_request_size: the largest request body (and WebSocket message), in bytes.
@@ -314,7 +315,7 @@ class GatewaySettings:
     api_key: str | None
     key_header: str | None
     upstream_timeouts: SourceTimeouts
-    answer_within: float
+    answer_within: float | None
     keep_alive: float | None
     stall_timeout: float | None
     max_request_size: int

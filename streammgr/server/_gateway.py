@@ -61,6 +61,7 @@ from .._errors import (
 )
 from .._logging import excerpt
 from .._manager import StreamManager
+from .._options import check_option
 from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import check_seconds
@@ -501,7 +502,7 @@ def gateway_app(
     api_key: str | None = None,
     key_header: str | None = None,
     upstream_timeouts: SourceTimeouts | None = None,
-    answer_within: float = 1.0,
+    answer_within: float | None = 1.0,
     keep_alive: float | None = 15.0,
     stall_timeout: float | None = 30.0,
     max_request_size: int = MAX_REQUEST_SIZE,
@@ -537,13 +538,14 @@ def gateway_app(
         key_header: a request header whose value is the admission key (a tenant id
             set by a trusted proxy in front); where absent, the hashed credential.
         upstream_timeouts: the upstream requests' timeouts (default: connect 30 s).
-        answer_within: the most seconds before a streaming answer's headers go out
-            (see :class:`~streammgr.server.EventStreamResponse`): make it longer than
-            the manager's ``acquire_timeout`` so that every refusal by a limit is a
-            429 (:func:`~streammgr.server.build_service_app` does).
-        keep_alive: seconds without a write before a keep-alive comment.
+        answer_within: the most seconds before the status is decided: a stream
+            still waiting for a slot then is refused with a 429, an admitted one
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). See :class:`~streammgr.server.EventStreamResponse`.
+        keep_alive: seconds without a write before a keep-alive comment (``None``:
+            none).
         stall_timeout: the most seconds one write may wait for a client that reads
-            nothing (then ``client_stalled``).
+            nothing (then ``client_stalled``; ``None``: no bound).
         max_request_size: the largest request body, in bytes (then 413), and the
             largest WebSocket message (then close 1009).
         websocket_origins: the ``Origin`` values that may open ``/v1/chat/ws``
@@ -569,8 +571,12 @@ def gateway_app(
         raise ValueError(
             f"upstream_url must be an http:// or https:// URL with a host, got {upstream_url!r}"
         )
-    if check_seconds("answer_within", answer_within) is None:
-        raise TypeError("answer_within must be a number of seconds, got None")
+    for name, value in (
+        ("answer_within", answer_within),
+        ("keep_alive", keep_alive),
+        ("stall_timeout", stall_timeout),
+    ):
+        check_option(name, value)  # now, not at the first request
     if isinstance(max_request_size, bool) or not isinstance(max_request_size, int):
         raise TypeError(f"max_request_size must be an int, got {max_request_size!r}")
     if max_request_size < 1:

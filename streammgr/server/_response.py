@@ -18,9 +18,9 @@ request, so that no phase can hide a client that went away:
   ``send()`` that hypercorn shields from cancellation. Then it closes the
   connection, if :func:`~streammgr.server.serve` serves it, which wakes that send.
 
-While the stream waits for a slot, a helper task writes instead (headers after
-``answer_within``, then keep-alives); the response's task takes over once it is
-admitted or refused, after the helper has finished its write.
+Nothing is written while the stream waits for a slot: its status is not known yet.
+The wait ends by ``answer_within`` (then a 429), so that every refusal by a limit is
+a 429 by the order of decisions, never a ``200`` and an in-band error.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from starlette.types import Message, Receive, Scope, Send
 from .._errors import StreamCancelled
 from .._logging import get_logger
 from .._manager import StreamManager
+from .._options import check_option
 from .._states import CloseReason
 from .._stream import ManagedStream
-from .._validate import UNSET, check_seconds
+from .._validate import UNSET
 from ._answers import (
     KEEP_ALIVE,
     BatchEncoder,
@@ -61,18 +62,19 @@ class EventStreamResponse(Response):
     opens ``manager.open(producer, *args, ...)`` (limits, registry, timeouts), and
     answers ``text/event-stream`` with one ``http.response.body`` message per batch
     (``stream.batches()``). Keep-alive comments go out every ``keep_alive`` seconds
-    without a write, from the moment the headers are out: also while the stream
-    waits for a slot and before its first item.
+    without a write, from the moment the headers are out: before the first item
+    and between items (never while the stream waits for a slot: see below).
 
-    **Admission and headers.** The status is decided within ``answer_within``
-    seconds: refused in that time (``StreamLimitExceeded``), the answer is 429 with
-    ``Retry-After`` and a JSON error body, before any byte of a stream; a stream that
-    fails in that time gets its status too (502 for an upstream error, 429 for an
-    upstream's 429...). Otherwise the headers go out (with the first batch, or with a
-    keep-alive comment at ``answer_within``), and a later refusal or failure ends
-    the body with an in-band ``data: {"error": {...}}`` event: never a silent end.
-    So that every refusal is a 429, give the stream an ``acquire_timeout`` no longer
-    than ``answer_within`` (or ``max_waiting=0``).
+    **Admission and headers.** Nothing is sent while the stream waits for a slot,
+    and it waits at most ``answer_within`` seconds (or its ``acquire_timeout``, if
+    shorter): a refusal (``StreamLimitExceeded``) is always a 429 with
+    ``Retry-After`` and a JSON error body, before any byte of a stream. Once the
+    stream is admitted no limit can refuse it: the headers go out with its first
+    batch, or with a keep-alive comment ``answer_within`` seconds after the request
+    came (at once if that moment has passed). A stream that fails before its headers
+    gets its status (502 for an upstream error, 429 for an upstream's 429...); a
+    later failure ends the body with an in-band ``data: {"error": {...}}`` event:
+    never a silent end.
 
     **The client going away**, in any phase (waiting for a slot, before the first
     item, mid-stream): the stream is cancelled with ``client_disconnected`` and the
@@ -85,12 +87,18 @@ class EventStreamResponse(Response):
         *args: its positional arguments.
         key: the admission key.
         labels: registry labels.
-        acquire_timeout: as ``manager.open`` (left out: the manager's default).
-        reader_timeout: as ``manager.open``: it ends the stream (and frees its slot)
-            also while the response is parked in a write.
-        idle_timeout: as ``manager.open``.
-        deadline: as ``manager.open``.
-        buffer_size: as ``manager.open``.
+        acquire_timeout: seconds a stream may wait for a slot before it is refused
+            (``None``: forever); no longer than ``answer_within``. Left out: the
+            manager's.
+        reader_timeout: seconds an item may wait for the reader to take it
+            (``None``: forever); it ends the stream (and frees its slot) also while
+            the response is parked in a write. Left out: the manager's.
+        idle_timeout: seconds the producer may deliver nothing (``None``: forever).
+            Left out: the manager's.
+        deadline: the longest life of a stream, in seconds from its admission
+            (``None``: none). Left out: the manager's.
+        buffer_size: hand-offs (items or batches) buffered between producer and
+            reader (``0``: each is handed over directly). Left out: the manager's.
         item_size: as ``manager.open``.
         encode: turns a batch (a list of items) into the bytes of one write; default
             :func:`encode_batch`-like: ``RawBatch.raw``, or each
@@ -98,14 +106,20 @@ class EventStreamResponse(Response):
         resumable: ``False`` never sends ``id:`` or ``retry:`` fields (OpenAI routes:
             once the openai SDK has seen an ``id:``, a comment-only keep-alive makes
             it fail).
-        keep_alive: seconds without a write before a keep-alive comment (default 15:
-            load balancers cut connections idle for 60 s); ``None``: none.
-        answer_within: the most seconds before the headers go out (default 1); ``0``
-            sends them at once.
-        stall_timeout: the most seconds one write may wait for the client to read
-            (default 30): then the stream ends as ``client_stalled``, its producer and
-            slot are released, and the connection is closed when
-            :func:`~streammgr.server.serve` serves it; ``None``: no such bound.
+        keep_alive: seconds without a write before a keep-alive comment (``None``:
+            none). The default, 15: load balancers cut connections idle for 60 s.
+        answer_within: the most seconds before the status is decided: a stream
+            still waiting for a slot then is refused with a 429, an admitted one
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). Default 1. With ``0`` the headers go out as soon as the stream
+            is admitted; with ``None`` the stream waits as long as its
+            ``acquire_timeout`` lets it, and the headers go out with its first batch
+            (or its error's status). To let streams queue longer, raise it: the
+            client sees no byte while its stream waits.
+        stall_timeout: the most seconds one write may wait for a client that reads
+            nothing (then ``client_stalled``; ``None``: no bound). Default 30: then
+            the stream's producer and slot are released, and the connection is
+            closed when :func:`~streammgr.server.serve` serves it.
         status_code: the status of a streaming answer.
         headers: extra headers of a streaming answer.
         answer_error: how an error becomes the client's answer (default
@@ -137,16 +151,16 @@ class EventStreamResponse(Response):
         encode: Callable[[list[Any]], bytes] | None = None,
         resumable: bool = True,
         keep_alive: float | None = 15.0,
-        answer_within: float = 1.0,
+        answer_within: float | None = 1.0,
         stall_timeout: float | None = 30.0,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         answer_error: Callable[[BaseException, str, str | None], ErrorAnswer] = error_answer,
     ) -> None:
         self._answer_error = answer_error
-        self._keep_alive = check_seconds("keep_alive", keep_alive)
-        self._stall_timeout = check_seconds("stall_timeout", stall_timeout)
-        self._answer_within = _check_answer_within(answer_within)
+        self._keep_alive: float | None = check_option("keep_alive", keep_alive)
+        self._stall_timeout: float | None = check_option("stall_timeout", stall_timeout)
+        self._answer_within: float | None = check_option("answer_within", answer_within)
         encoder: BatchEncoder = encode_batch if encode is None else encode
         self._encode = encoder if resumable else without_resume_fields(encoder)
         self._stream: ManagedStream[Any] = manager.open(
@@ -160,6 +174,11 @@ class EventStreamResponse(Response):
             deadline=deadline,
             buffer_size=buffer_size,
             item_size=item_size,
+        )
+        # The status is due at answer_within: the wait for a slot ends by then, so
+        # that a refusal comes before the headers, never after them.
+        self._stream._acquire_timeout = _admission_wait(
+            self._stream._acquire_timeout, self._answer_within
         )
         self._manager = manager
         self.status_code = status_code
@@ -204,14 +223,11 @@ async def until_stalled(write_started: Callable[[], float | None], stall_timeout
             return
 
 
-def _check_answer_within(value: float) -> float:
-    """``0`` (the headers at once), or seconds as every timeout takes them."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    seconds = check_seconds("answer_within", value)
-    if seconds is None:
-        raise TypeError("answer_within must be a number of seconds (0: at once), got None")
-    return seconds
+def _admission_wait(acquire_timeout: float | None, answer_within: float | None) -> float | None:
+    """The most seconds the stream may wait for a slot: until its status is due."""
+    if answer_within is None:
+        return acquire_timeout
+    return answer_within if acquire_timeout is None else min(acquire_timeout, answer_within)
 
 
 class _Writer:
@@ -231,7 +247,9 @@ class _Writer:
         self.headers_sent = False
         self.ended = False
         self.write_started: float | None = None
-        self._answer_at = trio.current_time() + response._answer_within
+        # None: no deadline; the headers go out with the first batch.
+        within = response._answer_within
+        self._answer_at = math.inf if within is None else trio.current_time() + within
         self._last_write = -math.inf
 
     def idle_write_at(self) -> float:
@@ -308,8 +326,6 @@ class _Run:
         self._nursery = nursery
         self._connection: Connection | None = current_connection()
         self._writer = _Writer(send, response)
-        self._helper_scope = trio.CancelScope()
-        self._helper_done = trio.Event()
 
     def _stop(self, close_reason: CloseReason, detail: str) -> None:
         """The client is gone: end the stream (the first reason stays) and the response."""
@@ -348,32 +364,13 @@ class _Run:
             with trio.CancelScope(shield=True):
                 await self._connection.abort()
 
-    async def _write_until_admitted(self) -> None:
-        """While the stream waits for a slot: the headers in time, then keep-alives."""
-        writer = self._writer
-        try:
-            with self._helper_scope:
-                while True:
-                    await trio.sleep_until(writer.idle_write_at())
-                    await writer.idle()
-        except _ClientGone:
-            self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
-        finally:
-            self._helper_done.set()
-
-    async def _take_over(self) -> None:
-        """Stop the helper and wait until its write in flight (if any) has returned."""
-        self._helper_scope.cancel()
-        await self._helper_done.wait()
-
     async def respond(self) -> None:
         """Open the stream, write its batches, and end the body, whatever happens."""
         stream, writer = self._stream, self._writer
-        self._nursery.start_soon(self._write_until_admitted, name="streammgr-admission-writer")
         try:
+            # Nothing is written while the stream waits: a refusal is a 429.
             async with stream:
                 try:
-                    await self._take_over()
                     await self._write_batches(stream)
                 except _ClientGone:
                     # Cancelled before the block exits, so that the record says why.
@@ -387,7 +384,6 @@ class _Run:
             error = exc
         else:
             return
-        await self._take_over()
         if writer.ended:
             return  # the end was written; what failed after it cannot be told
         try:

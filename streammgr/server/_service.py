@@ -55,11 +55,16 @@ class ServiceOptions:
             (``"*"``: any); empty: no CORS headers. They also bound who may open the
             WebSocket chat route (empty: any origin).
         upstream_timeouts: the upstream requests' timeouts (``None``: the default).
-        answer_within: the most seconds before a streaming answer's headers go
-            out; ``None``: the manager's acquire timeout plus 0.1 s, at least 1 s, so
-            that every refusal by a limit is a 429.
-        keep_alive: seconds without a write before a keep-alive comment.
-        stall_timeout: the most seconds one write may wait for a client.
+        answer_within: the most seconds before the status is decided: a stream
+            still waiting for a slot then is refused with a 429, an admitted one
+            sends its headers (``0``: never wait for a slot; ``None``: no
+            deadline). Left out: the manager's ``acquire_timeout``, at least 1 s, or
+            no deadline if streams wait forever: a stream waits for a slot as long as
+            the manager lets it, and a refusal is always a 429.
+        keep_alive: seconds without a write before a keep-alive comment (``None``:
+            none).
+        stall_timeout: the most seconds one write may wait for a client that reads
+            nothing (then ``client_stalled``; ``None``: no bound).
         max_request_size: the largest request body, in bytes.
         allowed_hosts: the ``Host`` names every route answers besides the loopback
             ones (``localhost``, ``127.0.0.1``, ``[::1]``, any port), against DNS
@@ -119,7 +124,9 @@ def build_service_app(
         options: see :class:`ServiceOptions`.
         acquire_timeout: the manager's ``acquire_timeout``, from which the default
             ``answer_within`` follows (``None``: streams wait forever; refusals
-            are then only by ``max_waiting``, at once).
+            are then only by ``max_waiting``, at once). A refusal by a limit is a
+            429 whatever the two are (see
+            :class:`~streammgr.server.EventStreamResponse`).
         admin: the inspection API, mounted at ``/admin`` when given
             (``streammgr.server.admin_app(manager, token=..., prefix="")``); its own
             lifespan (the task feeding its histograms) runs inside the service's.
@@ -129,8 +136,9 @@ def build_service_app(
         An ASGI app to pass to :func:`~streammgr.server.serve`.
     """
     answer_within = options.answer_within
-    if answer_within is None:
-        answer_within = max(1.0, acquire_timeout + 0.1) if acquire_timeout is not None else 1.0
+    if answer_within is None and acquire_timeout is not None:
+        # No margin is needed: nothing is sent while a stream waits for its slot.
+        answer_within = max(1.0, acquire_timeout)
     gateway = gateway_app(
         manager,
         upstream,
