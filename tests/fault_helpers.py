@@ -45,7 +45,7 @@ from streammgr.server import ServiceOptions, admin_app, build_service_app, serve
 from streammgr.simulate import SimulatedUpstream, plan_request
 from streammgr.testing import find_leaks, format_leaks
 
-from .server_helpers import PATIENCE, CloseWatcher, RawResponse, quiet_hypercorn
+from .server_helpers import PATIENCE, CloseWatcher, RawResponse, quiet_hypercorn, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -161,9 +161,7 @@ class Rig:
         Not ``wait_all_tasks_blocked``: a stream in flight wakes a task every few
         milliseconds, so every task is never idle for long.
         """
-        with trio.fail_after(PATIENCE):
-            while not condition():  # noqa: ASYNC110 - nothing to wait on but counters
-                await trio.sleep(0.002)
+        await wait_until(condition, interval=0.002)
 
     async def open_streams(self, count: int) -> list[str]:
         """Wait until ``count`` streams are in the registry; their ids, oldest first."""

@@ -1,5 +1,6 @@
 """What the loopback server tests share: a server on 127.0.0.1, raw socket clients,
-an ASGI middleware that counts body writes, and registry waits.
+an ASGI middleware that counts body writes, registry waits and a bounded poll, and the
+gateway and the whole service served on a free port.
 
 These tests run on real time (real sockets), so every wait is on an event or a
 condition, bounded by ``fail_after``; intervals are fractions of a second.
@@ -30,6 +31,18 @@ App = Callable[[Scope, Any, Any], Awaitable[None]]
 PATIENCE = 10.0
 """The most seconds any loopback wait may take before the test fails: a bound, not a
 timing (waits end as soon as what they wait for happens), generous for slow CI machines."""
+
+
+async def wait_until(condition: Callable[[], bool], *, interval: float = 0.005) -> None:
+    """Poll (bounded by ``PATIENCE``) until ``condition()``, for a condition that no
+    event announces (the simulator's counters, the limiter's counts).
+
+    Not ``wait_all_tasks_blocked``: a stream in flight wakes a task every few
+    milliseconds, so every task is never idle for long.
+    """
+    with trio.fail_after(PATIENCE):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but counters
+            await trio.sleep(interval)
 
 
 def quiet_hypercorn() -> Config:
