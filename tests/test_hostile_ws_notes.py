@@ -39,6 +39,9 @@ from streammgr.server._metrics import AdminMetrics
 from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
+from .chat_ws_helpers import Flood, connect, receive, request, stalled_client, until_done
+from .server_helpers import GATEWAY_BASE as BASE
+from .server_helpers import GATEWAY_UPSTREAM_KEY as UPSTREAM_KEY
 from .server_helpers import (
     PATIENCE,
     CloseWatcher,
@@ -47,16 +50,6 @@ from .server_helpers import (
     fast_upstream,
     read_until_closed,
     running_gateway,
-)
-from .test_server_chat_ws import (
-    BASE,
-    UPSTREAM_KEY,
-    Flood,
-    connect,
-    receive,
-    request,
-    stalled_client,
-    until_done,
     wait_until,
 )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -20,14 +19,10 @@ import trio
 
 import streammgr
 from streammgr import CloseReason, StreamManager
-from streammgr.server import (
-    ServiceOptions,
-    caller_key,
-    gateway_app,
-    serve,
-)
+from streammgr.server import ServiceOptions, caller_key, gateway_app, serve
 from streammgr.simulate import SimulatedTransport
 
+from .response_helpers import forever
 from .server_helpers import (
     GATEWAY_BASE,
     GATEWAY_UPSTREAM_KEY,
@@ -38,6 +33,7 @@ from .server_helpers import (
     quiet_hypercorn,
     running_gateway,
     running_service,
+    wait_until,
 )
 
 BASE = GATEWAY_BASE
@@ -72,13 +68,6 @@ def data_events(body: bytes) -> list[str]:
         if data:
             events.append("\n".join(data))
     return events
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition that no event announces (the simulator's counters), bounded."""
-    with trio.fail_after(PATIENCE):
-        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counters
-            await trio.sleep(0.005)
 
 
 async def raw_post(
@@ -241,11 +230,6 @@ async def test_an_upstream_url_with_a_query_string_keeps_it(nursery: trio.Nurser
         ("/v1/chat/completions", b"api-version=2024-10-21"),
         ("/v1/models", b"api-version=2024-10-21"),
     ]
-
-
-async def forever() -> AsyncIterator[str]:
-    await trio.sleep_forever()
-    yield "never"
 
 
 # -- what goes over the wire ---------------------------------------------------------------

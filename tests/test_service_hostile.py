@@ -28,8 +28,8 @@ from streammgr.server import (
 )
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 
+from .cli_helpers import started
 from .server_helpers import PATIENCE, RawResponse, Server
-from .test_cli import started
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 UPSTREAM_KEY = "sk-upstream-key-0123456789"
