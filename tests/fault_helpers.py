@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import socket
 import warnings
 from collections import Counter
@@ -41,11 +40,18 @@ import trio
 import trio.testing
 
 from streammgr import CloseReason, StreamManager
-from streammgr.server import ServiceOptions, admin_app, build_service_app, serve, serve_service
+from streammgr.server import ServiceOptions, admin_app, build_service_app, serve
 from streammgr.simulate import SimulatedUpstream, plan_request
-from streammgr.testing import find_leaks, format_leaks
+from streammgr.testing import FdBaseline, find_leaks, format_leaks
 
-from .server_helpers import PATIENCE, CloseWatcher, RawResponse, quiet_hypercorn, wait_until
+from .server_helpers import (
+    PATIENCE,
+    CloseWatcher,
+    RawResponse,
+    quiet_hypercorn,
+    serving_service,
+    wait_until,
+)
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -58,13 +64,10 @@ CASE_LIMIT = 40.0
 
 
 def open_fds() -> dict[int, str]:
-    """This process's open file descriptors and what each points at."""
-    found: dict[int, str] = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:  # the listing's own descriptor, closed already
-            continue
+    """This process's open file descriptors and what each points at, as
+    :class:`streammgr.testing.FdBaseline` lists them (the rig needs ``/proc``: Linux)."""
+    found = FdBaseline.take().fds
+    assert found is not None, "the fault rig counts descriptors in /proc/self/fd (Linux only)"
     return found
 
 
@@ -285,48 +288,28 @@ async def open_rig(
                     acquire_timeout=(manager_options or {}).get("acquire_timeout"),
                     admin=admin_app(manager, prefix=""),
                 )
-                stop, stopped = trio.Event(), trio.Event()
-
-                async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-                    try:
-                        await serve_service(
-                            app,
-                            manager,
-                            host="127.0.0.1",
-                            port=0,
-                            shutdown_trigger=stop.wait,
-                            grace=grace,
-                            close_timeout=close_timeout,
-                            task_status=task_status,
-                        )
-                    finally:
-                        stopped.set()
-
-                (url,) = await nursery.start(run)
-                watcher = CloseWatcher(manager)
-                await nursery.start(watcher.run)
-                rig = Rig(
-                    manager=manager,
-                    upstream=upstream,
-                    upstream_port=int(upstream_url.rpartition(":")[2]),
-                    http=http,
-                    transport=transport,
-                    url=url,
-                    port=int(url.rpartition(":")[2]),
-                    watcher=watcher,
-                    stop=stop,
-                    stopped=stopped,
-                )
-                # Let every server task settle before the baseline.
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-                rig.baseline = open_fds()
-                try:
+                async with serving_service(
+                    nursery, app, manager, grace=grace, close_timeout=close_timeout
+                ) as service:
+                    watcher = CloseWatcher(manager)
+                    await nursery.start(watcher.run)
+                    rig = Rig(
+                        manager=manager,
+                        upstream=upstream,
+                        upstream_port=int(upstream_url.rpartition(":")[2]),
+                        http=http,
+                        transport=transport,
+                        url=service.url,
+                        port=service.port,
+                        watcher=watcher,
+                        stop=service.stop,
+                        stopped=service.stopped,
+                    )
+                    # Let every server task settle before the baseline.
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                    rig.baseline = open_fds()
                     yield rig
                     await rig.check_quiet()  # every case's end, also one that stopped the server
-                finally:
-                    stop.set()
-                    with trio.fail_after(PATIENCE):
-                        await stopped.wait()
             stop_upstream.set()
     check_closed(before)
 

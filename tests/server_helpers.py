@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import trio
 from hypercorn.config import Config
+from starlette.applications import Starlette
 
 from streammgr import StreamInfo, StreamManager
 from streammgr.server import ServiceOptions, build_service_app, gateway_app, serve, serve_service
@@ -221,35 +222,74 @@ def fast_upstream(**options: Any) -> SimulatedUpstream:
 
 
 @asynccontextmanager
-async def running_service(
-    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
-) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
-    """The whole service (gateway, CORS, admin) under ``serve_service`` on a free port,
-    in front of an in-process simulator (20 ms between tokens); stopped at the end."""
-    upstream = fast_upstream(token_latency=0.02)
-    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-        app = build_service_app(manager, http, options, acquire_timeout=0.1)
-        server = Server()
+async def serving_service(
+    nursery: trio.Nursery, app: App, manager: StreamManager, **serve_options: Any
+) -> AsyncIterator[Server]:
+    """``app`` (from ``build_service_app``) under ``serve_service`` on 127.0.0.1, on a
+    free port; at the end, stopped gracefully and waited for (bounded).
 
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_service(
-                    app,
-                    manager,
-                    port=0,
-                    shutdown_trigger=server.stop.wait,
-                    task_status=task_status,
-                    **serve_options,
-                )
-            finally:
-                server.stopped.set()
+    Args:
+        nursery: where the server runs.
+        app: the service's ASGI app; its lifespan runs ``manager``.
+        manager: the manager the app runs its streams in (not entered yet).
+        **serve_options: ``serve_service``'s ``grace``, ``close_timeout``, ``backlog``.
+    """
+    server = Server()
 
-        (server.url,) = await nursery.start(run)
-        server.port = int(server.url.rpartition(":")[2])
-        yield server, upstream
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await serve_service(
+                app,
+                manager,
+                host="127.0.0.1",
+                port=0,
+                shutdown_trigger=server.stop.wait,
+                task_status=task_status,
+                **serve_options,
+            )
+        finally:
+            server.stopped.set()
+
+    (server.url,) = await nursery.start(run)
+    server.port = int(server.url.rpartition(":")[2])
+    try:
+        yield server
+    finally:
         server.stop.set()
         with trio.fail_after(PATIENCE):
             await server.stopped.wait()
+
+
+@asynccontextmanager
+async def running_service(
+    nursery: trio.Nursery,
+    manager: StreamManager,
+    options: ServiceOptions,
+    *,
+    upstream: SimulatedUpstream | None = None,
+    acquire_timeout: float | None = 0.1,
+    admin: Starlette | None = None,
+    **serve_options: Any,
+) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
+    """The whole service (gateway, CORS, admin) under ``serve_service`` on a free port,
+    in front of an in-process simulator; stopped at the end.
+
+    Args:
+        nursery: where the server runs.
+        manager: the manager (not entered yet: the service's lifespan runs it).
+        options: the service's options.
+        upstream: the simulator (default: 20 ms between tokens).
+        acquire_timeout: ``build_service_app``'s ``acquire_timeout``.
+        admin: the inspection API to mount at ``/admin`` (``admin_app(..., prefix="")``).
+        **serve_options: ``serve_service``'s ``grace``, ``close_timeout``, ``backlog``.
+    """
+    upstream = upstream if upstream is not None else fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(
+            manager, http, options, acquire_timeout=acquire_timeout, admin=admin
+        )
+        async with serving_service(nursery, app, manager, **serve_options) as server:
+            yield server, upstream
 
 
 GATEWAY_BASE = "http://simulated.local/v1"

@@ -32,11 +32,10 @@ from streammgr import (
     UpstreamTruncated,
     current_producer,
 )
-from streammgr.server import ServiceOptions, build_service_app, serve_service
+from streammgr.server import ServiceOptions
 from streammgr.server._answers import ErrorAnswer, error_answer
 from streammgr.server._gateway import _has_outcome, _note_outcome_of
 from streammgr.server._metrics import AdminMetrics
-from streammgr.simulate import SimulatedTransport
 from streammgr.testing import LeakError, TrackingTransport, checked_manager
 
 from .chat_ws_helpers import Flood, connect, receive, request, stalled_client, until_done
@@ -50,6 +49,7 @@ from .server_helpers import (
     fast_upstream,
     read_until_closed,
     running_gateway,
+    running_service,
     wait_until,
 )
 
@@ -493,28 +493,16 @@ async def test_shutdown_in_every_phase_tells_each_client_and_closes_with_1001(
     # for a slot, one idle: a graceful shutdown ends each in band, then closes it.
     manager = StreamManager(max_streams=2)
     upstream = fast_upstream(token_latency=0.02)
-    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-        app = build_service_app(
-            manager, http, ServiceOptions(upstream_url=BASE), acquire_timeout=30.0
-        )
-        server = Server()
-
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_service(
-                    app,
-                    manager,
-                    port=0,
-                    shutdown_trigger=server.stop.wait,
-                    grace=0.1,
-                    close_timeout=30.0,
-                    task_status=task_status,
-                )
-            finally:
-                server.stopped.set()
-
-        (server.url,) = await nursery.start(run)
-        server.port = int(server.url.rpartition(":")[2])
+    options = ServiceOptions(upstream_url=BASE)
+    async with running_service(
+        nursery,
+        manager,
+        options,
+        upstream=upstream,
+        acquire_timeout=30.0,
+        grace=0.1,
+        close_timeout=30.0,
+    ) as (server, _):
         async with (
             connect(server.port) as streaming,
             connect(server.port) as connecting,

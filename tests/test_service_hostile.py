@@ -22,14 +22,12 @@ from streammgr import StreamManager
 from streammgr.server import (
     ServiceOptions,
     admin_app,
-    build_service_app,
     gateway_app,
-    serve_service,
 )
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 
 from .cli_helpers import started
-from .server_helpers import PATIENCE, RawResponse, Server
+from .server_helpers import PATIENCE, RawResponse, Server, running_service
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 UPSTREAM_KEY = "sk-upstream-key-0123456789"
@@ -132,34 +130,25 @@ async def test_graceful_shutdown_cuts_a_stalled_client_after_grace_plus_close_ti
     # The manager's shutdown ends the stream, but the response's task stays parked in
     # hypercorn's shielded write; the server's cancellation at graceful_timeout kills
     # the write guard, so only serve()'s send_timeout (60 s) ends the connection.
-    manager = StreamManager()
-    stop, stopped = trio.Event(), trio.Event()
-    async with httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as http:
-        app = build_service_app(manager, http, ServiceOptions(upstream_url="http://sim/v1"))
-        async with trio.open_nursery() as nursery:
-
-            async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-                try:
-                    await serve_service(
-                        app,
-                        manager,
-                        host="127.0.0.1",
-                        port=0,
-                        shutdown_trigger=stop.wait,
-                        grace=0.2,
-                        close_timeout=0.3,
-                        task_status=task_status,
-                    )
-                finally:
-                    stopped.set()
-
-            (url,) = await nursery.start(run)
-            client = await stalled_post(int(url.rpartition(":")[2]), ENDLESS)
-            await client.until(lambda response: b'"content":"' in response.body)
-            stop.set()
-            with trio.move_on_after(0.2 + 0.3 + 2.0) as bound:
-                await stopped.wait()
-            await client.stream.aclose()  # unblocks the server either way
+    options = ServiceOptions(upstream_url="http://sim/v1")
+    async with (
+        trio.open_nursery() as nursery,
+        running_service(
+            nursery,
+            StreamManager(),
+            options,
+            upstream=instant_upstream(),
+            acquire_timeout=None,
+            grace=0.2,
+            close_timeout=0.3,
+        ) as (server, _),
+    ):
+        client = await stalled_post(server.port, ENDLESS)
+        await client.until(lambda response: b'"content":"' in response.body)
+        server.stop.set()
+        with trio.move_on_after(0.2 + 0.3 + 2.0) as bound:
+            await server.stopped.wait()
+        await client.stream.aclose()  # unblocks the server either way
     assert not bound.cancelled_caught, "the server outlived grace + close_timeout"
 
 
@@ -259,14 +248,11 @@ async def test_cors_origins_do_not_open_the_tokenless_admin_api_to_any_web_page(
     # the CORS middleware wraps /admin too, so any page the operator's browser opens
     # can read the registry and cancel streams (the preflight allows DELETE).
     manager = StreamManager()
-    async with httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as http:
-        app = build_service_app(
-            manager,
-            http,
-            ServiceOptions(upstream_url="http://sim/v1", cors_origins=("*",)),
-            admin=admin_app(manager, prefix=""),
-        )
-        server = await Server().start(nursery, app)
+    options = ServiceOptions(upstream_url="http://sim/v1", cors_origins=("*",))
+    admin = admin_app(manager, prefix="")
+    async with running_service(
+        nursery, manager, options, upstream=instant_upstream(), acquire_timeout=None, admin=admin
+    ) as (server, _):
         origin = {"origin": "http://evil.example"}
         async with httpx.AsyncClient(timeout=PATIENCE) as client:
             read = await client.get(f"{server.url}/admin/streams", headers=origin)
@@ -274,6 +260,5 @@ async def test_cors_origins_do_not_open_the_tokenless_admin_api_to_any_web_page(
                 f"{server.url}/admin/keys/anonymous/streams",
                 headers={**origin, "access-control-request-method": "DELETE"},
             )
-        server.stop.set()
     assert "access-control-allow-origin" not in read.headers
     assert "access-control-allow-origin" not in preflight.headers
