@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import trio
-import trio.testing
 
 from streammgr import FairLimiter, Permit
 
