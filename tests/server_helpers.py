@@ -221,6 +221,11 @@ def fast_upstream(**options: Any) -> SimulatedUpstream:
     return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
 
 
+def instant_upstream() -> SimulatedUpstream:
+    """The simulator with no latency at all."""
+    return SimulatedUpstream(first_token_latency=0, token_latency=0)
+
+
 @asynccontextmanager
 async def serving_service(
     nursery: trio.Nursery, app: App, manager: StreamManager, **serve_options: Any

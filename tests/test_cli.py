@@ -14,8 +14,10 @@ import pytest
 import trio
 
 from streammgr.cli import main
+from streammgr.simulate import SimulatedUpstream
 
 from .cli_helpers import PATIENCE, started
+from .server_helpers import Server
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["simulate"], ["demo"]])
@@ -148,9 +150,6 @@ async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
     # httpx's default pool holds 100 connections: the 101st stream of `streammgr
     # serve --max-streams 200` waited for the pool inside its slot, then failed.
     from streammgr.cli._run import upstream_client
-    from streammgr.simulate import SimulatedUpstream
-
-    from .server_helpers import Server
 
     upstream = SimulatedUpstream(first_token_latency=0, token_latency=0)
     server = await Server().start(nursery, upstream)
@@ -181,3 +180,20 @@ async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
         held.set()
     server.stop.set()
     assert upstream.stats().max_open == streams
+
+
+@pytest.mark.parametrize("token", ["", " padded-token "])
+def test_cli_bad_admin_token_is_a_one_line_usage_error(token: str) -> None:
+    # check_exposure() lets it through on loopback; admin_app() then raises ValueError
+    # inside run_serve: a traceback and exit code 1 (docs/cli.md: one line, exit 2).
+    result = subprocess.run(
+        [sys.executable, "-m", "streammgr", "serve", "--port", "0", "--admin-token", token],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+        env={**os.environ, "STREAMMGR_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 2, result.stderr[-300:]
+    assert "Traceback" not in result.stderr
+    assert "--admin-token" in result.stderr

@@ -29,7 +29,9 @@ from .server_helpers import (
     PATIENCE,
     CloseWatcher,
     RawResponse,
+    Server,
     fast_upstream,
+    instant_upstream,
     quiet_hypercorn,
     running_gateway,
     running_service,
@@ -650,3 +652,65 @@ def test_bad_arguments_are_named() -> None:
 
     trio.run(check)
     assert streammgr.server.gateway_app is gateway_app
+
+
+# -- stream: false: body fields are the upstream's, never OpenAIChat arguments ------------
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Records every request the gateway sends upstream, then passes it on."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_stream_false_body_field_headers_is_not_sent_as_upstream_http_headers(
+    nursery: trio.Nursery,
+) -> None:
+    # The body's extra fields go to OpenAIChat(**params): a field named "headers"
+    # becomes HTTP headers of the upstream request, with the gateway's API key.
+    recording = Recording(SimulatedTransport(instant_upstream()))
+    async with (
+        httpx.AsyncClient(transport=recording) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url="http://sim.local/v1", api_key=UPSTREAM_KEY)
+        server = await Server().start(nursery, app)
+        body = {
+            "model": "sim-small",
+            "messages": MESSAGES,
+            "headers": {"OpenAI-Project": "proj_someone_else", "Authorization": "Bearer x"},
+        }
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            await client.post(f"{server.url}/v1/chat/completions", json=body)
+        server.stop.set()
+    (sent,) = recording.requests
+    assert "openai-project" not in sent.headers
+    assert sent.headers.get_list("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    # Everything else goes to the upstream as it is (docs/gateway.md): in the body.
+    assert json.loads(sent.content).get("headers") == body["headers"]
+
+
+@pytest.mark.parametrize("field", ["api_key", "base_url", "timeouts", "include_usage", "client"])
+async def test_stream_false_body_field_named_like_an_openaichat_argument_is_no_500(
+    nursery: trio.Nursery, field: str
+) -> None:
+    # OpenAIChat() got multiple values for keyword argument ...: an unhandled TypeError,
+    # a plain-text 500 instead of an OpenAI-format answer.
+    async with (
+        httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url="http://sim.local/v1", api_key=UPSTREAM_KEY)
+        server = await Server().start(nursery, app)
+        body = {"model": "sim-small", "messages": MESSAGES, field: "http://elsewhere/v1"}
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            response = await client.post(f"{server.url}/v1/chat/completions", json=body)
+        server.stop.set()
+    assert response.status_code < 500
+    assert response.headers["content-type"] == "application/json"
