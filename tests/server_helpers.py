@@ -345,3 +345,17 @@ async def running_gateway(
         server = await Server().start(nursery, app, send_timeout=send_timeout)
         yield Running(manager, upstream, server)
         server.stop.set()
+
+
+def assert_quiet(gateway: Running) -> None:
+    """Nothing left behind by a gateway: no stream in the registry, no slot held or
+    waited for (the upstream's connections: :func:`assert_upstream_released`)."""
+    assert gateway.manager.streams() == []
+    stats = gateway.manager.stats()
+    assert stats.active == 0
+    assert stats.waiting == 0
+
+
+async def assert_upstream_released(gateway: Running) -> None:
+    """Wait (bounded) until the simulator holds no response of ``gateway``'s open."""
+    await wait_until(lambda: gateway.upstream.stats().open == 0)

@@ -10,14 +10,30 @@ from __future__ import annotations
 import json
 import signal
 
+import httpx
+import pytest
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from streammgr import StreamManager
+from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions
 
+from .chat_ws_helpers import Flood, connect, receive, request, stalled_client, until_done
 from .cli_helpers import started
 from .fault_helpers import raw_request
-from .server_helpers import instant_upstream, running_service
+from .server_helpers import (
+    GATEWAY_BASE,
+    PATIENCE,
+    CloseWatcher,
+    Server,
+    assert_quiet,
+    fast_upstream,
+    instant_upstream,
+    read_until_closed,
+    running_gateway,
+    running_service,
+    wait_until,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ENDLESS = {
@@ -85,3 +101,108 @@ async def test_cli_sigterm_with_a_stalled_client_exits_0_within_grace_plus_5s(
         await client.stream.aclose()
         assert not bound.cancelled_caught, "still running long after grace + 5 s"
         assert code == 0
+
+
+# -- WebSocket clients ----------------------------------------------------------------------
+
+
+async def test_many_idle_connections_are_closed_at_shutdown(nursery: trio.Nursery) -> None:
+    async with running_gateway(nursery) as gateway:
+        sockets: list[WebSocketConnection] = []
+        async with trio.open_nursery() as clients:
+
+            async def idle(ready: trio.Event) -> None:
+                async with connect(gateway.server.port) as ws:
+                    sockets.append(ws)
+                    ready.set()
+                    with trio.fail_after(PATIENCE):
+                        while not ws.closed:
+                            try:
+                                await ws.get_message()
+                            except Exception:
+                                break
+
+            for _ in range(20):
+                ready = trio.Event()
+                clients.start_soon(idle, ready)
+                await ready.wait()
+            await gateway.manager.aclose()
+        assert all(ws.closed is not None and ws.closed.code == 1001 for ws in sockets)
+        assert_quiet(gateway)
+
+
+async def test_shutdown_in_every_phase_tells_each_client_and_closes_with_1001(
+    nursery: trio.Nursery,
+) -> None:
+    # One connection streaming, one whose upstream has not answered yet, one queued
+    # for a slot, one idle: a graceful shutdown ends each in band, then closes it.
+    manager = StreamManager(max_streams=2)
+    upstream = fast_upstream(token_latency=0.02)
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    async with running_service(
+        nursery,
+        manager,
+        options,
+        upstream=upstream,
+        acquire_timeout=30.0,
+        grace=0.1,
+        close_timeout=30.0,
+    ) as (server, _):
+        async with (
+            connect(server.port) as streaming,
+            connect(server.port) as connecting,
+            connect(server.port) as queued,
+            connect(server.port) as idle,
+        ):
+            await streaming.send_message(request("s", tokens=1000))
+            assert (await receive(streaming))["delta"]
+            await connecting.send_message(request("c", first_token_latency=30.0))
+            await queued.send_message(request("q"))
+            await wait_until(lambda: manager.stats().waiting == 1)
+            server.stop.set()
+            finals = {}
+            for ws in (streaming, connecting, queued):
+                _, final = await until_done(ws)
+                finals[final["id"]] = final["error"]["code"]
+            assert finals["s"] == "shutdown"
+            assert finals["c"] == "shutdown"
+            assert finals["q"] in {"shutdown", "shutting_down"}
+            for ws in (streaming, connecting, queued, idle):
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+                    await ws.get_message()
+                assert closed.value.reason is not None
+                assert closed.value.reason.code == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    assert manager.streams() == []
+    assert manager.stats().active == manager.stats().waiting == 0
+    assert upstream.stats().open == 0
+
+
+async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    # The runner is parked in a send that cannot be cancelled when the manager shuts
+    # down: the stream still ends at once, and the guard closes the connection.
+    flood = Flood()
+    flood_server = await Server().start(nursery, flood)
+    async with running_gateway(
+        nursery,
+        transport=httpx.AsyncHTTPTransport(),
+        upstream_url=f"{flood_server.url}/v1",
+        stall_timeout=0.5,
+    ) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        client, _ = await stalled_client(gateway.server.port, request("flood"))
+        await wait_until(lambda: gateway.manager.stats().active == 1)
+        await wait_until(lambda: gateway.manager.streams()[0].bytes > 1 << 20)
+        with trio.fail_after(PATIENCE):
+            await gateway.manager.aclose()
+        (info,) = gateway.manager.history()
+        assert info.close_reason in {CloseReason.SHUTDOWN, CloseReason.CLIENT_STALLED}
+        with trio.fail_after(PATIENCE):
+            await flood.left.wait()
+        await read_until_closed(client)
+        assert_quiet(gateway)
+    flood_server.stop.set()

@@ -9,12 +9,14 @@ bounded by ``fail_after``; latencies are hundredths of a second.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
+from wsproto.events import TextMessage
 
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions
@@ -38,6 +40,8 @@ from .server_helpers import (
     PATIENCE,
     CloseWatcher,
     Server,
+    assert_quiet,
+    assert_upstream_released,
     fast_upstream,
     read_until_closed,
     running_gateway,
@@ -555,3 +559,187 @@ async def test_a_request_during_the_drain_is_refused_and_its_connection_closed(
             with trio.fail_after(PATIENCE):
                 await server.stopped.wait()
     assert upstream.stats().open == 0
+
+
+# -- misbehaving clients ------------------------------------------------------------------
+
+
+async def test_binary_frames_huge_ids_and_a_flood_during_a_stream(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.01)
+    async with (
+        running_gateway(nursery, upstream=upstream) as gateway,
+        connect(gateway.server.port) as ws,
+    ):
+        await ws.send_message(b"\x00\x01binary")
+        answer = await receive(ws)
+        assert answer["type"] == "error"
+        assert answer["error"]["code"] == "invalid_message"
+        huge = "x" * 10_000
+        await ws.send_message(json.dumps({"type": "chat.request", "id": huge}))
+        answer = await receive(ws)
+        assert answer["error"]["param"] == "id"
+        assert huge not in json.dumps(answer)  # never echoed back
+        assert "id" not in answer
+        await ws.send_message(request("long", tokens=200))
+        # A flood while the stream runs: each is answered, none starts a stream.
+        for number in range(50):
+            await ws.send_message(request(f"flood-{number}"))
+        refused = 0
+        while True:
+            message = await receive(ws)
+            if message["type"] == "error":
+                assert message["error"]["code"] == "request_in_flight"
+                refused += 1
+            elif message.get("done"):
+                assert message["id"] == "long"
+                assert message["finish_reason"] == "stop"
+                break
+        while refused < 50:  # the rest of the refusals may follow the final message
+            message = await receive(ws)
+            assert message["error"]["code"] == "request_in_flight"
+            refused += 1
+        assert len(gateway.manager.history()) == 1
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_cancel_racing_the_end_of_a_stream_and_a_new_request(
+    nursery: trio.Nursery,
+) -> None:
+    # chat.cancel, then chat.request, sent together right as a short answer ends: the
+    # cancel hits the old stream or nothing, never the new request.
+    async with (
+        running_gateway(nursery) as gateway,
+        connect(gateway.server.port) as ws,
+    ):
+        for number in range(5):
+            await ws.send_message(request(f"a{number}", tokens=1))
+            await ws.send_message(json.dumps({"type": "chat.cancel", "id": f"a{number}"}))
+            await ws.send_message(request(f"b{number}", tokens=2))
+            finals: dict[str, dict[str, Any]] = {}
+            while "b" + str(number) not in finals:
+                message = await receive(ws)
+                if message.get("done"):
+                    finals[message["id"]] = message
+                elif message["type"] == "error":
+                    # The second request came while the first was in flight.
+                    assert message["error"]["code"] == "request_in_flight"
+                    await ws.send_message(request(f"b{number}", tokens=2))
+            assert finals[f"b{number}"]["finish_reason"] == "stop"
+        reasons = {info.close_reason for info in gateway.manager.history()}
+        assert reasons <= {CloseReason.COMPLETED, CloseReason.CANCELLED}
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_a_client_that_closes_mid_send_leaves_nothing(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.001)
+    async with running_gateway(nursery, upstream=upstream) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        seen: tuple[str, ...] = ()
+        for _ in range(3):
+            async with connect(gateway.server.port) as ws:
+                await ws.send_message(request("gone", tokens=5000))
+                await receive(ws)
+            info = await watcher.next_close(besides=seen)
+            seen = (*seen, info.id)
+        assert {info.close_reason for info in gateway.manager.history()} == {
+            CloseReason.CLIENT_DISCONNECTED
+        }
+        assert_quiet(gateway)
+        await assert_upstream_released(gateway)
+
+
+async def test_a_client_that_floods_and_never_reads_is_cut_off(nursery: trio.Nursery) -> None:
+    # Every bad message is answered; a client that sends them without ever reading
+    # fills the server's send buffer, then its own: the server must stop reading
+    # (bounded memory), and the write guard must close the connection.
+    async with running_gateway(nursery, stall_timeout=0.2) as gateway:
+        stream, client = await stalled_client(gateway.server.port, "{}")
+        message = client.send(TextMessage(data=json.dumps({"type": "t" * 60})))
+        sent = 0
+        with trio.fail_after(PATIENCE):
+            try:
+                while True:
+                    await stream.send_all(message * 64)
+                    sent += 64
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        assert sent > 0
+        await read_until_closed(stream)
+        assert gateway.manager.history() == []  # no message started a stream
+        assert_quiet(gateway)
+
+
+async def test_chat_cancel_while_queued_for_a_slot_charges_nothing(nursery: trio.Nursery) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 30.0}
+    upstream = fast_upstream(token_latency=0.02)
+    async with (
+        running_gateway(nursery, upstream=upstream, manager_options=options) as gateway,
+        connect(gateway.server.port) as busy,
+        connect(gateway.server.port) as queued,
+    ):
+        await busy.send_message(request("busy", tokens=1000))
+        assert (await receive(busy))["delta"]
+        await queued.send_message(request("queued"))
+        await wait_until(lambda: gateway.manager.stats().waiting == 1)
+        await queued.send_message(json.dumps({"type": "chat.cancel", "id": "queued"}))
+        deltas, final = await until_done(queued)
+        assert deltas == []
+        assert final["error"]["code"] == "cancelled"
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.CANCELLED
+        assert info.admitted_at is None
+        assert gateway.upstream.stats().opened == 1  # only the busy one
+        assert gateway.manager.stats().waiting == 0
+        await busy.send_message(json.dumps({"type": "chat.cancel"}))
+        assert (await until_done(busy))[1]["error"]["code"] == "cancelled"
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+# -- no secret in an upstream's refusal --------------------------------------------------
+
+CALLER_TOKEN = "sk-caller-secret-9876543210"
+
+
+def answering(
+    body: bytes, status: int = 200, seen: list[httpx.Request] | None = None
+) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        kind = "text/event-stream" if status == 200 else "application/json"
+        return httpx.Response(status, headers={"content-type": kind}, content=body)
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("status", [401, 429, 500])
+async def test_upstream_refusals_carry_no_secret(
+    nursery: trio.Nursery, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streammgr")
+    echoed = json.dumps(
+        {"error": {"message": f"bad key {UPSTREAM_KEY} / {CALLER_TOKEN}", "type": "x"}}
+    )
+    seen: list[httpx.Request] = []
+    transport = answering(echoed.encode(), status, seen)
+    async with (
+        running_gateway(nursery, transport=transport) as gateway,
+        connect(gateway.server.port, [("authorization", f"Bearer {CALLER_TOKEN}")]) as ws,
+    ):
+        await ws.send_message(request("r"))
+        _, final = await until_done(ws)
+        assert final["error"]["code"]
+        text = json.dumps(final)
+        (info,) = gateway.manager.history()
+    records = json.dumps(info.to_dict()) + caplog.text
+    (upstream_request,) = seen  # the upstream gets the gateway's key, never the caller's
+    assert upstream_request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CALLER_TOKEN not in str(upstream_request.headers) + upstream_request.content.decode()
+    for secret in (UPSTREAM_KEY, CALLER_TOKEN):
+        assert secret not in text
+        assert secret not in records
+    assert_quiet(gateway)
