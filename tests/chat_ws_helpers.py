@@ -1,6 +1,6 @@
 """What the WebSocket chat route's tests share: a trio-websocket client, chat messages
 and how to read their answers, a raw wsproto client that stops reading, and an
-upstream that floods.
+upstream that floods (with a gateway in front of it).
 
 Real time over loopback: every wait is bounded by ``fail_after``.
 """
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
 from wsproto import ConnectionType, WSConnection
@@ -20,7 +21,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from streammgr.simulate import SimulatedUpstream
 
-from .server_helpers import PATIENCE
+from .server_helpers import PATIENCE, CloseWatcher, Running, Server, running_gateway
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -160,3 +161,27 @@ async def read_final(stream: trio.SocketStream, client: WSConnection) -> dict[st
                         text = ""
                         if message.get("done"):
                             return message
+
+
+@asynccontextmanager
+async def flooded_gateway(
+    nursery: trio.Nursery, **gateway_options: Any
+) -> AsyncIterator[tuple[Running, Flood, CloseWatcher]]:
+    """A gateway (``running_gateway(**gateway_options)``) whose upstream is a
+    :class:`Flood` served on a port of its own, so that a send parked on a client that
+    reads nothing holds a real upstream connection; with a :class:`CloseWatcher`
+    running. Yields the gateway, the flood and the watcher."""
+    flood = Flood()
+    flood_server = await Server().start(nursery, flood)
+    try:
+        async with running_gateway(
+            nursery,
+            transport=httpx.AsyncHTTPTransport(),
+            upstream_url=f"{flood_server.url}/v1",
+            **gateway_options,
+        ) as gateway:
+            watcher = CloseWatcher(gateway.manager)
+            await nursery.start(watcher.run)
+            yield gateway, flood, watcher
+    finally:
+        flood_server.stop.set()

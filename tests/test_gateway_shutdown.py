@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 
-import httpx
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -18,14 +17,12 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions
 
-from .chat_ws_helpers import Flood, connect, receive, request, stalled_client, until_done
+from .chat_ws_helpers import connect, flooded_gateway, receive, request, stalled_client, until_done
 from .cli_helpers import started
 from .fault_helpers import raw_request
 from .server_helpers import (
     GATEWAY_BASE,
     PATIENCE,
-    CloseWatcher,
-    Server,
     assert_quiet,
     fast_upstream,
     instant_upstream,
@@ -184,16 +181,10 @@ async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
 ) -> None:
     # The runner is parked in a send that cannot be cancelled when the manager shuts
     # down: the stream still ends at once, and the guard closes the connection.
-    flood = Flood()
-    flood_server = await Server().start(nursery, flood)
-    async with running_gateway(
+    async with flooded_gateway(
         nursery,
-        transport=httpx.AsyncHTTPTransport(),
-        upstream_url=f"{flood_server.url}/v1",
         stall_timeout=0.5,
-    ) as gateway:
-        watcher = CloseWatcher(gateway.manager)
-        await nursery.start(watcher.run)
+    ) as (gateway, flood, _):
         client, _ = await stalled_client(gateway.server.port, request("flood"))
         await wait_until(lambda: gateway.manager.stats().active == 1)
         await wait_until(lambda: gateway.manager.streams()[0].bytes > 1 << 20)
@@ -205,4 +196,3 @@ async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
             await flood.left.wait()
         await read_until_closed(client)
         assert_quiet(gateway)
-    flood_server.stop.set()

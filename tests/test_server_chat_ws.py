@@ -23,9 +23,9 @@ from streammgr.server import ServiceOptions
 
 from .chat_ws_helpers import (
     MESSAGES,
-    Flood,
     connect,
     content,
+    flooded_gateway,
     read_final,
     receive,
     request,
@@ -39,7 +39,6 @@ from .server_helpers import (
     GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
-    Server,
     assert_quiet,
     assert_upstream_released,
     fast_upstream,
@@ -403,16 +402,10 @@ async def test_a_message_over_the_size_limit_closes_with_1009(nursery: trio.Nurs
 async def test_a_client_that_stops_reading_is_cut_off(nursery: trio.Nursery) -> None:
     # hypercorn's send() cannot be cancelled, yet the stream, its slot and its
     # upstream go after stall_timeout, and the connection is closed.
-    flood = Flood()
-    flood_server = await Server().start(nursery, flood)
-    async with running_gateway(
+    async with flooded_gateway(
         nursery,
-        transport=httpx.AsyncHTTPTransport(),
-        upstream_url=f"{flood_server.url}/v1",
         stall_timeout=0.2,
-    ) as gateway:
-        watcher = CloseWatcher(gateway.manager)
-        await nursery.start(watcher.run)
+    ) as (gateway, flood, watcher):
         client, _ = await stalled_client(gateway.server.port, request("flood"))
         info = await watcher.next_close()
         assert info.close_reason is CloseReason.CLIENT_STALLED
@@ -420,7 +413,6 @@ async def test_a_client_that_stops_reading_is_cut_off(nursery: trio.Nursery) -> 
         with trio.fail_after(PATIENCE):
             await flood.left.wait()  # the upstream saw its connection end
         await read_until_closed(client)  # the guard closed the connection
-    flood_server.stop.set()
 
 
 async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
@@ -428,18 +420,12 @@ async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
 ) -> None:
     # No stall_timeout, no send_timeout: the manager's reader_timeout still ends the
     # stream; the client, reading again, gets the final error on a usable connection.
-    flood = Flood()
-    flood_server = await Server().start(nursery, flood)
-    async with running_gateway(
+    async with flooded_gateway(
         nursery,
-        transport=httpx.AsyncHTTPTransport(),
-        upstream_url=f"{flood_server.url}/v1",
         manager_options={"reader_timeout": 0.2},
         stall_timeout=None,
         send_timeout=None,
-    ) as gateway:
-        watcher = CloseWatcher(gateway.manager)
-        await nursery.start(watcher.run)
+    ) as (gateway, flood, watcher):
         client, protocol = await stalled_client(gateway.server.port, request("flood"))
         info = await watcher.next_close()
         assert info.close_reason is CloseReason.READER_TIMEOUT
@@ -450,7 +436,6 @@ async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
         assert final["id"] == "flood"
         assert final["error"]["code"] == "reader_timeout"
         await client.aclose()
-    flood_server.stop.set()
 
 
 # -- origins and shutdown ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions, caller_key, gateway_app, serve
 from streammgr.simulate import SimulatedTransport
 
+from .fault_helpers import chat, data_events, unchunked
 from .response_helpers import forever
 from .server_helpers import (
     GATEWAY_BASE,
@@ -52,24 +53,6 @@ SDK_WARNINGS = pytest.mark.filterwarnings(
     "ignore:Async generator 'httpcore.:ResourceWarning",
     "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning",
 )
-
-
-def chat(stream: bool, **simulate: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "sim-small", "messages": MESSAGES, "stream": stream}
-    if simulate:
-        body["streammgr_simulate"] = simulate
-    return body
-
-
-def data_events(body: bytes) -> list[str]:
-    """The data of every event of an SSE body (keep-alive comments left out)."""
-    events = []
-    for block in body.decode().split("\n\n"):
-        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
-        data = [line.removeprefix("data:").removeprefix(" ") for line in lines]
-        if data:
-            events.append("\n".join(data))
-    return events
 
 
 async def raw_post(
@@ -580,25 +563,13 @@ async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.N
         with trio.fail_after(PATIENCE):
             await server.stopped.wait()
         await response.stream.aclose()
-    *_, last = data_events(_unchunked(response.body))
+    *_, last = data_events(unchunked(response.body)[0])
     error = json.loads(last)["error"]
     assert error["code"] == "shutdown"
     assert "shutting down" in error["message"]
     (info,) = manager.history()
     assert info.close_reason is CloseReason.SHUTDOWN
     assert upstream.stats().open == 0
-
-
-def _unchunked(body: bytes) -> bytes:
-    """The payload of a chunked body."""
-    out, rest = b"", body
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        out, rest = out + rest[:size], rest[size + 2 :]
-    return out
 
 
 # -- across a real socket --------------------------------------------------------------------------
