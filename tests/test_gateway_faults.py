@@ -603,7 +603,7 @@ async def test_shutdown_with_a_stream_false_request_in_flight_answers_503() -> N
         assert rig.reasons() == Counter({CloseReason.SHUTDOWN: 1})
 
 
-# -- regressions: defects these cases found ------------------------------------------------
+# -- sockets: an upstream request cancelled after connecting, a client gone before its request
 
 
 class _CancelAfterConnect(httpcore.AsyncNetworkBackend):

@@ -209,7 +209,7 @@ async def test_the_gateway_records_the_outcome_of_each_answer(
     assert f"streammgr_prompt_tokens_total {float(expected_prompt)}" in rendered
 
 
-# -- hostile notes: bounded, never failing the stream, never a secret ---------------------
+# -- notes from odd chunks: bounded, never failing the stream, never a secret --------------
 
 HOSTILE_CHUNKS = [
     '{"choices":[{"index":0,"delta":{},"finish_reason":5}]}',

@@ -780,7 +780,7 @@ async def test_a_slow_watcher_never_slows_the_manager(nursery: trio.Nursery) -> 
         await feed.stream.aclose()
 
 
-# -- what schemathesis found (tests/test_server_admin_schema.py) -----------------------
+# -- odd input: label filters, 405s, integral floats, unreadable bodies, odd keys, the feed ---
 
 
 async def test_label_filters_are_declared_and_checked_as_name_value(nursery: trio.Nursery) -> None:
