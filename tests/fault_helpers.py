@@ -1,4 +1,5 @@
-"""A rig for the gateway fault and load tests, and the invariants checked after each case.
+"""A rig for the gateway fault and load tests, the invariants checked after each case,
+and raw HTTP clients with parsers of what they receive (chunked bodies, SSE events).
 
 :func:`open_rig` runs, in one Trio process, over real loopback sockets:
 

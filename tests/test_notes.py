@@ -2,7 +2,7 @@
 
 ``ProducerContext.annotate`` in the core; the OpenAI source and the gateway's raw
 forwarding record an answer's ``finish_reason`` and usage; the inspection API and the
-metrics show them.
+metrics show them. Notes stay bounded and carry no secret whatever an upstream sends.
 """
 
 from __future__ import annotations
