@@ -34,14 +34,16 @@ PATIENCE = 10.0
 timing (waits end as soon as what they wait for happens), generous for slow CI machines."""
 
 
-async def wait_until(condition: Callable[[], bool], *, interval: float = 0.005) -> None:
-    """Poll (bounded by ``PATIENCE``) until ``condition()``, for a condition that no
-    event announces (the simulator's counters, the limiter's counts).
+async def wait_until(
+    condition: Callable[[], bool], *, interval: float = 0.005, patience: float = PATIENCE
+) -> None:
+    """Poll (bounded by ``patience`` seconds) until ``condition()``, for a condition that
+    no event announces (the simulator's counters, the limiter's counts, descriptors).
 
     Not ``wait_all_tasks_blocked``: a stream in flight wakes a task every few
     milliseconds, so every task is never idle for long.
     """
-    with trio.fail_after(PATIENCE):
+    with trio.fail_after(patience):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but counters
             await trio.sleep(interval)
 
