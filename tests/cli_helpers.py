@@ -19,7 +19,7 @@ import trio
 PATIENCE = 20.0  # seconds: a new interpreter imports trio, httpx, starlette, hypercorn
 
 
-class Running:
+class CliProcess:
     """A ``streammgr`` process whose JSON log lines are read as they come."""
 
     def __init__(self, process: trio.Process) -> None:
@@ -56,13 +56,13 @@ class Running:
 
 
 @asynccontextmanager
-async def started(nursery: trio.Nursery, *argv: str, **env: str) -> AsyncIterator[Running]:
+async def started(nursery: trio.Nursery, *argv: str, **env: str) -> AsyncIterator[CliProcess]:
     process: trio.Process = await nursery.start(
         partial_run_process,
         [sys.executable, "-m", "streammgr", *argv, "--port", "0", "--log-format", "json"],
         {**os.environ, **env},
     )
-    running = Running(process)
+    running = CliProcess(process)
     try:
         yield running
     finally:

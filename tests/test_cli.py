@@ -78,6 +78,23 @@ def test_serve_refuses_an_exposed_admin_api_without_a_token(
     assert "--admin-token" in line
 
 
+@pytest.mark.parametrize("token", ["", " padded-token "])
+def test_cli_bad_admin_token_is_a_one_line_usage_error(token: str) -> None:
+    # check_exposure() lets it through on loopback; admin_app() then raises ValueError
+    # inside run_serve: a traceback and exit code 1 (docs/cli.md: one line, exit 2).
+    result = subprocess.run(
+        [sys.executable, "-m", "streammgr", "serve", "--port", "0", "--admin-token", token],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+        env={**os.environ, "STREAMMGR_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 2, result.stderr[-300:]
+    assert "Traceback" not in result.stderr
+    assert "--admin-token" in result.stderr
+
+
 def test_environment_variables_set_flags(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,20 +199,3 @@ async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
         held.set()
     server.stop.set()
     assert upstream.stats().max_open == streams
-
-
-@pytest.mark.parametrize("token", ["", " padded-token "])
-def test_cli_bad_admin_token_is_a_one_line_usage_error(token: str) -> None:
-    # check_exposure() lets it through on loopback; admin_app() then raises ValueError
-    # inside run_serve: a traceback and exit code 1 (docs/cli.md: one line, exit 2).
-    result = subprocess.run(
-        [sys.executable, "-m", "streammgr", "serve", "--port", "0", "--admin-token", token],
-        capture_output=True,
-        text=True,
-        timeout=PATIENCE,
-        check=False,
-        env={**os.environ, "STREAMMGR_LOG_FORMAT": "json"},
-    )
-    assert result.returncode == 2, result.stderr[-300:]
-    assert "Traceback" not in result.stderr
-    assert "--admin-token" in result.stderr
