@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import trio
-from trio_websocket import WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
@@ -76,6 +77,14 @@ async def until_done(ws: WebSocketConnection) -> tuple[list[dict[str, Any]], dic
         if message.get("done"):
             return deltas, message
         deltas.append(message)
+
+
+async def close_code(ws: WebSocketConnection) -> int:
+    """Wait (bounded) until the server closes ``ws``; the code it closed with."""
+    with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
+        await ws.get_message()
+    assert closed.value.reason is not None
+    return closed.value.reason.code
 
 
 def content(deltas: list[dict[str, Any]]) -> str:

@@ -10,14 +10,21 @@ from __future__ import annotations
 import json
 import signal
 
-import pytest
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import WebSocketConnection
 
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions
 
-from .chat_ws_helpers import connect, flooded_gateway, receive, request, stalled_client, until_done
+from .chat_ws_helpers import (
+    close_code,
+    connect,
+    flooded_gateway,
+    receive,
+    request,
+    stalled_client,
+    until_done,
+)
 from .cli_helpers import started
 from .fault_helpers import raw_request
 from .server_helpers import (
@@ -165,10 +172,7 @@ async def test_shutdown_in_every_phase_tells_each_client_and_closes_with_1001(
             assert finals["c"] == "shutdown"
             assert finals["q"] in {"shutdown", "shutting_down"}
             for ws in (streaming, connecting, queued, idle):
-                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
-                    await ws.get_message()
-                assert closed.value.reason is not None
-                assert closed.value.reason.code == 1001
+                assert await close_code(ws) == 1001
             with trio.fail_after(PATIENCE):
                 await server.stopped.wait()
     assert manager.streams() == []
@@ -196,3 +200,76 @@ async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
             await flood.left.wait()
         await read_until_closed(client)
         assert_quiet(gateway)
+
+
+# -- WebSocket clients: a stream in flight, a request during the drain ---------------------
+
+
+async def test_graceful_shutdown_ends_streams_in_band_and_closes_with_1001(
+    nursery: trio.Nursery,
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    # close_timeout: the server must stop because the connections closed, not time out.
+    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        # The first connection watches the manager for every connection; when it
+        # goes, another one takes over.
+        async with connect(server.port) as first:
+            await first.send_message(request("first", tokens=1))
+            assert (await until_done(first))[1]["finish_reason"] == "stop"
+        async with connect(server.port) as busy, connect(server.port) as idle:
+            await idle.send_message(request("before", tokens=1))
+            assert (await until_done(idle))[1]["finish_reason"] == "stop"
+            await busy.send_message(request("long", tokens=1000))
+            assert (await receive(busy))["delta"]
+            server.stop.set()
+            _, final = await until_done(busy)
+            assert final["error"]["code"] == "shutdown"
+            assert "shutting down" in final["error"]["message"]
+            for ws in (busy, idle):
+                assert await close_code(ws) == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    shutdown = [info for info in manager.history() if info.labels["request_id"].endswith(".1")]
+    assert sorted(str(info.close_reason) for info in shutdown) == [
+        "completed",
+        "completed",
+        "shutdown",
+    ]
+    assert upstream.stats().open == 0
+
+
+async def test_a_request_during_the_drain_is_refused_and_its_connection_closed(
+    nursery: trio.Nursery,
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    async with running_service(nursery, manager, options, grace=30.0, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        async with connect(server.port) as busy, connect(server.port) as late:
+            await busy.send_message(request("long", tokens=1000))
+            assert (await receive(busy))["delta"]
+            server.stop.set()
+            await wait_until(lambda: manager.stats().closing)
+            # The drain lets the busy stream run (grace); a new request is refused.
+            await late.send_message(request("late", tokens=1))
+            deltas, final = await until_done(late)
+            assert deltas == []
+            assert final["id"] == "late"
+            assert final["error"]["code"] == "shutting_down"
+            assert await close_code(late) == 1001
+            # The operator ends the last stream: its client is told, then the manager
+            # has closed and the connection goes too; the server stops at once.
+            (info,) = manager.streams()
+            manager.cancel(info.id)
+            _, final = await until_done(busy)
+            assert final["error"]["code"] == "cancelled"
+            assert await close_code(busy) == 1001
+            with trio.fail_after(PATIENCE):
+                await server.stopped.wait()
+    assert upstream.stats().open == 0
