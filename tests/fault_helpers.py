@@ -334,12 +334,13 @@ async def raw_request(
     *,
     headers: str = "",
     receive_buffer: int | None = None,
+    keep_alive: bool = False,
 ) -> RawResponse:
     """A request on a raw TCP connection (``headers``: extra ``name: value\\r\\n`` lines).
 
     ``receive_buffer`` shrinks the socket's receive buffer (set before connecting, so
     the TCP window stays small): a client that stops reading makes the server's
-    writes block soon.
+    writes block soon. ``keep_alive``: leave out ``connection: close``.
     """
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
@@ -350,14 +351,25 @@ async def raw_request(
         sock.close()
         raise
     stream = trio.SocketStream(sock)
-    # connection: close, so that the server closes its end after the answer (an idle
+    # By default connection: close, so that the server closes its end after the answer (an idle
     # keep-alive connection the client closes lingers in hypercorn until its
     # keep_alive_timeout: see docs/operations.md).
-    head = f"{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nhost: localhost\r\n"
+    if not keep_alive:
+        head += "connection: close\r\n"
     if body or method == "POST":
         head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
     await stream.send_all((head + headers + "\r\n").encode() + body)
     return RawResponse(stream)
+
+
+async def raw_post(
+    port: int, body: dict[str, Any], *, path: str = "/v1/chat/completions", headers: str = ""
+) -> RawResponse:
+    """A JSON POST on a raw keep-alive TCP connection, read only as far as a test asks."""
+    return await raw_request(
+        port, "POST", path, json.dumps(body).encode(), headers=headers, keep_alive=True
+    )
 
 
 def chat(stream: bool = True, **simulate: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .chat_ws_helpers import (
     until_done,
 )
 from .cli_helpers import started
-from .fault_helpers import raw_request
+from .fault_helpers import chat, data_events, raw_post, raw_request, unchunked
 from .server_helpers import (
     GATEWAY_BASE,
     PATIENCE,
@@ -272,4 +272,31 @@ async def test_a_request_during_the_drain_is_refused_and_its_connection_closed(
             assert await close_code(busy) == 1001
             with trio.fail_after(PATIENCE):
                 await server.stopped.wait()
+    assert upstream.stats().open == 0
+
+
+# -- HTTP: a stream in flight ---------------------------------------------------------------
+
+
+async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.Nursery) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
+        server,
+        upstream,
+    ):
+        # close_timeout: the server must stop because the connection closed, not time out.
+        response = await raw_post(server.port, chat(True, tokens=100000))
+        await response.until(lambda response: b'"content":"' in response.body)
+        server.stop.set()
+        await response.until(lambda response: response.body.endswith(b"0\r\n\r\n"))
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()
+        await response.stream.aclose()
+    *_, last = data_events(unchunked(response.body)[0])
+    error = json.loads(last)["error"]
+    assert error["code"] == "shutdown"
+    assert "shutting down" in error["message"]
+    (info,) = manager.history()
+    assert info.close_reason is CloseReason.SHUTDOWN
     assert upstream.stats().open == 0

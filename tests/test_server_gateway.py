@@ -22,14 +22,13 @@ from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions, caller_key, gateway_app, serve
 from streammgr.simulate import SimulatedTransport
 
-from .fault_helpers import chat, data_events, unchunked
+from .fault_helpers import chat, data_events, raw_post
 from .response_helpers import forever
 from .server_helpers import (
     GATEWAY_BASE,
     GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
-    RawResponse,
     Server,
     fast_upstream,
     instant_upstream,
@@ -53,20 +52,6 @@ SDK_WARNINGS = pytest.mark.filterwarnings(
     "ignore:Async generator 'httpcore.:ResourceWarning",
     "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning",
 )
-
-
-async def raw_post(
-    port: int, body: dict[str, Any], *, path: str = "/v1/chat/completions", headers: str = ""
-) -> RawResponse:
-    """A POST on a raw TCP connection, read only as far as a test asks."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    data = json.dumps(body).encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(data)}\r\n{headers}\r\n"
-    )
-    await stream.send_all(head.encode() + data)
-    return RawResponse(stream)
 
 
 # -- the official openai SDK, unmodified --------------------------------------------------
@@ -511,7 +496,7 @@ async def test_what_cannot_be_sent_upstream_is_a_400_not_a_500(
         assert response.status_code == 200, response.text
 
 
-# -- the service: CORS, shutdown -------------------------------------------------------------------
+# -- the service: CORS ----------------------------------------------------------------------------
 
 
 async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -> None:
@@ -546,30 +531,6 @@ async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -
             headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
         )
         assert other.status_code == 400
-
-
-async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.Nursery) -> None:
-    manager = StreamManager()
-    options = ServiceOptions(upstream_url=BASE)
-    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
-        server,
-        upstream,
-    ):
-        # close_timeout: the server must stop because the connection closed, not time out.
-        response = await raw_post(server.port, chat(True, tokens=100000))
-        await response.until(lambda response: b'"content":"' in response.body)
-        server.stop.set()
-        await response.until(lambda response: response.body.endswith(b"0\r\n\r\n"))
-        with trio.fail_after(PATIENCE):
-            await server.stopped.wait()
-        await response.stream.aclose()
-    *_, last = data_events(unchunked(response.body)[0])
-    error = json.loads(last)["error"]
-    assert error["code"] == "shutdown"
-    assert "shutting down" in error["message"]
-    (info,) = manager.history()
-    assert info.close_reason is CloseReason.SHUTDOWN
-    assert upstream.stats().open == 0
 
 
 # -- across a real socket --------------------------------------------------------------------------
