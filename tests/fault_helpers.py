@@ -1,4 +1,5 @@
-"""A rig for the gateway fault and load tests, and the invariants checked after each case.
+"""A rig for the gateway fault and load tests, the invariants checked after each case,
+and raw HTTP clients with parsers of what they receive (chunked bodies, SSE events).
 
 :func:`open_rig` runs, in one Trio process, over real loopback sockets:
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import socket
 import warnings
 from collections import Counter
@@ -41,11 +41,18 @@ import trio
 import trio.testing
 
 from streammgr import CloseReason, StreamManager
-from streammgr.server import ServiceOptions, admin_app, build_service_app, serve, serve_service
+from streammgr.server import ServiceOptions, admin_app, build_service_app, serve
 from streammgr.simulate import SimulatedUpstream, plan_request
-from streammgr.testing import find_leaks, format_leaks
+from streammgr.testing import FdBaseline, find_leaks, format_leaks
 
-from .server_helpers import PATIENCE, CloseWatcher, RawResponse, quiet_hypercorn
+from .server_helpers import (
+    PATIENCE,
+    CloseWatcher,
+    RawResponse,
+    quiet_hypercorn,
+    serving_service,
+    wait_until,
+)
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -58,13 +65,10 @@ CASE_LIMIT = 40.0
 
 
 def open_fds() -> dict[int, str]:
-    """This process's open file descriptors and what each points at."""
-    found: dict[int, str] = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except FileNotFoundError:  # the listing's own descriptor, closed already
-            continue
+    """This process's open file descriptors and what each points at, as
+    :class:`streammgr.testing.FdBaseline` lists them (the rig needs ``/proc``: Linux)."""
+    found = FdBaseline.take().fds
+    assert found is not None, "the fault rig counts descriptors in /proc/self/fd (Linux only)"
     return found
 
 
@@ -161,9 +165,7 @@ class Rig:
         Not ``wait_all_tasks_blocked``: a stream in flight wakes a task every few
         milliseconds, so every task is never idle for long.
         """
-        with trio.fail_after(PATIENCE):
-            while not condition():  # noqa: ASYNC110 - nothing to wait on but counters
-                await trio.sleep(0.002)
+        await wait_until(condition, interval=0.002)
 
     async def open_streams(self, count: int) -> list[str]:
         """Wait until ``count`` streams are in the registry; their ids, oldest first."""
@@ -287,48 +289,28 @@ async def open_rig(
                     acquire_timeout=(manager_options or {}).get("acquire_timeout"),
                     admin=admin_app(manager, prefix=""),
                 )
-                stop, stopped = trio.Event(), trio.Event()
-
-                async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-                    try:
-                        await serve_service(
-                            app,
-                            manager,
-                            host="127.0.0.1",
-                            port=0,
-                            shutdown_trigger=stop.wait,
-                            grace=grace,
-                            close_timeout=close_timeout,
-                            task_status=task_status,
-                        )
-                    finally:
-                        stopped.set()
-
-                (url,) = await nursery.start(run)
-                watcher = CloseWatcher(manager)
-                await nursery.start(watcher.run)
-                rig = Rig(
-                    manager=manager,
-                    upstream=upstream,
-                    upstream_port=int(upstream_url.rpartition(":")[2]),
-                    http=http,
-                    transport=transport,
-                    url=url,
-                    port=int(url.rpartition(":")[2]),
-                    watcher=watcher,
-                    stop=stop,
-                    stopped=stopped,
-                )
-                # Let every server task settle before the baseline.
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-                rig.baseline = open_fds()
-                try:
+                async with serving_service(
+                    nursery, app, manager, grace=grace, close_timeout=close_timeout
+                ) as service:
+                    watcher = CloseWatcher(manager)
+                    await nursery.start(watcher.run)
+                    rig = Rig(
+                        manager=manager,
+                        upstream=upstream,
+                        upstream_port=int(upstream_url.rpartition(":")[2]),
+                        http=http,
+                        transport=transport,
+                        url=service.url,
+                        port=service.port,
+                        watcher=watcher,
+                        stop=service.stop,
+                        stopped=service.stopped,
+                    )
+                    # Let every server task settle before the baseline.
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+                    rig.baseline = open_fds()
                     yield rig
                     await rig.check_quiet()  # every case's end, also one that stopped the server
-                finally:
-                    stop.set()
-                    with trio.fail_after(PATIENCE):
-                        await stopped.wait()
             stop_upstream.set()
     check_closed(before)
 
@@ -352,12 +334,13 @@ async def raw_request(
     *,
     headers: str = "",
     receive_buffer: int | None = None,
+    keep_alive: bool = False,
 ) -> RawResponse:
     """A request on a raw TCP connection (``headers``: extra ``name: value\\r\\n`` lines).
 
     ``receive_buffer`` shrinks the socket's receive buffer (set before connecting, so
     the TCP window stays small): a client that stops reading makes the server's
-    writes block soon.
+    writes block soon. ``keep_alive``: leave out ``connection: close``.
     """
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
@@ -368,14 +351,25 @@ async def raw_request(
         sock.close()
         raise
     stream = trio.SocketStream(sock)
-    # connection: close, so that the server closes its end after the answer (an idle
+    # By default connection: close, so that the server closes its end after the answer (an idle
     # keep-alive connection the client closes lingers in hypercorn until its
     # keep_alive_timeout: see docs/operations.md).
-    head = f"{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nhost: localhost\r\n"
+    if not keep_alive:
+        head += "connection: close\r\n"
     if body or method == "POST":
         head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
     await stream.send_all((head + headers + "\r\n").encode() + body)
     return RawResponse(stream)
+
+
+async def raw_post(
+    port: int, body: dict[str, Any], *, path: str = "/v1/chat/completions", headers: str = ""
+) -> RawResponse:
+    """A JSON POST on a raw keep-alive TCP connection, read only as far as a test asks."""
+    return await raw_request(
+        port, "POST", path, json.dumps(body).encode(), headers=headers, keep_alive=True
+    )
 
 
 def chat(stream: bool = True, **simulate: Any) -> dict[str, Any]:

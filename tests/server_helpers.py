@@ -1,5 +1,6 @@
 """What the loopback server tests share: a server on 127.0.0.1, raw socket clients,
-an ASGI middleware that counts body writes, and registry waits.
+an ASGI middleware that counts body writes, registry waits and a bounded poll, and the
+gateway and the whole service served on a free port.
 
 These tests run on real time (real sockets), so every wait is on an event or a
 condition, bounded by ``fail_after``; intervals are fractions of a second.
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import trio
 from hypercorn.config import Config
+from starlette.applications import Starlette
 
 from streammgr import StreamInfo, StreamManager
 from streammgr.server import ServiceOptions, build_service_app, gateway_app, serve, serve_service
@@ -30,6 +32,20 @@ App = Callable[[Scope, Any, Any], Awaitable[None]]
 PATIENCE = 10.0
 """The most seconds any loopback wait may take before the test fails: a bound, not a
 timing (waits end as soon as what they wait for happens), generous for slow CI machines."""
+
+
+async def wait_until(
+    condition: Callable[[], bool], *, interval: float = 0.005, patience: float = PATIENCE
+) -> None:
+    """Poll (bounded by ``patience`` seconds) until ``condition()``, for a condition that
+    no event announces (the simulator's counters, the limiter's counts, descriptors).
+
+    Not ``wait_all_tasks_blocked``: a stream in flight wakes a task every few
+    milliseconds, so every task is never idle for long.
+    """
+    with trio.fail_after(patience):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but counters
+            await trio.sleep(interval)
 
 
 def quiet_hypercorn() -> Config:
@@ -207,36 +223,80 @@ def fast_upstream(**options: Any) -> SimulatedUpstream:
     return SimulatedUpstream(**{"first_token_latency": 0.01, "token_latency": 0.002, **options})
 
 
+def instant_upstream() -> SimulatedUpstream:
+    """The simulator with no latency at all."""
+    return SimulatedUpstream(first_token_latency=0, token_latency=0)
+
+
 @asynccontextmanager
-async def running_service(
-    nursery: trio.Nursery, manager: StreamManager, options: ServiceOptions, **serve_options: Any
-) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
-    """The whole service (gateway, CORS, admin) under ``serve_service`` on a free port,
-    in front of an in-process simulator (20 ms between tokens); stopped at the end."""
-    upstream = fast_upstream(token_latency=0.02)
-    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-        app = build_service_app(manager, http, options, acquire_timeout=0.1)
-        server = Server()
+async def serving_service(
+    nursery: trio.Nursery, app: App, manager: StreamManager, **serve_options: Any
+) -> AsyncIterator[Server]:
+    """``app`` (from ``build_service_app``) under ``serve_service`` on 127.0.0.1, on a
+    free port; at the end, stopped gracefully and waited for (bounded).
 
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            try:
-                await serve_service(
-                    app,
-                    manager,
-                    port=0,
-                    shutdown_trigger=server.stop.wait,
-                    task_status=task_status,
-                    **serve_options,
-                )
-            finally:
-                server.stopped.set()
+    Args:
+        nursery: where the server runs.
+        app: the service's ASGI app; its lifespan runs ``manager``.
+        manager: the manager the app runs its streams in (not entered yet).
+        **serve_options: ``serve_service``'s ``grace``, ``close_timeout``, ``backlog``.
+    """
+    server = Server()
 
-        (server.url,) = await nursery.start(run)
-        server.port = int(server.url.rpartition(":")[2])
-        yield server, upstream
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await serve_service(
+                app,
+                manager,
+                host="127.0.0.1",
+                port=0,
+                shutdown_trigger=server.stop.wait,
+                task_status=task_status,
+                **serve_options,
+            )
+        finally:
+            server.stopped.set()
+
+    (server.url,) = await nursery.start(run)
+    server.port = int(server.url.rpartition(":")[2])
+    try:
+        yield server
+    finally:
         server.stop.set()
         with trio.fail_after(PATIENCE):
             await server.stopped.wait()
+
+
+@asynccontextmanager
+async def running_service(
+    nursery: trio.Nursery,
+    manager: StreamManager,
+    options: ServiceOptions,
+    *,
+    upstream: SimulatedUpstream | None = None,
+    acquire_timeout: float | None = 0.1,
+    admin: Starlette | None = None,
+    **serve_options: Any,
+) -> AsyncIterator[tuple[Server, SimulatedUpstream]]:
+    """The whole service (gateway, CORS, admin) under ``serve_service`` on a free port,
+    in front of an in-process simulator; stopped at the end.
+
+    Args:
+        nursery: where the server runs.
+        manager: the manager (not entered yet: the service's lifespan runs it).
+        options: the service's options.
+        upstream: the simulator (default: 20 ms between tokens).
+        acquire_timeout: ``build_service_app``'s ``acquire_timeout``.
+        admin: the inspection API to mount at ``/admin`` (``admin_app(..., prefix="")``).
+        **serve_options: ``serve_service``'s ``grace``, ``close_timeout``, ``backlog``.
+    """
+    upstream = upstream if upstream is not None else fast_upstream(token_latency=0.02)
+    async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
+        app = build_service_app(
+            manager, http, options, acquire_timeout=acquire_timeout, admin=admin
+        )
+        async with serving_service(nursery, app, manager, **serve_options) as server:
+            yield server, upstream
 
 
 GATEWAY_BASE = "http://simulated.local/v1"
@@ -287,3 +347,17 @@ async def running_gateway(
         server = await Server().start(nursery, app, send_timeout=send_timeout)
         yield Running(manager, upstream, server)
         server.stop.set()
+
+
+def assert_quiet(gateway: Running) -> None:
+    """Nothing left behind by a gateway: no stream in the registry, no slot held or
+    waited for (the upstream's connections: :func:`assert_upstream_released`)."""
+    assert gateway.manager.streams() == []
+    stats = gateway.manager.stats()
+    assert stats.active == 0
+    assert stats.waiting == 0
+
+
+async def assert_upstream_released(gateway: Running) -> None:
+    """Wait (bounded) until the simulator holds no response of ``gateway``'s open."""
+    await wait_until(lambda: gateway.upstream.stats().open == 0)

@@ -225,7 +225,7 @@ async def test_a_loop_stopped_mid_batch_leaves_the_rest_for_anext_batch() -> Non
     await iterator.aclose()
 
 
-# -- found by a hostile review of batches ----------------------------------------------
+# -- batches at the edges: a shutdown, a retried send, empty reads, cancel reasons, has_ready ---
 
 
 async def test_shutdown_of_a_failed_stream_keeps_record_and_reader_in_agreement(

@@ -16,7 +16,6 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import httpx
@@ -27,9 +26,11 @@ from streammgr import StreamManager
 from streammgr.cli import main
 from streammgr.cli._top import COLUMNS, Backoff, FeedProtocolError, TopModel
 from streammgr.cli._top_app import CANCEL_REASON, ConfirmCancel, TopApp, TopSettings
-from streammgr.server import ServiceOptions, admin_app, build_service_app, serve_service
-from streammgr.simulate import SimulatedTransport, SimulatedUpstream
+from streammgr.server import ServiceOptions, admin_app
+from streammgr.simulate import SimulatedUpstream
 from streammgr.sse import ServerSentEvent, SSEParser, encode
+
+from .server_helpers import running_service
 
 PATIENCE = 10.0
 TOKEN = "s3cret-admin-token-for-top"
@@ -324,23 +325,25 @@ class Service:
             self._stop = trio.Event()
             manager = StreamManager(max_streams=10, max_streams_per_key=5)
             upstream = SimulatedUpstream(first_token_latency=0, token_latency=0)
-            async with httpx.AsyncClient(transport=SimulatedTransport(upstream)) as http:
-                options = ServiceOptions(upstream_url="http://sim/v1", key_header="x-tenant")
-                admin = admin_app(manager, token=TOKEN, prefix="")
-                app = build_service_app(manager, http, options, admin=admin)
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    serve = partial(
-                        serve_service,
-                        app,
-                        manager,
-                        port=0,
-                        shutdown_trigger=self._stop.wait,
-                        grace=0.1,
-                        close_timeout=2.0,
-                    )
-                    (self.url,) = await nursery.start(serve)
-                    self._ready.set()
+            options = ServiceOptions(upstream_url="http://sim/v1", key_header="x-tenant")
+            admin = admin_app(manager, token=TOKEN, prefix="")
+            async with (
+                trio.open_nursery() as nursery,
+                running_service(
+                    nursery,
+                    manager,
+                    options,
+                    upstream=upstream,
+                    acquire_timeout=None,
+                    admin=admin,
+                    grace=0.1,
+                    close_timeout=2.0,
+                ) as (server, _),
+            ):
+                self._nursery = nursery
+                self.url = server.url
+                self._ready.set()
+                await self._stop.wait()
         except BaseException as exc:
             self.failure = exc
             raise

@@ -27,7 +27,7 @@ from streammgr._logging import excerpt, redact
 from streammgr.server import gateway_app
 
 from .asgi_driver import ASGIExchange
-from .encoded_secret_helpers import echoes, find_secret
+from .secret_helpers import echoes, find_secret
 
 KEY = "sk-gw-9fQ2xZ7LmK4pR8vT1nB6yH3cW5dJ0sE"
 UPSTREAM = "http://upstream.test/v1"

@@ -1,4 +1,5 @@
-"""Admission: global and per-key limits, FIFO, fairness, queue bound, timeouts, resize."""
+"""Admission: global and per-key limits, FIFO, fairness, queue bound, timeouts, resize,
+and a limiter that raises."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import streammgr
-from streammgr import FairLimiter, StreamLimitExceeded, StreamManager
+from streammgr import CloseReason, FairLimiter, Limiter, Phase, StreamLimitExceeded, StreamManager
+from streammgr._limits import LimiterSnapshot, Permit
+from streammgr._validate import UNSET, _Unset
 
 from .conftest import Probe
 
@@ -274,3 +278,182 @@ async def test_waiters_giving_up_leave_no_garbage(autojump_clock: trio.abc.Clock
             await limiter.acquire(f"k{index % 7}", timeout=0.01)
     assert limiter.snapshot().waiting == 0
     assert len(limiter._ready) <= 64 + 2 * 7
+
+
+# -- a limiter that raises -----------------------------------------------------------------
+
+
+class FlakyLimiter(Limiter):
+    """A FairLimiter whose acquire or release can be made to fail, like a remote one."""
+
+    def __init__(self) -> None:
+        self.inner = FairLimiter(max_streams=2)
+        self.fail_acquire: Exception | None = None
+        self.fail_release: Exception | None = None
+
+    async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:
+        if self.fail_acquire is not None:
+            await trio.lowlevel.checkpoint()
+            raise self.fail_acquire
+        return await self.inner.acquire(key, timeout=timeout)
+
+    def release(self, permit: Permit) -> None:
+        self.inner.release(permit)
+        if self.fail_release is not None:
+            raise self.fail_release
+
+    def resize(
+        self,
+        *,
+        max_streams: int | _Unset | None = UNSET,
+        max_streams_per_key: int | _Unset | None = UNSET,
+        max_waiting: int | _Unset | None = UNSET,
+    ) -> None:
+        self.inner.resize(
+            max_streams=max_streams,
+            max_streams_per_key=max_streams_per_key,
+            max_waiting=max_waiting,
+        )
+
+    def snapshot(self) -> LimiterSnapshot:
+        return self.inner.snapshot()
+
+
+async def test_limiter_acquire_failure_is_a_typed_error_with_its_own_reason(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    limiter = FlakyLimiter()
+    limiter.fail_acquire = ConnectionError("redis: connection refused")
+    async with StreamManager(limiter=limiter) as manager:
+        stream = manager.open(probe.ticker, 3, key="tenant-a")
+        with pytest.raises(streammgr.LimiterError) as caught:
+            async with stream:
+                pass
+        error = caught.value
+        assert isinstance(error, streammgr.StreamError)
+        assert error.__cause__ is limiter.fail_acquire
+        assert (error.key, error.stream_id) == ("tenant-a", stream.id)
+        assert "acquire" in str(error)
+        assert "ConnectionError: redis: connection refused" in str(error)
+        assert probe.started == 0
+        assert manager.streams() == []
+        info = manager.get(stream.id)
+        assert info is not None
+        assert info.close_reason is CloseReason.LIMITER_ERROR
+        assert info.error is not None
+        assert "redis: connection refused" in info.error
+        assert manager.stats().closed_by_reason["limiter_error"] == 1
+
+
+@pytest.mark.parametrize("fail_at", ["completed", "cancelled", "failed", "rejected"])
+async def test_limiter_release_failure_still_closes_the_record(
+    autojump_clock: trio.abc.Clock, probe: Probe, fail_at: str
+) -> None:
+    limiter = FlakyLimiter()
+    async with StreamManager(limiter=limiter, acquire_timeout=1) as manager:
+        limiter.fail_release = ConnectionError("redis: timed out")
+
+        async def failing() -> AsyncIterator[int]:
+            raise ValueError("upstream broke")
+            yield 0
+
+        if fail_at == "completed":
+            async with manager.open(probe.ticker, 2) as stream:
+                assert [item async for item in stream] == [0, 1]
+            expected = CloseReason.COMPLETED
+        elif fail_at == "cancelled":
+            with pytest.raises(streammgr.StreamCancelled):
+                async with manager.open(probe.ticker, 100) as stream:
+                    async for _ in stream:
+                        manager.cancel(stream.id)
+            expected = CloseReason.CANCELLED
+        elif fail_at == "failed":
+            with pytest.raises(ValueError, match="upstream broke"):
+                async with manager.open(failing) as stream:
+                    async for _ in stream:
+                        pass
+            expected = CloseReason.PRODUCER_ERROR
+        else:
+            # A stream cancelled while waiting, in the instant it was admitted.
+            limiter.fail_release = None
+            async with manager.open(probe.ticker, 100), manager.open(probe.ticker, 100):
+                async with trio.open_nursery() as nursery:
+
+                    async def wait_for_slot() -> None:
+                        with pytest.raises(streammgr.StreamLimitExceeded):
+                            async with manager.open(probe.ticker, 1):
+                                pass
+
+                    nursery.start_soon(wait_for_slot)
+                limiter.fail_release = ConnectionError("redis: timed out")
+            stream = None
+            expected = CloseReason.REJECTED
+        assert manager.streams() == []
+        if stream is not None:
+            info = manager.get(stream.id)
+            assert info is not None
+            assert info.close_reason is expected
+            assert info.phase is Phase.CLOSED
+        assert manager.stats().closed_total >= 1
+
+
+async def test_limiter_release_failure_is_logged(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    from structlog.testing import capture_logs
+
+    limiter = FlakyLimiter()
+    limiter.fail_release = ConnectionError("redis: timed out")
+    with capture_logs() as logs:
+        async with StreamManager(limiter=limiter) as manager:
+            async with manager.open(probe.ticker, 1) as stream:
+                assert [item async for item in stream] == [0]
+    (event,) = [entry for entry in logs if entry["event"] == "stream.limiter_error"]
+    assert event["log_level"] == "error"
+    assert event["operation"] == "release"
+    assert event["stream_id"] == stream.id
+    assert "ConnectionError: redis: timed out" in event["error"]
+
+
+class FailsWhenCancelled(FlakyLimiter):
+    """A remote limiter whose cleanup fails when its caller gives up waiting."""
+
+    async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise ConnectionError("redis: connection lost while dequeuing") from None
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+async def test_limiter_failing_after_a_cancel_is_recorded_as_what_the_reader_got(
+    autojump_clock: trio.abc.Clock, probe: Probe, how: str
+) -> None:
+    """acquire raising after cancel()/aclose() cancelled the wait: open raises
+    LimiterError, but the record says cancelled/shutdown (the first reason) and
+    closed_by_reason['limiter_error'] stays 0: the reader and the registry disagree."""
+    limiter: Limiter = FailsWhenCancelled()
+    errors: list[BaseException] = []
+    async with StreamManager(limiter=limiter) as manager:
+        async with trio.open_nursery() as nursery:
+
+            async def opener() -> None:
+                try:
+                    async with manager.open(probe.ticker, 1):
+                        pass
+                except streammgr.StreamError as exc:
+                    errors.append(exc)
+
+            nursery.start_soon(opener)
+            await trio.testing.wait_all_tasks_blocked()
+            (waiting,) = manager.streams()
+            if how == "cancel":
+                assert manager.cancel(waiting.id)
+            else:
+                await manager.aclose()
+    info = manager.get(waiting.id)
+    assert info is not None
+    (error,) = errors
+    got_limiter_error = isinstance(error, streammgr.LimiterError)
+    assert got_limiter_error == (info.close_reason is CloseReason.LIMITER_ERROR), (error, info)

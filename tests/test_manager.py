@@ -1,4 +1,5 @@
-"""StreamManager: deterministic close, cancellation, timeouts, shutdown, errors."""
+"""StreamManager: deterministic close, cancellation, timeouts, shutdown, arguments
+(errors: test_manager_errors.py; how an end is recorded: test_manager_close.py)."""
 
 from __future__ import annotations
 
@@ -560,69 +561,6 @@ async def test_open_requires_a_running_manager() -> None:
     with pytest.raises(RuntimeError, match="async with StreamManager"):
         async with manager.open(producer):
             pass  # pragma: no cover
-
-
-# -- guarantee 6: errors reach the reader ---------------------------------------------
-
-
-async def test_producer_error_reaches_reader_as_itself(autojump_clock: trio.abc.Clock) -> None:
-    raised: list[Exception] = []
-
-    async def producer() -> AsyncIterator[int]:
-        yield 1
-        error = ValueError("upstream said no")
-        raised.append(error)
-        raise error
-
-    async with StreamManager() as manager:
-        received = []
-        with pytest.raises(ValueError, match="upstream said no") as caught:
-            async with manager.open(producer) as stream:
-                async for item in stream:
-                    received.append(item)
-        assert caught.value is raised[0]
-        assert caught.value.__context__ is None  # no EndOfChannel chained on
-        assert received == [1]
-        info = manager.get(stream.id)
-        assert info is not None
-        assert info.close_reason is CloseReason.PRODUCER_ERROR
-        assert info.error == "ValueError: upstream said no"
-
-
-async def test_push_producer_error_and_buffered_items_come_first(
-    autojump_clock: trio.abc.Clock,
-) -> None:
-    async def producer(send: StreamSender[int]) -> None:
-        await send.send(1)
-        await send.send(2)
-        raise OSError("connection reset")
-
-    async with StreamManager(buffer_size=10) as manager:
-        received = []
-        with pytest.raises(OSError, match="connection reset"):
-            async with manager.open(producer) as stream:
-                await trio.testing.wait_all_tasks_blocked()
-                async for item in stream:
-                    received.append(item)
-        assert received == [1, 2]
-
-
-async def test_error_text_in_registry_is_redacted(autojump_clock: trio.abc.Clock) -> None:
-    async def producer() -> AsyncIterator[int]:
-        raise RuntimeError("401 for Authorization: Bearer sk-live-abcdefghijkl and my-secret-value")
-        yield 1  # pragma: no cover
-
-    async with StreamManager(secrets=["my-secret-value"]) as manager:
-        with pytest.raises(RuntimeError):
-            async with manager.open(producer) as stream:
-                async for _ in stream:
-                    pass  # pragma: no cover
-        info = manager.get(stream.id)
-        assert info is not None
-        assert info.error is not None
-        assert "sk-live" not in info.error
-        assert "my-secret-value" not in info.error
-        assert "[REDACTED]" in info.error
 
 
 # -- arguments ---------------------------------------------------------------------

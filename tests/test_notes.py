@@ -2,12 +2,13 @@
 
 ``ProducerContext.annotate`` in the core; the OpenAI source and the gateway's raw
 forwarding record an answer's ``finish_reason`` and usage; the inspection API and the
-metrics show them.
+metrics show them. Notes stay bounded and carry no secret whatever an upstream sends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +18,9 @@ import trio
 import trio.testing
 
 import streammgr
-from streammgr import CloseReason, StreamManager
+from streammgr import CloseReason, StreamManager, current_producer
 from streammgr.server import gateway_app
-from streammgr.server._gateway import _has_outcome
+from streammgr.server._gateway import _has_outcome, _note_outcome_of
 from streammgr.server._metrics import AdminMetrics
 from streammgr.simulate import SimulatedTransport, SimulatedUpstream
 from streammgr.sources import OpenAIChat, SourceTimeouts
@@ -206,3 +207,163 @@ async def test_the_gateway_records_the_outcome_of_each_answer(
     assert f"streammgr_generation_tokens_total {generated}" in rendered
     expected_prompt = 2 * prompt if not stream else prompt
     assert f"streammgr_prompt_tokens_total {float(expected_prompt)}" in rendered
+
+
+# -- notes from odd chunks: bounded, never failing the stream, never a secret --------------
+
+HOSTILE_CHUNKS = [
+    '{"choices":[{"index":0,"delta":{},"finish_reason":5}]}',
+    '{"choices":[{"index":0,"delta":{},"finish_reason":{"a":1}}]}',
+    '{"choices":[{"index":0,"delta":{},"finish_reason":"' + "s" * 100_000 + '"}]}',
+    '{"choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":true,"total_tokens":1.5}}',
+    '{"choices":[],"usage":{"prompt_tokens":' + "9" * 400 + ',"completion_tokens":1}}',
+    '{"choices":[],"usage":{"prompt_tokens":' + "9" * 5000 + "}}",  # over int's digit limit
+    '{"choices":[],"usage":[1,2,3]}',
+    '{"choices":[],"usage":"lots"}',
+    '{"choices":' + json.dumps([{"finish_reason": str(n)} for n in range(10_000)]) + "}",
+    '{"content":"\\"usage\\": {","choices":[]}',
+    '{"content":"\\"finish_reason\\": \\"stop\\"","choices":[]}',
+    '{"usage": {',
+    "[1,2]",
+    '"usage"',
+]
+
+
+async def test_hostile_chunks_never_fail_the_raw_path_and_keep_notes_bounded() -> None:
+    async with StreamManager() as manager:
+
+        async def producer() -> AsyncIterator[str]:
+            for chunk in HOSTILE_CHUNKS * 3:  # usage in every chunk, too
+                if _has_outcome(chunk):
+                    _note_outcome_of(chunk)
+                yield chunk
+
+        async with manager.open(producer) as stream:
+            assert len([chunk async for chunk in stream]) == len(HOSTILE_CHUNKS) * 3
+        (info,) = manager.history()
+    assert info.close_reason is CloseReason.COMPLETED
+    assert set(info.notes) <= {
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    }
+    assert all(len(value) <= 64 for value in info.notes.values() if isinstance(value, str))
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        '{"choices":[{"index":0,"delta":{},"logprobs":{"finish_reason":null},'
+        '"finish_reason":"stop"}]}',
+        '{"meta":{"usage":null},"choices":[],"usage":{"prompt_tokens":3}}',
+    ],
+)
+def test_an_outcome_after_a_nested_null_of_the_same_name_is_seen(chunk: str) -> None:
+    # The cheap check looked at the first occurrence of the name only.
+    assert _has_outcome(chunk)
+
+
+async def test_annotating_in_a_tight_loop_and_on_a_cancelled_stream() -> None:
+    async with StreamManager() as manager:
+        done = trio.Event()
+
+        async def producer() -> AsyncIterator[int]:
+            context = current_producer()
+            assert context is not None
+            for number in range(10_000):
+                context.annotate(step=number)
+            yield 1
+            done.set()
+            await trio.sleep_forever()
+            yield 2
+
+        async with manager.open(producer) as stream:
+            async for _ in stream:
+                await done.wait()
+                manager.cancel(stream.id)
+                break
+        (info,) = manager.history()
+    assert info.close_reason is CloseReason.CANCELLED
+    assert info.notes == {"step": 9999}
+
+
+async def test_a_note_never_carries_a_secret_of_the_manager(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streammgr")
+    secret = "sk-manager-secret-0123456789"
+    seen: list[Any] = []
+    async with StreamManager(secrets=[secret]) as manager:
+
+        async def producer() -> AsyncIterator[int]:
+            context = current_producer()
+            assert context is not None
+            context.annotate(finish_reason=f"the key {secret} was refused", model="m-1")
+            seen.append(manager.streams()[0].notes)  # the live registry too
+            yield 1
+
+        async with manager.open(producer) as stream:
+            async for _ in stream:
+                pass
+        (info,) = manager.history()
+    assert info.notes["model"] == "m-1"
+    assert "refused" in str(info.notes["finish_reason"])
+    for text in (json.dumps(info.to_dict()), json.dumps(dict(seen[0])), caplog.text):
+        assert secret not in text
+
+
+# -- notes in the metrics ------------------------------------------------------------------
+
+
+async def test_huge_token_counts_do_not_break_the_metrics_feed() -> None:
+    # An upstream's usage with a 400-digit count is a valid int: noted, and the
+    # metrics feed (run in the admin app's lifespan) must count it or skip it, not die.
+    async with StreamManager() as manager:
+
+        async def producer() -> AsyncIterator[str]:
+            _note_outcome_of(HOSTILE_CHUNKS[4])
+            yield "x"
+
+        metrics = AdminMetrics(manager)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.run_feed)
+            async with manager.open(producer) as stream:
+                async for _ in stream:
+                    pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        (info,) = manager.history()
+        assert info.notes["prompt_tokens"] == int("9" * 400)
+        assert b"streammgr_completion_tokens_total 1.0" in metrics.render().replace(
+            b"generation", b"completion"
+        )
+
+
+async def test_finish_reasons_of_a_hostile_upstream_keep_the_metrics_labels_bounded() -> None:
+    async with StreamManager() as manager:
+        metrics = AdminMetrics(manager)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(metrics.run_feed)
+            for number in range(200):
+
+                async def producer(number: int = number) -> AsyncIterator[str]:
+                    reason = f"reason-{number}" if number else "stop"
+                    _note_outcome_of(
+                        json.dumps({"choices": [{"finish_reason": reason}], "usage": None})
+                    )
+                    yield "x"
+
+                async with manager.open(producer) as stream:
+                    async for _ in stream:
+                        pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    lines = [
+        line
+        for line in metrics.render().decode().splitlines()
+        if line.startswith("streammgr_finished_reason") or "finished_reason=" in line
+    ]
+    counted = [line for line in lines if not line.startswith("#") and "_created" not in line]
+    assert sorted(line.split('"')[1] for line in counted) == ["other", "stop"]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 200

@@ -12,6 +12,7 @@ import streammgr
 from streammgr import CloseReason, Phase, RegistryEvent, StreamManager, StreamSender
 
 from .conftest import Probe
+from .manager_helpers import slow_cleanup
 
 
 async def test_phases_and_timings(autojump_clock: trio.abc.Clock) -> None:
@@ -242,3 +243,39 @@ def test_snapshot_fields_follow_streaminfo_order() -> None:
         setattr(record, name, f"value-{index}")
     info = record.snapshot()
     assert tuple(info) == tuple(f"value-{index}" for index in range(len(info)))
+
+
+# -- the change feed at shutdown -----------------------------------------------------------
+
+
+async def test_watch_feed_has_a_closed_event_for_every_stream_closed_at_shutdown(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """_cancel_everything() closes the watchers when it *asks* the streams to end; the
+    streams close later (after their cleanup), so a watcher's loop has already ended
+    and their closed events are lost. A UI mirroring streams() keeps them forever."""
+
+    closed: list[str] = []
+    async with trio.open_nursery() as nursery:
+        async with StreamManager(shutdown_grace=0) as manager:
+
+            async def watcher(*, task_status: trio.TaskStatus[None]) -> None:
+                async with manager.watch() as events:
+                    task_status.started()
+                    async for event in events:
+                        if event.kind == "closed":
+                            assert event.stream is not None
+                            closed.append(event.stream.id)
+
+            await nursery.start(watcher)
+
+            async def reader() -> None:
+                with pytest.raises(streammgr.StreamCancelled):
+                    async with manager.open(slow_cleanup) as stream:
+                        async for _ in stream:
+                            pass
+
+            nursery.start_soon(reader)
+            await trio.sleep(5)
+    assert sorted(closed) == sorted(info.id for info in manager.history())
+    assert len(closed) == 1

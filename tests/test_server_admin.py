@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -542,6 +543,24 @@ async def test_two_apps_in_one_process_do_not_collide(nursery: trio.Nursery) -> 
         assert not any(name.startswith("streammgr") for name in global_names)
 
 
+async def test_a_huge_limit_accepted_by_put_limits_does_not_break_metrics(
+    nursery: trio.Nursery,
+) -> None:
+    # LimitsUpdate has no upper bound: a 400-digit max_streams is a 200, then every
+    # GET /metrics is a 500 (OverflowError: int too large to convert to float).
+    async with StreamManager() as manager:
+        server = await Server().start(nursery, admin_app(manager, token="admin-token"))
+        headers = {"authorization": "Bearer admin-token", "content-type": "application/json"}
+        async with httpx.AsyncClient(headers=headers, timeout=PATIENCE) as client:
+            put = await client.put(
+                f"{server.url}/admin/limits", content='{"max_streams": ' + "9" * 400 + "}"
+            )
+            metrics = await client.get(f"{server.url}/admin/metrics")
+        server.stop.set()
+    assert put.status_code in (200, 400, 422)
+    assert metrics.status_code == 200
+
+
 # -- authentication ----------------------------------------------------------------------
 
 
@@ -621,7 +640,6 @@ def test_admin_app_checks_its_arguments() -> None:
 async def raw_get(
     server: Server, path: str, *, token: str | None = None, receive_buffer: int | None = None
 ) -> RawResponse:
-    import socket
 
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if receive_buffer is not None:
@@ -762,7 +780,7 @@ async def test_a_slow_watcher_never_slows_the_manager(nursery: trio.Nursery) -> 
         await feed.stream.aclose()
 
 
-# -- what schemathesis found (tests/test_server_admin_schema.py) -----------------------
+# -- odd input: label filters, 405s, integral floats, unreadable bodies, odd keys, the feed ---
 
 
 async def test_label_filters_are_declared_and_checked_as_name_value(nursery: trio.Nursery) -> None:

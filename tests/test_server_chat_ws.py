@@ -9,125 +9,48 @@ bounded by ``fail_after``; latencies are hundredths of a second.
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import AsyncIterator, Callable, MutableMapping
-from contextlib import asynccontextmanager
+import logging
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    WebSocketConnection,
-    wrap_client_stream,
-)
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from trio_websocket import ConnectionRejected
+from wsproto.events import TextMessage
 
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions
-from streammgr.simulate import SimulatedUpstream
 
+from .chat_ws_helpers import (
+    MESSAGES,
+    close_code,
+    connect,
+    content,
+    flooded_gateway,
+    read_final,
+    receive,
+    request,
+    simulated_text,
+    stalled_client,
+    until_done,
+)
+from .response_helpers import forever
 from .server_helpers import (
     GATEWAY_BASE,
     GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
-    Server,
+    assert_quiet,
+    assert_upstream_released,
     fast_upstream,
     read_until_closed,
     running_gateway,
     running_service,
+    wait_until,
 )
 
 BASE = GATEWAY_BASE
-MESSAGES = [{"role": "user", "content": "hello there"}]
 UPSTREAM_KEY = GATEWAY_UPSTREAM_KEY
-
-
-@asynccontextmanager
-async def connect(
-    port: int, headers: list[tuple[str, str]] | None = None
-) -> AsyncIterator[WebSocketConnection]:
-    """A trio-websocket client of the chat route, on a TCP stream this test owns
-    (trio-websocket leaves its own open when the server closes first)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery,
-                stream,
-                "localhost",
-                "/v1/chat/ws",
-                extra_headers=[(name.encode(), value.encode()) for name, value in headers or []],
-            )
-            try:
-                yield ws
-            finally:
-                await ws.aclose()
-    finally:
-        await stream.aclose()
-
-
-def request(message_id: str | None = None, **simulate: Any) -> str:
-    body: dict[str, Any] = {"type": "chat.request", "model": "sim-small", "messages": MESSAGES}
-    if message_id is not None:
-        body["id"] = message_id
-    if simulate:
-        body["streammgr_simulate"] = simulate
-    return json.dumps(body)
-
-
-async def receive(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(PATIENCE):
-        message = await ws.get_message()
-    assert isinstance(message, str)
-    decoded: dict[str, Any] = json.loads(message)
-    return decoded
-
-
-async def until_done(ws: WebSocketConnection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The deltas of one request, and its final message."""
-    deltas: list[dict[str, Any]] = []
-    while True:
-        message = await receive(ws)
-        assert message["type"] == "chat.response", message
-        if message.get("done"):
-            return deltas, message
-        deltas.append(message)
-
-
-def content(deltas: list[dict[str, Any]]) -> str:
-    return "".join(message["delta"].get("content", "") for message in deltas)
-
-
-def simulated_text(upstream: SimulatedUpstream, **simulate: Any) -> str:
-    """The answer the deterministic simulator gives, straight from it."""
-    body = {"model": "sim-small", "messages": MESSAGES, "stream": True}
-    if simulate:
-        body["streammgr_simulate"] = simulate
-    answer = upstream.respond("POST", "/v1/chat/completions", json.dumps(body).encode())
-    parts = []
-    for line in answer.body.decode().split("\n"):
-        data = line.removeprefix("data: ")
-        if line.startswith("data: ") and data != "[DONE]":
-            for choice in json.loads(data)["choices"]:
-                parts.append(choice["delta"].get("content") or "")
-    return "".join(parts)
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition that no event announces (the simulator's counters), bounded."""
-    with trio.fail_after(PATIENCE):
-        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counters
-            await trio.sleep(0.005)
-
-
-async def forever() -> AsyncIterator[str]:
-    await trio.sleep_forever()
-    yield "never"
 
 
 # -- a chat, and several ------------------------------------------------------------------
@@ -467,95 +390,20 @@ async def test_a_message_over_the_size_limit_closes_with_1009(nursery: trio.Nurs
         answer = await receive(ws)
         assert answer["error"]["code"] == "message_too_big"
         assert "1000 bytes" in answer["error"]["message"]
-        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
-            await ws.get_message()
-        assert closed.value.reason is not None
-        assert closed.value.reason.code == 1009
+        assert await close_code(ws) == 1009
     assert gateway.manager.stats().opened_total == 0
 
 
 # -- a client that stops reading --------------------------------------------------------------
 
 
-class Flood:
-    """An upstream (an ASGI app) that sends big chunks as fast as they are read, until
-    its client leaves."""
-
-    def __init__(self) -> None:
-        text = "x" * 65536
-        self.event = f'data: {{"choices":[{{"index":0,"delta":{{"content":"{text}"}}}}]}}\n\n'
-        self.left = trio.Event()
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                kind = (await receive())["type"].removeprefix("lifespan.")
-                await send({"type": f"lifespan.{kind}.complete"})
-                if kind == "shutdown":
-                    return
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                self.left.set()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            headers = [(b"content-type", b"text/event-stream")]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            body = self.event.encode()
-            while True:
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                await trio.lowlevel.checkpoint()
-
-
-async def stalled_client(port: int, message: str) -> tuple[trio.SocketStream, WSConnection]:
-    """A raw WebSocket client: the handshake, one message, then it reads nothing."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    await sock.connect(("127.0.0.1", port))
-    stream = trio.SocketStream(sock)
-    client = WSConnection(ConnectionType.CLIENT)
-    await stream.send_all(client.send(Request(host="localhost", target="/v1/chat/ws")))
-    with trio.fail_after(PATIENCE):
-        while True:
-            client.receive_data(await stream.receive_some(4096))
-            if any(isinstance(event, AcceptConnection) for event in client.events()):
-                break
-    await stream.send_all(client.send(TextMessage(data=message)))
-    return stream, client
-
-
-async def read_final(stream: trio.SocketStream, client: WSConnection) -> dict[str, Any]:
-    """Read (bounded) until a message with "done" arrives; return it."""
-    text = ""
-    with trio.fail_after(PATIENCE):
-        while True:
-            client.receive_data(await stream.receive_some(1 << 20))
-            for event in client.events():
-                if isinstance(event, TextMessage):
-                    text += event.data
-                    if event.message_finished:
-                        message: dict[str, Any] = json.loads(text)
-                        text = ""
-                        if message.get("done"):
-                            return message
-
-
 async def test_a_client_that_stops_reading_is_cut_off(nursery: trio.Nursery) -> None:
     # hypercorn's send() cannot be cancelled, yet the stream, its slot and its
     # upstream go after stall_timeout, and the connection is closed.
-    flood = Flood()
-    flood_server = await Server().start(nursery, flood)
-    async with running_gateway(
+    async with flooded_gateway(
         nursery,
-        transport=httpx.AsyncHTTPTransport(),
-        upstream_url=f"{flood_server.url}/v1",
         stall_timeout=0.2,
-    ) as gateway:
-        watcher = CloseWatcher(gateway.manager)
-        await nursery.start(watcher.run)
+    ) as (gateway, flood, watcher):
         client, _ = await stalled_client(gateway.server.port, request("flood"))
         info = await watcher.next_close()
         assert info.close_reason is CloseReason.CLIENT_STALLED
@@ -563,7 +411,6 @@ async def test_a_client_that_stops_reading_is_cut_off(nursery: trio.Nursery) -> 
         with trio.fail_after(PATIENCE):
             await flood.left.wait()  # the upstream saw its connection end
         await read_until_closed(client)  # the guard closed the connection
-    flood_server.stop.set()
 
 
 async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
@@ -571,18 +418,12 @@ async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
 ) -> None:
     # No stall_timeout, no send_timeout: the manager's reader_timeout still ends the
     # stream; the client, reading again, gets the final error on a usable connection.
-    flood = Flood()
-    flood_server = await Server().start(nursery, flood)
-    async with running_gateway(
+    async with flooded_gateway(
         nursery,
-        transport=httpx.AsyncHTTPTransport(),
-        upstream_url=f"{flood_server.url}/v1",
         manager_options={"reader_timeout": 0.2},
         stall_timeout=None,
         send_timeout=None,
-    ) as gateway:
-        watcher = CloseWatcher(gateway.manager)
-        await nursery.start(watcher.run)
+    ) as (gateway, flood, watcher):
         client, protocol = await stalled_client(gateway.server.port, request("flood"))
         info = await watcher.next_close()
         assert info.close_reason is CloseReason.READER_TIMEOUT
@@ -593,10 +434,9 @@ async def test_reader_timeout_frees_the_slot_while_the_send_is_parked(
         assert final["id"] == "flood"
         assert final["error"]["code"] == "reader_timeout"
         await client.aclose()
-    flood_server.stop.set()
 
 
-# -- origins and shutdown ---------------------------------------------------------------------
+# -- origins -----------------------------------------------------------------------------------
 
 
 async def test_only_allowed_origins_may_connect(nursery: trio.Nursery) -> None:
@@ -625,80 +465,185 @@ async def test_no_configured_origins_accept_any(nursery: trio.Nursery) -> None:
         assert (await until_done(ws))[1]["finish_reason"] == "stop"
 
 
-async def test_graceful_shutdown_ends_streams_in_band_and_closes_with_1001(
-    nursery: trio.Nursery,
-) -> None:
-    manager = StreamManager()
-    options = ServiceOptions(upstream_url=BASE)
-    # close_timeout: the server must stop because the connections closed, not time out.
-    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
-        server,
-        upstream,
-    ):
-        # The first connection watches the manager for every connection; when it
-        # goes, another one takes over.
-        async with connect(server.port) as first:
-            await first.send_message(request("first", tokens=1))
-            assert (await until_done(first))[1]["finish_reason"] == "stop"
-        async with connect(server.port) as busy, connect(server.port) as idle:
-            await idle.send_message(request("before", tokens=1))
-            assert (await until_done(idle))[1]["finish_reason"] == "stop"
-            await busy.send_message(request("long", tokens=1000))
-            assert (await receive(busy))["delta"]
-            server.stop.set()
-            _, final = await until_done(busy)
-            assert final["error"]["code"] == "shutdown"
-            assert "shutting down" in final["error"]["message"]
-            for ws in (busy, idle):
-                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
-                    await ws.get_message()
-                assert closed.value.reason is not None
-                assert closed.value.reason.code == 1001
-            with trio.fail_after(PATIENCE):
-                await server.stopped.wait()
-    shutdown = [info for info in manager.history() if info.labels["request_id"].endswith(".1")]
-    assert sorted(str(info.close_reason) for info in shutdown) == [
-        "completed",
-        "completed",
-        "shutdown",
-    ]
-    assert upstream.stats().open == 0
+# -- misbehaving clients ------------------------------------------------------------------
 
 
-async def test_a_request_during_the_drain_is_refused_and_its_connection_closed(
+async def test_binary_frames_huge_ids_and_a_flood_during_a_stream(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.01)
+    async with (
+        running_gateway(nursery, upstream=upstream) as gateway,
+        connect(gateway.server.port) as ws,
+    ):
+        await ws.send_message(b"\x00\x01binary")
+        answer = await receive(ws)
+        assert answer["type"] == "error"
+        assert answer["error"]["code"] == "invalid_message"
+        huge = "x" * 10_000
+        await ws.send_message(json.dumps({"type": "chat.request", "id": huge}))
+        answer = await receive(ws)
+        assert answer["error"]["param"] == "id"
+        assert huge not in json.dumps(answer)  # never echoed back
+        assert "id" not in answer
+        await ws.send_message(request("long", tokens=200))
+        # A flood while the stream runs: each is answered, none starts a stream.
+        for number in range(50):
+            await ws.send_message(request(f"flood-{number}"))
+        refused = 0
+        while True:
+            message = await receive(ws)
+            if message["type"] == "error":
+                assert message["error"]["code"] == "request_in_flight"
+                refused += 1
+            elif message.get("done"):
+                assert message["id"] == "long"
+                assert message["finish_reason"] == "stop"
+                break
+        while refused < 50:  # the rest of the refusals may follow the final message
+            message = await receive(ws)
+            assert message["error"]["code"] == "request_in_flight"
+            refused += 1
+        assert len(gateway.manager.history()) == 1
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_cancel_racing_the_end_of_a_stream_and_a_new_request(
     nursery: trio.Nursery,
 ) -> None:
-    manager = StreamManager()
-    options = ServiceOptions(upstream_url=BASE)
-    async with running_service(nursery, manager, options, grace=30.0, close_timeout=30.0) as (
-        server,
-        upstream,
+    # chat.cancel, then chat.request, sent together right as a short answer ends: the
+    # cancel hits the old stream or nothing, never the new request.
+    async with (
+        running_gateway(nursery) as gateway,
+        connect(gateway.server.port) as ws,
     ):
-        async with connect(server.port) as busy, connect(server.port) as late:
-            await busy.send_message(request("long", tokens=1000))
-            assert (await receive(busy))["delta"]
-            server.stop.set()
-            await wait_until(lambda: manager.stats().closing)
-            # The drain lets the busy stream run (grace); a new request is refused.
-            await late.send_message(request("late", tokens=1))
-            deltas, final = await until_done(late)
-            assert deltas == []
-            assert final["id"] == "late"
-            assert final["error"]["code"] == "shutting_down"
-            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
-                await late.get_message()
-            assert closed.value.reason is not None
-            assert closed.value.reason.code == 1001
-            # The operator ends the last stream: its client is told, then the manager
-            # has closed and the connection goes too; the server stops at once.
-            (info,) = manager.streams()
-            manager.cancel(info.id)
-            _, final = await until_done(busy)
-            assert final["error"]["code"] == "cancelled"
-            with pytest.raises(ConnectionClosed) as closed, trio.fail_after(PATIENCE):
-                await busy.get_message()
-            assert closed.value.reason is not None
-            assert closed.value.reason.code == 1001
-            with trio.fail_after(PATIENCE):
-                await server.stopped.wait()
-    assert upstream.stats().open == 0
+        for number in range(5):
+            await ws.send_message(request(f"a{number}", tokens=1))
+            await ws.send_message(json.dumps({"type": "chat.cancel", "id": f"a{number}"}))
+            await ws.send_message(request(f"b{number}", tokens=2))
+            finals: dict[str, dict[str, Any]] = {}
+            while "b" + str(number) not in finals:
+                message = await receive(ws)
+                if message.get("done"):
+                    finals[message["id"]] = message
+                elif message["type"] == "error":
+                    # The second request came while the first was in flight.
+                    assert message["error"]["code"] == "request_in_flight"
+                    await ws.send_message(request(f"b{number}", tokens=2))
+            assert finals[f"b{number}"]["finish_reason"] == "stop"
+        reasons = {info.close_reason for info in gateway.manager.history()}
+        assert reasons <= {CloseReason.COMPLETED, CloseReason.CANCELLED}
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+async def test_a_client_that_closes_mid_send_leaves_nothing(nursery: trio.Nursery) -> None:
+    upstream = fast_upstream(token_latency=0.001)
+    async with running_gateway(nursery, upstream=upstream) as gateway:
+        watcher = CloseWatcher(gateway.manager)
+        await nursery.start(watcher.run)
+        seen: tuple[str, ...] = ()
+        for _ in range(3):
+            async with connect(gateway.server.port) as ws:
+                await ws.send_message(request("gone", tokens=5000))
+                await receive(ws)
+            info = await watcher.next_close(besides=seen)
+            seen = (*seen, info.id)
+        assert {info.close_reason for info in gateway.manager.history()} == {
+            CloseReason.CLIENT_DISCONNECTED
+        }
+        assert_quiet(gateway)
+        await assert_upstream_released(gateway)
+
+
+async def test_a_client_that_floods_and_never_reads_is_cut_off(nursery: trio.Nursery) -> None:
+    # Every bad message is answered; a client that sends them without ever reading
+    # fills the server's send buffer, then its own: the server must stop reading
+    # (bounded memory), and the write guard must close the connection.
+    async with running_gateway(nursery, stall_timeout=0.2) as gateway:
+        stream, client = await stalled_client(gateway.server.port, "{}")
+        message = client.send(TextMessage(data=json.dumps({"type": "t" * 60})))
+        sent = 0
+        with trio.fail_after(PATIENCE):
+            try:
+                while True:
+                    await stream.send_all(message * 64)
+                    sent += 64
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        assert sent > 0
+        await read_until_closed(stream)
+        assert gateway.manager.history() == []  # no message started a stream
+        assert_quiet(gateway)
+
+
+async def test_chat_cancel_while_queued_for_a_slot_charges_nothing(nursery: trio.Nursery) -> None:
+    options = {"max_streams": 1, "acquire_timeout": 30.0}
+    upstream = fast_upstream(token_latency=0.02)
+    async with (
+        running_gateway(nursery, upstream=upstream, manager_options=options) as gateway,
+        connect(gateway.server.port) as busy,
+        connect(gateway.server.port) as queued,
+    ):
+        await busy.send_message(request("busy", tokens=1000))
+        assert (await receive(busy))["delta"]
+        await queued.send_message(request("queued"))
+        await wait_until(lambda: gateway.manager.stats().waiting == 1)
+        await queued.send_message(json.dumps({"type": "chat.cancel", "id": "queued"}))
+        deltas, final = await until_done(queued)
+        assert deltas == []
+        assert final["error"]["code"] == "cancelled"
+        (info,) = gateway.manager.history()
+        assert info.close_reason is CloseReason.CANCELLED
+        assert info.admitted_at is None
+        assert gateway.upstream.stats().opened == 1  # only the busy one
+        assert gateway.manager.stats().waiting == 0
+        await busy.send_message(json.dumps({"type": "chat.cancel"}))
+        assert (await until_done(busy))[1]["error"]["code"] == "cancelled"
+    assert_quiet(gateway)
+    await assert_upstream_released(gateway)
+
+
+# -- no secret in an upstream's refusal --------------------------------------------------
+
+CALLER_TOKEN = "sk-caller-secret-9876543210"
+
+
+def answering(
+    body: bytes, status: int = 200, seen: list[httpx.Request] | None = None
+) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        kind = "text/event-stream" if status == 200 else "application/json"
+        return httpx.Response(status, headers={"content-type": kind}, content=body)
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("status", [401, 429, 500])
+async def test_upstream_refusals_carry_no_secret(
+    nursery: trio.Nursery, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="streammgr")
+    echoed = json.dumps(
+        {"error": {"message": f"bad key {UPSTREAM_KEY} / {CALLER_TOKEN}", "type": "x"}}
+    )
+    seen: list[httpx.Request] = []
+    transport = answering(echoed.encode(), status, seen)
+    async with (
+        running_gateway(nursery, transport=transport) as gateway,
+        connect(gateway.server.port, [("authorization", f"Bearer {CALLER_TOKEN}")]) as ws,
+    ):
+        await ws.send_message(request("r"))
+        _, final = await until_done(ws)
+        assert final["error"]["code"]
+        text = json.dumps(final)
+        (info,) = gateway.manager.history()
+    records = json.dumps(info.to_dict()) + caplog.text
+    (upstream_request,) = seen  # the upstream gets the gateway's key, never the caller's
+    assert upstream_request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert CALLER_TOKEN not in str(upstream_request.headers) + upstream_request.content.decode()
+    for secret in (UPSTREAM_KEY, CALLER_TOKEN):
+        assert secret not in text
+        assert secret not in records
+    assert_quiet(gateway)

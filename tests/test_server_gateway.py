@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
@@ -20,24 +19,23 @@ import trio
 
 import streammgr
 from streammgr import CloseReason, StreamManager
-from streammgr.server import (
-    ServiceOptions,
-    caller_key,
-    gateway_app,
-    serve,
-)
+from streammgr.server import ServiceOptions, caller_key, gateway_app, serve
 from streammgr.simulate import SimulatedTransport
 
+from .fault_helpers import chat, data_events, raw_post
+from .response_helpers import forever
 from .server_helpers import (
     GATEWAY_BASE,
     GATEWAY_UPSTREAM_KEY,
     PATIENCE,
     CloseWatcher,
-    RawResponse,
+    Server,
     fast_upstream,
+    instant_upstream,
     quiet_hypercorn,
     running_gateway,
     running_service,
+    wait_until,
 )
 
 BASE = GATEWAY_BASE
@@ -54,45 +52,6 @@ SDK_WARNINGS = pytest.mark.filterwarnings(
     "ignore:Async generator 'httpcore.:ResourceWarning",
     "ignore:Exception ignored in. <async_generator object:pytest.PytestUnraisableExceptionWarning",
 )
-
-
-def chat(stream: bool, **simulate: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "sim-small", "messages": MESSAGES, "stream": stream}
-    if simulate:
-        body["streammgr_simulate"] = simulate
-    return body
-
-
-def data_events(body: bytes) -> list[str]:
-    """The data of every event of an SSE body (keep-alive comments left out)."""
-    events = []
-    for block in body.decode().split("\n\n"):
-        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
-        data = [line.removeprefix("data:").removeprefix(" ") for line in lines]
-        if data:
-            events.append("\n".join(data))
-    return events
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll a condition that no event announces (the simulator's counters), bounded."""
-    with trio.fail_after(PATIENCE):
-        while not condition():  # noqa: ASYNC110 - nothing to wait on but the counters
-            await trio.sleep(0.005)
-
-
-async def raw_post(
-    port: int, body: dict[str, Any], *, path: str = "/v1/chat/completions", headers: str = ""
-) -> RawResponse:
-    """A POST on a raw TCP connection, read only as far as a test asks."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    data = json.dumps(body).encode()
-    head = (
-        f"POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(data)}\r\n{headers}\r\n"
-    )
-    await stream.send_all(head.encode() + data)
-    return RawResponse(stream)
 
 
 # -- the official openai SDK, unmodified --------------------------------------------------
@@ -241,11 +200,6 @@ async def test_an_upstream_url_with_a_query_string_keeps_it(nursery: trio.Nurser
         ("/v1/chat/completions", b"api-version=2024-10-21"),
         ("/v1/models", b"api-version=2024-10-21"),
     ]
-
-
-async def forever() -> AsyncIterator[str]:
-    await trio.sleep_forever()
-    yield "never"
 
 
 # -- what goes over the wire ---------------------------------------------------------------
@@ -542,7 +496,7 @@ async def test_what_cannot_be_sent_upstream_is_a_400_not_a_500(
         assert response.status_code == 200, response.text
 
 
-# -- the service: CORS, shutdown -------------------------------------------------------------------
+# -- the service: CORS ----------------------------------------------------------------------------
 
 
 async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -> None:
@@ -577,42 +531,6 @@ async def test_cors_preflight_and_a_cross_origin_stream(nursery: trio.Nursery) -
             headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
         )
         assert other.status_code == 400
-
-
-async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.Nursery) -> None:
-    manager = StreamManager()
-    options = ServiceOptions(upstream_url=BASE)
-    async with running_service(nursery, manager, options, grace=0.1, close_timeout=30.0) as (
-        server,
-        upstream,
-    ):
-        # close_timeout: the server must stop because the connection closed, not time out.
-        response = await raw_post(server.port, chat(True, tokens=100000))
-        await response.until(lambda response: b'"content":"' in response.body)
-        server.stop.set()
-        await response.until(lambda response: response.body.endswith(b"0\r\n\r\n"))
-        with trio.fail_after(PATIENCE):
-            await server.stopped.wait()
-        await response.stream.aclose()
-    *_, last = data_events(_unchunked(response.body))
-    error = json.loads(last)["error"]
-    assert error["code"] == "shutdown"
-    assert "shutting down" in error["message"]
-    (info,) = manager.history()
-    assert info.close_reason is CloseReason.SHUTDOWN
-    assert upstream.stats().open == 0
-
-
-def _unchunked(body: bytes) -> bytes:
-    """The payload of a chunked body."""
-    out, rest = b"", body
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        out, rest = out + rest[:size], rest[size + 2 :]
-    return out
 
 
 # -- across a real socket --------------------------------------------------------------------------
@@ -666,3 +584,65 @@ def test_bad_arguments_are_named() -> None:
 
     trio.run(check)
     assert streammgr.server.gateway_app is gateway_app
+
+
+# -- stream: false: body fields are the upstream's, never OpenAIChat arguments ------------
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """Records every request the gateway sends upstream, then passes it on."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_stream_false_body_field_headers_is_not_sent_as_upstream_http_headers(
+    nursery: trio.Nursery,
+) -> None:
+    # The body's extra fields go to OpenAIChat(**params): a field named "headers"
+    # becomes HTTP headers of the upstream request, with the gateway's API key.
+    recording = Recording(SimulatedTransport(instant_upstream()))
+    async with (
+        httpx.AsyncClient(transport=recording) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url="http://sim.local/v1", api_key=UPSTREAM_KEY)
+        server = await Server().start(nursery, app)
+        body = {
+            "model": "sim-small",
+            "messages": MESSAGES,
+            "headers": {"OpenAI-Project": "proj_someone_else", "Authorization": "Bearer x"},
+        }
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            await client.post(f"{server.url}/v1/chat/completions", json=body)
+        server.stop.set()
+    (sent,) = recording.requests
+    assert "openai-project" not in sent.headers
+    assert sent.headers.get_list("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+    # Everything else goes to the upstream as it is (docs/gateway.md): in the body.
+    assert json.loads(sent.content).get("headers") == body["headers"]
+
+
+@pytest.mark.parametrize("field", ["api_key", "base_url", "timeouts", "include_usage", "client"])
+async def test_stream_false_body_field_named_like_an_openaichat_argument_is_no_500(
+    nursery: trio.Nursery, field: str
+) -> None:
+    # OpenAIChat() got multiple values for keyword argument ...: an unhandled TypeError,
+    # a plain-text 500 instead of an OpenAI-format answer.
+    async with (
+        httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url="http://sim.local/v1", api_key=UPSTREAM_KEY)
+        server = await Server().start(nursery, app)
+        body = {"model": "sim-small", "messages": MESSAGES, field: "http://elsewhere/v1"}
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            response = await client.post(f"{server.url}/v1/chat/completions", json=body)
+        server.stop.set()
+    assert response.status_code < 500
+    assert response.headers["content-type"] == "application/json"

@@ -24,6 +24,7 @@ from streammgr import CloseReason, Phase, StreamManager
 from streammgr.server import EventStreamResponse, manager_lifespan
 
 from .conftest import Probe
+from .response_helpers import KEEP_ALIVE, CountingLimiter, encode_ints, forever
 from .server_helpers import (
     PATIENCE,
     App,
@@ -34,7 +35,6 @@ from .server_helpers import (
     raw_client,
     read_until_closed,
 )
-from .test_server_response import KEEP_ALIVE, CountingLimiter, encode_ints, forever
 
 
 def starlette_app(make: Callable[[Request], EventStreamResponse]) -> Starlette:

@@ -29,6 +29,7 @@ from streammgr.server._answers import (
 from streammgr.sse import RawBatch, ServerSentEvent
 
 from .conftest import Probe
+from .response_helpers import KEEP_ALIVE, CountingLimiter, encode_ints, forever
 
 Message = MutableMapping[str, Any]
 
@@ -98,37 +99,11 @@ class FakeServer:
         return last["type"] == "http.response.body" and not last.get("more_body", False)
 
 
-class CountingLimiter(FairLimiter):
-    """A FairLimiter that counts releases, to check a slot goes back exactly once."""
-
-    def __init__(self, max_streams: int | None = None, max_waiting: int | None = None) -> None:
-        super().__init__(max_streams, None, max_waiting)
-        self.releases = 0
-
-    def release(self, permit: Permit) -> None:
-        if not permit.released:
-            self.releases += 1
-        super().release(permit)
-
-
-KEEP_ALIVE = b": keep-alive\n\n"
-
-
-def encode_ints(batch: list[int]) -> bytes:
-    """The probe's ticker yields ints."""
-    return b"".join(b"data: %d\n\n" % item for item in batch)
-
-
 @streammgr.batched
 async def reads(count: int, interval: float = 0.5) -> AsyncIterator[list[str]]:
     for index in range(count):
         await trio.sleep(interval)
         yield [f"{index}a", f"{index}b"]
-
-
-async def forever() -> AsyncIterator[str]:
-    await trio.sleep_forever()
-    yield "never"
 
 
 async def watch_close(

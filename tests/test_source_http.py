@@ -18,6 +18,8 @@ from streammgr import CloseReason, Phase, StreamManager
 from streammgr.sources import Reconnect, SourceTimeouts, SSESource
 from streammgr.sse import ServerSentEvent, SSEParser
 
+from .secret_helpers import assert_no_fragment, recorded_text
+
 API_KEY = "sk-test-secret-0123456789"
 SSE = {"content-type": "text/event-stream"}
 
@@ -528,24 +530,6 @@ def test_signed_url_parameters_are_redacted() -> None:
 # -- secrets: encoded in the URL, at the excerpt's cut, in headers ---------------------------
 
 KEY32 = "kQ7vR2mX9pL4wN8sT1yB6hJ3dF5gZ0cV"  # no credential shape: known, never guessed
-
-
-def recorded_text(manager: StreamManager) -> str:
-    """The free text the history holds (key, labels, detail, error, notes): not its
-    times and random hex ids, whose characters may spell 4 of a secret's by chance."""
-    return repr(
-        [
-            (info.key, dict(info.labels), info.detail, info.error, dict(info.notes))
-            for info in manager.history()
-        ]
-    )
-
-
-def assert_no_fragment(secret: str, *texts: str) -> None:
-    """No 4 characters in a row of ``secret`` survive in ``texts``."""
-    for text in texts:
-        for start in range(len(secret) - 3):
-            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
 
 
 async def test_encoded_url_secrets_are_redacted(autojump_clock: trio.abc.Clock) -> None:

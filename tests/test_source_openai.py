@@ -22,6 +22,8 @@ from streammgr import CloseReason, StreamManager
 from streammgr.sources import ChatChunk, OpenAIChat, ToolCall, Usage, collect_chat
 from streammgr.sources._openai import _chunks_of, _MalformedChunk
 
+from .secret_helpers import assert_no_fragment, recorded_text
+
 API_KEY = "sk-proj-abcdefghijklmnop0123456789"
 BASE = "http://llm.local/v1"
 
@@ -294,24 +296,6 @@ async def test_malformed_chunk_is_a_protocol_error(
 
 
 HEX_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"  # an Azure-style key: no credential shape
-
-
-def recorded_text(manager: StreamManager) -> str:
-    """The free text the history holds (key, labels, detail, error, notes): not its
-    times and random ids, whose digits may spell 4 characters of a hex key by chance."""
-    return repr(
-        [
-            (info.key, dict(info.labels), info.detail, info.error, dict(info.notes))
-            for info in manager.history()
-        ]
-    )
-
-
-def assert_no_fragment(secret: str, *texts: str) -> None:
-    """No 4 characters in a row of ``secret`` survive in ``texts``."""
-    for text in texts:
-        for start in range(len(secret) - 3):
-            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
 
 
 @pytest.mark.parametrize("cut_into", [1, 16, 31])

@@ -55,6 +55,8 @@ from streammgr import CloseReason, Phase
 from streammgr._stream import is_push_producer
 from streammgr.sources import WebSocketSource
 
+from .secret_helpers import assert_no_fragment
+
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 WAIT = 5  # seconds: only a bound that turns a bug into a failure instead of a hang
 LONG = 60  # seconds: a close_timeout that a test must never wait out
@@ -851,13 +853,6 @@ async def test_every_socket_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 KEY32 = "kQ7vR2mX9pL4wN8sT1yB6hJ3dF5gZ0cV"  # no credential shape: known, never guessed
-
-
-def assert_no_fragment(secret: str, *texts: str) -> None:
-    """No 4 characters in a row of ``secret`` survive in ``texts``."""
-    for text in texts:
-        for start in range(len(secret) - 3):
-            assert secret[start : start + 4] not in text, (secret[start : start + 4], text)
 
 
 async def rejection(body: bytes, **options: Any) -> streammgr.UpstreamStatusError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import socket
 import subprocess
 import sys
 import textwrap
@@ -505,3 +506,72 @@ def test_the_plugin_provides_checked_fixtures_and_leaves_other_tests_alone(
     if FdBaseline.take().supported:
         assert "ERROR test_user.py::test_leaves_a_file_open" in out, out
         assert "held opened and not closed" in out
+
+
+# -- checked_manager: no false negatives, no false alarms ----------------------------------
+
+
+async def _chunks() -> AsyncIterator[bytes]:
+    yield b"data: hi\n\n"
+
+
+def _streaming(request: httpx.Request) -> httpx.Response:
+    if request.url.path == "/moved":
+        return httpx.Response(302, headers={"location": "/v1/x"}, stream=_Body())
+    return httpx.Response(200, stream=_Body())
+
+
+class _Body(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"data: hi\n\n"
+
+
+async def test_a_stream_opened_and_never_entered_holds_nothing() -> None:
+    # Not a false negative: open() registers nothing until the stream is entered.
+    async with checked_manager() as manager:
+        manager.open(_chunks, key="forgotten")
+        assert manager.streams() == []
+
+
+async def test_checked_manager_catches_a_watcher_left_open_by_a_background_task(
+    nursery: trio.Nursery,
+) -> None:
+    with pytest.raises(LeakError) as caught:
+        async with checked_manager() as manager:
+
+            async def watch(task_status: trio.TaskStatus[None]) -> None:
+                async with manager.watch() as events:
+                    task_status.started()
+                    async for _ in events:
+                        pass
+
+            await nursery.start(watch)
+    assert [leak.kind for leak in caught.value.leaks] == ["watcher"]
+
+
+async def test_checked_manager_catches_an_unclosed_response_and_spares_httpxs_own_closes() -> None:
+    transport = TrackingTransport(httpx.MockTransport(_streaming))
+    async with httpx.AsyncClient(transport=transport, base_url="http://up.local") as client:
+        # httpx reads and closes these itself: no false alarm.
+        async with checked_manager(transports=[transport]):
+            assert (await client.get("/v1/x")).text == "data: hi\n\n"
+            assert (await client.get("/moved", follow_redirects=True)).status_code == 200
+            async with client.stream("GET", "/v1/x"):
+                pass  # never read: the context manager still closes it
+        assert transport.opened == 4
+        # A streamed response never closed is found.
+        with pytest.raises(LeakError) as caught:
+            async with checked_manager(transports=[transport]):
+                request = client.build_request("GET", "/v1/x")
+                leaked = await client.send(request, stream=True)
+        assert [leak.kind for leak in caught.value.leaks] == ["response"]
+        await leaked.aclose()
+
+
+async def test_checked_manager_catches_a_leaked_socket() -> None:
+    with pytest.raises(LeakError) as caught:
+        async with checked_manager(fds=True):
+            leaked = socket.socket()
+    leaked.close()
+    assert [leak.kind for leak in caught.value.leaks] == ["fd"]
+    assert "socket:" in caught.value.leaks[0].what

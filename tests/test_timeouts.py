@@ -1,11 +1,15 @@
-"""The timeout watchdog: check-time arithmetic and the heap's upkeep."""
+"""The timeout watchdog: check-time arithmetic, the heap's upkeep, nothing of a closed
+stream kept, and timeouts below the clock's resolution refused."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import streammgr
@@ -77,3 +81,137 @@ async def test_stale_entries_are_swept(autojump_clock: trio.abc.Clock) -> None:
                     pass
         assert len(heap) <= 1025
         assert all(entry[2] is None for entry in heap)
+
+
+# -- the watchdog keeps nothing of a stream after its close --------------------------------
+
+
+class Tracked(Exception):
+    """Weak-referenceable, so a test can see whether anything still holds it."""
+
+
+@pytest.mark.parametrize("timeouts", [{"deadline": 3600.0}, {"idle_timeout": 600.0}])
+async def test_closed_streams_are_not_kept_by_the_watchdog(
+    autojump_clock: trio.abc.Clock, timeouts: dict[str, float]
+) -> None:
+    refs: list[weakref.ref[Tracked]] = []
+
+    async def failing() -> AsyncIterator[int]:
+        error = Tracked("upstream broke")
+        refs.append(weakref.ref(error))
+        yield 1
+        raise error
+
+    async with StreamManager(**timeouts) as manager:  # type: ignore[arg-type]
+        for _ in range(3):
+            with pytest.raises(Tracked):
+                async with manager.open(failing) as stream:
+                    async for _ in stream:
+                        pass
+        del stream
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        assert [ref() for ref in refs] == [None, None, None]
+        assert manager.stats().closed_total == 3
+
+
+async def test_completed_stream_records_are_freed_at_close(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def two() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    async with StreamManager(idle_timeout=600) as manager:
+        async with manager.open(two) as stream:
+            assert [item async for item in stream] == [1, 2]
+        record = weakref.ref(stream._record)
+        del stream
+        # Trio's run loop holds the last outcome it resumed this task with (the
+        # channel's EndOfChannel, whose traceback has the reader's frame) until
+        # this task's next step: a checkpoint, not a leak.
+        await trio.lowlevel.checkpoint()
+        gc.collect()
+        assert record() is None
+
+
+async def test_watchdog_keeps_nothing_of_a_stream_it_rechecked(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The watchdog's run() keeps the last record it looked at in a local variable
+    while it sleeps until the next check: a stream rechecked once (idle_timeout, items
+    flowing) that then fails stays reachable, with its exception, traceback and
+    producer frames, until the next heap entry pops (here 400 s after the close)."""
+    refs: list[weakref.ref[Tracked]] = []
+
+    async def fails_after_a_recheck() -> AsyncIterator[int]:
+        yield 1
+        await trio.sleep(500)
+        yield 2  # the watchdog looks at t=600, sees this item, re-arms for t=1100
+        await trio.sleep(200)
+        error = Tracked("upstream broke")
+        refs.append(weakref.ref(error))
+        raise error
+
+    async with StreamManager(idle_timeout=600) as manager:
+        with pytest.raises(Tracked):
+            async with manager.open(fails_after_a_recheck) as stream:
+                async for _ in stream:
+                    pass
+        del stream
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        assert trio.current_time() == pytest.approx(700.0)
+        assert refs[0]() is None
+
+
+async def test_watchdog_keeps_nothing_of_a_stream_whose_timeout_it_fired(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Same local: after expiring a deadline the watchdog sleeps (forever, if no other
+    stream has a timeout) holding the closed stream's record."""
+
+    async def slow() -> AsyncIterator[int]:
+        await trio.sleep(100)
+        yield 1
+
+    async with StreamManager(deadline=10) as manager:
+        with pytest.raises(streammgr.DeadlineExceeded):
+            async with manager.open(slow) as stream:
+                async for _ in stream:
+                    pass
+        record = weakref.ref(stream._record)
+        del stream
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        assert record() is None
+
+
+# -- timeouts below the clock's resolution ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["reader_timeout", "idle_timeout", "deadline", "acquire_timeout"])
+def test_timeouts_below_a_millisecond_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be at least 0\.001 seconds, got 1e-13"):
+        StreamManager(**{name: 1e-13})  # type: ignore[arg-type]
+
+
+async def test_watchdog_cannot_spin_when_a_timeout_vanishes_in_the_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Even a timeout that slipped past validation (set on the record directly, as
+    a bug could) must not hang the run: the watchdog never re-checks sooner than
+    the shortest timeout allowed."""
+    autojump_clock.jump(1e6)  # Trio's real clock starts far from 0, too
+    assert trio.current_time() + 1e-13 == trio.current_time()
+
+    async def slow() -> AsyncIterator[int]:
+        await trio.sleep(10)
+        yield 1
+
+    async with StreamManager(idle_timeout=1.0) as manager:
+        async with manager.open(slow) as stream:
+            stream._record.reader_timeout = 1e-13  # now + 1e-13 == now at this clock
+            stream._record.idle_timeout = None
+            assert [item async for item in stream] == [1]
+    assert trio.current_time() == pytest.approx(1e6 + 10.0)

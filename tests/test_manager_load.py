@@ -1,4 +1,5 @@
-"""Thousands of streams with every way of ending, at once: nothing may leak."""
+"""The manager under load: thousands of streams with every way of ending, at once;
+nothing may leak, no limit may be exceeded."""
 
 from __future__ import annotations
 

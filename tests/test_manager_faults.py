@@ -1,5 +1,5 @@
-"""The fault matrix (issue #9): every way a stream can go wrong, at the manager and
-sources level, each checked afterwards with streammgr.testing.
+"""The manager and the sources under faults: every way a stream can go wrong (the fault
+matrix of issue #9), each checked afterwards with streammgr.testing.
 
 After every case: the registry is empty, the limiter is back to zero, no task is
 left in the manager's nursery, every upstream response was closed exactly once
