@@ -4,9 +4,11 @@ gracefully on SIGINT (real time: every wait bounded)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -254,3 +256,73 @@ async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
         held.set()
     server.stop.set()
     assert upstream.stats().max_open == streams
+
+
+def _run_on(command: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streammgr", command, *argv, "--log-format", "console"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "simulate"])
+def test_a_port_in_use_is_named_with_what_to_do(command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_on(command, "--port", str(port))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use; choose another --port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sub-exception" not in result.stderr
+
+
+def test_an_address_not_of_this_machine_is_named_with_what_to_do() -> None:
+    result = _run_on("simulate", "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1
+    assert result.returncode == 1
+    assert "192.0.2.1 is not an address of this machine; choose another --host" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "host", "port", "expected"),
+    [
+        (
+            OSError(errno.EADDRINUSE, "Address already in use"),
+            "::1",
+            8000,
+            "[::1]:8000 is already in use; choose another --port",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied"),
+            "127.0.0.1",
+            80,
+            "permission denied to listen on 127.0.0.1:80: ports below 1024 need privileges; "
+            "choose a --port of 1024 or more",
+        ),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "no-such-host.invalid",
+            8000,
+            "no-such-host.invalid does not resolve to an address (Name or service not known); "
+            "choose another --host",
+        ),
+        (
+            OSError(errno.EMFILE, "Too many open files"),
+            "127.0.0.1",
+            8000,
+            "cannot listen on 127.0.0.1:8000: Too many open files",
+        ),
+    ],
+)
+def test_each_listen_error_says_what_to_do(
+    error: OSError, host: str, port: int, expected: str
+) -> None:
+    from streammgr.cli._run import listen_error_message
+
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [error])])
+    assert listen_error_message(nested, host, port) == expected
