@@ -32,6 +32,7 @@ versions in :data:`TESTED_HYPERCORN_VERSIONS`, which pyproject.toml pins.
 from __future__ import annotations
 
 import contextvars
+import copy
 import math
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -147,6 +148,8 @@ async def serve(
     port: int = 8000,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     send_timeout: float | None = 60.0,
+    body_timeout: float | None = 15.0,
+    keep_alive_timeout: float = 75.0,
     config: Config | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -176,8 +179,9 @@ async def serve(
         ValueError: a bad ``send_timeout``.
     """
     send_timeout = check_seconds("send_timeout", send_timeout)
-    if config is None:
-        config = Config()
+    body_timeout = check_seconds("body_timeout", body_timeout)
+    config = copy.copy(config) if config is not None else Config()
+    config.keep_alive_timeout = keep_alive_timeout
     wrapped = wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

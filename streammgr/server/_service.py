@@ -198,6 +198,8 @@ async def serve_service(
     grace: float = 5.0,
     close_timeout: float = 5.0,
     backlog: int = 1024,
+    body_timeout: float | None = 15.0,
+    keep_alive_timeout: float = 75.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -234,6 +236,8 @@ async def serve_service(
             host=host,
             port=port,
             shutdown_trigger=graceful_trigger(manager, shutdown_trigger, nursery, grace=grace),
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
             config=config,
             task_status=task_status,
         )
