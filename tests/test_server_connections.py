@@ -15,13 +15,21 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from streammgr import StreamManager
-from streammgr.server import ServiceOptions, serve, serve_service
+from streammgr.server import (
+    ServiceOptions,
+    admin_app,
+    build_service_app,
+    serve,
+    serve_service,
+)
+from streammgr.simulate import SimulatedTransport
 from streammgr.testing import FdBaseline
 
 from .server_helpers import (
@@ -76,12 +84,34 @@ async def until_closed(stream: trio.SocketStream) -> tuple[bytes, float]:
 
 
 @asynccontextmanager
-async def service(nursery: trio.Nursery, **serve_options: object) -> AsyncIterator[int]:
-    """The whole service (gateway, admin, WebSocket route); yields its port."""
+async def service(nursery: trio.Nursery, **serve_options: Any) -> AsyncIterator[int]:
+    """The whole service (gateway, WebSocket route, inspection API at /admin) under
+    ``serve_service`` on a free port; yields the port, stops at the end."""
     manager = StreamManager()  # the service's lifespan runs it
     options = ServiceOptions(upstream_url="http://sim/v1")
-    async with running_service(nursery, manager, options, **serve_options) as (server, _):
-        yield server.port
+    async with httpx.AsyncClient(transport=SimulatedTransport(fast_upstream())) as http:
+        admin = admin_app(manager, token=None, prefix="")
+        app = build_service_app(manager, http, options, admin=admin)
+        stop, stopped = trio.Event(), trio.Event()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve_service(
+                    app,
+                    manager,
+                    port=0,
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                    **serve_options,
+                )
+            finally:
+                stopped.set()
+
+        (url,) = await nursery.start(run)
+        yield int(url.rpartition(":")[2])
+        stop.set()
+        with trio.fail_after(PATIENCE):
+            await stopped.wait()
 
 
 # --- 4. body_timeout: the whole request must arrive within it ----------------------------
@@ -206,10 +236,15 @@ async def answered_once(client: trio.SocketStream) -> None:
     """One ``GET /v1/models`` on ``client``, its answer read whole."""
     await client.send_all(request_head("GET", "/v1/models"))
     response = RawResponse(client)
-    await response.until(
-        lambda r: b"\r\n\r\n" in r.received
-        and len(r.body) >= int(r.headers.get("content-length", "-1"))
-    )
+
+    def whole(r: RawResponse) -> bool:
+        if b"\r\n\r\n" not in r.received:
+            return False
+        if "content-length" in r.headers:
+            return len(r.body) >= int(r.headers["content-length"])
+        return r.body.endswith(b"0\r\n\r\n")  # chunked
+
+    await response.until(whole)
     assert response.status == 200
 
 
