@@ -181,6 +181,55 @@ async def test_a_bad_body_timeout_is_refused() -> None:
         await serve(fast_upstream(), port=0, body_timeout=-1)
 
 
+async def test_a_body_sent_in_time_but_read_late_by_a_slow_app_is_not_refused(
+    nursery: trio.Nursery,
+) -> None:
+    # hypercorn stops reading while the app's queue (10 messages) is full; the rest of
+    # a body that arrived in time then waits in the socket past the deadline.
+    started = trio.Event()
+    received: list[bytes] = []
+
+    async def slow_reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        started.set()
+        await trio.sleep(0.6)  # a slow app, past the 0.3 s bound
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    stop = trio.Event()
+    (url,) = await nursery.start(
+        partial(
+            serve,
+            slow_reader,
+            port=0,
+            body_timeout=0.3,
+            shutdown_trigger=stop.wait,
+            config=quiet_hypercorn(),
+        )
+    )
+    chunks = b"".join(b"1\r\nx\r\n" for _ in range(20))
+    head = "POST / HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n"
+    async with await connect(int(url.rpartition(":")[2])) as client:
+        await client.send_all(head.encode() + chunks)
+        with trio.fail_after(PATIENCE):
+            await started.wait()
+        await client.send_all(chunks + b"0\r\n\r\n")  # within the bound
+        response = RawResponse(client)
+        await response.until(lambda r: r.body.endswith(b"ok") or b"0\r\n\r\n" in r.body)
+    assert response.status == 200
+    assert b"".join(received) == b"x" * 40
+    stop.set()
+
+
 # --- 7. a pipelined request behind a stream, then the client leaves ---------------------
 
 
@@ -289,7 +338,7 @@ async def test_requests_that_arrived_while_the_loop_was_blocked_past_keep_alive_
         # What is under test: the loop blocked (as a CPU-starved server's is) while
         # the requests sit in the sockets and the keep-alive deadline passes.
         while time.monotonic() < blocked_until:
-            time.sleep(0.01)
+            time.sleep(0.01)  # noqa: ASYNC251 - the loop blocked is what is tested
         answered = 0
         for client in clients:
             response = RawResponse(client)
@@ -310,7 +359,9 @@ def test_the_services_keep_alive_outlasts_common_clients_pools() -> None:
     import inspect
 
     default = inspect.signature(serve_service).parameters["keep_alive_timeout"].default
-    assert default >= 60 > httpx.Limits().keepalive_expiry
+    pool_expiry = httpx.Limits().keepalive_expiry
+    assert pool_expiry is not None
+    assert default >= 60 > pool_expiry
     assert inspect.signature(serve).parameters["keep_alive_timeout"].default == default
 
 
