@@ -326,3 +326,33 @@ def test_each_listen_error_says_what_to_do(
 
     nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [error])])
     assert listen_error_message(nested, host, port) == expected
+
+
+async def test_serve_body_timeout_closes_a_stalled_request_with_a_408(
+    nursery: trio.Nursery,
+) -> None:
+    async with started(nursery, "serve", STREAMMGR_BODY_TIMEOUT="0.5") as running:
+        listening = await running.until("gateway.listening")
+        urls = listening["urls"]
+        assert isinstance(urls, list)
+        port = int(str(urls[0]).rpartition(":")[2])
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+                b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+            )
+            received = b""
+            with trio.fail_after(PATIENCE):
+                while data := await client.receive_some(65536):
+                    received += data
+        assert received.startswith(b"HTTP/1.1 408 ")
+        timed_out = await running.until("http.request_timeout")
+        assert timed_out["body_timeout"] == 0.5
+        assert await running.stop() == 0
+
+
+def test_a_bad_body_timeout_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--body-timeout", "0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--body-timeout" in line
+    assert "positive number of seconds" in line

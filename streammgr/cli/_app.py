@@ -114,6 +114,9 @@ async def serve(
         tuple[str, ...], _env("cors_origin"), Parameter(validator=_origin, negative="")
     ] = (),
     log_format: Annotated[LogFormat, _env("log_format")] = "console",
+    body_timeout: Annotated[
+        float | None, _env("body_timeout"), Parameter(validator=_seconds)
+    ] = 15.0,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -143,6 +146,9 @@ async def serve(
         cors_origin: An origin a browser may call the gateway from (repeat the flag
             for several; * for any).
         log_format: Logs on stderr as JSON lines (json) or for people (console).
+        body_timeout: Seconds a request may take to arrive whole, head and body (a
+            connection's first request: from its accept); then a 408 and the
+            connection closed (none: no bound).
     """
     from ._run import ServeSettings, run_serve
 
@@ -181,6 +187,7 @@ async def serve(
         admin_token=admin_token,
         cors_origins=cors_origin,
         log_format=log_format,
+        body_timeout=body_timeout,
     )
     return await run_serve(settings)
 

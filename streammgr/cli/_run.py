@@ -55,6 +55,7 @@ class ServeSettings:
     admin_token: str | None
     cors_origins: tuple[str, ...]
     log_format: LogFormat
+    body_timeout: float | None = 15.0
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -226,6 +227,7 @@ async def run_serve(settings: ServeSettings) -> int:
                 port=settings.port,
                 shutdown_trigger=stop,
                 grace=settings.shutdown_grace,
+                body_timeout=settings.body_timeout,
                 task_status=task_status,
             )
 
