@@ -22,6 +22,18 @@ closes its connection at once with :func:`current_connection`'s
 variable set in the connection's task, which the app's task inherits because
 hypercorn spawns the app from the connection's task (pinned by a test too).
 
+The wrapped stream is also the connection's reader (hypercorn's one reader task
+calls its ``receive_some``), and for HTTP/1.1 it reads knowing, from h11's state,
+what the connection is doing (:class:`_ClientStream`): a request arriving must be
+whole within ``body_timeout`` (else a 408 and the connection closed; hypercorn
+bounded only slow heads, at its keep-alive timer, never a body); an idle connection
+is closed at ``keep_alive_timeout`` by the reader itself, so that a request in the
+socket at that moment is read (hypercorn's separate timer, woken in the same batch
+as the reader on a late loop, dropped it half the time); while an answer is in
+flight the client's next bytes are held and reading goes on, also while h11 pauses
+behind a pipelined request (:class:`_ResumeReading`), so a client that leaves is
+seen at once. :class:`_Server` is hypercorn's ``TCPServer`` with those hooks.
+
 :func:`serve` is hypercorn's ``worker_serve`` for one plain-TCP host and port, with
 the wrapped stream: the lifespan, graceful shutdown through ``shutdown_trigger``,
 ``task_status``. TLS is not offered (terminate it in front, at the load balancer).
@@ -463,9 +475,12 @@ async def serve(
 
     As ``hypercorn.trio.serve`` (the app's lifespan runs first and last; shutdown is
     graceful: no new connections, in-flight requests get ``config.graceful_timeout``
-    seconds), with one difference: a write to a client that reads nothing waits at
-    most ``send_timeout`` seconds, then the connection is closed (see the module's
-    docstring for why hypercorn needs this).
+    seconds), with these differences (see the module's docstring for why): a write
+    to a client that reads nothing waits at most ``send_timeout`` seconds, then the
+    connection is closed; a request must arrive whole within ``body_timeout``
+    seconds (else 408 and closed); an idle connection is closed at
+    ``keep_alive_timeout`` only if no request has begun to arrive; a client that
+    leaves behind a pipelined request is seen at once.
 
     Args:
         app: the ASGI application.
@@ -475,6 +490,13 @@ async def serve(
             gracefully. ``None``: serve until cancelled.
         send_timeout: the most seconds one write may wait for the client to read
             (``None``: forever, as hypercorn alone does). As nginx's ``send_timeout``.
+        body_timeout: the most seconds an HTTP/1.1 request may take to arrive whole,
+            head and body, from its first byte (a connection's first request: from
+            the accept); then a 408 if no answer has started, and the connection is
+            closed (``None``: no bound). Every route, the WebSocket handshake included.
+        keep_alive_timeout: seconds an idle connection waits for its next request
+            (``config.keep_alive_timeout`` is not used). Longer than the clients'
+            pools (httpx: 5 s), so that the client, not the server, closes it.
         config: hypercorn's configuration for everything else (timeouts, limits,
             logging); its ``bind`` and TLS settings are not used.
         task_status: ``nursery.start(serve, app, ...)`` returns the list of URLs
@@ -482,7 +504,7 @@ async def serve(
 
     Raises:
         OSError: the address cannot be listened on.
-        ValueError: a bad ``send_timeout``.
+        ValueError: a bad ``send_timeout`` or ``body_timeout``.
     """
     send_timeout = check_seconds("send_timeout", send_timeout)
     body_timeout = check_seconds("body_timeout", body_timeout)

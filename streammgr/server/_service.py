@@ -222,6 +222,11 @@ async def serve_service(
         backlog: connections the kernel queues before they are accepted (hypercorn's
             default, 100, drops a burst of new clients: each then waits for a TCP
             retransmission); capped by the system's ``net.core.somaxconn``.
+        body_timeout: the most seconds a request may take to arrive whole (then 408
+            and the connection closed; ``None``: no bound); see
+            :func:`~streammgr.server.serve`.
+        keep_alive_timeout: seconds an idle connection is kept for its next request:
+            longer than the clients' own pool expiry (see docs/operations.md).
         task_status: ``nursery.start`` returns the URLs listened on.
     """
     config = Config()
