@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from streammgr import StreamManager
 from streammgr.server import (
@@ -276,6 +277,30 @@ async def test_pipelined_requests_are_still_answered_in_order(nursery: trio.Nurs
         await response.until(lambda r: r.received.count(b"data: [DONE]") == 2)
         assert response.received.count(b"HTTP/1.1 200 ") == 2
         await client.aclose()
+
+
+async def test_a_pipelined_requests_clock_starts_when_the_answer_before_it_ends(
+    nursery: trio.Nursery,
+) -> None:
+    # The second request's head came with the first; its body comes after the first
+    # answer, a stream longer than body_timeout: it must not be refused at once.
+    async with service(nursery, body_timeout=0.5) as port:
+        first = chat_body(tokens=40, first_token_latency=0, token_latency=0.025)  # ~1 s
+        second = chat_body(tokens=1, first_token_latency=0, token_latency=0)
+        async with await connect(port) as client:
+            await client.send_all(
+                request_head("POST", CHAT, length=len(first))
+                + first
+                + request_head("POST", CHAT, length=len(second))
+                + second[:10]
+            )
+            response = RawResponse(client)
+            await response.until(lambda r: b"data: [DONE]" in r.body)
+            # The server (in this process) waits for the rest of the second body now.
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(second[10:])
+            await response.until(lambda r: r.received.count(b"data: [DONE]") == 2)
+        assert response.received.count(b"HTTP/1.1 200 ") == 2
 
 
 # --- 19. keep-alive: never close a connection a request is arriving on -------------------

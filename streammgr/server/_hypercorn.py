@@ -218,7 +218,9 @@ class _ClientStream(trio.abc.HalfCloseableStream):
 
     def went_idle(self) -> None:
         """An answer ended and the connection waits for the next request."""
-        self._idle_since = trio.current_time()
+        # A request h11 already holds (pipelined) starts its clock now; one still to
+        # come restarts it at its first byte.
+        self._idle_since = self._request_started = trio.current_time()
         self.wake()  # the reader waits anew, with the keep-alive deadline
 
     def wake(self) -> None:
@@ -547,6 +549,7 @@ async def serve(
             await server.run()
         finally:
             open_streams.discard(bounded)
+            bounded.server = None  # no cycle left for the garbage collector
 
     reaper = trio.CancelScope()
 
