@@ -10,7 +10,7 @@ the connection's task group, so neither the connection nor a graceful shutdown c
 end while it is parked there.
 
 The adaptation, and all of it: every accepted connection's stream is wrapped in
-:class:`_BoundedWriteStream`, whose ``send_all`` waits at most ``send_timeout``. A
+:class:`_ClientStream`, whose ``send_all`` waits at most ``send_timeout``. A
 deadline *inside* hypercorn's shield still applies (a shield keeps out only the
 cancellations of the scopes around it). When it expires, the socket is closed and
 ``BrokenResourceError`` raised, which hypercorn handles as the client going away:
