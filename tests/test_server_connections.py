@@ -231,6 +231,36 @@ async def test_a_body_sent_in_time_but_read_late_by_a_slow_app_is_not_refused(
     stop.set()
 
 
+async def test_a_stalled_http2_request_body_closes_its_connection_within_the_bound(
+    nursery: trio.Nursery,
+) -> None:
+    # h2c with prior knowledge: any client can switch to HTTP/2, so the bound holds there.
+    import h2.config
+    import h2.connection
+
+    baseline = FdBaseline.take()
+    # The service also stops within PATIENCE: the gateway's answer to the closed
+    # stream waited for ever in hypercorn's HTTP/2 sender (until graceful_timeout).
+    async with service(nursery, body_timeout=0.5) as port:
+        http2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        http2.initiate_connection()
+        headers = [
+            (":method", "POST"),
+            (":path", CHAT),
+            (":scheme", "http"),
+            (":authority", "localhost"),
+            ("content-type", "application/json"),
+            ("content-length", "1000"),
+        ]
+        http2.send_headers(1, headers)
+        http2.send_data(1, b"{")
+        client = await connect(port)
+        await client.send_all(http2.data_to_send())
+        _, took = await until_closed(client)
+    assert 0.4 <= took < 0.5 + 3.0
+    baseline.check()
+
+
 # --- 7. a pipelined request behind a stream, then the client leaves ---------------------
 
 

@@ -32,7 +32,9 @@ socket at that moment is read (hypercorn's separate timer, woken in the same bat
 as the reader on a late loop, dropped it half the time); while an answer is in
 flight the client's next bytes are held and reading goes on, also while h11 pauses
 behind a pipelined request (:class:`_ResumeReading`), so a client that leaves is
-seen at once. :class:`_Server` is hypercorn's ``TCPServer`` with those hooks.
+seen at once. On HTTP/2, each request stream's arrival is bounded the same way.
+:class:`_Server` is hypercorn's ``TCPServer`` with those hooks, and one fix: the
+answers of an HTTP/2 connection that closed no longer wait for ever.
 
 :func:`serve` is hypercorn's ``worker_serve`` for one plain-TCP host and port, with
 the wrapped stream: the lifespan, graceful shutdown through ``shutdown_trigger``,
@@ -54,9 +56,12 @@ from typing import Any, NoReturn, cast
 
 import h11
 import trio
+from h2.stream import StreamState
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, Updated
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -122,7 +127,11 @@ _FIRST = "first"  # no byte yet of the connection's first request
 _IDLE = "idle"  # between two requests (keep-alive)
 _READING = "reading"  # a request's head or body is arriving
 _ANSWERING = "answering"  # the request is whole and its answer in flight
-_OTHER = "other"  # HTTP/2, a WebSocket, an error: hypercorn's own rules
+_H2 = "h2"  # HTTP/2 (h2c): each request stream's body bounded, the rest hypercorn's
+_OTHER = "other"  # a WebSocket, an error: hypercorn's own rules
+
+# HTTP/2 stream states in which the client has not ended its request yet.
+_H2_CLIENT_SENDING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 
 # Bytes of pipelined requests held while an answer is in flight (see receive_some).
 _HOLD_LIMIT = 65536
@@ -168,7 +177,9 @@ class _ClientStream(trio.abc.HalfCloseableStream):
       bytes are in the socket when the deadline passes is read, never dropped;
     - an answer in flight: the client's next bytes (pipelined requests) are held
       here, up to ``_HOLD_LIMIT``, instead of handed to h11, which would stop the
-      reading until the answer ends; so the client's leaving is seen at once.
+      reading until the answer ends; so the client's leaving is seen at once;
+    - HTTP/2 (h2c): each request stream must end within ``body_timeout`` of when the
+      reader first saw it, else the connection is closed.
 
     hypercorn's ``TCPServer`` uses ``send_all`` (inside its shield), ``receive_some``,
     ``send_eof``, ``aclose`` and the ``socket`` attribute; it tells a TLS stream
@@ -196,6 +207,7 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         self._request_started = now  # the first request's clock starts at the accept
         self._idle_since = now
         self._held = bytearray()
+        self._h2_started: dict[int, float] = {}  # HTTP/2 request streams arriving
         self._wake: trio.CancelScope | None = None
         self.apps_running = 0  # the app's calls on this connection, in flight
         self._apps_ended: trio.Event | None = None
@@ -306,6 +318,8 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     def _phase(self) -> str:
         """What the connection is doing, read from hypercorn's h11 state."""
         protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
+        if isinstance(protocol, H2Protocol):
+            return _H2
         if not isinstance(protocol, H11Protocol):
             return _OTHER
         connection = protocol.connection
@@ -332,10 +346,39 @@ class _ClientStream(trio.abc.HalfCloseableStream):
             )
         if phase is _IDLE:
             return self._idle_since + self._keep_alive_timeout
+        if phase is _H2:
+            return self._h2_deadline()
         return math.inf
+
+    def _h2_deadline(self) -> float:
+        """The earliest ``body_timeout`` deadline of the HTTP/2 requests arriving.
+
+        A request stream counts from when the reader first saw it (one read after its
+        headers, at most) until the client ends its side; WebSocket streams do not
+        count (they stay open for the socket's life).
+        """
+        protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
+        if not isinstance(protocol, H2Protocol) or math.isinf(self._body_timeout):
+            return math.inf
+        now = trio.current_time()
+        arriving: dict[int, float] = {}
+        for stream_id, stream in protocol.connection.streams.items():
+            if stream.state_machine.state in _H2_CLIENT_SENDING and isinstance(
+                protocol.streams.get(stream_id), HTTPStream
+            ):
+                arriving[stream_id] = self._h2_started.get(stream_id, now)
+        self._h2_started = arriving
+        return min(arriving.values(), default=math.inf) + self._body_timeout
 
     async def _expire(self, phase: str) -> NoReturn:
         """Close the connection at its deadline (with a 408 for a partial request)."""
+        if phase is _H2:
+            get_logger().info(
+                "http.request_timeout",
+                client=_peer(self.socket),
+                body_timeout=self._body_timeout,
+                http_version="2",
+            )
         if phase is _READING:
             protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
             connection = getattr(protocol, "connection", None)
@@ -446,6 +489,13 @@ class _Server(TCPServer):
         with self.reader:
             await super()._read_data()
         self._reading = False
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H2Protocol):
+            # hypercorn 0.18's HTTP/2: an app that ends its answer after the connection
+            # closed waits for ever for the sending task, which has stopped
+            # (StreamBuffer.drain): its task stayed until shutdown. Release them.
+            for buffer in list(protocol.stream_buffers.values()):
+                await buffer.close()
         if self._idle:  # nothing more can come: end the connection now
             await self.idle_task.stop()
 
