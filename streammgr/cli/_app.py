@@ -20,6 +20,7 @@ from cyclopts import Parameter
 
 from .. import __version__
 from .._options import OPTIONS
+from .._validate import check_seconds
 from ._logging import LogFormat
 from ._top import Column
 
@@ -61,6 +62,14 @@ def _option(name: str) -> Parameter:
     return Parameter(
         env_var=f"STREAMMGR_{name.upper()}", validator=validate, help=_for_people(option.doc)
     )
+
+
+def _seconds(type_: object, value: float | None) -> None:
+    """A server setting in seconds, checked as the library checks every timeout."""
+    try:
+        check_seconds("value", value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(_for_people(str(exc).removeprefix("value "))) from None
 
 
 def _url(type_: object, value: str | None) -> None:
@@ -129,6 +138,9 @@ async def serve(
         Parameter(env_var="STREAMMGR_ALLOWED_HOSTS", validator=_allowed_host, negative=""),
     ] = (),
     access_log: Annotated[bool, _env("access_log"), Parameter(negative="")] = False,
+    body_timeout: Annotated[
+        float | None, _env("body_timeout"), Parameter(validator=_seconds)
+    ] = 15.0,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -154,6 +166,9 @@ async def serve(
             against DNS rebinding. On loopback, every route but /healthz and /readyz
             answers only these; beyond loopback, when given, too.
         access_log: Log every answer (http.request), not only error answers (http.error).
+        body_timeout: Seconds a request may take to arrive whole, head and body (a
+            connection's first request: from its accept); then a 408 and the
+            connection closed (none: no bound).
     """
     from ._run import ServeSettings, run_serve
 
@@ -194,6 +209,7 @@ async def serve(
         log_format=log_format,
         allowed_hosts=allowed_host,
         access_log=access_log,
+        body_timeout=body_timeout,
     )
     return await run_serve(settings)
 
