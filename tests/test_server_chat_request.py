@@ -66,3 +66,25 @@ def check_settings(client: httpx.AsyncClient) -> None:
     assert settings.upstream_headers()["authorization"] == "Bearer sk-gateway"
     with pytest.raises(AttributeError):
         settings.api_key = "other"  # type: ignore[misc]
+
+
+async def test_the_gateway_settings_never_show_the_upstream_key() -> None:
+    # A repr lands in tracebacks with locals (structlog's console renderer shows them
+    # when rich is installed), in debuggers and in logs: ServiceOptions hides the key,
+    # and so must the settings built from it.
+    key = "sk-upstream-Repr-7730"
+    async with httpx.AsyncClient() as client:
+        settings = _chat_request.GatewaySettings(
+            client,
+            upstream_url="https://upstream.test/v1",
+            api_key=key,
+            key_header=None,
+            upstream_timeouts=SourceTimeouts(),
+            answer_within=1.0,
+            keep_alive=15.0,
+            stall_timeout=30.0,
+            max_request_size=1024,
+        )
+        shown = repr(settings)
+    assert key not in shown
+    assert "upstream.test" in shown  # the rest is still there to debug with

@@ -312,7 +312,7 @@ class GatewaySettings:
 
     upstream: httpx.AsyncClient
     upstream_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a traceback's locals or a log
     key_header: str | None
     upstream_timeouts: SourceTimeouts
     answer_within: float | None
@@ -321,7 +321,7 @@ class GatewaySettings:
     max_request_size: int
     chat_url: str = field(init=False)
     models_url: str = field(init=False)
-    secrets: tuple[str, ...] = field(init=False)
+    secrets: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Derived once: every request reads them.
