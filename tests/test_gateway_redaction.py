@@ -241,3 +241,40 @@ async def test_the_models_list_with_a_json_escaped_key_is_redacted(
 def test_redact_reads_json_unicode_escapes_in_either_case() -> None:
     for text in (json_escaped(KEY), json_escaped(KEY).upper().replace("\\U", "\\u")):
         assert redact(f"seen {text}.", [KEY]) == "seen [REDACTED]."
+
+
+# -- a credential in the upstream URL ----------------------------------------------------------
+
+URL_KEY = "QueryKey-4kT9wX2mP7"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_credential_in_the_upstream_url_is_redacted_on_every_route(
+    autojump_clock: trio.abc.Clock, route: str
+) -> None:
+    # Some upstreams take their key in the URL (?key=...); a 404 that quotes the
+    # request's URL must not hand it to the gateway's callers, on any route.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"message": f"no route for {request.url}"}})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url=f"{UPSTREAM}?key={URL_KEY}", api_key=KEY)
+        if route == "websocket":
+            request = {"type": "chat.request", "model": "m", "messages": MESSAGES}
+            answer = await websocket_answer(app, json.dumps(request))
+        else:
+            if route == "models":
+                exchange = ASGIExchange(app, "GET", "/v1/models")
+            else:
+                body = {"model": "m", "messages": MESSAGES, "stream": route == "stream"}
+                exchange = ASGIExchange(
+                    app, "POST", "/v1/chat/completions", json.dumps(body).encode()
+                )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(exchange.run)
+            answer = exchange.body.decode()
+    assert "error" in answer
+    assert find_secret(URL_KEY, answer) is None, answer

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streammgr.server import _chat_request
+from streammgr.server import ServiceOptions, _chat_request
 from streammgr.sources import SourceTimeouts
 
 SERVER = Path(_chat_request.__file__).parent
@@ -76,7 +76,7 @@ async def test_the_gateway_settings_never_show_the_upstream_key() -> None:
     async with httpx.AsyncClient() as client:
         settings = _chat_request.GatewaySettings(
             client,
-            upstream_url="https://upstream.test/v1",
+            upstream_url="https://upstream.test/v1?key=QueryKey-Repr-5521",
             api_key=key,
             key_header=None,
             upstream_timeouts=SourceTimeouts(),
@@ -87,4 +87,10 @@ async def test_the_gateway_settings_never_show_the_upstream_key() -> None:
         )
         shown = repr(settings)
     assert key not in shown
+    assert "QueryKey-Repr-5521" not in shown  # a key written in the URL
     assert "upstream.test" in shown  # the rest is still there to debug with
+    options = ServiceOptions(
+        upstream_url="https://upstream.test/v1?key=QueryKey-Repr-5521", api_key=key
+    )
+    assert key not in repr(options)
+    assert "QueryKey-Repr-5521" not in repr(options)

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from .._errors import UpstreamStatusError
 from .._validate import json_type, unpaired_surrogate
 from ..sources import OpenAIChat, SourceTimeouts
-from ..sources._common import api_url
+from ..sources._common import api_url, redact_url, url_secrets
 from ._answers import ErrorAnswer, error_answer
 
 __all__ = [
@@ -307,12 +307,14 @@ class GatewaySettings:
         stall_timeout: the most seconds one write may wait for a client.
         max_request_size: the largest request body (and WebSocket message), in bytes.
         chat_url, models_url: the upstream's endpoints (derived).
-        secrets: what to redact from the upstream's text (the API key, derived).
+        secrets: what to redact from the upstream's text (derived: the API key,
+            and the credentials written in ``upstream_url``, its userinfo or a
+            query value named like a key).
     """
 
     upstream: httpx.AsyncClient
     upstream_url: str
-    api_key: str | None = field(repr=False)  # never in a traceback's locals or a log
+    api_key: str | None
     key_header: str | None
     upstream_timeouts: SourceTimeouts
     answer_within: float | None
@@ -321,13 +323,27 @@ class GatewaySettings:
     max_request_size: int
     chat_url: str = field(init=False)
     models_url: str = field(init=False)
-    secrets: tuple[str, ...] = field(init=False, repr=False)
+    secrets: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         # Derived once: every request reads them.
         object.__setattr__(self, "chat_url", api_url(self.upstream_url, "/chat/completions"))
         object.__setattr__(self, "models_url", api_url(self.upstream_url, "/models"))
-        object.__setattr__(self, "secrets", (self.api_key,) if self.api_key else ())
+        written = (self.api_key,) if self.api_key else ()
+        object.__setattr__(
+            self, "secrets", tuple(dict.fromkeys((*written, *url_secrets(self.upstream_url))))
+        )
+
+    def __repr__(self) -> str:
+        # Never the key, nor a credential written in the URL.
+        key = "set" if self.api_key else "none"
+        return (
+            f"GatewaySettings(upstream_url={redact_url(self.upstream_url, self.secrets)!r}, "
+            f"api_key={key}, key_header={self.key_header!r}, "
+            f"upstream_timeouts={self.upstream_timeouts!r}, "
+            f"answer_within={self.answer_within!r}, keep_alive={self.keep_alive!r}, "
+            f"stall_timeout={self.stall_timeout!r}, max_request_size={self.max_request_size!r})"
+        )
 
     def chat_source(self, payload: dict[str, Any], not_forwarded: frozenset[str]) -> OpenAIChat:
         """The upstream request of a checked chat request, with usage asked for.

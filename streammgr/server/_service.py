@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
+from ..sources._common import redact_url
 from ._access_log import AccessLog
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
@@ -95,7 +96,7 @@ class ServiceOptions:
         # Never the key.
         key = "set" if self.api_key else "none"
         return (
-            f"ServiceOptions(upstream_url={self.upstream_url!r}, api_key={key}, "
+            f"ServiceOptions(upstream_url={redact_url(self.upstream_url, ())!r}, api_key={key}, "
             f"key_header={self.key_header!r}, cors_origins={tuple(self.cors_origins)!r}, "
             f"allowed_hosts={self.allowed_hosts!r}, access_log={self.access_log!r})"
         )
