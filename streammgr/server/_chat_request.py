@@ -30,7 +30,7 @@ from starlette.responses import Response
 from .._errors import UpstreamStatusError
 from .._validate import json_type, unpaired_surrogate
 from ..sources import OpenAIChat, SourceTimeouts
-from ..sources._common import api_url, redact_url, url_secrets
+from ..sources._common import api_url, is_credential_name, redact_url, url_secrets
 from ._answers import ErrorAnswer, error_answer
 
 __all__ = [
@@ -62,11 +62,12 @@ def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str
     """The admission key of a request: who the per-key limit counts.
 
     The value of ``key_header`` when it is configured and present (cut to 128
-    characters: an id set by a trusted proxy in front, not a secret); else the
-    caller's credential (``Authorization: Bearer ...``, or the whole header for
-    another scheme) hashed: ``key-`` and the first 16 hex digits of its SHA-256,
-    so the registry, logs and limits never hold the credential itself; else
-    ``"anonymous"``.
+    characters: an id set by a trusted proxy in front, not a secret), hashed like
+    a credential when the header is named like one (``x-api-key``,
+    ``x-auth-token``); else the caller's credential (``Authorization: Bearer
+    ...``, or the whole header for another scheme) hashed: ``key-`` and the first
+    16 hex digits of its SHA-256, so the registry, logs and limits never hold the
+    credential itself; else ``"anonymous"``.
 
     Args:
         headers: the request's headers (case-insensitive, as Starlette's).
@@ -74,14 +75,20 @@ def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str
     """
     if key_header is not None:
         value = headers.get(key_header, "").strip()
-        if value:
+        if value and not is_credential_name(key_header):
             return value[:_KEY_HEADER_LIMIT]
+        if value:
+            return _hashed(value)
     credential = headers.get("authorization", "").strip()
     scheme, _, token = credential.partition(" ")
     if scheme.lower() == "bearer":
         credential = token.strip()
     if not credential:
         return _ANONYMOUS
+    return _hashed(credential)
+
+
+def _hashed(credential: str) -> str:
     return "key-" + hashlib.sha256(credential.encode()).hexdigest()[:16]
 
 
