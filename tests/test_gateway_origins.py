@@ -32,6 +32,8 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream":
 @asynccontextmanager
 async def service(
     cors_origins: Sequence[str] = (),
+    allowed_hosts: Sequence[str] | None = None,
+    base_url: str = "http://127.0.0.1:8000",
 ) -> AsyncIterator[tuple[httpx.AsyncClient, list[httpx.Request]]]:
     """The whole service in-process, its upstream a recorder that answers 500."""
     calls: list[httpx.Request] = []
@@ -43,13 +45,16 @@ async def service(
     manager = StreamManager(max_streams=2)
     transport = httpx.MockTransport(upstream_answer)
     async with httpx.AsyncClient(transport=transport) as upstream:
-        options = ServiceOptions(upstream_url=BASE, api_key="sk-o", cors_origins=cors_origins)
+        options = ServiceOptions(
+            upstream_url=BASE,
+            api_key="sk-o",
+            cors_origins=cors_origins,
+            allowed_hosts=allowed_hosts,
+        )
         app = build_service_app(manager, upstream, options)
         async with (
             running_lifespan(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000"
-            ) as client,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as client,
         ):
             yield client, calls
 
@@ -82,6 +87,21 @@ async def test_allowed_origins_may_post_a_chat(autojump_clock: trio.testing.Mock
     async with service(cors_origins=["*"]) as (client, calls):
         assert (await post(client, "https://anywhere.example")).status_code != 403
         assert len(calls) == 1
+
+
+async def test_the_own_page_behind_a_tls_proxy_may_post_a_chat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Served beyond loopback (any host) behind a proxy that ends TLS: the page is
+    # https://api.example, the request reaches the service as http with Host:
+    # api.example. The same host on its scheme's default port is its own origin.
+    hosts = ["*"]
+    async with service(allowed_hosts=hosts, base_url="http://api.example") as (client, calls):
+        assert (await post(client, "https://api.example")).status_code != 403
+        assert (await post(client, "http://api.example")).status_code != 403
+        assert (await post(client, "https://api.example:8443")).status_code == 403
+        assert (await post(client, "https://evil.example")).status_code == 403
+        assert len(calls) == 2
 
 
 async def test_a_foreign_page_cannot_open_the_chat_websocket(nursery: trio.Nursery) -> None:

@@ -278,11 +278,16 @@ def _origin_name(origin: str) -> _Name | None:
 
 
 def _same_name(origin_name: _Name, host: str, request_scheme: str) -> bool:
+    """Whether an origin names the host (and port) of a ``Host`` header. A ``Host``
+    without a port came on its scheme's default one, as seen by the client: behind
+    a proxy that ends TLS, the page is ``https://name`` (443) while the request
+    reaches the service as ``http`` (80), so either default port is the same."""
     own = _parse_host(host)
-    if own is None:
+    if own is None or own.host != origin_name.host:
         return False
-    own_port = own.port if own.port is not None else _DEFAULT_PORTS.get(request_scheme)
-    return origin_name == _Name(own.host, own_port)
+    if own.port is None:
+        return origin_name.port in (80, 443, _DEFAULT_PORTS.get(request_scheme))
+    return origin_name.port == own.port
 
 
 def is_same_origin(origin: str, host: str | None, scheme: str) -> bool:
