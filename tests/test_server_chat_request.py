@@ -48,11 +48,13 @@ async def test_the_settings_are_frozen_and_derive_the_upstream_urls() -> None:
         check_settings(client)
 
 
-def check_settings(client: httpx.AsyncClient) -> None:
-    settings = _chat_request.GatewaySettings(
+def gateway_settings(
+    client: httpx.AsyncClient, upstream_url: str, api_key: str
+) -> _chat_request.GatewaySettings:
+    return _chat_request.GatewaySettings(
         client,
-        upstream_url="https://upstream.test/v1?api-version=1",
-        api_key="sk-gateway",
+        upstream_url=upstream_url,
+        api_key=api_key,
         key_header=None,
         upstream_timeouts=SourceTimeouts(),
         answer_within=1.0,
@@ -60,6 +62,10 @@ def check_settings(client: httpx.AsyncClient) -> None:
         stall_timeout=30.0,
         max_request_size=1024,
     )
+
+
+def check_settings(client: httpx.AsyncClient) -> None:
+    settings = gateway_settings(client, "https://upstream.test/v1?api-version=1", "sk-gateway")
     assert settings.chat_url == "https://upstream.test/v1/chat/completions?api-version=1"
     assert settings.models_url == "https://upstream.test/v1/models?api-version=1"
     assert settings.secrets == ("sk-gateway",)
@@ -74,17 +80,7 @@ async def test_the_gateway_settings_never_show_the_upstream_key() -> None:
     # and so must the settings built from it.
     key = "sk-upstream-Repr-7730"
     async with httpx.AsyncClient() as client:
-        settings = _chat_request.GatewaySettings(
-            client,
-            upstream_url="https://upstream.test/v1?key=QueryKey-Repr-5521",
-            api_key=key,
-            key_header=None,
-            upstream_timeouts=SourceTimeouts(),
-            answer_within=1.0,
-            keep_alive=15.0,
-            stall_timeout=30.0,
-            max_request_size=1024,
-        )
+        settings = gateway_settings(client, "https://upstream.test/v1?key=QueryKey-Repr-5521", key)
         shown = repr(settings)
     assert key not in shown
     assert "QueryKey-Repr-5521" not in shown  # a key written in the URL
