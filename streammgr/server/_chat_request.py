@@ -73,22 +73,19 @@ def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str
         headers: the request's headers (case-insensitive, as Starlette's).
         key_header: the name of a header that names the caller, or ``None``.
     """
+    credential_header = "authorization"
     if key_header is not None:
         value = headers.get(key_header, "").strip()
         if value and not is_credential_name(key_header):
             return value[:_KEY_HEADER_LIMIT]
         if value:
-            return _hashed(value)
-    credential = headers.get("authorization", "").strip()
+            credential_header = key_header  # a credential: hashed as the bearer token is
+    credential = headers.get(credential_header, "").strip()
     scheme, _, token = credential.partition(" ")
     if scheme.lower() == "bearer":
         credential = token.strip()
     if not credential:
         return _ANONYMOUS
-    return _hashed(credential)
-
-
-def _hashed(credential: str) -> str:
     return "key-" + hashlib.sha256(credential.encode()).hexdigest()[:16]
 
 
