@@ -65,10 +65,15 @@ def _replace(match: re.Match[str]) -> str:
 @functools.lru_cache(maxsize=1024)
 def _forms(character: str) -> tuple[str, ...]:
     """The ways ``character`` is written in text that quotes a secret: as itself,
-    percent-encoded (upper or lower hex), ``+`` for a space (form encoding) and
-    ``\\/`` for a slash (JSON)."""
+    percent-encoded (upper or lower hex), ``+`` for a space (form encoding), and as
+    JSON writes it: ``\\uXXXX`` (upper or lower hex; a surrogate pair beyond the
+    BMP), ``\\/`` for a slash. A JSON client reads ``\\u0073\\u006b`` as ``sk``."""
     encoded = "".join(f"%{byte:02X}" for byte in character.encode("utf-8", "surrogatepass"))
-    forms = [character, encoded, encoded.lower()]
+    units = character.encode("utf-16-be", "surrogatepass")
+    escaped = "".join(
+        f"\\u{int.from_bytes(units[at : at + 2], 'big'):04X}" for at in range(0, len(units), 2)
+    )
+    forms = [character, encoded, encoded.lower(), escaped, escaped.lower()]
     if character == " ":
         forms.append("+")
     elif character == "/":
@@ -152,7 +157,8 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
     Replaces every occurrence of the given ``secrets`` (exact values, e.g. an API
     key the application knows), also when written percent-encoded (``%2B`` or
-    ``%2b`` for ``+``), form-encoded (``+`` for a space), JSON-escaped (``\\/``) or
+    ``%2b`` for ``+``), form-encoded (``+`` for a space), JSON-escaped (``\\/``,
+    ``\\u0073``: any character, upper or lower hex) or
     inside base64 (``base64("Bearer <key>")``: the part of the base64 text that
     spells the secret), and overlapping ones whole; then anything shaped like a
     credential: bearer and basic authorization values, ``sk-...`` keys, and

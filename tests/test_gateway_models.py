@@ -8,7 +8,10 @@ about connections), the gateway is driven as an ASGI app.
 
 from __future__ import annotations
 
+import gzip
 import json
+import tracemalloc
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -305,3 +308,88 @@ def test_a_bad_ttl_is_named() -> None:
             upstream_url=UPSTREAM,
             models_cache_ttl=-1,
         )
+
+
+# -- compressed answers ----------------------------------------------------------------------
+
+
+class Chunked(httpx.AsyncByteStream):
+    """A body sent in chunks of 64 KiB, as httpcore hands them over."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for at in range(0, len(self._body), 65536):
+            yield self._body[at : at + 65536]
+
+
+def compressed(body: bytes, encoding: str) -> bytes:
+    return gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_bomb_is_capped_as_it_expands(
+    autojump_clock: trio.abc.Clock, encoding: str
+) -> None:
+    # 64 MiB of zeros compress to 64 KiB: one chunk of the upstream's answer. Decoded
+    # whole before the cap is looked at, it cost 64 MiB and more (270 MiB measured for
+    # 200 MiB of zeros); decoded up to the cap, a few MiB.
+    bomb = compressed(b"\0" * (64 * 1024 * 1024), encoding)
+    asked: list[str] = []
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept-encoding", ""))
+        headers = {"content-type": "application/json", "content-encoding": encoding}
+        return httpx.Response(200, stream=Chunked(bomb), headers=headers)
+
+    async with gateway(httpx.MockTransport(upstream)) as (app, _):
+        tracemalloc.start()
+        try:
+            answer = await get_models(app)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert answer.status == 502
+    assert error_of(answer)["code"] == "upstream_too_large"
+    assert peak < 4 * MAX_MODELS_BODY, f"{peak / 2**20:.0f} MiB"
+    assert asked == ["identity"]  # the list is small: asked for uncompressed
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity"])
+async def test_a_compressed_list_is_relayed_decoded(
+    autojump_clock: trio.abc.Clock, encoding: str
+) -> None:
+    raw = json.dumps(LIST).encode()
+    body = raw if encoding == "identity" else compressed(raw, encoding)
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "application/json", "content-encoding": encoding}
+        return httpx.Response(200, stream=Chunked(body), headers=headers)
+
+    async with gateway(httpx.MockTransport(upstream)) as (app, _):
+        answer = await get_models(app)
+    assert answer.status == 200
+    assert json.loads(answer.body) == LIST
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "said"),
+    [
+        ("br", b"\x0b\x02\x80{}\x03", "'br'"),  # one the gateway cannot bound
+        ("gzip", b"not gzip at all", "corrupt"),
+    ],
+)
+async def test_an_encoding_the_gateway_cannot_read_is_a_502(
+    autojump_clock: trio.abc.Clock, encoding: str, body: bytes, said: str
+) -> None:
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "application/json", "content-encoding": encoding}
+        return httpx.Response(200, stream=Chunked(body), headers=headers)
+
+    async with gateway(httpx.MockTransport(upstream)) as (app, _):
+        answer = await get_models(app)
+    assert answer.status == 502
+    error = error_of(answer)
+    assert error["code"] == "upstream_error"
+    assert said in error["message"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -178,3 +179,102 @@ def test_an_excerpt_cut_inside_a_base64_key_keeps_no_beginning_of_it() -> None:
 
 def test_a_short_secret_has_no_base64_form_that_would_match_ordinary_text() -> None:
     assert redact("SGVsbG8gd29ybGQ= abcd", ["abcd"]) == "SGVsbG8gd29ybGQ= [REDACTED]"
+
+
+# -- JSON's \u escapes ---------------------------------------------------------------------
+
+
+def json_escaped(text: str, every: int = 1) -> str:
+    """``text`` with every ``every``-th character written as JSON's ``\\uXXXX``."""
+    return "".join(
+        f"\\u{ord(character):04x}" if index % every == 0 else character
+        for index, character in enumerate(text)
+    )
+
+
+def unescaped(text: str) -> str:
+    """``text`` with every ``\\uXXXX`` (however many backslashes) read back."""
+    return re.sub(r"\\+u([0-9a-fA-F]{4})", lambda match: chr(int(match[1], 16)), text)
+
+
+@pytest.mark.parametrize("every", [1, 2, 5])
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_key_echoed_in_json_unicode_escapes_is_redacted(
+    autojump_clock: trio.abc.Clock, route: str, every: int
+) -> None:
+    # Go's encoding/json, or any serialiser told to, writes characters as \u00XX: a
+    # JSON client reads the key back whole.
+    raw = '{"error": {"message": "unknown key ESCAPED"}}'.replace(
+        "ESCAPED", json_escaped(KEY, every)
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+
+    answer = await answer_of(route, handler)
+    assert find_secret(KEY, unescaped(answer)) is None, answer
+
+
+@pytest.mark.parametrize("every", [1, 3])
+async def test_the_models_list_with_a_json_escaped_key_is_redacted(
+    autojump_clock: trio.abc.Clock, every: int
+) -> None:
+    listed = '{"object": "list", "data": [{"id": "m", "owned_by": "ESCAPED"}]}'
+    raw = listed.replace("ESCAPED", json_escaped(KEY, every))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=raw.encode(), headers={"content-type": "application/json"}
+        )
+
+    async with gateway(handler) as app:
+        exchange = ASGIExchange(app, "GET", "/v1/models")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(exchange.run)
+    assert exchange.status == 200
+    listed = json.loads(exchange.body)  # what a client reads
+    assert find_secret(KEY, json.dumps(listed, ensure_ascii=False)) is None, listed
+
+
+def test_redact_reads_json_unicode_escapes_in_either_case() -> None:
+    for text in (json_escaped(KEY), json_escaped(KEY).upper().replace("\\U", "\\u")):
+        assert redact(f"seen {text}.", [KEY]) == "seen [REDACTED]."
+
+
+# -- a credential in the upstream URL ----------------------------------------------------------
+
+URL_KEY = "QueryKey-4kT9wX2mP7"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+async def test_a_credential_in_the_upstream_url_is_redacted_on_every_route(
+    autojump_clock: trio.abc.Clock, route: str
+) -> None:
+    # Some upstreams take their key in the URL (?key=...); a 404 that quotes the
+    # request's URL must not hand it to the gateway's callers, on any route.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"message": f"no route for {request.url}"}})
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http,
+        StreamManager() as manager,
+    ):
+        app = gateway_app(manager, http, upstream_url=f"{UPSTREAM}?key={URL_KEY}", api_key=KEY)
+        if route == "websocket":
+            request = {"type": "chat.request", "model": "m", "messages": MESSAGES}
+            answer = await websocket_answer(app, json.dumps(request))
+        else:
+            if route == "models":
+                exchange = ASGIExchange(app, "GET", "/v1/models")
+            else:
+                body = {"model": "m", "messages": MESSAGES, "stream": route == "stream"}
+                exchange = ASGIExchange(
+                    app, "POST", "/v1/chat/completions", json.dumps(body).encode()
+                )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(exchange.run)
+            answer = exchange.body.decode()
+    assert "error" in answer
+    assert find_secret(URL_KEY, answer) is None, answer

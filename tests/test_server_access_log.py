@@ -20,7 +20,7 @@ import trio.testing
 from structlog.testing import capture_logs
 
 from streammgr import StreamManager
-from streammgr.server import ServiceOptions, admin_app, build_service_app
+from streammgr.server import ServiceOptions, admin_app, build_service_app, caller_key
 from streammgr.simulate import SimulatedTransport
 
 from .asgi_driver import ASGIExchange
@@ -188,3 +188,21 @@ async def test_the_access_log_is_opt_in(autojump_clock: trio.testing.MockClock) 
     # A stream's line comes when it ends, with its whole life.
     assert lines[2]["duration"] >= 30
     assert started > 0
+
+
+async def test_a_key_header_named_like_a_credential_is_logged_hashed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # An operator who counts callers by their API key (--key-header x-api-key) must
+    # not find those keys in every http.error line (nor in the registry or /admin).
+    caller = "caller-api-key-Log-55120"
+    with capture_logs() as logs:
+        async with service(key_header="x-api-key") as (_, client, _):
+            answer = await client.get("/v1/nothing", headers={"x-api-key": caller})
+    assert answer.status_code == 404
+    (line,) = http_lines(logs)
+    assert caller not in json.dumps(line, default=str)
+    assert line["key"] == caller_key({"x-api-key": caller}, "x-api-key")
+    assert line["key"].startswith("key-")
+    # A header that names a tenant (set by a trusted proxy) is kept as it is.
+    assert caller_key({"x-tenant": "acme"}, "x-tenant") == "acme"

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from .._errors import UpstreamStatusError
 from .._validate import json_type, unpaired_surrogate
 from ..sources import OpenAIChat, SourceTimeouts
-from ..sources._common import api_url
+from ..sources._common import api_url, is_credential_name, redact_url, url_secrets
 from ._answers import ErrorAnswer, error_answer
 
 __all__ = [
@@ -62,21 +62,25 @@ def caller_key(headers: Mapping[str, str], key_header: str | None = None) -> str
     """The admission key of a request: who the per-key limit counts.
 
     The value of ``key_header`` when it is configured and present (cut to 128
-    characters: an id set by a trusted proxy in front, not a secret); else the
-    caller's credential (``Authorization: Bearer ...``, or the whole header for
-    another scheme) hashed: ``key-`` and the first 16 hex digits of its SHA-256,
-    so the registry, logs and limits never hold the credential itself; else
-    ``"anonymous"``.
+    characters: an id set by a trusted proxy in front, not a secret), hashed like
+    a credential when the header is named like one (``x-api-key``,
+    ``x-auth-token``); else the caller's credential (``Authorization: Bearer
+    ...``, or the whole header for another scheme) hashed: ``key-`` and the first
+    16 hex digits of its SHA-256, so the registry, logs and limits never hold the
+    credential itself; else ``"anonymous"``.
 
     Args:
         headers: the request's headers (case-insensitive, as Starlette's).
         key_header: the name of a header that names the caller, or ``None``.
     """
+    credential_header = "authorization"
     if key_header is not None:
         value = headers.get(key_header, "").strip()
-        if value:
+        if value and not is_credential_name(key_header):
             return value[:_KEY_HEADER_LIMIT]
-    credential = headers.get("authorization", "").strip()
+        if value:
+            credential_header = key_header  # a credential: hashed as the bearer token is
+    credential = headers.get(credential_header, "").strip()
     scheme, _, token = credential.partition(" ")
     if scheme.lower() == "bearer":
         credential = token.strip()
@@ -307,7 +311,9 @@ class GatewaySettings:
         stall_timeout: the most seconds one write may wait for a client.
         max_request_size: the largest request body (and WebSocket message), in bytes.
         chat_url, models_url: the upstream's endpoints (derived).
-        secrets: what to redact from the upstream's text (the API key, derived).
+        secrets: what to redact from the upstream's text (derived: the API key,
+            and the credentials written in ``upstream_url``, its userinfo or a
+            query value named like a key).
     """
 
     upstream: httpx.AsyncClient
@@ -327,7 +333,21 @@ class GatewaySettings:
         # Derived once: every request reads them.
         object.__setattr__(self, "chat_url", api_url(self.upstream_url, "/chat/completions"))
         object.__setattr__(self, "models_url", api_url(self.upstream_url, "/models"))
-        object.__setattr__(self, "secrets", (self.api_key,) if self.api_key else ())
+        written = (self.api_key,) if self.api_key else ()
+        object.__setattr__(
+            self, "secrets", tuple(dict.fromkeys((*written, *url_secrets(self.upstream_url))))
+        )
+
+    def __repr__(self) -> str:
+        # Never the key, nor a credential written in the URL.
+        key = "set" if self.api_key else "none"
+        return (
+            f"GatewaySettings(upstream_url={redact_url(self.upstream_url, self.secrets)!r}, "
+            f"api_key={key}, key_header={self.key_header!r}, "
+            f"upstream_timeouts={self.upstream_timeouts!r}, "
+            f"answer_within={self.answer_within!r}, keep_alive={self.keep_alive!r}, "
+            f"stall_timeout={self.stall_timeout!r}, max_request_size={self.max_request_size!r})"
+        )
 
     def chat_source(self, payload: dict[str, Any], not_forwarded: frozenset[str]) -> OpenAIChat:
         """The upstream request of a checked chat request, with usage asked for.

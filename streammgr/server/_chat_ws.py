@@ -59,6 +59,7 @@ from ._chat_request import (
     load_json,
     openai_error,
 )
+from ._hosts import is_same_origin
 from ._hypercorn import current_connection
 from ._response import until_stalled
 
@@ -103,8 +104,8 @@ class ChatSocket:
     Args:
         manager: the manager every request runs through.
         settings: the gateway's settings (upstream, options).
-        origins: the ``Origin`` values allowed to open a connection (``"*"``: any);
-            empty: any. A handshake from another origin gets a 403.
+        origins: the ``Origin`` values allowed to open a connection besides the
+            gateway's own (``"*"``: any). A handshake from another origin gets a 403.
     """
 
     def __init__(
@@ -112,21 +113,30 @@ class ChatSocket:
     ) -> None:
         self.manager = manager
         self.settings = settings
-        self.origins = frozenset(origins)
+        self.origins = frozenset(origin.rstrip("/").lower() for origin in origins)
         self._manager_closed = False
         self._watching = False
         self._watch_changed = trio.Event()
 
-    def origin_allowed(self, origin: str | None) -> bool:
+    def origin_allowed(
+        self, origin: str | None, host: str | None = None, scheme: str = "ws"
+    ) -> bool:
         """Whether a handshake with this ``Origin`` header may be accepted.
 
         Browsers send ``Origin`` on every WebSocket handshake and apply no CORS
-        to it, so the server must check it; a client without one is not a
-        browser, and is let in.
+        to it, so the server must check it: a page on any site may open a
+        WebSocket to a gateway on loopback and spend its upstream key. The
+        gateway's own origin (the handshake's ``Host``) and the allowed origins
+        may; a client without ``Origin`` is not a browser, and is let in.
+
+        Args:
+            origin: the handshake's ``Origin`` header, or ``None``.
+            host: its ``Host`` header, or ``None``.
+            scheme: its scheme (``ws`` or ``wss``), for the default port.
         """
-        if not self.origins or origin is None or "*" in self.origins:
+        if origin is None or "*" in self.origins:
             return True
-        return origin in self.origins
+        return origin.rstrip("/").lower() in self.origins or is_same_origin(origin, host, scheme)
 
     async def wait_manager_closed(self) -> None:
         """Return once the gateway's manager has shut down (its ``aclose`` finished).
@@ -153,7 +163,8 @@ class ChatSocket:
     async def endpoint(self, websocket: WebSocket) -> None:
         """Serve one WebSocket connection (a Starlette WebSocket endpoint)."""
         origin = websocket.headers.get("origin")
-        if not self.origin_allowed(origin):
+        host = websocket.headers.get("host")
+        if not self.origin_allowed(origin, host, websocket.scope.get("scheme", "ws")):
             get_logger().warning("chat_ws.origin_refused", origin=(origin or "")[:200])
             if "websocket.http.response" in websocket.scope.get("extensions", {}):
                 refusal = openai_error(

@@ -549,9 +549,10 @@ def gateway_app(
         max_request_size: the largest request body, in bytes (then 413), and the
             largest WebSocket message (then close 1009).
         websocket_origins: the ``Origin`` values that may open ``/v1/chat/ws``
-            (``"*"``: any); a handshake from another origin gets a 403. Empty: any
-            (browsers apply no CORS to WebSockets: set it when a browser page may
-            connect).
+            besides the gateway's own (``"*"``: any); a handshake from another
+            origin gets a 403 (browsers apply no CORS to WebSockets: a page on any
+            site could otherwise spend the upstream key). A handshake without
+            ``Origin`` (not a browser) is let in.
         models_cache_ttl: seconds ``GET /v1/models`` keeps the upstream's list
             (``None``: not kept; callers at the same time still share one
             upstream request). See docs/gateway.md.

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._logging import get_logger
 
-__all__ = ["LOOPBACK_HOSTS", "HostGuard", "is_loopback_host"]
+__all__ = ["LOOPBACK_HOSTS", "HostGuard", "is_loopback_host", "is_same_origin"]
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """The names every :class:`HostGuard` answers (with any port): a browser reaches
@@ -256,22 +256,52 @@ class HostGuard:
         )
         if _normal_origin(origin) in self._origins:
             return None
-        scheme, separator, rest = origin.rstrip("/").partition("://")
-        scheme = scheme.lower()
-        default = _DEFAULT_PORTS.get(scheme)
-        parsed = _parse_host(rest) if separator and default is not None else None
-        if parsed is None:
+        origin_name = _origin_name(origin)
+        if origin_name is None:
             return refused  # "null", a file: or extension page, garbage
-        origin_name = _Name(parsed.host, parsed.port if parsed.port is not None else default)
-        if hosts:
-            own = _parse_host(hosts[0])
-            if own is not None:
-                own_port = own.port if own.port is not None else _DEFAULT_PORTS.get(request_scheme)
-                if origin_name == _Name(own.host, own_port):
-                    return None
+        if hosts and _same_name(origin_name, hosts[0], request_scheme):
+            return None
         if self._named(origin_name):
             return None
         return refused
+
+
+def _origin_name(origin: str) -> _Name | None:
+    """An ``Origin`` value's host and port (the scheme's default when none is
+    written), or ``None`` for one that names no host (``null``, ``file:``...)."""
+    scheme, separator, rest = origin.rstrip("/").partition("://")
+    default = _DEFAULT_PORTS.get(scheme.lower())
+    parsed = _parse_host(rest) if separator and default is not None else None
+    if parsed is None:
+        return None
+    return _Name(parsed.host, parsed.port if parsed.port is not None else default)
+
+
+def _same_name(origin_name: _Name, host: str, request_scheme: str) -> bool:
+    """Whether an origin names the host (and port) of a ``Host`` header. A ``Host``
+    without a port came on its scheme's default one, as seen by the client: behind
+    a proxy that ends TLS, the page is ``https://name`` (443) while the request
+    reaches the service as ``http`` (80), so either default port is the same."""
+    own = _parse_host(host)
+    if own is None or own.host != origin_name.host:
+        return False
+    if own.port is None:
+        return origin_name.port in (80, 443, _DEFAULT_PORTS.get(request_scheme))
+    return origin_name.port == own.port
+
+
+def is_same_origin(origin: str, host: str | None, scheme: str) -> bool:
+    """Whether an ``Origin`` header names the request's own origin: the host and
+    port of its ``Host`` header (the scheme's default port when none is written).
+
+    Args:
+        origin: the ``Origin`` header's value, e.g. ``"http://127.0.0.1:8000"``.
+        host: the request's ``Host`` header, or ``None`` (then never the same).
+        scheme: the request's scheme (``http``, ``https``, ``ws``, ``wss``), for
+            the default port.
+    """
+    origin_name = _origin_name(origin)
+    return origin_name is not None and host is not None and _same_name(origin_name, host, scheme)
 
 
 async def _refuse(scope: Scope, send: Send, code: str, message: str) -> None:

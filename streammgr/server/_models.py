@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import zlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,6 +101,30 @@ class _Flight:
 
 class _BodyTooLarge(Exception):
     """Internal: the upstream's answer is longer than the cap."""
+
+
+class _UnknownEncoding(Exception):
+    """Internal: the upstream's answer is in an encoding read here without a bound."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(encoding)
+        self.encoding = encoding
+
+
+def _decoder(content_encoding: str) -> zlib._Decompress | None:
+    """A zlib decoder for the answer's ``Content-Encoding`` (``None``: identity).
+
+    Raises:
+        _UnknownEncoding: another encoding (``br``, ``zstd``, several at once).
+    """
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib's header (or gzip's)
+    raise _UnknownEncoding(content_encoding[:40])
 
 
 class ModelsRoute:
@@ -186,7 +211,8 @@ class ModelsRoute:
     async def _fetch(self) -> _Answer:
         """Ask the upstream (one request), and make its answer one for the caller."""
         settings = self._settings
-        headers = {"accept": "application/json"}
+        # The list is small: asked uncompressed, so that nothing expands past the cap.
+        headers = {"accept": "application/json", "accept-encoding": "identity"}
         if settings.api_key:
             headers["authorization"] = f"Bearer {settings.api_key}"
         connect = settings.upstream_timeouts.connect
@@ -196,6 +222,27 @@ class ModelsRoute:
                     "GET", settings.models_url, headers=headers
                 ) as answer:
                     body = await self._read(answer)
+            except _UnknownEncoding as exc:
+                return _Answer.from_error(
+                    ErrorAnswer(
+                        502,
+                        "upstream_error",
+                        "upstream_error",
+                        f"the upstream answered GET /models in the encoding {exc.encoding!r}, "
+                        f"which the gateway cannot read within its cap (it asks for identity; "
+                        f"gzip and deflate are read too); check the upstream",
+                    )
+                )
+            except zlib.error:
+                get_logger().warning("gateway.models_failed", error="corrupt_encoding")
+                return _Answer.from_error(
+                    ErrorAnswer(
+                        502,
+                        "upstream_error",
+                        "upstream_error",
+                        "the upstream's compressed list of models is corrupt; check the upstream",
+                    )
+                )
             except _BodyTooLarge:
                 get_logger().warning("gateway.models_too_large", max_body=self._max_body)
                 return _Answer.from_error(
@@ -229,17 +276,30 @@ class ModelsRoute:
         return self._relayed(answer, body)
 
     async def _read(self, answer: httpx.Response) -> bytes:
-        """The answer's body (decoded: a compressed one is capped as it expands), at
-        most the cap; past it, the answer is closed.
+        """The answer's body, decoded, at most the cap; past it, the answer is closed.
+
+        A compressed body is decoded here, never more than the cap: httpx decodes
+        each chunk whole (64 KiB of gzip can be 64 MiB), so 200 KiB of zeros once
+        cost 270 MiB before the cap was looked at.
 
         Raises:
             _BodyTooLarge: past the cap.
+            _UnknownEncoding: an encoding other than identity, gzip or deflate.
         """
+        if answer.is_stream_consumed:  # read whole already (an in-process transport)
+            if len(answer.content) > self._max_body:
+                raise _BodyTooLarge
+            return answer.content
+        decoder = _decoder(answer.headers.get("content-encoding", ""))
         parts: list[bytes] = []
         size = 0
-        chunks = cast("AsyncGenerator[bytes, None]", answer.aiter_bytes())  # it is one
+        chunks = cast("AsyncGenerator[bytes, None]", answer.aiter_raw())  # it is one
         try:
-            async for part in chunks:
+            async for raw in chunks:
+                # At most one byte past the cap: zlib stops there, its tail unread.
+                part = (
+                    raw if decoder is None else decoder.decompress(raw, self._max_body - size + 1)
+                )
                 size += len(part)
                 if size > self._max_body:
                     raise _BodyTooLarge

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
+from ..sources._common import redact_url
 from ._access_log import AccessLog
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
@@ -52,8 +53,10 @@ class ServiceOptions:
         key_header: a request header naming the caller (the admission key), or
             ``None`` for the hashed credential.
         cors_origins: origins allowed to call the service from a browser
-            (``"*"``: any); empty: no CORS headers. They also bound who may open the
-            WebSocket chat route (empty: any origin).
+            (``"*"``: any); empty: no CORS headers. A gateway request that changes
+            something (a chat POST) or a WebSocket handshake carrying another
+            ``Origin`` than these or the service's own gets a 403
+            (``origin_not_allowed``).
         upstream_timeouts: the upstream requests' timeouts (``None``: the default).
         answer_within: the most seconds before the status is decided: a stream
             still waiting for a slot then is refused with a 429, an admitted one
@@ -93,7 +96,7 @@ class ServiceOptions:
         # Never the key.
         key = "set" if self.api_key else "none"
         return (
-            f"ServiceOptions(upstream_url={self.upstream_url!r}, api_key={key}, "
+            f"ServiceOptions(upstream_url={redact_url(self.upstream_url, ())!r}, api_key={key}, "
             f"key_header={self.key_header!r}, cors_origins={tuple(self.cors_origins)!r}, "
             f"allowed_hosts={self.allowed_hosts!r}, access_log={self.access_log!r})"
         )
@@ -167,6 +170,19 @@ def build_service_app(
             allow_headers=["*"],  # mirrors what the preflight asks, authorization too
             expose_headers=list(_EXPOSED_HEADERS),
             max_age=600,
+        )
+    if "*" not in options.cors_origins:
+        # A page on another site reaches a gateway on loopback directly (its Host is
+        # 127.0.0.1, no rebinding needed): a "simple" POST (text/plain, no preflight)
+        # would spend the upstream key. Only the allowed origins and its own may.
+        public = HostGuard(
+            public,
+            allowed_hosts=(
+                "*",
+                *(options.allowed_hosts or ()),
+            ),  # the Host check is the outer guard's
+            allowed_origins=options.cors_origins,
+            check_origins=True,
         )
     guarded.append(Mount("/", app=public))
     # Against DNS rebinding: every route but the probes (a kubelet names the pod's
