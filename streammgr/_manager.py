@@ -190,8 +190,14 @@ class StreamManager:
         # Decided now, not at import: structlog if the application configured it,
         # else the standard library's "streammgr" logger (silent at INFO by default).
         runner.log = get_logger().bind()
+        # The limiter lives longer than every stream: entered first, exited last.
+        await self._limiter.__aenter__()
         self._nursery_manager = trio.open_nursery()
-        runner.nursery = await self._nursery_manager.__aenter__()
+        try:
+            runner.nursery = await self._nursery_manager.__aenter__()
+        except BaseException:
+            await self._limiter.__aexit__(None, None, None)
+            raise
         runner.nursery.start_soon(runner.watchdog.run, name="streammgr-watchdog")
         return self
 
@@ -215,6 +221,7 @@ class StreamManager:
                 _raise_from_nursery(group, exc)
             finally:
                 runner.close_watchers()
+                await self._limiter.__aexit__(None, None, None)
 
     async def aclose(self, grace: float | None = None) -> None:
         """Shut down: stop admitting, let streams finish, then cancel the rest.

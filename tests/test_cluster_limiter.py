@@ -1,0 +1,395 @@
+"""RedisLimiter against a real redis-server: leases, expiry, fencing, faults.
+
+Several limiters in one Trio run stand for several instances. Real clock (Redis keeps
+its own time): lease TTLs are short and every wait is bounded and ends on the state it
+waits for; a test that holds a slot for a while holds it on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import structlog
+import trio
+import trio.testing
+from coredis.tokens import PureToken
+
+from streammgr import LimiterError, LimiterUnavailable, StreamLimitExceeded, StreamManager
+from streammgr.cluster import RedisConnection, RedisLimiter
+from streammgr.cluster._scripts import ACQUIRE, JOIN
+from streammgr.server._answers import error_answer
+from tests.redis_helpers import RedisServer, redis_client, redis_server
+from tests.server_helpers import PATIENCE, wait_until
+
+__all__ = ["redis_server"]  # the fixture, used by name
+
+TTL = 0.9
+
+
+@contextlib.asynccontextmanager
+async def instances(
+    url: str,
+    count: int,
+    *,
+    lease_ttl: float = TTL,
+    max_streams: int | None = None,
+    max_streams_per_key: int | None = None,
+    fault_policy: str = "fail-closed",
+) -> AsyncIterator[list[RedisLimiter]]:
+    """``count`` limiters (instances ``i0``, ``i1``...) on one Redis, entered."""
+    async with contextlib.AsyncExitStack() as stack:
+        limiters = []
+        for index in range(count):
+            limiter = RedisLimiter(
+                url,
+                instance_id=f"i{index}",
+                lease_ttl=lease_ttl,
+                max_streams=max_streams,
+                max_streams_per_key=max_streams_per_key,
+                fault_policy=fault_policy,  # type: ignore[arg-type]
+            )
+            limiters.append(await stack.enter_async_context(limiter))
+        yield limiters
+
+
+async def zcard(url: str, key: str = "streammgr:leases") -> int:
+    """Leases in one set, counted in Redis (expired ones included until swept)."""
+    async with redis_client(url) as client:
+        return await client.zcard(key)
+
+
+async def test_the_limits_hold_across_instances_under_contention(
+    redis_server: RedisServer,
+) -> None:
+    """Three instances, 30 callers on two keys: never more than max_streams held (counted
+    by the callers and sampled in Redis), never more than max_streams_per_key per key,
+    and every caller is served in the end."""
+    held = {"all": 0, "a": 0, "b": 0}
+    peak = {"all": 0, "a": 0, "b": 0, "redis": 0}
+    served = 0
+    async with instances(redis_server.url, 3, max_streams=4, max_streams_per_key=3) as limiters:
+
+        async def caller(index: int) -> None:
+            nonlocal served
+            key = "a" if index % 3 else "b"
+            limiter = limiters[index % 3]
+            permit = await limiter.acquire(key, timeout=PATIENCE)
+            held["all"] += 1
+            held[key] += 1
+            peak["all"] = max(peak["all"], held["all"])
+            peak[key] = max(peak[key], held[key])
+            await trio.sleep(random.uniform(0.0, 0.03))  # the stream's life
+            held["all"] -= 1
+            held[key] -= 1
+            limiter.release(permit)
+            served += 1
+
+        async def sampler() -> None:
+            while True:
+                peak["redis"] = max(peak["redis"], await zcard(redis_server.url))
+                await trio.sleep(0.005)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sampler)
+            async with trio.open_nursery() as callers:
+                for index in range(30):
+                    callers.start_soon(caller, index)
+            nursery.cancel_scope.cancel()
+        for limiter in limiters:
+            await limiter._jobs_idle.wait()
+    assert served == 30
+    assert peak["all"] == 4  # reached, never passed
+    assert peak["a"] <= 3
+    assert peak["b"] <= 3
+    assert peak["redis"] <= 4
+    assert await zcard(redis_server.url) == 0
+
+
+async def test_fifo_within_an_instance(redis_server: RedisServer) -> None:
+    """Callers of one key on one instance are admitted in arrival order."""
+    order: list[int] = []
+    async with instances(redis_server.url, 1, max_streams_per_key=1) as (limiter,):
+        first = await limiter.acquire("k")
+
+        async def caller(index: int) -> None:
+            permit = await limiter.acquire("k", timeout=PATIENCE)
+            order.append(index)
+            limiter.release(permit)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(5):
+                nursery.start_soon(caller, index)
+                await wait_until(lambda: limiter.snapshot().waiting == index + 1)  # noqa: B023
+            assert limiter.snapshot().waiting_by_key == {"k": 5}
+            limiter.release(first)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_dead_holders_slots_come_back_within_the_ttl(redis_server: RedisServer) -> None:
+    """Leases whose holder stopped renewing them (a killed instance) expire: a waiter on
+    another instance is admitted after about one TTL, not before, not much later."""
+    ttl = 0.6
+    async with RedisConnection(redis_server.url, instance_id="dead") as dead:
+        keys = ["streammgr:epoch", "streammgr:fence", "streammgr:instances", "streammgr:limits"]
+        await dead.run(JOIN, keys, [int(ttl * 1000), "dead", "e", 2, -1])
+        for _ in range(2):
+            await dead.run(
+                ACQUIRE,
+                [
+                    "streammgr:epoch",
+                    "streammgr:fence",
+                    "streammgr:leases",
+                    "streammgr:key:k",
+                ],
+                [int(ttl * 1000), secrets.token_hex(8), 2, -1, "e"],
+            )
+    assert await zcard(redis_server.url) == 2
+    async with instances(redis_server.url, 1, lease_ttl=ttl, max_streams=2) as (limiter,):
+        started = trio.current_time()
+        permit = await limiter.acquire("k", timeout=PATIENCE)
+        waited = trio.current_time() - started
+        limiter.release(permit)
+    assert waited <= ttl * 2, waited
+
+
+async def test_the_heartbeat_keeps_a_long_streams_lease(redis_server: RedisServer) -> None:
+    """A slot held for four TTLs stays held: another instance is still refused."""
+    ttl = 0.4
+    async with instances(redis_server.url, 2, lease_ttl=ttl, max_streams=1) as (a, b):
+        permit = await a.acquire("k")
+        await trio.sleep(ttl * 4)  # the stream's long life, not a wait for an event
+        assert await zcard(redis_server.url) == 1
+        with pytest.raises(StreamLimitExceeded) as caught:
+            await b.acquire("k", timeout=0)
+        assert caught.value.limit == "max_streams"
+        a.release(permit)
+        second = await b.acquire("k", timeout=PATIENCE)
+        b.release(second)
+
+
+async def test_a_cancelled_acquire_gives_its_lease_back(redis_server: RedisServer) -> None:
+    """An acquire cancelled while its script is in flight (Redis paused) leaves no lease:
+    the script still runs on the server, and its lease is released after it."""
+    async with instances(redis_server.url, 1, max_streams=5) as (limiter,):
+        async with redis_client(redis_server.url) as admin:
+            await admin.client_pause(150, PureToken.WRITE)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(limiter.acquire, "k")
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                scope.cancel()
+        assert limiter.snapshot().active == 0
+        await limiter._jobs_idle.wait()
+        assert await zcard(redis_server.url) == 0
+        assert await zcard(redis_server.url, "streammgr:key:k") == 0
+
+
+async def _never_admitted(limiter: RedisLimiter, until: float) -> int:
+    """Ask for a slot again and again until ``until`` (trio time); return how many
+    times it was refused. Fails the test if it is ever admitted."""
+    refused = 0
+    while trio.current_time() < until:
+        try:
+            permit = await limiter.acquire("k", timeout=0)
+        except (StreamLimitExceeded, LimiterUnavailable):
+            refused += 1
+        else:
+            limiter.release(permit)
+            pytest.fail("admitted beyond the limit while the leases were being re-added")
+        await trio.sleep(0.02)  # the next attempt, not a wait for an event
+    return refused
+
+
+async def _peak(url: str, peak: list[int]) -> None:
+    while True:
+        peak.append(await zcard(url))
+        await trio.sleep(0.005)
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"])
+async def test_epoch_fencing_after_redis_lost_its_data(
+    redis_server: RedisServer, loss: str
+) -> None:
+    """Redis emptied (FLUSHALL, or restarted on the same port) under 3 held leases of a
+    limit of 3: the other instance is refused while the holder re-adds its leases (the
+    fence), Redis never counts more than 3, and a release lets it in afterwards."""
+    async with instances(redis_server.url, 2, max_streams=3) as (holder, other):
+        permits = [await holder.acquire("k") for _ in range(3)]
+        if loss == "flushall":
+            async with redis_client(redis_server.url) as admin:
+                await admin.flushall()
+        else:
+            redis_server.restart()
+        peak: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_peak, redis_server.url, peak)
+            refused = await _never_admitted(other, trio.current_time() + TTL * 2.5)
+            nursery.cancel_scope.cancel()
+        assert refused > 0
+        assert max(peak) <= 3
+        assert await zcard(redis_server.url) == 3  # the holder's leases, re-added
+        assert holder.status().leases_lost == 3
+        holder.release(permits[0])
+        permit = await other.acquire("k", timeout=PATIENCE)
+        other.release(permit)
+        for permit in permits[1:]:
+            holder.release(permit)
+
+
+async def _pause(url: str, milliseconds: int) -> None:
+    async with redis_client(url) as admin:
+        await admin.client_pause(milliseconds, PureToken.ALL)
+
+
+async def test_fail_closed_refuses_while_redis_is_paused_and_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """Redis paused: new streams refused with LimiterUnavailable (retry_after, a 503 with
+    Retry-After and x-should-retry at the edge), the running one keeps its slot; back:
+    admitted again, the held lease renewed."""
+    async with instances(redis_server.url, 1, max_streams=2) as (limiter,):
+        running = await limiter.acquire("k")
+        await _pause(redis_server.url, 1200)
+        with pytest.raises(LimiterUnavailable) as caught:
+            await limiter.acquire("k", timeout=PATIENCE)
+        assert caught.value.retry_after == TTL
+        status = limiter.status()
+        assert status.degraded
+        assert "fail-closed" in (status.detail or "")
+        assert not running.released
+        await wait_until(lambda: not limiter.status().degraded)
+        permit = await limiter.acquire("k", timeout=PATIENCE)
+        assert await zcard(redis_server.url) == 2
+        limiter.release(permit)
+        limiter.release(running)
+
+
+async def test_fail_closed_when_redis_is_killed_reaches_the_edge_as_a_503(
+    redis_server: RedisServer,
+) -> None:
+    """Redis killed under a manager: open() raises LimiterError carrying retry_after, which
+    the HTTP edge answers with 503, Retry-After and x-should-retry: true; Redis back: the
+    running stream's lease is re-established."""
+    limiter = RedisLimiter(redis_server.url, instance_id="i0", lease_ttl=TTL, max_streams=2)
+    async with StreamManager(limiter=limiter) as manager:
+        running = await limiter.acquire("held")
+        redis_server.kill()
+        with pytest.raises(LimiterError) as caught:
+            async with manager.open(_one, key="k") as stream:
+                async for _ in stream:
+                    pass
+        assert isinstance(caught.value.__cause__, LimiterUnavailable)
+        answer = error_answer(caught.value, caught.value.stream_id, None)
+        headers = dict(answer.headers())
+        assert answer.status == 503
+        assert headers[b"retry-after"] == b"1"
+        assert headers[b"x-should-retry"] == b"true"
+        redis_server.start()
+        await wait_until(lambda: not limiter.status().degraded)
+        assert await zcard(redis_server.url) == 1
+        limiter.release(running)
+
+
+async def _one() -> AsyncIterator[int]:
+    yield 1
+
+
+async def test_local_policy_admits_a_share_of_each_limit(redis_server: RedisServer) -> None:
+    """Redis killed under two instances with max_streams=4: each admits up to
+    ceil(4 / 2) = 2 on its own (its running streams count), never a whole limit; back:
+    every local slot becomes a lease."""
+    async with instances(redis_server.url, 2, max_streams=4, fault_policy="local") as (a, b):
+        await a.heartbeat()  # a has seen b
+        assert a.instances_seen == 2
+        held = [await a.acquire("k")]
+        redis_server.kill()
+        held.append(await a.acquire("k", timeout=0))
+        assert a.status().degraded
+        with pytest.raises(StreamLimitExceeded):
+            await a.acquire("k", timeout=0)
+        held += [await b.acquire("k", timeout=0), await b.acquire("k", timeout=0)]
+        with pytest.raises(StreamLimitExceeded):
+            await b.acquire("k", timeout=0)
+        redis_server.start()
+        await wait_until(lambda: not a.status().degraded and not b.status().degraded)
+        assert await zcard(redis_server.url) == 4
+        for permit in held[:2]:
+            a.release(permit)
+        for permit in held[2:]:
+            b.release(permit)
+
+
+async def test_unreachable_at_start_is_a_clear_error(redis_server: RedisServer) -> None:
+    """Nothing listens: entering the limiter raises LimiterUnavailable naming the URL and
+    the flag to check."""
+    url = redis_server.url
+    redis_server.kill()
+    with pytest.raises(LimiterUnavailable, match="--redis-url") as caught:
+        async with RedisLimiter(url, lease_ttl=TTL):
+            pass
+    assert url in str(caught.value)
+
+
+async def test_the_url_password_appears_nowhere(tmp_path: object) -> None:
+    """A password in the URL is never in a log line, an error or a repr: not when Redis
+    is lost, not when the password is wrong."""
+    import pathlib
+
+    password = "s3cret-" + secrets.token_hex(6)
+    server = RedisServer(pathlib.Path(str(tmp_path)), password=password)
+    server.start()
+    try:
+        seen: list[str] = []
+        with structlog.testing.capture_logs() as logs:
+            limiter = RedisLimiter(server.url, lease_ttl=TTL, max_streams=1)
+            seen.append(repr(limiter))
+            async with limiter:
+                permit = await limiter.acquire("k")
+                seen.append(repr(limiter))
+                server.kill()
+                with pytest.raises(LimiterUnavailable) as caught:
+                    await limiter.acquire("k")
+                seen.append(str(caught.value))
+                await limiter.heartbeat()
+                server.start()
+                await wait_until(lambda: not limiter.status().degraded)
+                limiter.release(permit)
+            wrong = server.url.replace(password, "not-" + password)
+            with pytest.raises(LimiterUnavailable) as caught:
+                async with RedisLimiter(wrong, lease_ttl=TTL):
+                    pass
+            seen.append(str(caught.value))
+        assert limiter.secrets == (password,)
+        assert any(entry["event"] == "limiter.degraded" for entry in logs)
+        seen += [repr(entry) for entry in logs]
+        for text in seen:
+            assert password not in text, text
+        assert "***" in seen[0]
+    finally:
+        server.kill()
+
+
+async def test_resize_applies_here_and_is_recorded_in_redis(redis_server: RedisServer) -> None:
+    """A raised limit admits a waiter at once; the limits are stored in Redis (the hash
+    streammgr:limits) for the other instances."""
+    async with instances(redis_server.url, 1, max_streams=1) as (limiter,):
+        first = await limiter.acquire("k")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(limiter.acquire, "k", timeout=PATIENCE))
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            limiter.resize(max_streams=2)
+        assert limiter.snapshot().active == 2
+        await limiter._jobs_idle.wait()
+        async with redis_client(redis_server.url) as admin:
+            assert await admin.hgetall("streammgr:limits") == {
+                "max_streams": "2",
+                "max_streams_per_key": "-1",
+            }
+        for permit in list(limiter._held.values()):
+            limiter.release(permit)
+        del first
