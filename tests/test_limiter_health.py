@@ -48,7 +48,10 @@ async def test_a_degraded_limiter_shows_in_probes_healthz_and_metrics(
             httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client,
             running_lifespan(app),
         ):
-            healthy = [await client.get("/readyz"), await client.get("/admin/healthz", headers=auth)]
+            healthy = [
+                await client.get("/readyz"),
+                await client.get("/admin/healthz", headers=auth),
+            ]
             healthy_metrics = (await client.get("/admin/metrics", headers=auth)).text
             limiter.current = LimiterStatus(
                 degraded=True,

@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import cyclopts
 from cyclopts import Parameter
@@ -82,6 +82,11 @@ def _origin(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _lease_ttl(type_: object, value: float) -> None:
+    if not 0.05 <= value <= 3600:
+        raise ValueError("Accepts seconds from 0.05 to 3600")
+
+
 _HOST_ENTRY = re.compile(r"\*|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[A-Za-z0-9_.-]+\.?(:\d{1,5})?")
 
 
@@ -129,6 +134,15 @@ async def serve(
         Parameter(env_var="STREAMMGR_ALLOWED_HOSTS", validator=_allowed_host, negative=""),
     ] = (),
     access_log: Annotated[bool, _env("access_log"), Parameter(negative="")] = False,
+    # Cluster mode (streammgr.cluster, extra cluster): not manager options of
+    # streammgr/_options.py (no other layer takes them), so defined here.
+    # Checked below, not by a validator: cyclopts would quote the value (a password).
+    redis_url: Annotated[str | None, _env("redis_url")] = None,
+    lease_ttl: Annotated[float, _env("lease_ttl"), Parameter(validator=_lease_ttl)] = 3.0,
+    instance_id: Annotated[str | None, _env("instance_id")] = None,
+    redis_fault_policy: Annotated[
+        Literal["fail-closed", "local"], _env("redis_fault_policy")
+    ] = "fail-closed",
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -154,6 +168,14 @@ async def serve(
             against DNS rebinding. On loopback, every route but /healthz and /readyz
             answers only these; beyond loopback, when given, too.
         access_log: Log every answer (http.request), not only error answers (http.error).
+        redis_url: Cluster mode: the Redis every instance shares (redis://[:password@]host:port/db);
+            --max-streams and --max-streams-per-key then hold across all of them. The
+            password is never logged.
+        lease_ttl: Seconds a slot's lease lives in Redis without renewal (renewed every third
+            of it): a dead instance's slots come back within it.
+        instance_id: This instance's name in Redis. Default: host:pid.
+        redis_fault_policy: While Redis is lost: refuse new streams with a 503 (fail-closed),
+            or admit against ceil(limit / instances last seen) of each limit (local).
     """
     from ._run import ServeSettings, run_serve
 
@@ -166,6 +188,11 @@ async def serve(
             check_exposure(host, admin_token)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(
+            "--redis-url accepts a redis://, rediss:// or unix:// URL, e.g. "
+            "redis://redis:6379/0 (the value is not shown: it may hold a password)"
+        )
     api_key = None
     if upstream_api_key_env is not None:
         import os
@@ -194,6 +221,10 @@ async def serve(
         log_format=log_format,
         allowed_hosts=allowed_host,
         access_log=access_log,
+        redis_url=redis_url,
+        lease_ttl=lease_ttl,
+        instance_id=instance_id,
+        redis_fault_policy=redis_fault_policy,
     )
     return await run_serve(settings)
 
