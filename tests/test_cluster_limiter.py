@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
 import structlog
 import trio
+import trio.lowlevel
 import trio.testing
 from coredis.tokens import PureToken
 
@@ -393,3 +397,89 @@ async def test_resize_applies_here_and_is_recorded_in_redis(redis_server: RedisS
         for permit in list(limiter._held.values()):
             limiter.release(permit)
         del first
+
+
+_WORKER = """
+import random, sys, trio
+from streammgr.cluster import RedisLimiter
+
+# Counts the slots held in Redis itself (live now, the peak), next to the leases.
+COUNT = '''
+local live = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(ARGV[1]) > 0 and live > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], live)
+end
+redis.call('PEXPIRE', KEYS[1], 60000)
+redis.call('PEXPIRE', KEYS[2], 60000)
+return live
+'''
+
+async def main(url, name, rounds, hold_forever):
+    async with RedisLimiter(url, instance_id=name, max_streams=3, lease_ttl=0.9) as limiter:
+        run = limiter.connection.run
+        if hold_forever:
+            for _ in range(3):
+                await limiter.acquire("k", timeout=10)
+            print("held", flush=True)
+            await trio.sleep_forever()
+        for _ in range(rounds):
+            permit = await limiter.acquire(random.choice("ab"), timeout=20)
+            await run(COUNT, ["test:live", "test:peak"], [1])
+            await trio.sleep(random.uniform(0.01, 0.04))
+            await run(COUNT, ["test:live", "test:peak"], [-1])
+            limiter.release(permit)
+    print("served", rounds, flush=True)
+
+trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "hold")
+"""
+
+
+async def _worker(url: str, name: str, rounds: int, mode: str = "contend") -> trio.Process:
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-c", _WORKER, url, name, str(rounds), mode],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+async def test_three_processes_hold_the_limit_and_a_killed_one_frees_its_slots(
+    redis_server: RedisServer,
+) -> None:
+    """Three processes contend for max_streams=3 (counted in Redis by the holders, and
+    sampled as leases): never more than 3. Then a process holding all 3 is killed with
+    SIGKILL: another instance gets a slot within the lease TTL (0.9 s)."""
+    peak: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_peak, redis_server.url, peak)
+        workers = [await _worker(redis_server.url, f"p{index}", 40) for index in range(3)]
+        with trio.fail_after(PATIENCE * 3):
+            outputs = [await _finish(worker) for worker in workers]
+        nursery.cancel_scope.cancel()
+    assert outputs == ["served 40"] * 3
+    async with redis_client(redis_server.url) as admin:
+        assert int(await admin.get("test:peak") or 0) == 3  # reached, never passed
+    assert max(peak) <= 3
+    holder = await _worker(redis_server.url, "holder", 0, "hold")
+    try:
+        assert holder.stdout is not None
+        with trio.fail_after(PATIENCE):
+            assert (await holder.stdout.receive_some(100)).startswith(b"held")
+        async with instances(redis_server.url, 1, max_streams=3) as (limiter,):
+            holder.kill()
+            killed_at = trio.current_time()
+            permit = await limiter.acquire("k", timeout=PATIENCE)
+            waited = trio.current_time() - killed_at
+            limiter.release(permit)
+    finally:
+        holder.kill()
+        await holder.wait()
+    assert waited <= 0.9 * 1.5, waited
+
+
+async def _finish(process: trio.Process) -> str:
+    assert process.stdout is not None
+    output = b""
+    while chunk := await process.stdout.receive_some(1000):
+        output += chunk
+    assert await process.wait() == 0
+    return output.decode().strip()

@@ -581,10 +581,20 @@ class RedisLimiter(Limiter):
             self._enter_degraded(str(exc))
             return
         epoch = str(result[0])
+        epoch_changed = epoch != self._epoch
         self._instances_seen = max(int(cast("int", result[1])), 1)
         self._cluster_active = int(cast("int", result[2]))
         missing = [str(lease_id) for lease_id in result[3:]]
-        if epoch != self._epoch:
+        if missing:
+            # A lease released while the script was on its way may have been removed
+            # first: not lost; and if the script added it back, give it back again.
+            keys = {lease.lease_id: lease.key for lease in held}
+            gone = [lease_id for lease_id in missing if lease_id not in self._held]
+            if re_add or epoch_changed:
+                for lease_id in gone:
+                    self._give_back(lease_id, keys[lease_id])
+            missing = [lease_id for lease_id in missing if lease_id in self._held]
+        if epoch_changed:
             self._log.warning(
                 "limiter.epoch_changed",
                 detail="Redis lost its data (restart, FLUSHALL or failover): leases re-added, "
@@ -597,7 +607,7 @@ class RedisLimiter(Limiter):
             self._log.warning(
                 "limiter.leases_lost",
                 count=len(missing),
-                re_added=re_add or epoch != self._epoch,
+                re_added=re_add or epoch_changed,
             )
         self._re_add = False
         if self._degraded is not None:
