@@ -42,6 +42,7 @@ _HOLD_SMOOTHING = 0.1
 _MIN_RETRY_AFTER = 1.0
 _MAX_RETRY_AFTER = 3600.0
 _GLOBAL, _PER_KEY = 1, 2  # why the acquire script said no
+_RELEASE_BATCH = 200  # leases released in one script at most
 
 
 class _Lease(Permit):
@@ -515,10 +516,30 @@ class RedisLimiter(Limiter):
         self._jobs_send.send_nowait((lease_id, key))
 
     async def _run_jobs(self) -> None:
-        """Release leases (and write limits) in the order asked, off the caller's path."""
-        async for lease_id, key in self._jobs_receive:
+        """Release leases (and write limits) in the order asked, off the caller's path:
+        every release waiting is sent in one script (one round trip for many: one by
+        one, releases capped admission at one per round trip)."""
+        receive = self._jobs_receive
+        async for first in receive:
+            jobs = [first]
+            while len(jobs) < _RELEASE_BATCH:
+                try:
+                    jobs.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            releases = [job for job in jobs if job[0] != "limits"]
             try:
-                if lease_id == "limits":
+                if releases:
+                    await self.connection.run(
+                        _scripts.RELEASE,
+                        [
+                            self._global_key,
+                            self._released_channel,
+                            *(self._key_set(key) for _, key in releases),
+                        ],
+                        [item for job in releases for item in job],
+                    )
+                if len(releases) < len(jobs):
                     await self.connection.run(
                         _scripts.LIMITS,
                         [self._limits_key, self.connection.key("limits")],
@@ -529,17 +550,11 @@ class RedisLimiter(Limiter):
                             _limit_arg(self._max_per_key),
                         ],
                     )
-                else:
-                    await self.connection.run(
-                        _scripts.RELEASE,
-                        [self._global_key, self._key_set(key), self._released_channel],
-                        [lease_id, key],
-                    )
             except RedisLost as exc:
-                # Not renewed any more: the lease expires within lease_ttl.
+                # Not renewed any more: the leases expire within lease_ttl.
                 self._log.debug("limiter.release_failed", error=str(exc))
             finally:
-                self._jobs_pending -= 1
+                self._jobs_pending -= len(jobs)
                 if not self._jobs_pending:
                     self._jobs_idle.set()
 

@@ -101,11 +101,17 @@ return {1, held + 1}
 ).replace("STATE_FACTOR", str(STATE_FACTOR))
 
 RELEASE = """
--- KEYS: global set, key set, released channel; ARGV: lease_id, key
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if removed > 0 then
-  redis.call('PUBLISH', KEYS[3], ARGV[2])
+-- KEYS: global set, released channel, then one key set per lease
+-- ARGV: pairs of (lease_id, key), as many as KEYS after the first two
+-- Releases leases in one round trip; publishes the key of each that was held.
+local removed = 0
+for i = 3, #KEYS do
+  local lease = ARGV[(i - 3) * 2 + 1]
+  if redis.call('ZREM', KEYS[1], lease) > 0 then
+    removed = removed + 1
+    redis.call('PUBLISH', KEYS[2], ARGV[(i - 3) * 2 + 2])
+  end
+  redis.call('ZREM', KEYS[i], lease)
 end
 return removed
 """
