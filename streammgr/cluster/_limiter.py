@@ -443,6 +443,7 @@ class RedisLimiter(Limiter):
             return None, detail
         except RedisLost as exc:
             self._enter_degraded(str(exc))
+            await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller: Cancelled
             return self._try_degraded(key)
         finally:
             if not admitted:
