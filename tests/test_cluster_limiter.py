@@ -167,6 +167,9 @@ async def test_the_heartbeat_keeps_a_long_streams_lease(redis_server: RedisServe
     ttl = 0.4
     async with instances(redis_server.url, 2, lease_ttl=ttl, max_streams=1) as (a, b):
         permit = await a.acquire("k")
+        await b.heartbeat()
+        assert (b.instances_seen, b.cluster_active) == (2, 1)  # the cluster's view
+        assert b.snapshot().active == 0  # this instance's
         await trio.sleep(ttl * 4)  # the stream's long life, not a wait for an event
         assert await zcard(redis_server.url) == 1
         with pytest.raises(StreamLimitExceeded) as caught:
