@@ -509,3 +509,42 @@ async def _finish(process: trio.Process) -> str:
         output += chunk
     assert await process.wait() == 0
     return output.decode().strip()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"lease_ttl": 0.01}, "lease_ttl must be from 0.05 to 3600 seconds"),
+        ({"fault_policy": "open"}, "fault_policy must be 'fail-closed' or 'local'"),
+        ({"max_streams": 0}, "max_streams must be a positive int"),
+    ],
+)
+def test_bad_arguments_name_themselves(arguments: dict[str, object], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        RedisLimiter("redis://127.0.0.1:6379/0", **arguments)  # type: ignore[arg-type]
+
+
+def test_a_bad_url_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(ValueError, match="redis://") as caught:
+        RedisLimiter("http://user:hunter2-pw@redis:6379/0")
+    assert "hunter2-pw" not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secrets"),
+    [
+        ("redis://redis:6379/0", "redis://redis:6379/0", ()),
+        ("redis://:pw%40x@redis:6379/0", "redis://:***@redis:6379/0", ("pw%40x", "pw@x")),
+        ("rediss://app:pw@[::1]:6380/1", "rediss://app:***@[::1]:6380/1", ("pw",)),
+        ("redis://onlytoken@redis/0", "redis://:***@redis/0", ("onlytoken",)),
+    ],
+)
+def test_the_url_as_shown(url: str, shown: str, secrets: tuple[str, ...]) -> None:
+    connection = RedisConnection(url)
+    assert connection.url == shown
+    assert connection.secrets == secrets
+    assert (
+        repr(connection)
+        == f"RedisConnection(url={shown!r}, instance_id={connection.instance_id!r})"
+    )

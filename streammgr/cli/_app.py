@@ -20,6 +20,7 @@ from cyclopts import Parameter
 
 from .. import __version__
 from .._options import OPTIONS
+from .._validate import check_lease_ttl
 from ._logging import LogFormat
 from ._top import Column
 
@@ -83,8 +84,10 @@ def _origin(type_: object, value: tuple[str, ...]) -> None:
 
 
 def _lease_ttl(type_: object, value: float) -> None:
-    if not 0.05 <= value <= 3600:
-        raise ValueError("Accepts seconds from 0.05 to 3600")
+    try:
+        check_lease_ttl(value)  # the library's own check, with its words
+    except (TypeError, ValueError) as exc:
+        raise ValueError(_for_people(str(exc).removeprefix("lease_ttl "))) from None
 
 
 _HOST_ENTRY = re.compile(r"\*|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[A-Za-z0-9_.-]+\.?(:\d{1,5})?")

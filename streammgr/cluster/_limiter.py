@@ -27,7 +27,7 @@ import trio.lowlevel
 from .._errors import LimiterUnavailable, StreamLimitExceeded
 from .._limits import Limiter, LimiterSnapshot, LimiterStatus, Permit
 from .._logging import get_logger
-from .._validate import UNSET, _Unset, check_limit
+from .._validate import UNSET, _Unset, check_lease_ttl, check_limit
 from . import _scripts
 from ._connection import RedisConnection, RedisLost
 
@@ -105,10 +105,7 @@ class RedisLimiter(Limiter):
         namespace: str = "streammgr",
         connection: RedisConnection | None = None,
     ) -> None:
-        if not (isinstance(lease_ttl, (int, float)) and 0.05 <= lease_ttl <= 3600):
-            raise ValueError(
-                f"lease_ttl must be between 0.05 and 3600 seconds (--lease-ttl), got {lease_ttl!r}"
-            )
+        lease_ttl = check_lease_ttl(lease_ttl)
         if fault_policy not in FAULT_POLICIES:
             raise ValueError(
                 f"fault_policy must be 'fail-closed' or 'local' (--redis-fault-policy), "
