@@ -178,6 +178,11 @@ async def test_the_heartbeat_keeps_a_long_streams_lease(redis_server: RedisServe
         a.release(permit)
         second = await b.acquire("k", timeout=PATIENCE)
         b.release(second)
+        async with RedisLimiter(redis_server.url, instance_id="c", lease_ttl=ttl):
+            await b.heartbeat()
+            assert b.instances_seen == 3
+        await b.heartbeat()
+        assert b.instances_seen == 2  # c stopped cleanly: it left
 
 
 async def test_a_cancelled_acquire_gives_its_lease_back(redis_server: RedisServer) -> None:

@@ -251,6 +251,11 @@ class RedisLimiter(Limiter):
             # Give the last leases back (bounded: a lost Redis lets them expire).
             with trio.CancelScope(shield=True), trio.move_on_after(self.connection.timeout * 2):
                 await self._jobs_idle.wait()
+                # Leave: the others' local share (fault policy) counts one instance less.
+                with contextlib.suppress(RedisLost):
+                    await self.connection.run(
+                        _scripts.LEAVE, [self._instances_key], [self.connection.instance_id]
+                    )
         finally:
             try:
                 if nursery is not None and stack is not None:

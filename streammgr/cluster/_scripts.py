@@ -26,7 +26,7 @@ Pure data: no I/O here, nothing that imports coredis.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "HEARTBEAT", "JOIN", "LIMITS", "RELEASE", "STATE_FACTOR"]
+__all__ = ["ACQUIRE", "HEARTBEAT", "JOIN", "LEAVE", "LIMITS", "RELEASE", "STATE_FACTOR"]
 
 STATE_FACTOR = 10
 """The epoch marker, the instances set and the limits live this many lease periods
@@ -169,6 +169,11 @@ result[3] = redis.call('ZCARD', KEYS[4])
 return result
 """
 ).replace("STATE_FACTOR", str(STATE_FACTOR))
+
+LEAVE = """
+-- KEYS: instances; ARGV: instance_id (an instance that stops cleanly)
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
 
 LIMITS = """
 -- KEYS: limits hash, limits channel; ARGV: ttl_ms, instance_id, max_streams, max_per_key
