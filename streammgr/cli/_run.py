@@ -177,8 +177,8 @@ async def run_serve(settings: ServeSettings) -> int:
                 for name in serve_options()
                 if name not in _LIMITER_OPTIONS
             },
-            limiter=limiter,
-            secrets=[*secrets, *limiter.secrets],
+            limiter=limiter,  # its password joins the manager's secrets
+            secrets=secrets,
         )
     options = ServiceOptions(
         upstream_url=upstream_url,
