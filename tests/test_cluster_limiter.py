@@ -560,3 +560,21 @@ def test_the_url_as_shown(url: str, shown: str, secrets: tuple[str, ...]) -> Non
         repr(connection)
         == f"RedisConnection(url={shown!r}, instance_id={connection.instance_id!r})"
     )
+
+
+async def test_retry_after_follows_the_hold_times_seen(redis_server: RedisServer) -> None:
+    """A refusal's retry_after comes from how long this instance saw slots held (as the
+    in-memory limiter's does), not a constant."""
+    async with instances(redis_server.url, 1, max_streams=1) as (limiter,):
+        held = await limiter.acquire("k")
+        with pytest.raises(StreamLimitExceeded) as first:
+            await limiter.acquire("k", timeout=0)
+        assert first.value.retry_after == 1.0  # nothing seen yet: the floor
+        await trio.sleep(1.5)  # the stream's life, on purpose
+        limiter.release(held)
+        held = await limiter.acquire("k", timeout=PATIENCE)
+        with pytest.raises(StreamLimitExceeded) as second:
+            await limiter.acquire("k", timeout=0)
+        assert second.value.retry_after == 2.0  # ceil(1.5 s held x 1 ahead / 1 slot)
+        assert second.value.limit == "max_streams"
+        limiter.release(held)
