@@ -502,7 +502,8 @@ async def test_three_processes_hold_the_limit_and_a_killed_one_frees_its_slots(
         assert holder.stdout is not None
         with trio.fail_after(PATIENCE):
             assert (await holder.stdout.receive_some(100)).startswith(b"held")
-        async with instances(redis_server.url, 1, max_streams=3) as (limiter,):
+        # The same TTL as the holder's: a waiter polls every third of its own.
+        async with instances(redis_server.url, 1, max_streams=3, lease_ttl=TTL) as (limiter,):
             holder.kill()
             killed_at = trio.current_time()
             permit = await limiter.acquire("k", timeout=PATIENCE)
