@@ -6,7 +6,8 @@
     python3 dev.py top      # install streammgr[top], watch a running server's streams live
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
-                            # (pytest includes the wheel and sdist check: tests/test_packaging.py)
+                            # (pytest includes the wheel and sdist check: tests/test_packaging.py;
+                            # the cluster tests need redis-server: installed when root may)
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
 Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -53,6 +55,25 @@ def setup(extras: str) -> None:
     stamp.touch()
 
 
+def ensure_redis_server() -> None:
+    """The cluster tests run a real redis-server (Debian's package): install it when
+    missing and root may (CI), else say how; never start the system service."""
+    if shutil.which("redis-server"):
+        return
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        run("apt-get", "update", "-qq")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        command = ["apt-get", "install", "-y", "-qq", "redis-server"]
+        print("+", " ".join(command), flush=True)
+        if subprocess.run(command, cwd=ROOT, check=False, env=env).returncode == 0:
+            return
+    print(
+        "! redis-server is not installed: the cluster tests will be skipped; "
+        "install it (Debian: sudo apt-get install redis-server) to run them",
+        flush=True,
+    )
+
+
 def main() -> None:
     """Dispatch the sub-command named on the command line."""
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
@@ -71,6 +92,7 @@ def main() -> None:
         run(PYTHON, "-m", "streammgr", "demo", *rest)
     elif command == "test":
         setup("dev")
+        ensure_redis_server()
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
         run(BIN / "mypy", "--strict", "streammgr", "benchmarks", "fuzz")

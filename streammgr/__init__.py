@@ -8,6 +8,7 @@ from ._batch import batched as batched
 from ._errors import DeadlineExceeded as DeadlineExceeded
 from ._errors import IdleTimeout as IdleTimeout
 from ._errors import LimiterError as LimiterError
+from ._errors import LimiterUnavailable as LimiterUnavailable
 from ._errors import ManagerClosed as ManagerClosed
 from ._errors import ReaderTimeout as ReaderTimeout
 from ._errors import SSEError as SSEError
@@ -31,6 +32,7 @@ from ._errors import UpstreamTruncated as UpstreamTruncated
 from ._limits import FairLimiter as FairLimiter
 from ._limits import Limiter as Limiter
 from ._limits import LimiterSnapshot as LimiterSnapshot
+from ._limits import LimiterStatus as LimiterStatus
 from ._limits import Permit as Permit
 from ._logging import redact as redact
 from ._logging import redact_secrets as redact_secrets
@@ -58,6 +60,8 @@ __all__ = [
     "Limiter",
     "LimiterError",
     "LimiterSnapshot",
+    "LimiterStatus",
+    "LimiterUnavailable",
     "ManagedStream",
     "ManagerClosed",
     "ManagerStats",

@@ -6,6 +6,7 @@
     ├── StreamLimitExceeded          not admitted: .limit names the limit, .retry_after in seconds
     ├── ManagerClosed                open() on a manager that is shutting down or closed
     ├── LimiterError                 the admission limiter itself failed (a Redis error...)
+    ├── LimiterUnavailable           a limiter's backend (Redis) cannot be reached: .retry_after
     ├── StreamCancelled              the stream was ended from outside: .reason, .close_reason
     │   └── StreamTimeout            ended by one of its timeouts: .timeout in seconds
     │       ├── ReaderTimeout        the reader did not take an item for reader_timeout
@@ -45,6 +46,7 @@ __all__ = [
     "DeadlineExceeded",
     "IdleTimeout",
     "LimiterError",
+    "LimiterUnavailable",
     "ManagerClosed",
     "ReaderTimeout",
     "SSEError",
@@ -104,12 +106,35 @@ class LimiterError(StreamError):
     Attributes:
         key: the admission key of the stream.
         stream_id: the id of the stream.
+        retry_after: seconds after which trying again may succeed, when the
+            limiter's error said so (a :class:`LimiterUnavailable`), else ``None``.
     """
 
-    def __init__(self, message: str, *, key: str, stream_id: str) -> None:
+    def __init__(
+        self, message: str, *, key: str, stream_id: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.key = key
         self.stream_id = stream_id
+        self.retry_after = retry_after
+
+
+class LimiterUnavailable(StreamError):
+    """A limiter's backend (Redis) cannot be reached, so nothing is admitted.
+
+    Raised by ``RedisLimiter`` when Redis is unreachable as it starts (``async
+    with``), and by its ``acquire`` while Redis is lost under the ``fail-closed``
+    policy. ``manager.open`` turns the latter into a :class:`LimiterError` whose
+    ``__cause__`` it is and whose ``retry_after`` it carries (an HTTP server
+    answers 503 with ``Retry-After`` and ``x-should-retry: true``).
+
+    Attributes:
+        retry_after: seconds after which trying again may succeed.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StreamCancelled(StreamError):

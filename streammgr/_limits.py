@@ -1,8 +1,10 @@
 """Admission: who may open a stream now, who waits, and who is turned away.
 
 The manager talks to admission only through the small :class:`Limiter` interface
-(acquire / release / resize / snapshot), so a distributed limiter (Redis, later) can
-replace the in-memory :class:`FairLimiter` without touching the manager.
+(acquire / release / resize / snapshot, and a lifetime: the manager enters its
+limiter as an async context manager), so a distributed limiter
+(``streammgr.cluster.RedisLimiter``) can replace the in-memory :class:`FairLimiter`
+without touching the manager.
 
 :class:`FairLimiter` keeps one FIFO queue per key and a heap of the keys whose head
 waiter could be admitted, ordered by arrival. When a slot frees, the oldest waiter
@@ -18,13 +20,15 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 import trio
 
 from ._errors import StreamLimitExceeded
 from ._validate import UNSET, _Unset, check_limit
 
-__all__ = ["FairLimiter", "Limiter", "LimiterSnapshot", "Permit"]
+__all__ = ["FairLimiter", "Limiter", "LimiterSnapshot", "LimiterStatus", "Permit"]
 
 # Smoothing factor of the running mean of slot hold times (for retry_after).
 _HOLD_SMOOTHING = 0.1
@@ -74,13 +78,57 @@ class LimiterSnapshot:
     waiting_by_key: Mapping[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class LimiterStatus:
+    """Whether a limiter works as configured (for probes and metrics).
+
+    Attributes:
+        degraded: the limiter's backend is lost and it runs on a fault policy.
+        detail: what is wrong and what the limiter does about it, or ``None``.
+        leases_lost: slots that a remote backend lost while a stream held them
+            (found missing at a renewal), since the limiter started.
+    """
+
+    degraded: bool = False
+    detail: str | None = None
+    leases_lost: int = 0
+
+
 class Limiter(abc.ABC):
     """The admission interface the manager uses.
 
     Implementations must be safe to call from any task of one Trio run. ``release``
     and ``resize`` must not block: a distributed implementation hands the remote
     update to a background task of its own.
+
+    Lifetime: ``StreamManager`` enters its limiter (``async with``) before it opens
+    its nursery and exits it after every stream has closed, so a limiter that needs
+    background tasks or a connection (Redis) starts and stops with the manager. The
+    defaults do nothing; a limiter that is also entered by its user must accept
+    being entered again while it is open (``RedisLimiter`` counts its entries).
     """
+
+    async def __aenter__(self) -> Self:
+        """Start what the limiter needs (a connection, background tasks)."""
+        return self
+
+    async def __aexit__(  # noqa: B027 - a no-op default, as the docstring says
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop what ``__aenter__`` started."""
+
+    def status(self) -> LimiterStatus:
+        """Whether the limiter works as configured; an in-memory one always does."""
+        return LimiterStatus()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values the manager must scrub from what it records and logs (a password
+        in the limiter's backend URL); none by default."""
+        return ()
 
     @abc.abstractmethod
     async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:

@@ -122,7 +122,8 @@ class StreamManager:
         history_size: how many closed streams ``history()`` remembers.
         limiter: an admission :class:`Limiter` to use instead of the in-memory
             :class:`FairLimiter` (then the three limits above must be left unset).
-        secrets: exact values (API keys...) to scrub from recorded and logged errors.
+        secrets: exact values (API keys...) to scrub from recorded and logged errors;
+            the limiter's own (``Limiter.secrets``: a Redis URL's password) are added.
     """
 
     def __init__(
@@ -163,6 +164,8 @@ class StreamManager:
         self._cleanup_timeout: float = check_option("cleanup_timeout", cleanup_timeout)
         self._registry = Registry(check_option("history_size", history_size))
         self._secrets = [value for value in check_strings("secrets", secrets) if value]
+        for value in limiter.secrets:  # a Redis URL's password...
+            self.add_secret(value)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self._nursery_manager: Any = None
@@ -190,8 +193,14 @@ class StreamManager:
         # Decided now, not at import: structlog if the application configured it,
         # else the standard library's "streammgr" logger (silent at INFO by default).
         runner.log = get_logger().bind()
+        # The limiter lives longer than every stream: entered first, exited last.
+        await self._limiter.__aenter__()
         self._nursery_manager = trio.open_nursery()
-        runner.nursery = await self._nursery_manager.__aenter__()
+        try:
+            runner.nursery = await self._nursery_manager.__aenter__()
+        except BaseException:
+            await self._limiter.__aexit__(None, None, None)
+            raise
         runner.nursery.start_soon(runner.watchdog.run, name="streammgr-watchdog")
         return self
 
@@ -215,6 +224,7 @@ class StreamManager:
                 _raise_from_nursery(group, exc)
             finally:
                 runner.close_watchers()
+                await self._limiter.__aexit__(None, None, None)
 
     async def aclose(self, grace: float | None = None) -> None:
         """Shut down: stop admitting, let streams finish, then cancel the rest.

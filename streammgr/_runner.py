@@ -34,6 +34,7 @@ from ._errors import (
     DeadlineExceeded,
     IdleTimeout,
     LimiterError,
+    LimiterUnavailable,
     ManagerClosed,
     ReaderTimeout,
     StreamCancelled,
@@ -283,6 +284,7 @@ class StreamRunner:
                 f"limiter's backend, then open it again",
                 key=record.key,
                 stream_id=record.id,
+                retry_after=exc.retry_after if isinstance(exc, LimiterUnavailable) else None,
             ) from exc
         except BaseException as exc:
             detail, error = reader_exit_detail(exc)

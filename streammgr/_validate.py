@@ -12,6 +12,7 @@ __all__ = [
     "MIN_SECONDS",
     "UNSET",
     "check_count",
+    "check_lease_ttl",
     "check_limit",
     "check_seconds",
     "check_strings",
@@ -113,6 +114,20 @@ def check_limit(name: str, value: int | None) -> int | None:
         bound = "a non-negative" if name == "max_waiting" else "a positive"
         raise ValueError(f"{name} must be {bound} int or None, got {value}")
     return value
+
+
+def check_lease_ttl(value: float) -> float:
+    """Validate a cluster lease's time to live (``RedisLimiter(lease_ttl=)`` and
+    ``serve --lease-ttl``): seconds from 0.05 to 3600.
+
+    Raises:
+        ValueError / TypeError: naming ``lease_ttl`` and the bad value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"lease_ttl must be a number of seconds, got {type(value).__name__}")
+    if not 0.05 <= value <= 3600:
+        raise ValueError(f"lease_ttl must be from 0.05 to 3600 seconds, got {value!r}")
+    return float(value)
 
 
 def json_type(value: object) -> str:

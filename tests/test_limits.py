@@ -457,3 +457,82 @@ async def test_limiter_failing_after_a_cancel_is_recorded_as_what_the_reader_got
     (error,) = errors
     got_limiter_error = isinstance(error, streammgr.LimiterError)
     assert got_limiter_error == (info.close_reason is CloseReason.LIMITER_ERROR), (error, info)
+
+
+class LifetimeLimiter(FlakyLimiter):
+    """Records when the manager enters and exits it, and each release."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    async def __aenter__(self) -> LifetimeLimiter:
+        await trio.sleep(1)  # a connection being made
+        self.events.append("enter")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.events.append(f"exit, {self.inner.snapshot().active} held")
+
+    def release(self, permit: Permit) -> None:
+        self.events.append("release")
+        super().release(permit)
+
+
+async def test_the_manager_enters_its_limiter_first_and_exits_it_last(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    """A limiter that needs a connection and tasks (Redis) starts before the first
+    stream and stops after the last slot is given back."""
+    limiter = LifetimeLimiter()
+    async with StreamManager(limiter=limiter) as manager:
+        assert limiter.events == ["enter"]
+        async with manager.open(probe.ticker, 2) as stream:
+            assert [item async for item in stream] == [0, 1]
+    assert limiter.events == ["enter", "release", "exit, 0 held"]
+
+
+async def test_the_default_limiter_lifetime_and_status_are_no_ops() -> None:
+    limiter = FairLimiter(1)
+    async with limiter as entered:
+        assert entered is limiter
+    assert limiter.status() == streammgr.LimiterStatus(degraded=False, detail=None, leases_lost=0)
+
+
+async def test_a_limiter_unavailable_gives_open_its_retry_after(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    """The limiter's backend lost (Redis, fail-closed): open() raises LimiterError with
+    the limiter's retry_after, for the HTTP edge's Retry-After."""
+    limiter = FlakyLimiter()
+    limiter.fail_acquire = streammgr.LimiterUnavailable("redis lost", retry_after=3.0)
+    async with StreamManager(limiter=limiter) as manager:
+        with pytest.raises(streammgr.LimiterError) as caught:
+            async with manager.open(probe.ticker, 1):
+                pass
+    assert caught.value.retry_after == 3.0
+    assert isinstance(caught.value.__cause__, streammgr.LimiterUnavailable)
+
+
+class SecretLimiter(FlakyLimiter):
+    """A limiter whose backend URL holds a password (as a Redis URL may)."""
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return ("pw-Backend-3301",)
+
+
+async def test_the_limiters_secrets_are_the_managers(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    """A limiter's error that quotes its URL's password reaches no reader and no record:
+    the manager scrubs the limiter's secrets without being told them."""
+    limiter = SecretLimiter()
+    limiter.fail_acquire = ConnectionError("AUTH failed for redis://:pw-Backend-3301@redis:6379")
+    async with StreamManager(limiter=limiter) as manager:
+        with pytest.raises(streammgr.LimiterError) as caught:
+            async with manager.open(probe.ticker, 1):
+                pass
+        (info,) = manager.history()
+    assert "pw-Backend-3301" not in str(caught.value)
+    assert "pw-Backend-3301" not in str(info.error)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import streammgr
+import streammgr.cluster
 import streammgr.server
 import streammgr.simulate
 import streammgr.sources
@@ -18,7 +19,15 @@ import streammgr.sse
 
 
 @pytest.mark.parametrize(
-    "module", [streammgr, streammgr.sse, streammgr.sources, streammgr.simulate, streammgr.server]
+    "module",
+    [
+        streammgr,
+        streammgr.sse,
+        streammgr.sources,
+        streammgr.simulate,
+        streammgr.server,
+        streammgr.cluster,
+    ],
 )
 def test_every_public_name_is_documented(module: object) -> None:
     names = module.__all__  # type: ignore[attr-defined]
@@ -188,3 +197,19 @@ def test_only_the_cli_room_imports_the_cli_toolkit(path: Path) -> None:
         for name in names:
             top = name.partition(".")[0]
             assert in_cli or top not in {"cyclopts", "rich"}, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda path: str(path.relative_to(PACKAGE))
+)
+def test_only_the_cluster_room_imports_coredis(path: Path) -> None:
+    # The extra is optional, and one module maps coredis' errors.
+    in_connection = path.parent.name == "cluster" and path.name == "_connection.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        for name in names:
+            assert in_connection or name.partition(".")[0] != "coredis", path.name

@@ -431,7 +431,14 @@ async def test_healthz_and_the_feed_answer_503_while_shutting_down(nursery: trio
         async with client(server) as http:
             health = await http.get("/admin/healthz")
             assert health.status_code == 200
-            assert health.json() == {"status": "ok", "active": 0, "waiting": 0}
+            assert health.json() == {
+                "status": "ok",
+                "active": 0,
+                "waiting": 0,
+                "limiter_degraded": False,
+                "limiter_detail": None,
+                "leases_lost": 0,
+            }
             async with manager.open(forever) as stream:
                 closing = trio.Event()
 

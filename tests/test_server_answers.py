@@ -13,6 +13,7 @@ import trio
 from streammgr import (
     CloseReason,
     IdleTimeout,
+    LimiterError,
     ManagerClosed,
     StreamCancelled,
     StreamLimitExceeded,
@@ -126,3 +127,17 @@ def test_the_sdk_retries_what_may_go_better_and_only_that(
     error: BaseException, retried: bool
 ) -> None:
     assert _sdk_retries(error_answer(error, "s1", None)) is retried
+
+
+def test_a_limiter_that_lost_its_backend_answers_503_with_retry_after() -> None:
+    """Redis lost under fail-closed: 503, Retry-After from the limiter, x-should-retry:
+    true (another instance, or this one a moment later, may admit); a limiter's other
+    failure stays a bare 503."""
+    lost = LimiterError("lost", key="k", stream_id="s", retry_after=3.0)
+    answer = error_answer(lost, "s", None)
+    headers = dict(answer.headers())
+    assert (answer.status, answer.code) == (503, "limiter_error")
+    assert headers[b"retry-after"] == b"3"
+    assert headers[b"x-should-retry"] == b"true"
+    other = error_answer(LimiterError("broke", key="k", stream_id="s"), "s", None)
+    assert b"retry-after" not in dict(other.headers())

@@ -13,14 +13,14 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import cyclopts
 from cyclopts import Parameter
 
 from .. import __version__
 from .._options import OPTIONS
-from .._validate import check_seconds
+from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
 from ._top import Column
 
@@ -91,6 +91,13 @@ def _origin(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _lease_ttl(type_: object, value: float) -> None:
+    try:
+        check_lease_ttl(value)  # the library's own check, with its words
+    except (TypeError, ValueError) as exc:
+        raise ValueError(_for_people(str(exc).removeprefix("lease_ttl "))) from None
+
+
 _HOST_ENTRY = re.compile(r"\*|\[[0-9A-Fa-f:.]+\](:\d{1,5})?|[A-Za-z0-9_.-]+\.?(:\d{1,5})?")
 
 
@@ -141,6 +148,15 @@ async def serve(
     body_timeout: Annotated[
         float | None, _env("body_timeout"), Parameter(validator=_seconds)
     ] = 15.0,
+    # Cluster mode (streammgr.cluster, extra cluster): not manager options of
+    # streammgr/_options.py (no other layer takes them), so defined here.
+    # Checked below, not by a validator: cyclopts would quote the value (a password).
+    redis_url: Annotated[str | None, _env("redis_url")] = None,
+    lease_ttl: Annotated[float, _env("lease_ttl"), Parameter(validator=_lease_ttl)] = 3.0,
+    instance_id: Annotated[str | None, _env("instance_id")] = None,
+    redis_fault_policy: Annotated[
+        Literal["fail-closed", "local"], _env("redis_fault_policy")
+    ] = "fail-closed",
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -169,6 +185,14 @@ async def serve(
         body_timeout: Seconds a request may take to arrive whole, head and body (a
             connection's first request: from its accept); then a 408 and the
             connection closed (none: no bound).
+        redis_url: Cluster mode: the Redis every instance shares (redis://[:password@]host:port/db);
+            --max-streams and --max-streams-per-key then hold across all of them. The
+            password is never logged.
+        lease_ttl: Seconds a slot's lease lives in Redis without renewal (renewed every third
+            of it): a dead instance's slots come back within it.
+        instance_id: This instance's name in Redis. Default: host:pid.
+        redis_fault_policy: While Redis is lost: refuse new streams with a 503 (fail-closed),
+            or admit against ceil(limit / instances last seen) of each limit (local).
     """
     from ._run import ServeSettings, run_serve
 
@@ -181,6 +205,11 @@ async def serve(
             check_exposure(host, admin_token)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise UsageError(
+            "--redis-url accepts a redis://, rediss:// or unix:// URL, e.g. "
+            "redis://redis:6379/0 (the value is not shown: it may hold a password)"
+        )
     api_key = None
     if upstream_api_key_env is not None:
         import os
@@ -210,6 +239,10 @@ async def serve(
         allowed_hosts=allowed_host,
         access_log=access_log,
         body_timeout=body_timeout,
+        redis_url=redis_url,
+        lease_ttl=lease_ttl,
+        instance_id=instance_id,
+        redis_fault_policy=redis_fault_policy,
     )
     return await run_serve(settings)
 

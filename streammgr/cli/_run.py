@@ -9,27 +9,38 @@ valid (exit code 2 is kept for that), the machine refused it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import structlog
 import trio
 
+from .._errors import LimiterUnavailable
 from .._manager import StreamManager
 from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
 
+if TYPE_CHECKING:
+    from ..cluster import RedisLimiter
+    from ..server import ServiceOptions
+
 __all__ = [
     "SIMULATED_UPSTREAM_URL",
     "ServeSettings",
+    "cluster_limiter",
     "listen_error_message",
     "run_serve",
     "run_simulate",
 ]
+
+# The limits a cluster limiter holds instead of the manager.
+_LIMITER_OPTIONS = frozenset({"max_streams", "max_streams_per_key", "max_waiting"})
 
 # The upstream's host when the built-in simulator answers in-process: nothing leaves.
 SIMULATED_UPSTREAM_URL = "http://simulated-upstream.invalid/v1"
@@ -65,6 +76,10 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     access_log: bool = False
     body_timeout: float | None = 15.0
+    redis_url: str | None = None
+    lease_ttl: float = 3.0
+    instance_id: str | None = None
+    redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -175,13 +190,7 @@ async def run_serve(settings: ServeSettings) -> int:
     """``streammgr serve``: the gateway until a signal; returns the exit code."""
     configure_logging(settings.log_format)
     try:
-        from ..server import (
-            ServiceOptions,
-            admin_app,
-            build_service_app,
-            is_loopback_host,
-            serve_service,
-        )
+        from ..server import ServiceOptions, is_loopback_host
     except ImportError as exc:
         raise SystemExit(
             f"streammgr serve needs the server extra ({exc.name} is missing): "
@@ -195,11 +204,25 @@ async def run_serve(settings: ServeSettings) -> int:
     if upstream_url is None:
         transport = SimulatedTransport(SimulatedUpstream())
         upstream_url = SIMULATED_UPSTREAM_URL
-    manager = StreamManager(
-        # Every manager option serve has a flag for (streammgr/_options.py).
-        **{name: getattr(settings, name) for name in serve_options()},
-        secrets=[value for value in (settings.api_key, settings.admin_token) if value],
-    )
+    secrets = [value for value in (settings.api_key, settings.admin_token) if value]
+    limiter = cluster_limiter(settings)
+    if limiter is None:
+        manager = StreamManager(
+            # Every manager option serve has a flag for (streammgr/_options.py).
+            **{name: getattr(settings, name) for name in serve_options()},
+            secrets=secrets,
+        )
+    else:
+        # The limits are the cluster limiter's; the other options are the manager's.
+        manager = StreamManager(
+            **{
+                name: getattr(settings, name)
+                for name in serve_options()
+                if name not in _LIMITER_OPTIONS
+            },
+            limiter=limiter,  # its password joins the manager's secrets
+            secrets=secrets,
+        )
     options = ServiceOptions(
         upstream_url=upstream_url,
         api_key=settings.api_key,
@@ -221,36 +244,84 @@ async def run_serve(settings: ServeSettings) -> int:
         upstream="built-in simulator" if settings.upstream_url is None else upstream_url,
         max_streams=settings.max_streams,
         max_streams_per_key=settings.max_streams_per_key,
+        # Across every instance on that Redis (its password shown as ***).
+        cluster=None if limiter is None else limiter.connection.url,
     )
-    async with upstream_client(settings.max_streams, transport) as upstream:
-        # The inspection API, at /admin (check_exposure refused an exposed one
-        # without a token before anything started).
-        admin = admin_app(
+    async with contextlib.AsyncExitStack() as stack:
+        if limiter is not None:
+            # Connected before serving (the manager's own entry nests in this one):
+            # Redis unreachable is a clear error and exit code 1, not a server that
+            # refuses every stream.
+            try:
+                await stack.enter_async_context(limiter)
+            except LimiterUnavailable as exc:
+                log.error(  # noqa: TRY400 - the reason is enough: no traceback
+                    "gateway.limiter_unavailable", error=str(exc)
+                )
+                return 1
+        upstream = await stack.enter_async_context(upstream_client(settings.max_streams, transport))
+        return await _serve_gateway(settings, manager, upstream, options)
+
+
+def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
+    """The Redis limiter of ``--redis-url`` (``None`` without it)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        from ..cluster import RedisLimiter
+    except ImportError as exc:
+        raise SystemExit(
+            f"streammgr serve --redis-url needs the cluster extra ({exc.name} is missing): "
+            f"pip install 'streammgr[server,cli,cluster]'"
+        ) from None
+    return RedisLimiter(
+        settings.redis_url,
+        max_streams=settings.max_streams,
+        max_streams_per_key=settings.max_streams_per_key,
+        max_waiting=settings.max_waiting,
+        lease_ttl=settings.lease_ttl,
+        instance_id=settings.instance_id,
+        fault_policy=settings.redis_fault_policy,
+    )
+
+
+async def _serve_gateway(
+    settings: ServeSettings,
+    manager: StreamManager,
+    upstream: httpx.AsyncClient,
+    options: ServiceOptions,
+) -> int:
+    """The gateway and its inspection API, served until a signal."""
+    from ..server import admin_app, build_service_app, serve_service
+
+    # The inspection API, at /admin (check_exposure refused an exposed one
+    # without a token before anything started).
+    admin = admin_app(
+        manager,
+        token=settings.admin_token,
+        prefix="",
+        allowed_hosts=settings.allowed_hosts or None,
+        allowed_origins=settings.cors_origins,
+    )
+    app = build_service_app(
+        manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
+    )
+
+    async def run(
+        stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
+    ) -> None:
+        await serve_service(
+            app,
             manager,
-            token=settings.admin_token,
-            prefix="",
-            allowed_hosts=settings.allowed_hosts or None,
-            allowed_origins=settings.cors_origins,
-        )
-        app = build_service_app(
-            manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
+            host=settings.host,
+            port=settings.port,
+            shutdown_trigger=stop,
+            grace=settings.shutdown_grace,
+            body_timeout=settings.body_timeout,
+            task_status=task_status,
         )
 
-        async def run(
-            stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
-        ) -> None:
-            await serve_service(
-                app,
-                manager,
-                host=settings.host,
-                port=settings.port,
-                shutdown_trigger=stop,
-                grace=settings.shutdown_grace,
-                body_timeout=settings.body_timeout,
-                task_status=task_status,
-            )
-
-        return await _until_stopped(run, "gateway", settings.host, settings.port)
+    return await _until_stopped(run, "gateway", settings.host, settings.port)
 
 
 async def run_simulate(*, host: str, port: int, seed: int, log_format: LogFormat) -> int:

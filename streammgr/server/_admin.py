@@ -584,7 +584,15 @@ def admin_app(
         current = manager.stats()
         if current.closing:
             raise _shutting_down()
-        return Health(status="ok", active=current.active, waiting=current.waiting)
+        limiter = manager.limiter.status()
+        return Health(
+            status="degraded" if limiter.degraded else "ok",
+            active=current.active,
+            waiting=current.waiting,
+            limiter_degraded=limiter.degraded,
+            limiter_detail=redact(limiter.detail, secrets) if limiter.detail else None,
+            leases_lost=limiter.leases_lost,
+        )
 
     @router.get(
         "/metrics",

@@ -198,9 +198,21 @@ class Stats(BaseModel):
 class Health(BaseModel):
     """``GET /healthz``."""
 
-    status: str = Field(description="'ok', or 'shutting_down' (with a 503).")
+    status: str = Field(
+        description="'ok', 'degraded' (the limiter's backend is lost), or 'shutting_down' "
+        "(with a 503)."
+    )
     active: int
     waiting: int
+    limiter_degraded: bool = Field(
+        default=False, description="The admission limiter's backend (Redis) is lost."
+    )
+    limiter_detail: str | None = Field(
+        default=None, description="What the limiter does about it (its fault policy)."
+    )
+    leases_lost: int = Field(
+        default=0, description="Leases found missing in Redis while a stream held them."
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -201,6 +201,10 @@ def error_answer(error: BaseException, stream_id: str, recorded: str | None) -> 
             "service_unavailable",
             "limiter_error",
             f"admission is unavailable (stream {stream_id}); retry, or see the server's logs",
+            # A limiter that knows when to come back (Redis lost, fail-closed) says so:
+            # another instance, or this one a moment later, may admit the request.
+            error.retry_after,
+            True if error.retry_after is not None else None,
         )
     if isinstance(error, StreamCancelled):
         reason = error.close_reason

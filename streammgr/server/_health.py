@@ -40,7 +40,8 @@ def health_routes(manager: StreamManager, state: ReadyState) -> list[Route]:
     200 ``{"status": "ready"}`` while the manager runs and admits streams; 503
     ``{"status": "starting"}`` before the lifespan has started it, 503
     ``{"status": "draining"}`` once its shutdown has begun (a signal came: take the
-    instance out of the load balancer).
+    instance out of the load balancer), 503 ``{"status": "degraded"}`` while its
+    admission limiter has lost its backend (Redis; ``/admin/healthz`` says more).
     """
 
     async def healthz(request: Request) -> Response:
@@ -55,6 +56,10 @@ def health_routes(manager: StreamManager, state: ReadyState) -> list[Route]:
             return JSONResponse({"status": "starting"}, 503, headers=_NO_STORE)
         if state.stopped or manager.stats().closing:
             return JSONResponse({"status": "draining"}, 503, headers=_NO_STORE)
+        if manager.limiter.status().degraded:
+            # Redis lost: the instance still serves its running streams (and, with the
+            # local policy, a share of new ones); say so without the details.
+            return JSONResponse({"status": "degraded"}, 503, headers=_NO_STORE)
         return JSONResponse({"status": "ready"}, headers=_NO_STORE)
 
     # Every method routed here (the gateway's catch-all mount would answer a 404).

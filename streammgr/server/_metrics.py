@@ -98,6 +98,18 @@ class _ManagerCollector(Collector):
             # A limit too large for a float is no limit, as far as a gauge can say.
             value = math.inf if limit is None or limit > 2**53 else limit
             yield GaugeMetricFamily(PREFIX + name, f"{text.capitalize()} (+Inf: none).", value)
+        limiter = self._manager.limiter.status()
+        yield GaugeMetricFamily(
+            PREFIX + "limiter_degraded",
+            "1 while the admission limiter's backend (Redis) is lost and it runs on its "
+            "fault policy (--redis-fault-policy).",
+            value=int(limiter.degraded),
+        )
+        yield CounterMetricFamily(
+            PREFIX + "leases_lost",
+            "Admission leases found missing in Redis while a stream held them.",
+            value=limiter.leases_lost,
+        )
         yield GaugeMetricFamily(
             PREFIX + "manager_closing",
             "1 once the manager has stopped admitting (shutting down or closed).",
