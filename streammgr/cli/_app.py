@@ -103,6 +103,18 @@ def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _workers(type_: object, value: int) -> None:
+    if value < 1:
+        raise ValueError("Accepts a whole number of worker processes, at least 1")
+
+
+def _redis_url(type_: object, value: str | None) -> None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "Accepts a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0"
+        )
+
+
 app = cyclopts.App(
     name="streammgr",
     help="Run many streaming responses at once, safely.",
@@ -141,6 +153,8 @@ async def serve(
     body_timeout: Annotated[
         float | None, _env("body_timeout"), Parameter(validator=_seconds)
     ] = 15.0,
+    workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
+    redis_url: Annotated[str | None, _env("redis_url"), Parameter(validator=_redis_url)] = None,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -169,8 +183,17 @@ async def serve(
         body_timeout: Seconds a request may take to arrive whole, head and body (a
             connection's first request: from its accept); then a 408 and the
             connection closed (none: no bound).
+        workers: Worker processes serving the one port (more than 1 needs --redis-url,
+            so that they share the limits); the parent supervises them.
+        redis_url: The Redis the instances share their limits through.
     """
     from ._run import ServeSettings, run_serve
+    from ._workers import check_workers
+
+    try:
+        check_workers(workers, redis_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     try:
         from ..server import check_exposure
@@ -210,7 +233,12 @@ async def serve(
         allowed_hosts=allowed_host,
         access_log=access_log,
         body_timeout=body_timeout,
+        redis_url=redis_url,
     )
+    if workers > 1:
+        from ._workers import run_workers
+
+        return await run_workers(settings, workers)
     return await run_serve(settings)
 
 

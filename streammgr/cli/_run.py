@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 import structlog
@@ -65,6 +66,7 @@ class ServeSettings:
     allowed_hosts: tuple[str, ...] = ()
     access_log: bool = False
     body_timeout: float | None = 15.0
+    redis_url: str | None = None
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -171,8 +173,20 @@ def upstream_client(
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
 
 
-async def run_serve(settings: ServeSettings) -> int:
-    """``streammgr serve``: the gateway until a signal; returns the exit code."""
+async def run_serve(
+    settings: ServeSettings,
+    *,
+    sockets: Sequence[socket.socket] = (),
+    on_listening: Callable[[list[str]], object] | None = None,
+) -> int:
+    """``streammgr serve``: the gateway until a signal; returns the exit code.
+
+    Args:
+        settings: the parsed flags.
+        sockets: listening sockets to accept on instead of ``settings.host`` and
+            ``settings.port`` (a worker of ``--workers``, given its parent's).
+        on_listening: called with the URLs once the gateway accepts connections.
+    """
     configure_logging(settings.log_format)
     try:
         from ..server import (
@@ -222,6 +236,13 @@ async def run_serve(settings: ServeSettings) -> int:
         max_streams=settings.max_streams,
         max_streams_per_key=settings.max_streams_per_key,
     )
+    if settings.redis_url is not None:
+        # Placeholder until streammgr.cluster.RedisLimiter is wired here (the
+        # cluster-limiter branch): the flag only satisfies --workers' check so far.
+        log.warning(
+            "gateway.limits_not_shared",
+            reason="this build does not use --redis-url yet: each process enforces its own limits",
+        )
     async with upstream_client(settings.max_streams, transport) as upstream:
         # The inspection API, at /admin (check_exposure refused an exposed one
         # without a token before anything started).
@@ -239,16 +260,23 @@ async def run_serve(settings: ServeSettings) -> int:
         async def run(
             stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
         ) -> None:
-            await serve_service(
-                app,
-                manager,
-                host=settings.host,
-                port=settings.port,
-                shutdown_trigger=stop,
-                grace=settings.shutdown_grace,
-                body_timeout=settings.body_timeout,
-                task_status=task_status,
-            )
+            async with trio.open_nursery() as nursery:
+                urls = await nursery.start(
+                    partial(
+                        serve_service,
+                        app,
+                        manager,
+                        host=settings.host,
+                        port=settings.port,
+                        shutdown_trigger=stop,
+                        grace=settings.shutdown_grace,
+                        body_timeout=settings.body_timeout,
+                        sockets=sockets,
+                    )
+                )
+                if on_listening is not None:
+                    on_listening(urls)
+                task_status.started(urls)
 
         return await _until_stopped(run, "gateway", settings.host, settings.port)
 
