@@ -123,6 +123,7 @@ http {{
     scgi_temp_path {directory}/scgi;
     upstream streammgr {{
 {servers}        keepalive 32;
+        keepalive_timeout 60s;
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -130,7 +131,7 @@ http {{
             proxy_pass http://streammgr;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
+            proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_buffering off;
             proxy_request_buffering off;
