@@ -168,3 +168,22 @@ async def test_a_port_in_use_is_one_line_and_exit_one(nursery: trio.Nursery) -> 
     assert process.returncode == 1
     assert b"gateway.cannot_listen" in process.stderr
     assert str(port).encode() in process.stderr
+
+
+async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one() -> None:
+    # Each worker runs `python -m this` instead: it prints the Zen of Python and exits
+    # without ever listening, as a worker that fails at start would.
+    script = (
+        "import sys; import streammgr.cli._workers as workers; "
+        "workers._WORKER_MODULE = 'this'; "
+        "from streammgr.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["serve", "--workers", "2", *cluster_args(), "--port", "0", "--log-format", "json"]
+    with trio.fail_after(PATIENCE):
+        process = await trio.run_process(
+            [sys.executable, "-c", script, *argv], capture_stderr=True, check=False
+        )
+    assert process.returncode == 1
+    assert b'"workers.failed"' in process.stderr
+    assert b'"workers.listening"' not in process.stderr
+    assert b"Traceback" not in process.stderr
