@@ -15,7 +15,7 @@ import httpx
 import trio
 
 from .cli_helpers import PATIENCE
-from .cluster_helpers import Cluster, open_cluster
+from .cluster_helpers import Cluster, cluster_args, open_cluster
 from .fault_helpers import raw_post
 
 
@@ -102,3 +102,22 @@ async def test_tokens_come_through_nginx_as_they_are_sent(tmp_path: Path) -> Non
         await response.stream.aclose()
         assert response.body.count(b'"content"') >= 20
         await _until_every_upstream_closed(cluster, 1)
+
+
+async def test_each_instance_gets_its_own_serve_flags(tmp_path: Path) -> None:
+    # The seam the cluster tests use: --redis-url, limits, --workers, per instance.
+    serve_args = [["--workers", "2", *cluster_args()], ["--max-streams", "3"]]
+    async with open_cluster(tmp_path, instances=2, serve_args=serve_args) as cluster:
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            limits = [
+                (await client.get(f"http://127.0.0.1:{port}/admin/limits")).json()
+                for port in cluster.instance_ports
+            ]
+            assert limits[0]["max_streams"] == 100
+            assert limits[1]["max_streams"] == 3
+            for _ in range(4):  # round robin: both instances, the first's workers
+                response = await client.post(
+                    f"{cluster.url}/v1/chat/completions", json=_chat(3, 0.0)
+                )
+                assert response.text.endswith("data: [DONE]\n\n")
+        await _until_every_upstream_closed(cluster, 4)
