@@ -2,7 +2,7 @@
 
 Run it with::
 
-    .venv/bin/python benchmarks/bench_workers.py            # 200 streams, 3 repeats (about a minute)
+    .venv/bin/python benchmarks/bench_workers.py            # 200 streams, 3 repeats (~1 minute)
     .venv/bin/python benchmarks/bench_workers.py --quick    # 100 streams, 1 repeat
     .venv/bin/python benchmarks/bench_workers.py --redis-url redis://127.0.0.1:6379/0
 
