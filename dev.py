@@ -7,7 +7,8 @@
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
                             # (pytest includes the wheel and sdist check: tests/test_packaging.py;
-                            # the cluster tests need redis-server: installed when root may)
+                            # the cluster tests need redis-server and nginx: installed
+                            # when root may)
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
 Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already
@@ -74,6 +75,30 @@ def ensure_redis_server() -> None:
     )
 
 
+def ensure_nginx() -> None:
+    """The cluster rig puts Debian's nginx in front of the instances
+    (tests/cluster_helpers.py): install nginx-light when missing and root may (CI),
+    else say how; the rig runs its own nginx, never the system service."""
+    if Path("/usr/sbin/nginx").exists() or shutil.which("nginx"):
+        return
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "nginx-light"],
+        ):
+            print("+", " ".join(command), flush=True)
+            if subprocess.run(command, cwd=ROOT, check=False, env=env).returncode != 0:
+                break
+        else:
+            return
+    print(
+        "! nginx is not installed: the cluster rig's tests will be skipped; "
+        "install it (Debian: sudo apt-get install nginx-light) to run them",
+        flush=True,
+    )
+
+
 def main() -> None:
     """Dispatch the sub-command named on the command line."""
     command = sys.argv[1] if len(sys.argv) > 1 else "serve"
@@ -93,6 +118,7 @@ def main() -> None:
     elif command == "test":
         setup("dev")
         ensure_redis_server()
+        ensure_nginx()
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
         run(BIN / "mypy", "--strict", "streammgr", "benchmarks", "fuzz")

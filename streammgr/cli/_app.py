@@ -110,6 +110,11 @@ def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _workers(type_: object, value: int) -> None:
+    if value < 1:
+        raise ValueError("Accepts a whole number of worker processes, at least 1")
+
+
 app = cyclopts.App(
     name="streammgr",
     help="Run many streaming responses at once, safely.",
@@ -148,6 +153,7 @@ async def serve(
     body_timeout: Annotated[
         float | None, _env("body_timeout"), Parameter(validator=_seconds)
     ] = 15.0,
+    workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
     # Cluster mode (streammgr.cluster, extra cluster): not manager options of
     # streammgr/_options.py (no other layer takes them), so defined here.
     # Checked below, not by a validator: cyclopts would quote the value (a password).
@@ -185,6 +191,8 @@ async def serve(
         body_timeout: Seconds a request may take to arrive whole, head and body (a
             connection's first request: from its accept); then a 408 and the
             connection closed (none: no bound).
+        workers: Worker processes serving the one port (more than 1 needs --redis-url,
+            so that they share the limits); the parent supervises them.
         redis_url: Cluster mode: the Redis every instance shares (redis://[:password@]host:port/db);
             --max-streams and --max-streams-per-key then hold across all of them. The
             password is never logged.
@@ -195,6 +203,12 @@ async def serve(
             or admit against ceil(limit / instances last seen) of each limit (local).
     """
     from ._run import ServeSettings, run_serve
+    from ._workers import check_workers
+
+    try:
+        check_workers(workers, redis_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     try:
         from ..server import check_exposure
@@ -244,6 +258,10 @@ async def serve(
         instance_id=instance_id,
         redis_fault_policy=redis_fault_policy,
     )
+    if workers > 1:
+        from ._workers import run_workers
+
+        return await run_workers(settings, workers)
     return await run_serve(settings)
 
 
