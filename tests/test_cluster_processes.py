@@ -35,7 +35,7 @@ import trio
 
 from .cli_helpers import PATIENCE
 from .cluster_helpers import Cluster, open_cluster, pid_alive
-from .fault_helpers import raw_request
+from .fault_helpers import chat, raw_request
 from .redis_helpers import RedisServer, redis_client, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name
@@ -62,16 +62,7 @@ def _serve_args(redis: RedisServer, *extra: str, lease_ttl: float = 3.0) -> list
 
 
 def _chat(tokens: int, token_latency: float) -> dict[str, object]:
-    return {
-        "model": "sim-small",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "streammgr_simulate": {
-            "tokens": tokens,
-            "first_token_latency": 0,
-            "token_latency": token_latency,
-        },
-    }
+    return chat(tokens=tokens, first_token_latency=0, token_latency=token_latency)
 
 
 @dataclass
