@@ -5,6 +5,7 @@ Real processes over loopback; every wait is on a log line or a condition, bounde
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -187,3 +188,30 @@ async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one() -> 
     assert b'"workers.failed"' in process.stderr
     assert b'"workers.listening"' not in process.stderr
     assert b"Traceback" not in process.stderr
+
+
+async def test_each_log_line_is_one_write() -> None:
+    # The parent and its workers share one stderr: a line written in two pieces (the
+    # text, then its newline) interleaves with another process's line.
+    script = (
+        "import io, json, sys\n"
+        "writes = []\n"
+        "class Recorder(io.TextIOBase):\n"
+        "    def write(self, text):\n"
+        "        writes.append(text)\n"
+        "        return len(text)\n"
+        "sys.stderr = Recorder()\n"
+        "import structlog\n"
+        "from streammgr.cli._logging import configure_logging\n"
+        "configure_logging('json')\n"
+        "structlog.get_logger('streammgr.cli').info('gateway.listening', urls=['u'])\n"
+        "structlog.get_logger('streammgr.cli').warning('workers.worker_exited', code=-9)\n"
+        "print(json.dumps(writes))\n"
+    )
+    with trio.fail_after(PATIENCE):
+        process = await trio.run_process(
+            [sys.executable, "-c", script], capture_stdout=True, check=True
+        )
+    writes = json.loads(process.stdout)
+    assert len(writes) == 2, writes
+    assert all(text.endswith("\n") and text.count("\n") == 1 for text in writes)
