@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -29,16 +29,23 @@ class CliProcess:
 
     async def until(self, event: str) -> dict[str, object]:
         """Read the log (bounded) until a line with ``event``; return it."""
+        found = await self.until_lines(lambda line: line.get("event") == event, 1, event)
+        return found[0]
+
+    async def until_lines(
+        self, matches: Callable[[dict[str, object]], bool], count: int, what: str
+    ) -> list[dict[str, object]]:
+        """Read the log (bounded) until ``count`` lines match; return them."""
         stderr = self.process.stderr
         assert stderr is not None
         with trio.fail_after(PATIENCE):
             while True:
-                for line in self.events:
-                    if line.get("event") == event:
-                        return line
+                found = [line for line in self.events if matches(line)]
+                if len(found) >= count:
+                    return found
                 data = await stderr.receive_some(65536)
                 if not data:
-                    raise AssertionError(f"the process ended before {event}: {self.events}")
+                    raise AssertionError(f"the process ended before {what}: {self.events}")
                 self._pending += data
                 *lines, self._pending = self._pending.split(b"\n")
                 for line_bytes in lines:

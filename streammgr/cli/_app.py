@@ -110,6 +110,11 @@ def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _workers(type_: object, value: int) -> None:
+    if value < 1:
+        raise ValueError("Accepts a whole number of worker processes, at least 1")
+
+
 app = cyclopts.App(
     name="streammgr",
     help="Run many streaming responses at once, safely.",
@@ -157,6 +162,7 @@ async def serve(
     redis_fault_policy: Annotated[
         Literal["fail-closed", "local"], _env("redis_fault_policy")
     ] = "fail-closed",
+    workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -193,8 +199,16 @@ async def serve(
         instance_id: This instance's name in Redis. Default: host:pid.
         redis_fault_policy: While Redis is lost: refuse new streams with a 503 (fail-closed),
             or admit against ceil(limit / instances last seen) of each limit (local).
+        workers: Worker processes serving the one port (more than 1 needs --redis-url,
+            so that they share the limits); the parent supervises them.
     """
     from ._run import ServeSettings, run_serve
+    from ._workers import check_workers
+
+    try:
+        check_workers(workers, redis_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     try:
         from ..server import check_exposure
@@ -244,6 +258,10 @@ async def serve(
         instance_id=instance_id,
         redis_fault_policy=redis_fault_policy,
     )
+    if workers > 1:
+        from ._workers import run_workers
+
+        return await run_workers(settings, workers)
     return await run_serve(settings)
 
 

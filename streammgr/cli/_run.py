@@ -13,8 +13,9 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import httpx
@@ -186,8 +187,20 @@ def upstream_client(
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
 
 
-async def run_serve(settings: ServeSettings) -> int:
-    """``streammgr serve``: the gateway until a signal; returns the exit code."""
+async def run_serve(
+    settings: ServeSettings,
+    *,
+    sockets: Sequence[socket.socket] = (),
+    on_listening: Callable[[list[str]], object] | None = None,
+) -> int:
+    """``streammgr serve``: the gateway until a signal; returns the exit code.
+
+    Args:
+        settings: the parsed flags.
+        sockets: listening sockets to accept on instead of ``settings.host`` and
+            ``settings.port`` (a worker of ``--workers``, given its parent's).
+        on_listening: called with the URLs once the gateway accepts connections.
+    """
     configure_logging(settings.log_format)
     try:
         from ..server import ServiceOptions, is_loopback_host
@@ -260,7 +273,9 @@ async def run_serve(settings: ServeSettings) -> int:
                 )
                 return 1
         upstream = await stack.enter_async_context(upstream_client(settings.max_streams, transport))
-        return await _serve_gateway(settings, manager, upstream, options)
+        return await _serve_gateway(
+            settings, manager, upstream, options, sockets=sockets, on_listening=on_listening
+        )
 
 
 def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
@@ -280,6 +295,7 @@ def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
         max_streams_per_key=settings.max_streams_per_key,
         max_waiting=settings.max_waiting,
         lease_ttl=settings.lease_ttl,
+        # None: host:pid, computed here, in the process that serves (each worker's own).
         instance_id=settings.instance_id,
         fault_policy=settings.redis_fault_policy,
     )
@@ -290,6 +306,9 @@ async def _serve_gateway(
     manager: StreamManager,
     upstream: httpx.AsyncClient,
     options: ServiceOptions,
+    *,
+    sockets: Sequence[socket.socket],
+    on_listening: Callable[[list[str]], object] | None,
 ) -> int:
     """The gateway and its inspection API, served until a signal."""
     from ..server import admin_app, build_service_app, serve_service
@@ -310,16 +329,23 @@ async def _serve_gateway(
     async def run(
         stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
     ) -> None:
-        await serve_service(
-            app,
-            manager,
-            host=settings.host,
-            port=settings.port,
-            shutdown_trigger=stop,
-            grace=settings.shutdown_grace,
-            body_timeout=settings.body_timeout,
-            task_status=task_status,
-        )
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                partial(
+                    serve_service,
+                    app,
+                    manager,
+                    host=settings.host,
+                    port=settings.port,
+                    shutdown_trigger=stop,
+                    grace=settings.shutdown_grace,
+                    body_timeout=settings.body_timeout,
+                    sockets=sockets,
+                )
+            )
+            if on_listening is not None:
+                on_listening(urls)
+            task_status.started(urls)
 
     return await _until_stopped(run, "gateway", settings.host, settings.port)
 

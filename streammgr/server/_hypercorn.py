@@ -51,7 +51,8 @@ import copy
 import json
 import math
 import select
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
 import h11
@@ -521,6 +522,7 @@ async def serve(
     body_timeout: float | None = 15.0,
     keep_alive_timeout: float = 75.0,
     config: Config | None = None,
+    sockets: Sequence[socket.socket] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve an ASGI app over HTTP with hypercorn's trio worker until shut down.
@@ -551,6 +553,9 @@ async def serve(
             pools (httpx: 5 s), so that the client, not the server, closes it.
         config: hypercorn's configuration for everything else (timeouts, limits,
             logging); its ``bind`` and TLS settings are not used.
+        sockets: listening sockets to accept on instead of opening ``host`` and
+            ``port`` (``streammgr serve --workers``: the parent binds them once,
+            each worker accepts on the same ones). Closed when serving ends.
         task_status: ``nursery.start(serve, app, ...)`` returns the list of URLs
             listened on, e.g. ``["http://127.0.0.1:8000"]``, once accepting.
 
@@ -617,7 +622,10 @@ async def serve(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
+            if sockets:
+                listeners = [_listener(inherited) for inherited in sockets]
+            else:
+                listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
             urls = []
             for listener in listeners:
                 address = listener.socket.getsockname()
@@ -646,6 +654,14 @@ async def serve(
         reaper.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def _listener(inherited: socket.socket) -> trio.SocketListener:
+    """A Trio listener on a socket already bound and listening (inherited from a
+    parent process)."""
+    if inherited.type != socket.SOCK_STREAM:
+        raise ValueError(f"sockets must be listening TCP sockets, got {inherited!r}")
+    return trio.SocketListener(trio.socket.from_stdlib_socket(inherited))
 
 
 async def _serve_listeners(

@@ -9,6 +9,7 @@ in-flight requests nothing when it shuts down.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -263,6 +264,7 @@ async def serve_service(
     backlog: int = 1024,
     body_timeout: float | None = 15.0,
     keep_alive_timeout: float = 75.0,
+    sockets: Sequence[socket.socket] = (),
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -290,6 +292,8 @@ async def serve_service(
             :func:`~streammgr.server.serve`.
         keep_alive_timeout: seconds an idle connection is kept for its next request:
             longer than the clients' own pool expiry (see docs/operations.md).
+        sockets: listening sockets to accept on instead of ``host`` and ``port``
+            (see :func:`~streammgr.server.serve`).
         task_status: ``nursery.start`` returns the URLs listened on.
     """
     config = Config()
@@ -307,5 +311,6 @@ async def serve_service(
             body_timeout=body_timeout,
             keep_alive_timeout=keep_alive_timeout,
             config=config,
+            sockets=sockets,
             task_status=task_status,
         )
