@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,16 +19,9 @@ from pathlib import Path
 import coredis
 import pytest
 
-from tests.server_helpers import PATIENCE, missing_server
+from tests.server_helpers import PATIENCE, free_port, missing_server
 
 __all__ = ["RedisServer", "keys_without_ttl", "redis_client", "redis_server"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -41,7 +33,7 @@ class RedisServer:
     """
 
     def __init__(self, directory: Path, password: str | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.password = password
         auth = f":{password}@" if password else ""
