@@ -7,8 +7,7 @@
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
                             # (pytest includes the wheel and sdist check: tests/test_packaging.py;
-                            # the cluster tests need redis-server and nginx: installed
-                            # when root may)
+                            # the cluster tests need redis-server and nginx: installed as root)
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
 Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already
@@ -56,47 +55,42 @@ def setup(extras: str) -> None:
     stamp.touch()
 
 
-def ensure_redis_server() -> None:
-    """The cluster tests run a real redis-server (Debian's package): install it when
-    missing and root may (CI), else say how; never start the system service."""
-    if shutil.which("redis-server"):
-        return
-    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
-        run("apt-get", "update", "-qq")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        command = ["apt-get", "install", "-y", "-qq", "redis-server"]
-        print("+", " ".join(command), flush=True)
-        if subprocess.run(command, cwd=ROOT, check=False, env=env).returncode == 0:
-            return
-    print(
-        "! redis-server is not installed: the cluster tests will be skipped; "
-        "install it (Debian: sudo apt-get install redis-server) to run them",
-        flush=True,
-    )
+# The real servers the tests run (Debian's packages): program -> (package, who needs it).
+# The tests start their own on free ports and stop them; never the system services.
+SERVERS = {
+    "redis-server": ("redis-server", "the cluster tests (a real Redis)"),
+    "nginx": ("nginx-light", "the cluster rig's tests (nginx as the load balancer)"),
+}
 
 
-def ensure_nginx() -> None:
-    """The cluster rig puts Debian's nginx in front of the instances
-    (tests/cluster_helpers.py): install nginx-light when missing and root may (CI),
-    else say how; the rig runs its own nginx, never the system service."""
-    if Path("/usr/sbin/nginx").exists() or shutil.which("nginx"):
+def _installed(program: str) -> bool:
+    return shutil.which(program) is not None or Path(f"/usr/sbin/{program}").exists()
+
+
+def ensure_servers() -> None:
+    """Install the servers the tests need when missing and root may (CI: apt-get),
+    else say how; their tests skip without them, and fail under CI=true."""
+    missing = [program for program in SERVERS if not _installed(program)]
+    if not missing:
         return
     if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        packages = [SERVERS[program][0] for program in missing]
         for command in (
             ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "nginx-light"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
         ):
             print("+", " ".join(command), flush=True)
             if subprocess.run(command, cwd=ROOT, check=False, env=env).returncode != 0:
                 break
-        else:
-            return
-    print(
-        "! nginx is not installed: the cluster rig's tests will be skipped; "
-        "install it (Debian: sudo apt-get install nginx-light) to run them",
-        flush=True,
-    )
+        missing = [program for program in missing if not _installed(program)]
+    for program in missing:
+        package, needed_by = SERVERS[program]
+        print(
+            f"! {program} is not installed: {needed_by} will be skipped; "
+            f"install it (Debian: sudo apt-get install {package}) to run them",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -117,8 +111,7 @@ def main() -> None:
         run(PYTHON, "-m", "streammgr", "demo", *rest)
     elif command == "test":
         setup("dev")
-        ensure_redis_server()
-        ensure_nginx()
+        ensure_servers()
         run(BIN / "ruff", "check", ".")
         run(BIN / "ruff", "format", "--check", ".")
         run(BIN / "mypy", "--strict", "streammgr", "benchmarks", "fuzz")

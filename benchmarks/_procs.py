@@ -37,6 +37,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,27 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``redis-server`` on a free port (no persistence, files in ``directory``);
+    returns the process and its URL. The caller kills it."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    args = [executable, "--port", str(port), "--bind", "127.0.0.1"]
+    args += ["--save", "", "--appendonly", "no", "--dir", directory]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process, f"redis://127.0.0.1:{port}/0"
+        if time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("redis-server did not start within 10 s")
+        time.sleep(0.01)
 
 
 def cpu_seconds(pid: int) -> float:

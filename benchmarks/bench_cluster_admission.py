@@ -16,44 +16,20 @@ absolute figures.
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import trio
 
 from streammgr import FairLimiter, Limiter
 from streammgr.cluster import RedisLimiter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A ``redis-server`` on a free port; returns the process and its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise SystemExit("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = _free_port()
-    args = [executable, "--port", str(port), "--bind", "127.0.0.1"]
-    args += ["--save", "", "--appendonly", "no", "--dir", directory]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"redis://127.0.0.1:{port}/0"
-        if time.monotonic() > deadline:
-            process.kill()
-            raise SystemExit("redis-server did not start within 10 s")
-        time.sleep(0.01)
+from _procs import start_redis
 
 
 async def run_callers(limiter: Limiter, callers: int, rounds: int) -> tuple[float, list[float]]:

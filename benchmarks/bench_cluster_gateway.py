@@ -6,7 +6,7 @@ Run it with::
     .venv/bin/python benchmarks/bench_cluster_gateway.py --quick    # 100 streams, 1 repeat
 
 Needs ``redis-server`` on the PATH and the ``cluster`` extra; starts its own
-``redis-server`` on a free port (no persistence, bench_cluster_admission's) and
+``redis-server`` on a free port (no persistence: ``_procs.start_redis``) and
 stops it at the end.
 
 The rig and the phases are bench_gateway's (``benchmarks/_procs.py``): the stamping
@@ -36,7 +36,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
-import bench_cluster_admission
 import bench_gateway
 
 TARGETS = ("gateway", "gateway-redis")
@@ -78,7 +77,7 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        redis, url = bench_cluster_admission.start_redis(tmp)
+        redis, url = procs.start_redis(tmp)
         try:
             figures = bench_gateway.measure(
                 Path(tmp), TARGETS, [level], repeats, args.timeout, factory=cluster_factory(url)

@@ -13,10 +13,10 @@ The phase is bench_gateway's throughput phase: the simulator sends as fast as it
 can, and events/s is counted from the first event's arrival to the last's. Each
 figure printed is the median of the repeats.
 
-``--workers`` above 1 needs ``--redis-url``. Until ``streammgr.cluster``'s limiter is
-wired into ``serve``, the flag is only checked: the workers share no limit (none is
-set here anyway), and without ``--redis-url`` a placeholder URL is passed; the output
-says so. Once it is wired, pass the URL of a running Redis.
+``--workers`` above 1 needs ``--redis-url``: without the flag the script starts its
+own ``redis-server`` on a free port (Debian's package), which the workers share
+their limits through (none is set here: admission costs two Redis round trips per
+stream, which ``bench_cluster_admission.py`` measures alone).
 
 On this 2-core machine the simulator and the client compete with the workers for
 the cores: the ratio says what a second worker buys when the machine is shared,
@@ -38,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
 import bench_gateway
-
-PLACEHOLDER_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def workers_factory(redis_url: str) -> bench_gateway.ServerFactory:
@@ -85,15 +83,14 @@ def main() -> None:
     level = bench_gateway.Level(streams, tokens, 0.1, 1)
     workers = f"workers-{args.workers}"
     targets = ["gateway", workers]
-    if args.redis_url is None:
-        print(
-            f"--redis-url not given: {workers} gets {PLACEHOLDER_REDIS_URL} to pass serve's "
-            f"check; no limit is set, and this build shares none (streammgr.cluster not wired)"
-        )
     print(f"{streams} streams x {tokens} tokens, unpaced, {repeats} repeat(s)")
-    factory = workers_factory(args.redis_url or PLACEHOLDER_REDIS_URL)
     figures: list[bench_gateway.Figures] = []
     with tempfile.TemporaryDirectory() as tmp:
+        redis = None
+        if args.redis_url is None:
+            redis, args.redis_url = procs.start_redis(tmp)
+            print(f"--redis-url not given: a redis-server of its own at {args.redis_url}")
+        factory = workers_factory(args.redis_url)
         sim = procs.sim_proc(Path(tmp)).start()
         upstream = f"http://127.0.0.1:{sim.port}/v1"
         servers: list[procs.Proc] = []
@@ -116,6 +113,9 @@ def main() -> None:
             for server in servers:
                 server.stop()
             sim.stop()
+            if redis is not None:
+                redis.kill()
+                redis.wait()
         shares = streams_by_worker(Path(tmp) / f"{workers}.log")
     rates: dict[str, float] = {}
     print(f"\n{'target':<12} {'events/s (median)':>18} {'runs':>30} {'failed':>6}")

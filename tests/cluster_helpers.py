@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -26,32 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from .cli_helpers import PATIENCE
+from .server_helpers import free_port, missing_server
 
 NGINX = "/usr/sbin/nginx"
 SIMULATOR = Path(__file__).resolve().parent.parent / "benchmarks" / "_procs.py"
 
 
-def cluster_args() -> list[str]:
-    """The ``serve`` flags that make instances (or workers) share their limits.
-
-    The seam for ``streammgr.cluster``: until the Redis limiter is wired into
-    ``serve``, ``--redis-url`` is only checked (``--workers`` above 1 needs it), so
-    no Redis runs here. Once it is, start a ``redis-server`` (tests/redis_helpers.py)
-    and return its URL here: every cluster test then runs on a real Redis.
-    """
-    return ["--redis-url", "redis://127.0.0.1:6379/0"]
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def cluster_args(redis_url: str) -> list[str]:
+    """The ``serve`` flags that make instances (or workers) share their limits through
+    the Redis at ``redis_url`` (a test's ``redis_server`` fixture: tests/redis_helpers.py)."""
+    return ["--redis-url", redis_url]
 
 
 def pid_alive(pid: int) -> bool:
@@ -146,7 +132,7 @@ http {{
 def require_nginx() -> None:
     """Skip when Debian's nginx is missing (``python3 dev.py test`` installs it as root)."""
     if not Path(NGINX).exists() and shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed: apt-get install nginx-light (dev.py test does)")
+        missing_server("nginx is not installed: apt-get install nginx-light (dev.py test does)")
 
 
 @dataclass

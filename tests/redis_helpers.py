@@ -10,9 +10,7 @@ talks to it from a Trio test without sharing the limiter's client.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,16 +19,9 @@ from pathlib import Path
 import coredis
 import pytest
 
-from tests.server_helpers import PATIENCE
+from tests.server_helpers import PATIENCE, free_port, missing_server
 
 __all__ = ["RedisServer", "keys_without_ttl", "redis_client", "redis_server"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
@@ -42,7 +33,7 @@ class RedisServer:
     """
 
     def __init__(self, directory: Path, password: str | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.password = password
         auth = f":{password}@" if password else ""
@@ -53,10 +44,9 @@ class RedisServer:
         """Start it (empty) and wait until it answers PING (bounded)."""
         executable = shutil.which("redis-server")
         if executable is None:
-            message = "redis-server is not installed (python3 dev.py test installs it as root)"
-            if os.environ.get("CI"):
-                pytest.fail(message)  # CI installs it: a skip there would hide a broken set-up
-            pytest.skip(message)
+            missing_server(
+                "redis-server is not installed (python3 dev.py test installs it as root)"
+            )
         args = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         if self.password:

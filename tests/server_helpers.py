@@ -9,13 +9,15 @@ condition, bounded by ``fail_after``; intervals are fractions of a second.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
@@ -364,3 +366,19 @@ def assert_quiet(gateway: Running) -> None:
 async def assert_upstream_released(gateway: Running) -> None:
     """Wait (bounded) until the simulator holds no response of ``gateway``'s open."""
     await wait_until(lambda: gateway.upstream.stats().open == 0)
+
+
+def missing_server(message: str) -> NoReturn:
+    """A real server a test needs is not installed: skip, but fail under CI, which
+    installs it (``python3 dev.py test`` as root), so a skip never hides a broken set-up."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's pick, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -5,6 +5,7 @@ Real processes over loopback; every wait is on a log line or a condition, bounde
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,10 @@ from streammgr.cli import main
 
 from .cli_helpers import PATIENCE, CliProcess, started
 from .cluster_helpers import cluster_args, pid_alive
+from .redis_helpers import RedisServer, redis_server
 from .server_helpers import wait_until
+
+__all__ = ["redis_server"]  # the fixture, used by name
 
 QUICK = {"tokens": 3, "first_token_latency": 0, "token_latency": 0}
 
@@ -60,14 +64,18 @@ def test_workers_above_one_without_redis_url_is_refused(
 
 
 def test_workers_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--workers", "0", *cluster_args()]) == 2
+    assert main(["serve", "--workers", "0", *cluster_args("redis://127.0.0.1:1/0")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "--workers" in line
     assert "at least 1" in line
 
 
-async def test_two_workers_serve_one_port_and_both_answer(nursery: trio.Nursery) -> None:
-    async with started(nursery, "serve", "--workers", "2", *cluster_args()) as running:
+async def test_two_workers_serve_one_port_and_both_answer(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with started(
+        nursery, "serve", "--workers", "2", *cluster_args(redis_server.url)
+    ) as running:
         running.events_stopped_name = "workers.stopped"
         url, pids = await _listening(running)
         assert len(set(pids)) == 2
@@ -98,8 +106,10 @@ async def _one_stream(url: str) -> None:
         assert response.text.endswith("data: [DONE]\n\n")
 
 
-async def test_sigterm_drains_every_worker_and_exits_zero(nursery: trio.Nursery) -> None:
-    argv = ["serve", "--workers", "2", "--shutdown-grace", "20", *cluster_args()]
+async def test_sigterm_drains_every_worker_and_exits_zero(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    argv = ["serve", "--workers", "2", "--shutdown-grace", "20", *cluster_args(redis_server.url)]
     async with started(nursery, *argv) as running:
         url, pids = await _listening(running)
         slow = {"tokens": 15, "first_token_latency": 0, "token_latency": 0.1}
@@ -127,8 +137,12 @@ async def test_sigterm_drains_every_worker_and_exits_zero(nursery: trio.Nursery)
         assert not pid_alive(pid)
 
 
-async def test_a_worker_that_dies_is_logged_and_replaced(nursery: trio.Nursery) -> None:
-    async with started(nursery, "serve", "--workers", "2", *cluster_args()) as running:
+async def test_a_worker_that_dies_is_logged_and_replaced(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with started(
+        nursery, "serve", "--workers", "2", *cluster_args(redis_server.url)
+    ) as running:
         running.events_stopped_name = "workers.stopped"
         url, pids = await _listening(running)
         os.kill(pids[0], signal.SIGKILL)
@@ -143,8 +157,12 @@ async def test_a_worker_that_dies_is_logged_and_replaced(nursery: trio.Nursery) 
     assert not pid_alive(int(str(replaced["pid"])))
 
 
-async def test_workers_stop_when_their_parent_is_killed(nursery: trio.Nursery) -> None:
-    async with started(nursery, "serve", "--workers", "2", *cluster_args()) as running:
+async def test_workers_stop_when_their_parent_is_killed(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    async with started(
+        nursery, "serve", "--workers", "2", *cluster_args(redis_server.url)
+    ) as running:
         _, pids = await _listening(running)
         running.process.kill()  # no forwarding: each worker sees its stdin end
         stopped = await running.until_lines(
@@ -154,12 +172,14 @@ async def test_workers_stop_when_their_parent_is_killed(nursery: trio.Nursery) -
         await wait_until(lambda: not any(pid_alive(pid) for pid in pids))
 
 
-async def test_a_port_in_use_is_one_line_and_exit_one(nursery: trio.Nursery) -> None:
+async def test_a_port_in_use_is_one_line_and_exit_one(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = ["serve", "--workers", "2", *cluster_args(), "--port", str(port)]
+        argv = ["serve", "--workers", "2", *cluster_args(redis_server.url), "--port", str(port)]
         process = await trio.run_process(
             [sys.executable, "-m", "streammgr", *argv, "--log-format", "json"],
             capture_stderr=True,
@@ -170,7 +190,9 @@ async def test_a_port_in_use_is_one_line_and_exit_one(nursery: trio.Nursery) -> 
     assert str(port).encode() in process.stderr
 
 
-async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one() -> None:
+async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one(
+    redis_server: RedisServer,
+) -> None:
     # Each worker runs `python -m this` instead: it prints the Zen of Python and exits
     # without ever listening, as a worker that fails at start would.
     script = (
@@ -178,7 +200,16 @@ async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one() -> 
         "workers._WORKER_MODULE = 'this'; "
         "from streammgr.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    argv = ["serve", "--workers", "2", *cluster_args(), "--port", "0", "--log-format", "json"]
+    argv = [
+        "serve",
+        "--workers",
+        "2",
+        *cluster_args(redis_server.url),
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+    ]
     with trio.fail_after(PATIENCE):
         process = await trio.run_process(
             [sys.executable, "-c", script, *argv], capture_stderr=True, check=False
@@ -187,3 +218,30 @@ async def test_a_worker_that_ends_before_listening_stops_all_with_exit_one() -> 
     assert b'"workers.failed"' in process.stderr
     assert b'"workers.listening"' not in process.stderr
     assert b"Traceback" not in process.stderr
+
+
+async def test_each_log_line_is_one_write() -> None:
+    # The parent and its workers share one stderr: a line written in two pieces (the
+    # text, then its newline) interleaves with another process's line.
+    script = (
+        "import io, json, sys\n"
+        "writes = []\n"
+        "class Recorder(io.TextIOBase):\n"
+        "    def write(self, text):\n"
+        "        writes.append(text)\n"
+        "        return len(text)\n"
+        "sys.stderr = Recorder()\n"
+        "import structlog\n"
+        "from streammgr.cli._logging import configure_logging\n"
+        "configure_logging('json')\n"
+        "structlog.get_logger('streammgr.cli').info('gateway.listening', urls=['u'])\n"
+        "structlog.get_logger('streammgr.cli').warning('workers.worker_exited', code=-9)\n"
+        "print(json.dumps(writes))\n"
+    )
+    with trio.fail_after(PATIENCE):
+        process = await trio.run_process(
+            [sys.executable, "-c", script], capture_stdout=True, check=True
+        )
+    writes = json.loads(process.stdout)
+    assert len(writes) == 2, writes
+    assert all(text.endswith("\n") and text.count("\n") == 1 for text in writes)

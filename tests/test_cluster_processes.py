@@ -34,7 +34,7 @@ import httpx
 import trio
 
 from .cli_helpers import PATIENCE
-from .cluster_helpers import Cluster, open_cluster, pid_alive
+from .cluster_helpers import Cluster, cluster_args, open_cluster, pid_alive
 from .fault_helpers import chat, raw_request
 from .redis_helpers import RedisServer, redis_client, redis_server
 
@@ -47,8 +47,7 @@ KEYS = [f"tenant-{number}" for number in range(6)]
 
 def _serve_args(redis: RedisServer, *extra: str, lease_ttl: float = 3.0) -> list[str]:
     return [
-        "--redis-url",
-        redis.url,
+        *cluster_args(redis.url),
         "--lease-ttl",
         str(lease_ttl),
         "--key-header",

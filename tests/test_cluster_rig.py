@@ -17,6 +17,9 @@ import trio
 from .cli_helpers import PATIENCE
 from .cluster_helpers import Cluster, cluster_args, open_cluster
 from .fault_helpers import raw_post
+from .redis_helpers import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the fixture, used by name
 
 
 def _chat(tokens: int, token_latency: float) -> dict[str, object]:
@@ -104,9 +107,11 @@ async def test_tokens_come_through_nginx_as_they_are_sent(tmp_path: Path) -> Non
         await _until_every_upstream_closed(cluster, 1)
 
 
-async def test_each_instance_gets_its_own_serve_flags(tmp_path: Path) -> None:
+async def test_each_instance_gets_its_own_serve_flags(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     # The seam the cluster tests use: --redis-url, limits, --workers, per instance.
-    serve_args = [["--workers", "2", *cluster_args()], ["--max-streams", "3"]]
+    serve_args = [["--workers", "2", *cluster_args(redis_server.url)], ["--max-streams", "3"]]
     async with open_cluster(tmp_path, instances=2, serve_args=serve_args) as cluster:
         async with httpx.AsyncClient(timeout=PATIENCE) as client:
             limits = [

@@ -25,7 +25,6 @@ import contextlib
 import gc
 import importlib
 import math
-import socket
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +55,7 @@ from streammgr._stream import is_push_producer
 from streammgr.sources import WebSocketSource
 
 from .secret_helpers import assert_no_fragment
+from .server_helpers import free_port
 
 Handler = Callable[[WebSocketRequest], Awaitable[None]]
 WAIT = 5  # seconds: only a bound that turns a bug into a failure instead of a hang
@@ -207,14 +207,6 @@ async def raw_accept(stream: trio.abc.Stream) -> WSConnection:
             if isinstance(event, Request):
                 await stream.send_all(ws.send(AcceptConnection()))
                 return ws
-
-
-def free_port() -> int:
-    """A port nobody listens on: bound once to get it, then released."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def read_all(manager: streammgr.StreamManager, source: WebSocketSource) -> list[Any]:

@@ -153,7 +153,6 @@ async def serve(
     body_timeout: Annotated[
         float | None, _env("body_timeout"), Parameter(validator=_seconds)
     ] = 15.0,
-    workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
     # Cluster mode (streammgr.cluster, extra cluster): not manager options of
     # streammgr/_options.py (no other layer takes them), so defined here.
     # Checked below, not by a validator: cyclopts would quote the value (a password).
@@ -163,6 +162,7 @@ async def serve(
     redis_fault_policy: Annotated[
         Literal["fail-closed", "local"], _env("redis_fault_policy")
     ] = "fail-closed",
+    workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -191,8 +191,6 @@ async def serve(
         body_timeout: Seconds a request may take to arrive whole, head and body (a
             connection's first request: from its accept); then a 408 and the
             connection closed (none: no bound).
-        workers: Worker processes serving the one port (more than 1 needs --redis-url,
-            so that they share the limits); the parent supervises them.
         redis_url: Cluster mode: the Redis every instance shares (redis://[:password@]host:port/db);
             --max-streams and --max-streams-per-key then hold across all of them. The
             password is never logged.
@@ -201,6 +199,8 @@ async def serve(
         instance_id: This instance's name in Redis. Default: host:pid.
         redis_fault_policy: While Redis is lost: refuse new streams with a 503 (fail-closed),
             or admit against ceil(limit / instances last seen) of each limit (local).
+        workers: Worker processes serving the one port (more than 1 needs --redis-url,
+            so that they share the limits); the parent supervises them.
     """
     from ._run import ServeSettings, run_serve
     from ._workers import check_workers

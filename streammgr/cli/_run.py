@@ -295,6 +295,7 @@ def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
         max_streams_per_key=settings.max_streams_per_key,
         max_waiting=settings.max_waiting,
         lease_ttl=settings.lease_ttl,
+        # None: host:pid, computed here, in the process that serves (each worker's own).
         instance_id=settings.instance_id,
         fault_policy=settings.redis_fault_policy,
     )
@@ -306,11 +307,10 @@ async def _serve_gateway(
     upstream: httpx.AsyncClient,
     options: ServiceOptions,
     *,
-    sockets: Sequence[socket.socket] = (),
-    on_listening: Callable[[list[str]], object] | None = None,
+    sockets: Sequence[socket.socket],
+    on_listening: Callable[[list[str]], object] | None,
 ) -> int:
-    """The gateway and its inspection API, served until a signal (``run_serve``'s
-    ``sockets`` and ``on_listening``: a worker of ``--workers``)."""
+    """The gateway and its inspection API, served until a signal."""
     from ..server import admin_app, build_service_app, serve_service
 
     # The inspection API, at /admin (check_exposure refused an exposed one
