@@ -22,13 +22,14 @@ from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
 
 if TYPE_CHECKING:
-    from ..cluster import RedisLimiter
+    from ..cluster import ClusterRegistry, RedisLimiter
     from ..server import ServiceOptions
 
 __all__ = [
     "SIMULATED_UPSTREAM_URL",
     "ServeSettings",
     "cluster_limiter",
+    "cluster_registry",
     "run_serve",
     "run_simulate",
 ]
@@ -180,6 +181,9 @@ async def run_serve(settings: ServeSettings) -> int:
             limiter=limiter,
             secrets=[*secrets, *limiter.secrets],
         )
+    # The cluster registry and cancels share the limiter's connection (created before
+    # it is entered: the registry subscribes to its cancel channels).
+    registry = None if limiter is None else cluster_registry(manager, limiter)
     options = ServiceOptions(
         upstream_url=upstream_url,
         api_key=settings.api_key,
@@ -216,8 +220,10 @@ async def run_serve(settings: ServeSettings) -> int:
                     "gateway.limiter_unavailable", error=str(exc)
                 )
                 return 1
+        if registry is not None:
+            await stack.enter_async_context(registry)
         upstream = await stack.enter_async_context(upstream_client(settings.max_streams, transport))
-        return await _serve_gateway(settings, manager, upstream, options)
+        return await _serve_gateway(settings, manager, upstream, options, registry)
 
 
 def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
@@ -242,11 +248,27 @@ def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
     )
 
 
+def cluster_registry(manager: StreamManager, limiter: RedisLimiter) -> ClusterRegistry:
+    """The cluster registry of ``--redis-url``, on the limiter's connection: snapshots
+    live one ``--lease-ttl``, refreshed every ``min(1 s, lease_ttl / 3)``."""
+    from ..cluster import ClusterRegistry
+
+    interval = min(1.0, limiter.lease_ttl / 3)
+    return ClusterRegistry(
+        manager,
+        limiter.connection,
+        ttl=limiter.lease_ttl,
+        interval=interval,
+        min_interval=min(0.25, interval),
+    )
+
+
 async def _serve_gateway(
     settings: ServeSettings,
     manager: StreamManager,
     upstream: httpx.AsyncClient,
     options: ServiceOptions,
+    registry: ClusterRegistry | None = None,
 ) -> int:
     """The gateway and its inspection API, served until a signal."""
     from ..server import admin_app, build_service_app, serve_service
@@ -259,6 +281,7 @@ async def _serve_gateway(
         prefix="",
         allowed_hosts=settings.allowed_hosts or None,
         allowed_origins=settings.cors_origins,
+        cluster=registry,
     )
     app = build_service_app(
         manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
