@@ -547,6 +547,7 @@ def admin_app(
     @router.delete(
         "/keys/{key:" + _KEY_CONVERTOR + "}/streams",
         summary="Cancel every stream of a key",
+        response_model_exclude_none=True,  # by_instance: in cluster mode only
         responses={
             **invalid,
             **(
