@@ -79,7 +79,7 @@ async def poll(
             body = response.json()
             if condition(body):
                 return body
-            await trio.sleep(0.02)  # noqa: ASYNC110 - Redis announces nothing to wait on
+            await trio.sleep(0.02)
 
 
 def error_of(response: httpx.Response) -> tuple[int, str]:
