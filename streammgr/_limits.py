@@ -124,6 +124,12 @@ class Limiter(abc.ABC):
         """Whether the limiter works as configured; an in-memory one always does."""
         return LimiterStatus()
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values the manager must scrub from what it records and logs (a password
+        in the limiter's backend URL); none by default."""
+        return ()
+
     @abc.abstractmethod
     async def acquire(self, key: str, *, timeout: float | None = None) -> Permit:
         """Wait for a slot for ``key`` and return its permit.

@@ -122,7 +122,8 @@ class StreamManager:
         history_size: how many closed streams ``history()`` remembers.
         limiter: an admission :class:`Limiter` to use instead of the in-memory
             :class:`FairLimiter` (then the three limits above must be left unset).
-        secrets: exact values (API keys...) to scrub from recorded and logged errors.
+        secrets: exact values (API keys...) to scrub from recorded and logged errors;
+            the limiter's own (``Limiter.secrets``: a Redis URL's password) are added.
     """
 
     def __init__(
@@ -163,6 +164,8 @@ class StreamManager:
         self._cleanup_timeout: float = check_option("cleanup_timeout", cleanup_timeout)
         self._registry = Registry(check_option("history_size", history_size))
         self._secrets = [value for value in check_strings("secrets", secrets) if value]
+        for value in limiter.secrets:  # a Redis URL's password...
+            self.add_secret(value)
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self._nursery_manager: Any = None

@@ -332,7 +332,10 @@ async def running_gateway(
     """The gateway over a running manager, served on a free port."""
     upstream = upstream if upstream is not None else fast_upstream()
     transport = transport if transport is not None else SimulatedTransport(upstream)
-    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=0.5))
+    # idle: long enough that a loaded machine's late loop never passes for a stalled
+    # upstream (0.5 s was seen to in a full run beside other work), short enough for
+    # the tests of a stalled upstream.
+    gateway_options.setdefault("upstream_timeouts", SourceTimeouts(connect=2.0, idle=2.0))
     async with (
         httpx.AsyncClient(transport=transport) as http,
         StreamManager(**(manager_options or {})) as manager,

@@ -5,8 +5,10 @@ gracefully on SIGINT (real time: every wait bounded)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -202,3 +204,103 @@ async def test_the_gateways_upstream_client_holds_a_connection_per_stream(
         held.set()
     server.stop.set()
     assert upstream.stats().max_open == streams
+
+
+def _run_on(command: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streammgr", command, *argv, "--log-format", "console"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "simulate"])
+def test_a_port_in_use_is_named_with_what_to_do(command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_on(command, "--port", str(port))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use; choose another --port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "sub-exception" not in result.stderr
+
+
+def test_an_address_not_of_this_machine_is_named_with_what_to_do() -> None:
+    result = _run_on("simulate", "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1
+    assert result.returncode == 1
+    assert "192.0.2.1 is not an address of this machine; choose another --host" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "host", "port", "expected"),
+    [
+        (
+            OSError(errno.EADDRINUSE, "Address already in use"),
+            "::1",
+            8000,
+            "[::1]:8000 is already in use; choose another --port",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied"),
+            "127.0.0.1",
+            80,
+            "permission denied to listen on 127.0.0.1:80: ports below 1024 need privileges; "
+            "choose a --port of 1024 or more",
+        ),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "no-such-host.invalid",
+            8000,
+            "no-such-host.invalid does not resolve to an address (Name or service not known); "
+            "choose another --host",
+        ),
+        (
+            OSError(errno.EMFILE, "Too many open files"),
+            "127.0.0.1",
+            8000,
+            "cannot listen on 127.0.0.1:8000: Too many open files",
+        ),
+    ],
+)
+def test_each_listen_error_says_what_to_do(
+    error: OSError, host: str, port: int, expected: str
+) -> None:
+    from streammgr.cli._run import listen_error_message
+
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [error])])
+    assert listen_error_message(nested, host, port) == expected
+
+
+async def test_serve_body_timeout_closes_a_stalled_request_with_a_408(
+    nursery: trio.Nursery,
+) -> None:
+    async with started(nursery, "serve", STREAMMGR_BODY_TIMEOUT="0.5") as running:
+        listening = await running.until("gateway.listening")
+        urls = listening["urls"]
+        assert isinstance(urls, list)
+        port = int(str(urls[0]).rpartition(":")[2])
+        async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+                b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+            )
+            received = b""
+            with trio.fail_after(PATIENCE):
+                while data := await client.receive_some(65536):
+                    received += data
+        assert received.startswith(b"HTTP/1.1 408 ")
+        timed_out = await running.until("http.request_timeout")
+        assert timed_out["body_timeout"] == 0.5
+        assert await running.stop() == 0
+
+
+def test_a_bad_body_timeout_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--body-timeout", "0"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--body-timeout" in line
+    assert "positive, finite number of seconds" in line

@@ -34,6 +34,10 @@ from tests.server_helpers import PATIENCE, wait_until
 __all__ = ["redis_server"]  # the fixture, used by name
 
 TTL = 0.9
+"""The lease TTL of the tests that watch leases expire or Redis go (commands may take
+TTL / 3 = 0.3 s before Redis counts as lost)."""
+STEADY_TTL = 3.0
+"""The lease TTL of the others: commands may take 1 s on a loaded machine."""
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +45,7 @@ async def instances(
     url: str,
     count: int,
     *,
-    lease_ttl: float = TTL,
+    lease_ttl: float = STEADY_TTL,
     max_streams: int | None = None,
     max_streams_per_key: int | None = None,
     fault_policy: str = "fail-closed",
@@ -194,7 +198,7 @@ async def test_a_cancelled_acquire_gives_its_lease_back(redis_server: RedisServe
     busy = "local x = 0 for i = 1, 30000000 do x = x + i end return 1"  # ~0.4 s
     async with (
         # Commands may take 1 s (lease_ttl / 3) before Redis counts as lost.
-        instances(redis_server.url, 1, max_streams=5, lease_ttl=3.0) as (limiter,),
+        instances(redis_server.url, 1, max_streams=5) as (limiter,),
         redis_client(redis_server.url) as admin,
     ):
         await admin.ping()  # connected: the script goes out at once
@@ -253,7 +257,7 @@ async def test_epoch_fencing_after_redis_lost_its_data(
     """Redis emptied (FLUSHALL, or restarted on the same port) under 3 held leases of a
     limit of 3: the other instance is refused while the holder re-adds its leases (the
     fence), Redis never counts more than 3, and a release lets it in afterwards."""
-    async with instances(redis_server.url, 2, max_streams=3) as (holder, other):
+    async with instances(redis_server.url, 2, max_streams=3, lease_ttl=TTL) as (holder, other):
         permits = [await holder.acquire("k") for _ in range(3)]
         if loss == "flushall":
             async with redis_client(redis_server.url) as admin:
@@ -287,7 +291,7 @@ async def test_fail_closed_refuses_while_redis_is_paused_and_recovers(
     """Redis paused: new streams refused with LimiterUnavailable (retry_after, a 503 with
     Retry-After and x-should-retry at the edge), the running one keeps its slot; back:
     admitted again, the held lease renewed."""
-    async with instances(redis_server.url, 1, max_streams=2) as (limiter,):
+    async with instances(redis_server.url, 1, max_streams=2, lease_ttl=TTL) as (limiter,):
         running = await limiter.acquire("k")
         await _pause(redis_server.url, 1200)
         with pytest.raises(LimiterUnavailable) as caught:
@@ -338,7 +342,9 @@ async def test_local_policy_admits_a_share_of_each_limit(redis_server: RedisServ
     """Redis killed under two instances with max_streams=4: each admits up to
     ceil(4 / 2) = 2 on its own (its running streams count), never a whole limit; back:
     every local slot becomes a lease."""
-    async with instances(redis_server.url, 2, max_streams=4, fault_policy="local") as (a, b):
+    async with instances(
+        redis_server.url, 2, max_streams=4, fault_policy="local", lease_ttl=TTL
+    ) as (a, b):
         await a.heartbeat()  # a has seen b
         assert a.instances_seen == 2
         held = [await a.acquire("k")]
@@ -446,7 +452,8 @@ return live
 '''
 
 async def main(url, name, rounds, hold_forever):
-    async with RedisLimiter(url, instance_id=name, max_streams=3, lease_ttl=0.9) as limiter:
+    ttl = 0.9 if hold_forever else 3.0  # the holder's slots must expire soon
+    async with RedisLimiter(url, instance_id=name, max_streams=3, lease_ttl=ttl) as limiter:
         run = limiter.connection.run
         if hold_forever:
             for _ in range(3):
@@ -495,7 +502,8 @@ async def test_three_processes_hold_the_limit_and_a_killed_one_frees_its_slots(
         assert holder.stdout is not None
         with trio.fail_after(PATIENCE):
             assert (await holder.stdout.receive_some(100)).startswith(b"held")
-        async with instances(redis_server.url, 1, max_streams=3) as (limiter,):
+        # The same TTL as the holder's: a waiter polls every third of its own.
+        async with instances(redis_server.url, 1, max_streams=3, lease_ttl=TTL) as (limiter,):
             holder.kill()
             killed_at = trio.current_time()
             permit = await limiter.acquire("k", timeout=PATIENCE)
@@ -553,3 +561,21 @@ def test_the_url_as_shown(url: str, shown: str, secrets: tuple[str, ...]) -> Non
         repr(connection)
         == f"RedisConnection(url={shown!r}, instance_id={connection.instance_id!r})"
     )
+
+
+async def test_retry_after_follows_the_hold_times_seen(redis_server: RedisServer) -> None:
+    """A refusal's retry_after comes from how long this instance saw slots held (as the
+    in-memory limiter's does), not a constant."""
+    async with instances(redis_server.url, 1, max_streams=1) as (limiter,):
+        held = await limiter.acquire("k")
+        with pytest.raises(StreamLimitExceeded) as first:
+            await limiter.acquire("k", timeout=0)
+        assert first.value.retry_after == 1.0  # nothing seen yet: the floor
+        await trio.sleep(1.5)  # the stream's life, on purpose
+        limiter.release(held)
+        held = await limiter.acquire("k", timeout=PATIENCE)
+        with pytest.raises(StreamLimitExceeded) as second:
+            await limiter.acquire("k", timeout=0)
+        assert second.value.retry_after == 2.0  # ceil(1.5 s held x 1 ahead / 1 slot)
+        assert second.value.limit == "max_streams"
+        limiter.release(held)

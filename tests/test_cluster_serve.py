@@ -86,7 +86,7 @@ async def test_serve_shares_its_limits_through_redis_and_says_when_it_is_lost(
         "--instance-id",
         "gw-1",
         "--lease-ttl",
-        "0.9",
+        "3",
         "--max-streams",
         "2",
     ) as running:

@@ -512,3 +512,27 @@ async def test_a_limiter_unavailable_gives_open_its_retry_after(
                 pass
     assert caught.value.retry_after == 3.0
     assert isinstance(caught.value.__cause__, streammgr.LimiterUnavailable)
+
+
+class SecretLimiter(FlakyLimiter):
+    """A limiter whose backend URL holds a password (as a Redis URL may)."""
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return ("pw-Backend-3301",)
+
+
+async def test_the_limiters_secrets_are_the_managers(
+    autojump_clock: trio.abc.Clock, probe: Probe
+) -> None:
+    """A limiter's error that quotes its URL's password reaches no reader and no record:
+    the manager scrubs the limiter's secrets without being told them."""
+    limiter = SecretLimiter()
+    limiter.fail_acquire = ConnectionError("AUTH failed for redis://:pw-Backend-3301@redis:6379")
+    async with StreamManager(limiter=limiter) as manager:
+        with pytest.raises(streammgr.LimiterError) as caught:
+            async with manager.open(probe.ticker, 1):
+                pass
+        (info,) = manager.history()
+    assert "pw-Backend-3301" not in str(caught.value)
+    assert "pw-Backend-3301" not in str(info.error)

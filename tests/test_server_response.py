@@ -666,7 +666,8 @@ async def test_answer_within_none_waits_as_long_as_acquire_timeout(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
     # No deadline: the acquire timeout refuses (a 429, nothing sent before), and an
-    # admitted stream sends its headers with its first batch, however late.
+    # admitted stream without keep-alives sends its headers with its first batch,
+    # however late.
     async with StreamManager(max_streams=1, acquire_timeout=30) as manager:
         async with manager.open(forever):
             server = FakeServer()
@@ -679,12 +680,32 @@ async def test_answer_within_none_waits_as_long_as_acquire_timeout(
         server = FakeServer()
         start = trio.current_time()
         nursery.start_soon(
-            server.run, EventStreamResponse(manager, reads, 1, 40.0, answer_within=None)
+            server.run,
+            EventStreamResponse(manager, reads, 1, 40.0, answer_within=None, keep_alive=None),
         )
         await wait_until_done(server)
     assert server.start()["status"] == 200
     assert [round(t - start, 6) for t, _ in server.sent] == [40.0, 40.0, 40.0]
     assert server.bodies() == [b"data: 0a\n\ndata: 0b\n\n", b""]
+
+
+async def test_answer_within_none_sends_headers_at_the_first_keep_alive_after_admission(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    # The status is decided at admission: a slow upstream (first item after 40 s)
+    # must not leave the client without headers until then, behind proxies that
+    # give up on a silent answer. They go with the first keep-alive.
+    async with StreamManager(max_streams=1) as manager:
+        server = FakeServer()
+        start = trio.current_time()
+        nursery.start_soon(
+            server.run,
+            EventStreamResponse(manager, reads, 1, 40.0, answer_within=None, keep_alive=15),
+        )
+        await wait_until_done(server)
+    assert server.start()["status"] == 200
+    assert [round(t - start, 6) for t, _ in server.sent] == [15.0, 15.0, 30.0, 40.0, 40.0]
+    assert server.bodies() == [KEEP_ALIVE, KEEP_ALIVE, b"data: 0a\n\ndata: 0b\n\n", b""]
 
 
 async def test_a_slot_freed_before_answer_within_streams(

@@ -20,7 +20,7 @@ from cyclopts import Parameter
 
 from .. import __version__
 from .._options import OPTIONS
-from .._validate import check_lease_ttl
+from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
 from ._top import Column
 
@@ -62,6 +62,14 @@ def _option(name: str) -> Parameter:
     return Parameter(
         env_var=f"STREAMMGR_{name.upper()}", validator=validate, help=_for_people(option.doc)
     )
+
+
+def _seconds(type_: object, value: float | None) -> None:
+    """A server setting in seconds, checked as the library checks every timeout."""
+    try:
+        check_seconds("value", value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(_for_people(str(exc).removeprefix("value "))) from None
 
 
 def _url(type_: object, value: str | None) -> None:
@@ -137,6 +145,9 @@ async def serve(
         Parameter(env_var="STREAMMGR_ALLOWED_HOSTS", validator=_allowed_host, negative=""),
     ] = (),
     access_log: Annotated[bool, _env("access_log"), Parameter(negative="")] = False,
+    body_timeout: Annotated[
+        float | None, _env("body_timeout"), Parameter(validator=_seconds)
+    ] = 15.0,
     # Cluster mode (streammgr.cluster, extra cluster): not manager options of
     # streammgr/_options.py (no other layer takes them), so defined here.
     # Checked below, not by a validator: cyclopts would quote the value (a password).
@@ -171,6 +182,9 @@ async def serve(
             against DNS rebinding. On loopback, every route but /healthz and /readyz
             answers only these; beyond loopback, when given, too.
         access_log: Log every answer (http.request), not only error answers (http.error).
+        body_timeout: Seconds a request may take to arrive whole, head and body (a
+            connection's first request: from its accept); then a 408 and the
+            connection closed (none: no bound).
         redis_url: Cluster mode: the Redis every instance shares (redis://[:password@]host:port/db);
             --max-streams and --max-streams-per-key then hold across all of them. The
             password is never logged.
@@ -224,6 +238,7 @@ async def serve(
         log_format=log_format,
         allowed_hosts=allowed_host,
         access_log=access_log,
+        body_timeout=body_timeout,
         redis_url=redis_url,
         lease_ttl=lease_ttl,
         instance_id=instance_id,

@@ -1,13 +1,18 @@
 """What ``streammgr serve`` and ``streammgr simulate`` run, once their flags are parsed.
 
 Both serve until SIGINT or SIGTERM, then stop gracefully and return 0; a second
-signal stops at once (exit code 1).
+signal stops at once (exit code 1). An address that cannot be listened on (a port in
+use, an address not of this machine, a host that does not resolve, a privileged
+port) is one log line saying what to change, and exit code 1: the command line was
+valid (exit code 2 is kept for that), the machine refused it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -30,6 +35,7 @@ __all__ = [
     "ServeSettings",
     "cluster_limiter",
     "cluster_registry",
+    "listen_error_message",
     "run_serve",
     "run_simulate",
 ]
@@ -70,6 +76,7 @@ class ServeSettings:
     log_format: LogFormat
     allowed_hosts: tuple[str, ...] = ()
     access_log: bool = False
+    body_timeout: float | None = 15.0
     redis_url: str | None = None
     lease_ttl: float = 3.0
     instance_id: str | None = None
@@ -79,7 +86,43 @@ class ServeSettings:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
 
 
-async def _until_stopped(run: _Serve, what: str) -> int:
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception that is not a group (nurseries nest them)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def listen_error_message(error: BaseException, host: str, port: int) -> str:
+    """What went wrong listening on ``host:port``, and which flag to change.
+
+    Args:
+        error: the ``OSError`` raised while opening the listeners, or a group holding it.
+        host: the ``--host`` given.
+        port: the ``--port`` given.
+    """
+    error = _first_leaf(error)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"{host} does not resolve to an address ({error.strerror}); choose another --host"
+    if isinstance(error, OSError):
+        if error.errno == errno.EADDRINUSE:
+            return f"{address} is already in use; choose another --port"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return (
+                f"permission denied to listen on {address}: ports below 1024 need "
+                f"privileges; choose a --port of 1024 or more"
+            )
+        if error.errno == errno.EADDRNOTAVAIL:
+            return (
+                f"{host} is not an address of this machine; choose another --host "
+                f"(127.0.0.1: this machine only; 0.0.0.0: every interface)"
+            )
+        return f"cannot listen on {address}: {error.strerror or error}"
+    return f"cannot listen on {address}: {error}"
+
+
+async def _until_stopped(run: _Serve, what: str, host: str, port: int) -> int:
     """Run a server until a signal; return the exit code.
 
     The signal receiver is open before the server starts, so a signal at any
@@ -112,7 +155,7 @@ async def _until_stopped(run: _Serve, what: str) -> int:
                 urls = await nursery.start(server)
             except* OSError as group:
                 log.error(  # noqa: TRY400 - the reason is enough: no traceback
-                    f"{what}.cannot_listen", error=str(group.exceptions[0])
+                    f"{what}.cannot_listen", error=listen_error_message(group, host, port)
                 )
                 cannot_listen = True
                 nursery.cancel_scope.cancel()
@@ -178,8 +221,8 @@ async def run_serve(settings: ServeSettings) -> int:
                 for name in serve_options()
                 if name not in _LIMITER_OPTIONS
             },
-            limiter=limiter,
-            secrets=[*secrets, *limiter.secrets],
+            limiter=limiter,  # its password joins the manager's secrets
+            secrets=secrets,
         )
     # The cluster registry and cancels share the limiter's connection (created before
     # it is entered: the registry subscribes to its cancel channels).
@@ -297,10 +340,11 @@ async def _serve_gateway(
             port=settings.port,
             shutdown_trigger=stop,
             grace=settings.shutdown_grace,
+            body_timeout=settings.body_timeout,
             task_status=task_status,
         )
 
-    return await _until_stopped(run, "gateway")
+    return await _until_stopped(run, "gateway", settings.host, settings.port)
 
 
 async def run_simulate(*, host: str, port: int, seed: int, log_format: LogFormat) -> int:
@@ -322,4 +366,4 @@ async def run_simulate(*, host: str, port: int, seed: int, log_format: LogFormat
     ) -> None:
         await serve(upstream, host=host, port=port, shutdown_trigger=stop, task_status=task_status)
 
-    return await _until_stopped(run, "simulator")
+    return await _until_stopped(run, "simulator", host, port)

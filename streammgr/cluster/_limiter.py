@@ -174,7 +174,7 @@ class RedisLimiter(Limiter):
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """The Redis URL's password, to add to ``StreamManager(secrets=...)``."""
+        """The Redis URL's password (as written and unquoted): the manager scrubs it."""
         return self.connection.secrets
 
     @property

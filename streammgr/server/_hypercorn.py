@@ -10,7 +10,7 @@ the connection's task group, so neither the connection nor a graceful shutdown c
 end while it is parked there.
 
 The adaptation, and all of it: every accepted connection's stream is wrapped in
-:class:`_BoundedWriteStream`, whose ``send_all`` waits at most ``send_timeout``. A
+:class:`_ClientStream`, whose ``send_all`` waits at most ``send_timeout``. A
 deadline *inside* hypercorn's shield still applies (a shield keeps out only the
 cancellations of the scopes around it). When it expires, the socket is closed and
 ``BrokenResourceError`` raised, which hypercorn handles as the client going away:
@@ -22,6 +22,20 @@ closes its connection at once with :func:`current_connection`'s
 variable set in the connection's task, which the app's task inherits because
 hypercorn spawns the app from the connection's task (pinned by a test too).
 
+The wrapped stream is also the connection's reader (hypercorn's one reader task
+calls its ``receive_some``), and for HTTP/1.1 it reads knowing, from h11's state,
+what the connection is doing (:class:`_ClientStream`): a request arriving must be
+whole within ``body_timeout`` (else a 408 and the connection closed; hypercorn
+bounded only slow heads, at its keep-alive timer, never a body); an idle connection
+is closed at ``keep_alive_timeout`` by the reader itself, so that a request in the
+socket at that moment is read (hypercorn's separate timer, woken in the same batch
+as the reader on a late loop, dropped it half the time); while an answer is in
+flight the client's next bytes are held and reading goes on, also while h11 pauses
+behind a pipelined request (:class:`_ResumeReading`), so a client that leaves is
+seen at once. On HTTP/2, each request stream's arrival is bounded the same way.
+:class:`_Server` is hypercorn's ``TCPServer`` with those hooks, and one fix: the
+answers of an HTTP/2 connection that closed no longer wait for ever.
+
 :func:`serve` is hypercorn's ``worker_serve`` for one plain-TCP host and port, with
 the wrapped stream: the lifespan, graceful shutdown through ``shutdown_trigger``,
 ``task_status``. TLS is not offered (terminate it in front, at the load balancer).
@@ -31,20 +45,30 @@ versions in :data:`TESTED_HYPERCORN_VERSIONS`, which pyproject.toml pins.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import copy
+import json
 import math
+import select
 from collections.abc import Awaitable, Callable
-from functools import partial
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
+import h11
 import trio
+from h2.stream import StreamState
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, Updated
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
+from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from .._logging import get_logger
 from .._validate import check_seconds
 
 __all__ = [
@@ -71,7 +95,7 @@ class Connection:
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: _BoundedWriteStream) -> None:
+    def __init__(self, stream: _ClientStream) -> None:
         self._stream = stream
 
     @property
@@ -98,20 +122,95 @@ def current_connection() -> Connection | None:
     return _CONNECTION.get()
 
 
-class _BoundedWriteStream(trio.abc.HalfCloseableStream):
-    """A socket stream whose writes wait at most ``send_timeout`` for the client.
+# What an HTTP/1.1 connection is doing, as its reader sees it (_ClientStream._phase).
+_FIRST = "first"  # no byte yet of the connection's first request
+_IDLE = "idle"  # between two requests (keep-alive)
+_READING = "reading"  # a request's head or body is arriving
+_ANSWERING = "answering"  # the request is whole and its answer in flight
+_H2 = "h2"  # HTTP/2 (h2c): each request stream's body bounded, the rest hypercorn's
+_OTHER = "other"  # a WebSocket, an error: hypercorn's own rules
+
+# HTTP/2 stream states in which the client has not ended its request yet.
+_H2_CLIENT_SENDING = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+
+# Bytes of pipelined requests held while an answer is in flight (see receive_some).
+_HOLD_LIMIT = 65536
+
+
+def _request_timeout_answer(body_timeout: float) -> bytes:
+    """The 408 written when a request has not arrived whole within ``body_timeout``."""
+    body = json.dumps(
+        {
+            "error": {
+                "message": (
+                    f"the request did not arrive whole within {body_timeout:g}s "
+                    f"(the server's body_timeout, --body-timeout); send the request "
+                    f"without pausing, or raise --body-timeout"
+                ),
+                "type": "invalid_request_error",
+                "code": "request_timeout",
+            }
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+class _ClientStream(trio.abc.HalfCloseableStream):
+    """A client's socket stream as hypercorn's ``TCPServer`` sees it: bounded writes,
+    and a reader that bounds how long a request takes to arrive.
+
+    Writes wait at most ``send_timeout`` for the client. Reads (hypercorn's one
+    reader task calls :meth:`receive_some`) know what an HTTP/1.1 connection is
+    doing (:meth:`_phase`) and wait accordingly:
+
+    - a request arriving (its head or body): until ``body_timeout`` after its first
+      byte (after the accept for a connection's first request); then a 408 if no
+      answer has started, and the connection closed;
+    - idle between requests: until ``keep_alive_timeout`` after the last answer,
+      then closed. The reader decides this, not a separate timer: a request whose
+      bytes are in the socket when the deadline passes is read, never dropped;
+    - an answer in flight: the client's next bytes (pipelined requests) are held
+      here, up to ``_HOLD_LIMIT``, instead of handed to h11, which would stop the
+      reading until the answer ends; so the client's leaving is seen at once;
+    - HTTP/2 (h2c): each request stream must end within ``body_timeout`` of when the
+      reader first saw it, else the connection is closed.
 
     hypercorn's ``TCPServer`` uses ``send_all`` (inside its shield), ``receive_some``,
     ``send_eof``, ``aclose`` and the ``socket`` attribute; it tells a TLS stream
     from a plain one by ``do_handshake``, which this class does not have.
     """
 
-    def __init__(self, stream: trio.SocketStream, send_timeout: float | None) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        send_timeout: float | None,
+        body_timeout: float | None,
+        keep_alive_timeout: float,
+        timeout_answer: bytes,
+    ) -> None:
         self._stream = stream
         self._send_timeout = math.inf if send_timeout is None else send_timeout
+        self._body_timeout = math.inf if body_timeout is None else body_timeout
+        self._keep_alive_timeout = keep_alive_timeout
+        self._timeout_answer = timeout_answer
         self.socket = stream.socket
         self.closed = False
-        self.on_eof: Callable[[], Awaitable[None]] | None = None
+        self.server: _Server | None = None
+        now = trio.current_time()
+        self._request_started = now  # the first request's clock starts at the accept
+        self._idle_since = now
+        self._held = bytearray()
+        self._h2_started: dict[int, float] = {}  # HTTP/2 request streams arriving
+        self._wake: trio.CancelScope | None = None
+        self.apps_running = 0  # the app's calls on this connection, in flight
+        self._apps_ended: trio.Event | None = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with trio.move_on_after(self._send_timeout) as patience:
@@ -129,15 +228,287 @@ class _BoundedWriteStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         await self._stream.send_eof()
 
+    def went_idle(self) -> None:
+        """An answer ended and the connection waits for the next request."""
+        # A request h11 already holds (pipelined) starts its clock now; one still to
+        # come restarts it at its first byte.
+        self._idle_since = self._request_started = trio.current_time()
+        self.wake()  # the reader waits anew, with the keep-alive deadline
+
+    def wake(self) -> None:
+        """Make the reader look again at what the connection is doing."""
+        if self._wake is not None:
+            self._wake.cancel()
+
+    def app_ended(self) -> None:
+        """One of the app's calls on this connection returned."""
+        self.apps_running -= 1
+        if self.apps_running == 0 and self._apps_ended is not None:
+            self._apps_ended.set()
+
+    async def read_while_paused(self, resumed: _ResumeReading) -> None:
+        """Read while hypercorn's h11 holds a pipelined request behind an answer.
+
+        h11 stops at a second request until the first one's answer ends, and
+        hypercorn's reader waits for that without reading: a client that leaves
+        meanwhile was seen only at the answer's next write. Here the reader keeps
+        reading (what comes is held for later); at the client's end the app is told
+        (``http.disconnect``), and once it has returned the read loop ends (its
+        cancel scope is ours: an exception would cross hypercorn's task group as a
+        group) and the connection closes.
+        """
+        while not resumed.is_set():
+            with trio.CancelScope() as wake:
+                self._wake = wake
+                try:
+                    if len(self._held) >= _HOLD_LIMIT:
+                        await trio.sleep_forever()  # until the answer ends
+                    data = await self._stream.receive_some()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                finally:
+                    self._wake = None
+            if wake.cancelled_caught:
+                continue
+            if data:
+                self._held += data
+                continue
+            assert self.server is not None
+            await self.server.protocol.handle(Closed())  # the app: http.disconnect
+            while self.apps_running:
+                self._apps_ended = trio.Event()
+                await self._apps_ended.wait()
+            # Then the reader ends, as at the end of a connection without one.
+            self.server.reader.cancel()
+            await trio.sleep_forever()
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._stream.receive_some(max_bytes)
-        if not data and self.on_eof is not None:
-            await self.on_eof()
-        return data
+        while True:
+            phase = self._phase()
+            if self._held and phase is not _ANSWERING:
+                if phase is _IDLE:
+                    self._request_started = trio.current_time()
+                data = bytes(self._held)
+                self._held.clear()
+                return data
+            deadline = self._deadline(phase)
+            if trio.current_time() >= deadline:
+                if not _bytes_waiting(self.socket):
+                    await self._expire(phase)
+                deadline = math.inf  # what came in time is read: at once, no wait
+            with trio.CancelScope(deadline=deadline) as wake:
+                self._wake = wake
+                try:
+                    if phase is _ANSWERING and len(self._held) >= _HOLD_LIMIT:
+                        await trio.sleep_forever()  # until the answer ends
+                    data = await self._stream.receive_some(max_bytes)
+                finally:
+                    self._wake = None
+            if wake.cancelled_caught:
+                continue  # a deadline passed or the phase changed: look again
+            if not data:
+                return data  # the client's end: anything held goes with it
+            if phase is _ANSWERING:
+                self._held += data
+                continue
+            if phase is _IDLE:
+                self._request_started = trio.current_time()
+            return data
+
+    def _phase(self) -> str:
+        """What the connection is doing, read from hypercorn's h11 state."""
+        protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
+        if isinstance(protocol, H2Protocol):
+            return _H2
+        if not isinstance(protocol, H11Protocol):
+            return _OTHER
+        connection = protocol.connection
+        if not isinstance(connection, h11.Connection):
+            return _OTHER  # a WebSocket, after its handshake
+        state = connection.their_state
+        if state is h11.IDLE:
+            if connection.trailing_data[0]:
+                return _READING  # part of a request's head
+            return _FIRST if protocol.keep_alive_requests == 0 else _IDLE
+        if state is h11.SEND_BODY:
+            return _READING
+        if protocol.stream is not None and state in (h11.DONE, h11.MUST_CLOSE):
+            return _ANSWERING
+        return _OTHER
+
+    def _deadline(self, phase: str) -> float:
+        if phase is _READING:
+            return self._request_started + self._body_timeout
+        if phase is _FIRST:
+            timeout = self._body_timeout
+            return self._request_started + (
+                self._keep_alive_timeout if math.isinf(timeout) else timeout
+            )
+        if phase is _IDLE:
+            return self._idle_since + self._keep_alive_timeout
+        if phase is _H2:
+            return self._h2_deadline()
+        return math.inf
+
+    def _h2_deadline(self) -> float:
+        """The earliest ``body_timeout`` deadline of the HTTP/2 requests arriving.
+
+        A request stream counts from when the reader first saw it (one read after its
+        headers, at most) until the client ends its side; WebSocket streams do not
+        count (they stay open for the socket's life).
+        """
+        protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
+        if not isinstance(protocol, H2Protocol) or math.isinf(self._body_timeout):
+            return math.inf
+        now = trio.current_time()
+        arriving: dict[int, float] = {}
+        for stream_id, stream in protocol.connection.streams.items():
+            if stream.state_machine.state in _H2_CLIENT_SENDING and isinstance(
+                protocol.streams.get(stream_id), HTTPStream
+            ):
+                arriving[stream_id] = self._h2_started.get(stream_id, now)
+        self._h2_started = arriving
+        return min(arriving.values(), default=math.inf) + self._body_timeout
+
+    async def _expire(self, phase: str) -> NoReturn:
+        """Close the connection at its deadline (with a 408 for a partial request)."""
+        if phase is _H2:
+            get_logger().info(
+                "http.request_timeout",
+                client=_peer(self.socket),
+                body_timeout=self._body_timeout,
+                http_version="2",
+            )
+        if phase is _READING:
+            protocol = getattr(getattr(self.server, "protocol", None), "protocol", None)
+            connection = getattr(protocol, "connection", None)
+            if getattr(connection, "our_state", None) in (h11.IDLE, h11.SEND_RESPONSE):
+                with trio.move_on_after(1.0):
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await self._stream.send_all(self._timeout_answer)
+            get_logger().info(
+                "http.request_timeout",
+                client=_peer(self.socket),
+                body_timeout=self._body_timeout,
+            )
+        await self.aclose()
+        raise trio.BrokenResourceError(f"{phase} connection closed at its deadline")
 
     async def aclose(self) -> None:
         self.closed = True
         await self._stream.aclose()
+
+
+class _ResumeReading:
+    """hypercorn's H11Protocol ``can_read`` event, which reads while it waits.
+
+    The same four methods as hypercorn's ``EventWrapper``; ``wait`` is
+    :meth:`_ClientStream.read_while_paused`, and ``set`` wakes it.
+    """
+
+    def __init__(self, stream: _ClientStream) -> None:
+        self._stream = stream
+        self._event = trio.Event()
+
+    async def clear(self) -> None:
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._stream.read_while_paused(self)
+
+    async def set(self) -> None:
+        self._event.set()
+        self._stream.wake()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def _bytes_waiting(sock: trio.socket.SocketType) -> bool:
+    """Whether the client's bytes (or its end) wait in the socket, unread.
+
+    A deadline can pass while the reader was elsewhere (hypercorn handing a body to a
+    slow app, a late loop): what arrived by then is read, not dropped. ``poll``, not
+    ``select`` (descriptors above 1023); where there is none, assume so.
+    """
+    poll = getattr(select, "poll", None)
+    if poll is None:  # pragma: no cover - Windows
+        return True
+    poller = poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _peer(sock: trio.socket.SocketType) -> str:
+    """The client's address, for a log line."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return "unknown"
+    return repr_socket_addr(sock.family, address)
+
+
+class _Server(TCPServer):
+    """hypercorn's connection, with keep-alive decided by the reader.
+
+    hypercorn closes an idle connection from a separate task at
+    ``keep_alive_timeout``. When the loop is late (a loaded CPU), that task and the
+    reader woken by the next request's bytes run in the same batch, in an order trio
+    randomises: half the time the request was dropped unread ("Server disconnected
+    without sending a response"). For HTTP/1.1 :class:`_ClientStream` decides
+    instead; here the idle task only closes at shutdown, or at once once the client
+    has closed its end (hypercorn waited ``keep_alive_timeout`` with the descriptor
+    open). HTTP/2 keeps hypercorn's rule.
+    """
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        state: ConnectionState,
+        stream: _ClientStream,
+    ) -> None:
+        super().__init__(app, config, context, state, cast(Any, stream))
+        self.client_stream = stream
+        self._reading = True
+        self._idle = True
+        self.reader = trio.CancelScope()  # around hypercorn's read loop
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            self._idle = event.idle
+            if event.idle:
+                self.client_stream.went_idle()
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H11Protocol):
+            protocol.can_read = _ResumeReading(self.client_stream)
+        with self.reader:
+            await super()._read_data()
+        self._reading = False
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H2Protocol):
+            # hypercorn 0.18's HTTP/2: an app that ends its answer after the connection
+            # closed waits for ever for the sending task, which has stopped
+            # (StreamBuffer.drain): its task stayed until shutdown. Release them.
+            for buffer in list(protocol.stream_buffers.values()):
+                await buffer.close()
+        if self._idle:  # nothing more can come: end the connection now
+            await self.idle_task.stop()
+
+    async def _idle_timeout(self) -> None:
+        if not self._reading:
+            pass  # the client's end is closed: nothing more can come
+        elif isinstance(self.protocol.protocol, H11Protocol):
+            await self.context.terminated.wait()  # keep-alive: see _ClientStream
+        else:
+            with trio.move_on_after(self.config.keep_alive_timeout):
+                await self.context.terminated.wait()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
 
 
 async def serve(
@@ -147,6 +518,8 @@ async def serve(
     port: int = 8000,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     send_timeout: float | None = 60.0,
+    body_timeout: float | None = 15.0,
+    keep_alive_timeout: float = 75.0,
     config: Config | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -154,9 +527,12 @@ async def serve(
 
     As ``hypercorn.trio.serve`` (the app's lifespan runs first and last; shutdown is
     graceful: no new connections, in-flight requests get ``config.graceful_timeout``
-    seconds), with one difference: a write to a client that reads nothing waits at
-    most ``send_timeout`` seconds, then the connection is closed (see the module's
-    docstring for why hypercorn needs this).
+    seconds), with these differences (see the module's docstring for why): a write
+    to a client that reads nothing waits at most ``send_timeout`` seconds, then the
+    connection is closed; a request must arrive whole within ``body_timeout``
+    seconds (else 408 and closed); an idle connection is closed at
+    ``keep_alive_timeout`` only if no request has begun to arrive; a client that
+    leaves behind a pipelined request is seen at once.
 
     Args:
         app: the ASGI application.
@@ -166,6 +542,13 @@ async def serve(
             gracefully. ``None``: serve until cancelled.
         send_timeout: the most seconds one write may wait for the client to read
             (``None``: forever, as hypercorn alone does). As nginx's ``send_timeout``.
+        body_timeout: the most seconds an HTTP/1.1 request may take to arrive whole,
+            head and body, from its first byte (a connection's first request: from
+            the accept); then a 408 if no answer has started, and the connection is
+            closed (``None``: no bound). Every route, the WebSocket handshake included.
+        keep_alive_timeout: seconds an idle connection waits for its next request
+            (``config.keep_alive_timeout`` is not used). Longer than the clients'
+            pools (httpx: 5 s), so that the client, not the server, closes it.
         config: hypercorn's configuration for everything else (timeouts, limits,
             logging); its ``bind`` and TLS settings are not used.
         task_status: ``nursery.start(serve, app, ...)`` returns the list of URLs
@@ -173,34 +556,50 @@ async def serve(
 
     Raises:
         OSError: the address cannot be listened on.
-        ValueError: a bad ``send_timeout``.
+        ValueError: a bad ``send_timeout`` or ``body_timeout``.
     """
     send_timeout = check_seconds("send_timeout", send_timeout)
-    if config is None:
-        config = Config()
-    wrapped = wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi")
+    body_timeout = check_seconds("body_timeout", body_timeout)
+    config = copy.copy(config) if config is not None else Config()
+    config.keep_alive_timeout = keep_alive_timeout
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        # Counts the app's calls per connection (read_while_paused waits for them).
+        connection = _CONNECTION.get()
+        if connection is None:  # the lifespan
+            await app(scope, receive, send)
+            return
+        connection._stream.apps_running += 1
+        try:
+            await app(scope, receive, send)
+        finally:
+            connection._stream.app_ended()
+
+    wrapped = wrap_app(cast(ASGIFramework, counted), config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
 
-    open_streams: set[_BoundedWriteStream] = set()
+    open_streams: set[_ClientStream] = set()
+    timeout_answer = _request_timeout_answer(body_timeout if body_timeout is not None else 0)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
-        bounded = _BoundedWriteStream(stream, send_timeout)
-        _CONNECTION.set(Connection(bounded))  # this task's own context
-        server = TCPServer(
-            wrapped,
-            config,
-            context,
-            ConnectionState(lifespan_state.copy()),
-            cast(Any, bounded),
+        bounded = _ClientStream(
+            stream,
+            send_timeout=send_timeout,
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            timeout_answer=timeout_answer,
         )
-        bounded.on_eof = partial(_end_if_idle, server)
+        _CONNECTION.set(Connection(bounded))  # this task's own context
+        server = _Server(wrapped, config, context, ConnectionState(lifespan_state.copy()), bounded)
+        bounded.server = server
         open_streams.add(bounded)
         try:
             await server.run()
         finally:
             open_streams.discard(bounded)
+            bounded.server = None  # no cycle left for the garbage collector
 
     reaper = trio.CancelScope()
 
@@ -247,23 +646,6 @@ async def serve(
         reaper.cancel()
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
-
-
-async def _end_if_idle(server: TCPServer) -> None:
-    """The client closed its end: end the connection now if no request is in flight.
-
-    hypercorn 0.18 handles the end of an idle connection (between keep-alive
-    requests, or before a whole request came) by doing nothing: its read loop ends,
-    but the connection's task group waits for the idle task, which closes the
-    socket only at ``keep_alive_timeout`` (5 s). Until then the descriptor stays
-    open, so clients that connect and go could hold thousands. Stopping the idle
-    task lets hypercorn close the connection at once. A request in flight (a
-    client that half-closed after sending it) is left alone: its answer may
-    still be read.
-    """
-    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
-    if protocol is not None and getattr(protocol, "stream", True) is None:  # HTTP/1, idle
-        await server.idle_task.stop()
 
 
 async def _serve_listeners(

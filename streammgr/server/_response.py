@@ -114,7 +114,8 @@ class EventStreamResponse(Response):
             deadline). Default 1. With ``0`` the headers go out as soon as the stream
             is admitted; with ``None`` the stream waits as long as its
             ``acquire_timeout`` lets it, and the headers go out with its first batch
-            (or its error's status). To let streams queue longer, raise it: the
+            (or its error's status), at the latest ``keep_alive`` seconds after its
+            admission, with a keep-alive. To let streams queue longer, raise it: the
             client sees no byte while its stream waits.
         stall_timeout: the most seconds one write may wait for a client that reads
             nothing (then ``client_stalled``; ``None``: no bound). Default 30: then
@@ -247,10 +248,17 @@ class _Writer:
         self.headers_sent = False
         self.ended = False
         self.write_started: float | None = None
-        # None: no deadline; the headers go out with the first batch.
+        # None: no deadline while the stream waits for its slot (see admitted()).
         within = response._answer_within
         self._answer_at = math.inf if within is None else trio.current_time() + within
         self._last_write = -math.inf
+
+    def admitted(self) -> None:
+        """The stream holds its slot: the status is decided. Without an answer
+        deadline, the headers go out with the first keep-alive at the latest, so
+        that a slow upstream never leaves the client without its headers."""
+        if self._answer_at == math.inf:
+            self._answer_at = trio.current_time() + self._keep_alive
 
     def idle_write_at(self) -> float:
         """When to write if nothing else is: the headers, or a keep-alive."""
@@ -393,6 +401,7 @@ class _Run:
 
     async def _write_batches(self, stream: ManagedStream[Any]) -> None:
         writer, encode = self._writer, self._response._encode
+        writer.admitted()
         next_batch = stream.batches().__anext__
         ready = stream._has_ready
         while True:

@@ -245,6 +245,8 @@ async def serve_service(
     grace: float = 5.0,
     close_timeout: float = 5.0,
     backlog: int = 1024,
+    body_timeout: float | None = 15.0,
+    keep_alive_timeout: float = 75.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -267,6 +269,11 @@ async def serve_service(
         backlog: connections the kernel queues before they are accepted (hypercorn's
             default, 100, drops a burst of new clients: each then waits for a TCP
             retransmission); capped by the system's ``net.core.somaxconn``.
+        body_timeout: the most seconds a request may take to arrive whole (then 408
+            and the connection closed; ``None``: no bound); see
+            :func:`~streammgr.server.serve`.
+        keep_alive_timeout: seconds an idle connection is kept for its next request:
+            longer than the clients' own pool expiry (see docs/operations.md).
         task_status: ``nursery.start`` returns the URLs listened on.
     """
     config = Config()
@@ -281,6 +288,8 @@ async def serve_service(
             host=host,
             port=port,
             shutdown_trigger=graceful_trigger(manager, shutdown_trigger, nursery, grace=grace),
+            body_timeout=body_timeout,
+            keep_alive_timeout=keep_alive_timeout,
             config=config,
             task_status=task_status,
         )
