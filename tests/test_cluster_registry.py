@@ -23,6 +23,7 @@ from streammgr import CloseReason, StreamCancelled, StreamManager
 from streammgr.cluster import ClusterRegistry, RedisLimiter
 from streammgr.cluster._registry_scripts import REFRESH
 from streammgr.server import admin_app
+from tests.admin_helpers import error_of
 from tests.redis_helpers import RedisServer, keys_without_ttl, redis_client, redis_server
 from tests.server_helpers import PATIENCE
 
@@ -80,10 +81,6 @@ async def poll(
             if condition(body):
                 return body
             await trio.sleep(0.02)
-
-
-def error_of(response: httpx.Response) -> tuple[int, str]:
-    return response.status_code, response.json()["error"]["code"]
 
 
 async def test_a_stream_on_one_instance_is_listed_by_another(

@@ -28,6 +28,7 @@ from streammgr import CloseReason, FairLimiter, StreamManager
 from streammgr.server import admin_app, check_exposure, manager_lifespan
 from streammgr.sse import SSEParser
 
+from .admin_helpers import error_of
 from .server_helpers import PATIENCE, RawResponse, Server
 
 TOKEN = "admin-token-Zq81"
@@ -77,13 +78,6 @@ async def queued(manager: StreamManager, key: str = "default") -> None:
         async with manager.open(forever, key=key) as stream:
             async for _ in stream:
                 pass
-
-
-def error_of(response: httpx.Response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["message"], body
-    return response.status_code, body["error"]["code"]
 
 
 # -- listing, filters, pagination ------------------------------------------------------
