@@ -24,6 +24,7 @@ from streammgr.cluster import ClusterRegistry, RedisLimiter
 from streammgr.cluster._registry_scripts import REFRESH
 from streammgr.server import admin_app
 from tests.admin_helpers import error_of
+from tests.cli_helpers import started
 from tests.redis_helpers import RedisServer, keys_without_ttl, redis_client, redis_server
 from tests.server_helpers import PATIENCE
 
@@ -308,3 +309,23 @@ async def test_cluster_routes_are_a_404_without_cluster_mode() -> None:
                 response = await http.get(path)
                 assert error_of(response) == (404, "cluster_off")
                 assert "--redis-url" in response.json()["error"]["message"]
+
+
+async def test_serve_with_a_redis_url_publishes_its_streams_and_answers_for_the_cluster(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    """``serve --redis-url`` runs the registry on the limiter's connection: its admin API
+    lists itself under its --instance-id, and it leaves the registry when it stops."""
+    async with started(
+        nursery, "serve", "--redis-url", redis_server.url, "--instance-id", "gw-1"
+    ) as running:
+        listening = await running.until("gateway.listening")
+        url = str(listening["urls"][0])  # type: ignore[index]
+        async with httpx.AsyncClient(base_url=f"{url}/admin", timeout=PATIENCE) as http:
+            stats = (await http.get("/cluster/stats")).json()
+            assert [one["instance"] for one in stats["instances"]] == ["gw-1"]
+            listed = await http.get("/cluster/streams")
+            assert listed.json() == {"streams": [], "total": 0, "next_cursor": None}
+        assert await running.stop() == 0
+    async with redis_client(redis_server.url) as client:
+        assert await client.exists(["streammgr:registry:gw-1"]) == 0
