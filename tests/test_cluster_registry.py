@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ async def instance(
 ) -> AsyncIterator[Instance]:
     """One instance named ``name``: limiter, manager, registry, admin app (as serve)."""
     limiter = RedisLimiter(url, instance_id=name, lease_ttl=TTL, max_streams=max_streams)
-    manager = StreamManager(limiter=limiter)
+    manager = StreamManager(limiter=limiter, id_prefix=name)
     registry = ClusterRegistry(
         manager,
         limiter.connection,
@@ -120,8 +121,9 @@ async def test_a_stream_on_one_instance_is_listed_by_another(
         assert seen == [first.id, second.id, third.id]
         bad = await a.http.get("/admin/cluster/streams", params={"cursor": "nope"})
         assert error_of(bad) == (400, "invalid_cursor")
-        # Ids are unique across instances (each manager's own random prefix).
-        assert len({first.id, second.id, third.id}) == 3
+        # Ids name their instance: unique across instances.
+        assert re.fullmatch(r"a-[0-9a-f]{4}-1", first.id)
+        assert re.fullmatch(r"b-[0-9a-f]{4}-1", third.id)
 
 
 async def test_cluster_stats_per_instance_and_in_total(redis_server: RedisServer) -> None:
@@ -329,3 +331,9 @@ async def test_serve_with_a_redis_url_publishes_its_streams_and_answers_for_the_
         assert await running.stop() == 0
     async with redis_client(redis_server.url) as client:
         assert await client.exists(["streammgr:registry:gw-1"]) == 0
+
+
+def test_a_bad_id_prefix_is_refused() -> None:
+    for bad in ("", "tab\there", 3):
+        with pytest.raises(ValueError, match="id_prefix"):
+            StreamManager(id_prefix=bad)  # type: ignore[arg-type]

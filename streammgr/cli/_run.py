@@ -223,6 +223,8 @@ async def run_serve(settings: ServeSettings) -> int:
             },
             limiter=limiter,  # its password joins the manager's secrets
             secrets=secrets,
+            # Stream ids name their instance: unique across the cluster.
+            id_prefix=limiter.connection.instance_id,
         )
     # The cluster registry and cancels share the limiter's connection (created before
     # it is entered: the registry subscribes to its cancel channels).
