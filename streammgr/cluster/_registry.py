@@ -208,7 +208,11 @@ class ClusterRegistry:
         await self.connection.__aenter__()
         stack = contextlib.AsyncExitStack()
         try:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except RedisLost as exc:  # the publisher retries every interval
+                self._failing = True
+                self._log.warning("cluster.registry_refresh_failed", error=str(exc))
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
             nursery.start_soon(self._publish, name="streammgr-registry-publisher")
