@@ -303,6 +303,26 @@ async def test_put_limits_on_one_instance_applies_on_every_instance(
             await poll(c.http, "/admin/limits", lambda body: body["max_streams"] is None)
 
 
+async def test_limits_whose_announcement_was_missed_apply_at_the_next_heartbeat(
+    redis_server: RedisServer,
+) -> None:
+    """A change written while an instance's pub/sub link was down (here: written with
+    no announcement at all) reaches it within a heartbeat (lease_ttl / 3)."""
+    async with instance(redis_server.url, "a", max_streams=10) as a:
+        async with redis_client(redis_server.url) as client:
+            await client.hset("streammgr:limits", {"max_streams": "4"})
+        with trio.fail_after(PATIENCE):
+            while a.limiter.snapshot().max_streams != 4:  # noqa: ASYNC110 - no event to wait on
+                await trio.sleep(0.02)
+        # A local change is never undone by a read of the hash before it is written.
+        a.manager.set_limits(max_streams=6)
+        await a.limiter.heartbeat()
+        assert a.limiter.snapshot().max_streams == 6
+        await poll(a.http, "/admin/limits", lambda body: body["max_streams"] == 6)
+        async with redis_client(redis_server.url) as client:
+            assert await client.hget("streammgr:limits", "max_streams") == "6"
+
+
 async def test_cluster_routes_are_a_404_without_cluster_mode() -> None:
     async with StreamManager() as manager:
         transport = httpx.ASGITransport(app=admin_app(manager))

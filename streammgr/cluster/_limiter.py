@@ -151,6 +151,7 @@ class RedisLimiter(Limiter):
         self._epoch = ""
         self._degraded: str | None = None
         self._re_add = False
+        self._limits_writes = 0  # local changes not yet written: a read must not undo them
         self._leases_lost = 0
         self._instances_seen = 1
         self._cluster_active = 0
@@ -352,6 +353,8 @@ class RedisLimiter(Limiter):
             else check_limit("max_waiting", max_waiting)
         )
         self._max_streams, self._max_per_key, self._max_waiting = new_max, new_per_key, new_waiting
+        if self._nursery is not None:
+            self._limits_writes += 1
         self._queue_job("limits")
         for queue in self._queues.values():
             next(iter(queue.values())).wake.set()
@@ -531,8 +534,8 @@ class RedisLimiter(Limiter):
             "list[str | None]",
             await self.connection.run(_scripts.READ_LIMITS, [self._limits_key], []),
         )
-        if values[0] is None or values[1] is None:
-            return
+        if values[0] is None or values[1] is None or self._limits_writes:
+            return  # never set; or a local change is on its way to the hash
         max_streams, max_per_key = (None if int(v) < 0 else int(v) for v in values if v)
         if (max_streams, max_per_key) == (self._max_streams, self._max_per_key):
             return
@@ -599,6 +602,7 @@ class RedisLimiter(Limiter):
                 # Not renewed any more: the leases expire within lease_ttl.
                 self._log.debug("limiter.release_failed", error=str(exc))
             finally:
+                self._limits_writes -= sum(1 for job in jobs if job[0] == "limits")
                 self._jobs_pending -= len(jobs)
                 if not self._jobs_pending:
                     self._jobs_idle.set()
@@ -670,9 +674,11 @@ class RedisLimiter(Limiter):
                 re_added=re_add or epoch_changed,
             )
         self._re_add = False
+        # Read the cluster's limits at each heartbeat too: a change announced while the
+        # pub/sub link was down (or Redis lost) reaches this instance all the same.
+        self._queue_job("read-limits")
         if self._degraded is not None:
             self._degraded = None
-            self._queue_job("read-limits")  # a change announced meanwhile was missed
             self._log.warning(
                 "limiter.recovered",
                 url=self.connection.url,
