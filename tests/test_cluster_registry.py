@@ -45,7 +45,12 @@ class Instance:
 
 @contextlib.asynccontextmanager
 async def instance(
-    url: str, name: str, *, max_streams: int | None = None, answer_within: float = 2.0
+    url: str,
+    name: str,
+    *,
+    max_streams: int | None = None,
+    answer_within: float = 2.0,
+    token: str | None = None,
 ) -> AsyncIterator[Instance]:
     """One instance named ``name``: limiter, manager, registry, admin app (as serve)."""
     limiter = RedisLimiter(url, instance_id=name, lease_ttl=TTL, max_streams=max_streams)
@@ -59,9 +64,12 @@ async def instance(
         answer_within=answer_within,
     )
     async with limiter, manager, registry:
-        app = admin_app(manager, cluster=registry)
+        app = admin_app(manager, cluster=registry, token=token)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1", headers=headers
+        ) as http:
             yield Instance(name, manager, limiter, registry, http)
 
 
@@ -215,6 +223,30 @@ async def test_delete_on_one_instance_cancels_a_stream_on_another(
         unknown = await b.http.delete("/admin/streams/nope-1")
         assert error_of(unknown) == (404, "stream_not_found")
         assert "any instance" in unknown.json()["error"]["message"]
+
+
+async def test_a_cancel_reason_is_redacted_where_it_enters_then_carried_to_the_owner(
+    redis_server: RedisServer,
+) -> None:
+    token = "b-admin-token-0123456789"
+    async with (
+        instance(redis_server.url, "a", token="a-admin-token-0123456789") as a,
+        instance(redis_server.url, "b", token=token) as b,
+        a.manager.open(forever, key="k") as stream,
+    ):
+        await poll(b.http, "/admin/cluster/streams", lambda body: body["total"] == 1)
+        response = await b.http.delete(
+            f"/admin/streams/{stream.id}", params={"reason": f"leaked {token}"}
+        )
+        assert response.status_code == 200, response.text
+        assert token not in response.text
+        with pytest.raises(StreamCancelled) as caught:
+            async for _ in stream:
+                pass
+        assert caught.value.reason == "leaked [REDACTED]"
+        record = a.manager.get(stream.id)
+        assert record is not None
+        assert record.detail == "leaked [REDACTED]"
 
 
 async def test_a_cancel_for_an_owner_that_does_not_listen_is_a_503(
