@@ -124,6 +124,10 @@ class StreamManager:
             :class:`FairLimiter` (then the three limits above must be left unset).
         secrets: exact values (API keys...) to scrub from recorded and logged errors;
             the limiter's own (``Limiter.secrets``: a Redis URL's password) are added.
+        id_prefix: what stream ids start with, e.g. the instance id in cluster mode:
+            ids are then ``{id_prefix}-{4 random hex}-{n}``, unique across instances
+            with distinct ids (and across restarts of one). ``None``: ``{6 random
+            hex}-{n}``, unique within the manager.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class StreamManager:
         history_size: int = 1000,
         limiter: Limiter | None = None,
         secrets: tuple[str, ...] | list[str] = (),
+        id_prefix: str | None = None,
     ) -> None:
         if limiter is None:
             limiter = FairLimiter(
@@ -167,7 +172,15 @@ class StreamManager:
         for value in limiter.secrets:  # a Redis URL's password...
             self.add_secret(value)
         self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(3).hex()
+        if id_prefix is None:
+            self._id_prefix = os.urandom(3).hex()
+        elif isinstance(id_prefix, str) and id_prefix and id_prefix.isprintable():
+            self._id_prefix = f"{id_prefix}-{os.urandom(2).hex()}"
+        else:
+            raise ValueError(
+                f"id_prefix must be a non-empty printable str (e.g. the instance id), "
+                f"got {id_prefix!r}"
+            )
         self._nursery_manager: Any = None
         self._runner = StreamRunner(
             limiter, self._registry, self._secrets, self._cleanup_timeout, get_logger()

@@ -28,6 +28,7 @@ from streammgr import CloseReason, FairLimiter, StreamManager
 from streammgr.server import admin_app, check_exposure, manager_lifespan
 from streammgr.sse import SSEParser
 
+from .admin_helpers import error_of
 from .server_helpers import PATIENCE, RawResponse, Server
 
 TOKEN = "admin-token-Zq81"
@@ -77,13 +78,6 @@ async def queued(manager: StreamManager, key: str = "default") -> None:
         async with manager.open(forever, key=key) as stream:
             async for _ in stream:
                 pass
-
-
-def error_of(response: httpx.Response) -> tuple[int, str]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["message"], body
-    return response.status_code, body["error"]["code"]
 
 
 # -- listing, filters, pagination ------------------------------------------------------
@@ -927,6 +921,8 @@ EXPECTED_PATHS = {
     "/admin/limits": {"get", "put"},
     "/admin/healthz": {"get"},
     "/admin/metrics": {"get"},
+    "/admin/cluster/streams": {"get"},
+    "/admin/cluster/stats": {"get"},
 }
 
 
@@ -1008,7 +1004,9 @@ async def test_openapi_document_matches_the_server(nursery: trio.Nursery) -> Non
                     parameters = [p["name"] for p in operation.get("parameters", [])]
                     if parameters or "requestBody" in operation:
                         assert "422" in responses, (path, method)
-            assert retry_after == 3  # the feed's 429 and 503, the health check's 503
+            assert (
+                retry_after == 5
+            )  # the feed's 429 and 503, healthz's 503, the cluster routes' 503s
 
             # Answers match what the document declares.
             async with manager.open(forever, key="k", labels={"a": "b"}) as stream:

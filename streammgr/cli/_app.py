@@ -337,6 +337,7 @@ def top(
     sort: Column = "age",
     reverse: bool = False,
     refresh: Annotated[float, Parameter(validator=_refresh)] = 1.0,
+    cluster: bool = False,
 ) -> int:
     """A live table of a server's streams in flight and its limit usage (extra top).
 
@@ -350,6 +351,8 @@ def top(
         sort: The column to sort by (numbers largest first, text A to Z).
         reverse: Flip the sort order.
         refresh: Seconds between two polls of phases, counts and limits.
+        cluster: Every instance's streams, with an instance column (a server started
+            with --redis-url), polled every --refresh seconds.
     """
     try:
         from ._top_app import TopSettings, run_top
@@ -358,7 +361,9 @@ def top(
             f"streammgr top needs the top extra ({exc.name} is missing): "
             f"pip install 'streammgr[top]'"
         ) from None
-    settings = TopSettings(url=url, token=token, sort=sort, reverse=reverse, refresh=refresh)
+    settings = TopSettings(
+        url=url, token=token, sort=sort, reverse=reverse, refresh=refresh, cluster=cluster
+    )
     return run_top(settings)
 
 

@@ -28,13 +28,14 @@ from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
 
 if TYPE_CHECKING:
-    from ..cluster import RedisLimiter
+    from ..cluster import ClusterRegistry, RedisLimiter
     from ..server import ServiceOptions
 
 __all__ = [
     "SIMULATED_UPSTREAM_URL",
     "ServeSettings",
     "cluster_limiter",
+    "cluster_registry",
     "listen_error_message",
     "run_serve",
     "run_simulate",
@@ -235,7 +236,12 @@ async def run_serve(
             },
             limiter=limiter,  # its password joins the manager's secrets
             secrets=secrets,
+            # Stream ids name their instance: unique across the cluster.
+            id_prefix=limiter.connection.instance_id,
         )
+    # The cluster registry and cancels share the limiter's connection (created before
+    # it is entered: the registry subscribes to its cancel channels).
+    registry = None if limiter is None else cluster_registry(manager, limiter)
     options = ServiceOptions(
         upstream_url=upstream_url,
         api_key=settings.api_key,
@@ -272,9 +278,17 @@ async def run_serve(
                     "gateway.limiter_unavailable", error=str(exc)
                 )
                 return 1
+        if registry is not None:
+            await stack.enter_async_context(registry)
         upstream = await stack.enter_async_context(upstream_client(settings.max_streams, transport))
         return await _serve_gateway(
-            settings, manager, upstream, options, sockets=sockets, on_listening=on_listening
+            settings,
+            manager,
+            upstream,
+            options,
+            registry=registry,
+            sockets=sockets,
+            on_listening=on_listening,
         )
 
 
@@ -301,6 +315,21 @@ def cluster_limiter(settings: ServeSettings) -> RedisLimiter | None:
     )
 
 
+def cluster_registry(manager: StreamManager, limiter: RedisLimiter) -> ClusterRegistry:
+    """The cluster registry of ``--redis-url``, on the limiter's connection: snapshots
+    live one ``--lease-ttl``, refreshed every ``min(1 s, lease_ttl / 3)``."""
+    from ..cluster import ClusterRegistry
+
+    interval = min(1.0, limiter.lease_ttl / 3)
+    return ClusterRegistry(
+        manager,
+        limiter.connection,
+        ttl=limiter.lease_ttl,
+        interval=interval,
+        min_interval=min(0.25, interval),
+    )
+
+
 async def _serve_gateway(
     settings: ServeSettings,
     manager: StreamManager,
@@ -309,6 +338,7 @@ async def _serve_gateway(
     *,
     sockets: Sequence[socket.socket],
     on_listening: Callable[[list[str]], object] | None,
+    registry: ClusterRegistry | None = None,
 ) -> int:
     """The gateway and its inspection API, served until a signal."""
     from ..server import admin_app, build_service_app, serve_service
@@ -321,6 +351,7 @@ async def _serve_gateway(
         prefix="",
         allowed_hosts=settings.allowed_hosts or None,
         allowed_origins=settings.cors_origins,
+        cluster=registry,
     )
     app = build_service_app(
         manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin

@@ -15,6 +15,10 @@ later phases (``first_item``, ``streaming``, ``draining``, ``closing``) and its
 alone: a poll only updates rows the feed knows (a poll answer may be older than an
 ``opened`` or ``closed`` that arrived first), and a sample older, on the server's
 clock, than the one a row has is ignored.
+
+In cluster mode (``top --cluster``) there is no feed: each poll of ``GET
+/admin/cluster/streams`` says which streams exist on every instance, with an
+``instance`` column, and ``GET /admin/cluster/stats`` gives the limits line.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from ..sse import ServerSentEvent
 
 __all__ = [
+    "CLUSTER_COLUMNS",
     "COLUMNS",
     "Backoff",
     "Column",
@@ -40,11 +45,14 @@ __all__ = [
     "format_rate",
 ]
 
-Column = Literal["id", "key", "phase", "age", "items", "bytes", "rate"]
-"""A column of the table, and a sort key."""
+Column = Literal["id", "key", "phase", "age", "items", "bytes", "rate", "instance"]
+"""A column of the table, and a sort key (``instance``: in cluster mode)."""
 
-COLUMNS: tuple[Column, ...] = get_args(Column)
+COLUMNS: tuple[Column, ...] = get_args(Column)[:-1]
 """The table's columns, in order."""
+
+CLUSTER_COLUMNS: tuple[Column, ...] = ("instance", *COLUMNS)
+"""The table's columns in cluster mode, in order."""
 
 # Text columns sort A to Z by default, numbers largest first (as top does);
 # ``reverse`` flips either.
@@ -81,6 +89,7 @@ class Row:
             item or before there is time to measure one.
         server_time: the server's clock at the last sample (``created_at + age``).
         seen_at: the caller's ``now`` when the last sample arrived.
+        instance: the instance that runs it (cluster mode; ``""`` otherwise).
     """
 
     id: str
@@ -92,6 +101,7 @@ class Row:
     rate: float | None
     server_time: float
     seen_at: float
+    instance: str = ""
 
     def cells(self) -> tuple[str, ...]:
         """The row as the table shows it, one string per column of :data:`COLUMNS`."""
@@ -104,6 +114,10 @@ class Row:
             format_bytes(self.bytes),
             format_rate(self.rate),
         )
+
+    def cluster_cells(self) -> tuple[str, ...]:
+        """The row in cluster mode, one string per column of :data:`CLUSTER_COLUMNS`."""
+        return (self.instance, *self.cells())
 
 
 def _text(data: Mapping[str, object], name: str) -> str:
@@ -127,8 +141,9 @@ def _number(data: Mapping[str, object], name: str) -> float:
     return float(value)
 
 
-_Sample = tuple[str, str, str, float, int, int, float, float | None]
-"""(id, key, phase, age, items, bytes, server time, first item time) of one object."""
+_Sample = tuple[str, str, str, float, int, int, float, float | None, str]
+"""(id, key, phase, age, items, bytes, server time, first item time, instance) of one
+object."""
 
 
 def _sample(data: object) -> _Sample:
@@ -145,6 +160,7 @@ def _sample(data: object) -> _Sample:
         _whole(data, "bytes"),
         _number(data, "created_at") + age,
         float(first) if isinstance(first, int | float) else None,
+        str(data.get("instance") or ""),
     )
 
 
@@ -155,14 +171,21 @@ class TopModel:
         sort: the column to sort by.
         reverse: flip the column's natural order (A to Z for text, largest first
             for numbers).
+        cluster: every instance's streams, from :meth:`apply_cluster_listing` and
+            :meth:`apply_cluster_stats` (no feed).
 
     Raises:
-        ValueError: ``sort`` is not one of :data:`COLUMNS`.
+        ValueError: ``sort`` is not one of :attr:`columns`.
     """
 
-    def __init__(self, sort: Column = "age", *, reverse: bool = False) -> None:
-        if sort not in COLUMNS:
-            raise ValueError(f"sort must be one of {', '.join(COLUMNS)}; got {sort!r}")
+    def __init__(
+        self, sort: Column = "age", *, reverse: bool = False, cluster: bool = False
+    ) -> None:
+        self.cluster = cluster
+        self.columns = CLUSTER_COLUMNS if cluster else COLUMNS
+        """The table's columns, in order."""
+        if sort not in self.columns:
+            raise ValueError(f"sort must be one of {', '.join(self.columns)}; got {sort!r}")
         self.sort: Column = sort
         self.reverse = reverse
         self.streams: dict[str, Row] = {}
@@ -243,6 +266,33 @@ class TopModel:
             raise FeedProtocolError(f"the stats answer is not a JSON object: {stats!r}")
         self.stats = stats
 
+    def apply_cluster_listing(self, streams: Iterable[object], now: float) -> None:
+        """Apply every page of ``GET /admin/cluster/streams`` (cluster mode): the
+        listing says which streams exist; a row's rate comes from its last sample.
+
+        Raises:
+            FeedProtocolError: an object is not a stream object.
+        """
+        samples = [_sample(data) for data in streams]
+        previous = self.streams
+        self.streams = {}
+        for sample in samples:
+            before = previous.get(sample[0])
+            if before is not None and sample[6] < before.server_time:
+                self.streams[sample[0]] = before  # older than what the row shows
+            else:
+                self.streams[sample[0]] = self._row(sample, now, before)
+
+    def apply_cluster_stats(self, stats: object) -> None:
+        """Keep ``GET /admin/cluster/stats``'s answer for :meth:`limits_line`.
+
+        Raises:
+            FeedProtocolError: the answer is not a JSON object with ``instances``.
+        """
+        if not isinstance(stats, dict) or not isinstance(stats.get("instances"), list):
+            raise FeedProtocolError(f"the cluster stats answer has no instances: {stats!r}")
+        self.stats = stats
+
     # -- what to show --------------------------------------------------------------
 
     def sort_by(self, column: Column) -> None:
@@ -251,8 +301,8 @@ class TopModel:
         Raises:
             ValueError: ``column`` is not one of :data:`COLUMNS`.
         """
-        if column not in COLUMNS:
-            raise ValueError(f"column must be one of {', '.join(COLUMNS)}; got {column!r}")
+        if column not in self.columns:
+            raise ValueError(f"column must be one of {', '.join(self.columns)}; got {column!r}")
         if column == self.sort:
             self.reverse = not self.reverse
         else:
@@ -278,6 +328,7 @@ class TopModel:
                 row.rate,
                 row.server_time,
                 row.seen_at,
+                row.instance,
             )
             for row in self.streams.values()
         ]
@@ -318,6 +369,9 @@ class TopModel:
         def usage(count: object, limit: object) -> str:
             return f"{count}/{'-' if limit is None else limit}"
 
+        if self.cluster:
+            return _cluster_line(stats, usage)
+
         parts = [
             f"active {usage(stats.get('active'), stats.get('max_streams'))}",
             f"waiting {usage(stats.get('waiting'), stats.get('max_waiting'))}",
@@ -346,7 +400,7 @@ class TopModel:
         now: float,
         previous: Row | None,
     ) -> Row:
-        stream_id, key, phase, age, items, size, server_time, first_item = sample
+        stream_id, key, phase, age, items, size, server_time, first_item, instance = sample
         rate: float | None = None
         if previous is not None and server_time > previous.server_time:
             # Items since the previous sample, over the server time between them.
@@ -358,7 +412,7 @@ class TopModel:
             rate = items / (server_time - first_item)
         if rate is not None and not math.isfinite(rate):
             rate = None
-        return Row(stream_id, key, phase, age, items, size, rate, server_time, now)
+        return Row(stream_id, key, phase, age, items, size, rate, server_time, now, instance)
 
     def _update(
         self,
@@ -388,6 +442,27 @@ class TopModel:
 
 def _count(value: object) -> int:
     return value if isinstance(value, int) else 0
+
+
+def _cluster_line(stats: Mapping[str, object], usage: Callable[[object, object], str]) -> str:
+    """``"cluster 2 instances  active 3/10  waiting 0  a 2/10, b 1/10"``."""
+    instances = [one for one in cast("list[object]", stats["instances"]) if isinstance(one, dict)]
+    limit = instances[0].get("max_streams") if instances else None
+    parts = [
+        f"cluster {len(instances)} instance{'' if len(instances) == 1 else 's'}",
+        f"active {usage(stats.get('active'), limit)}",
+        f"waiting {stats.get('waiting')}",
+    ]
+    shown = [
+        f"{one.get('instance')} {one.get('active')}"
+        + (f" (+{one.get('waiting')} waiting)" if one.get("waiting") else "")
+        + (" CLOSING" if one.get("closing") else "")
+        for one in instances[:8]
+    ]
+    more = f", {len(instances) - 8} more" if len(instances) > 8 else ""
+    if shown:
+        parts.append(f"per instance: {', '.join(shown)}{more}")
+    return "  ".join(parts)
 
 
 class Backoff:

@@ -4,8 +4,9 @@ The I/O around :class:`~streammgr.cli._top.TopModel`: one task follows the event
 feed (parsed by :class:`streammgr.sse.SSEParser`), reconnecting with a backoff when
 it drops; one polls ``GET /admin/streams`` and ``GET /admin/stats`` every
 ``refresh`` seconds for what the feed does not carry (later phases, items, bytes,
-limits). Only this module imports Textual: ``streammgr top`` says which extra to
-install when it is missing.
+limits). With ``cluster``, no feed: each poll reads ``GET /admin/cluster/streams`` and
+``GET /admin/cluster/stats`` (every instance's streams). Only this module imports
+Textual: ``streammgr top`` says which extra to install when it is missing.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _WIDTHS: dict[Column, int] = {
     "items": 10,
     "bytes": 10,
     "rate": 10,
+    "instance": 16,
 }
 
 _FEED_TIMEOUT = httpx.Timeout(10.0, read=90.0)  # keep-alives come every 15 s by default
@@ -62,6 +64,7 @@ class TopSettings:
         sort: the column sorted by at start.
         reverse: flip that column's natural order.
         refresh: seconds between two polls of the counts and limits.
+        cluster: every instance's streams (``GET /admin/cluster/...``), polled.
     """
 
     url: str
@@ -69,12 +72,13 @@ class TopSettings:
     sort: Column = "age"
     reverse: bool = False
     refresh: float = 1.0
+    cluster: bool = False
 
     def __repr__(self) -> str:
         token = "set" if self.token else "none"
         return (
             f"TopSettings(url={self.url!r}, token={token}, sort={self.sort!r}, "
-            f"reverse={self.reverse!r}, refresh={self.refresh!r})"
+            f"reverse={self.reverse!r}, refresh={self.refresh!r}, cluster={self.cluster!r})"
         )
 
 
@@ -148,7 +152,7 @@ class TopApp(App[int]):
     ) -> None:
         super().__init__()
         self.settings = settings
-        self.model = TopModel(settings.sort, reverse=settings.reverse)
+        self.model = TopModel(settings.sort, reverse=settings.reverse, cluster=settings.cluster)
         self.feed_status = "connecting"
         """What the feed task last said: ``live``, or why it is not."""
         self.poll_status = ""
@@ -182,9 +186,12 @@ class TopApp(App[int]):
     def on_mount(self) -> None:
         """Set up the columns and start the feed and the poll."""
         table = self.query_one(DataTable)
-        for column in COLUMNS:
+        for column in self.model.columns:
             table.add_column(column, key=column, width=_WIDTHS[column])
-        self.run_worker(self._follow_feed(), name="feed", exit_on_error=False)
+        if self.settings.cluster:
+            self.feed_status = f"cluster: every instance, polled every {self.settings.refresh:g}s"
+        else:
+            self.run_worker(self._follow_feed(), name="feed", exit_on_error=False)
         self.run_worker(self._poll(), name="poll", exit_on_error=False)
         self._redraw()
 
@@ -213,8 +220,9 @@ class TopApp(App[int]):
 
     def action_next_sort(self) -> None:
         """Sort by the next column."""
-        index = (COLUMNS.index(self.model.sort) + 1) % len(COLUMNS)
-        self.model.sort_by(COLUMNS[index])
+        columns = self.model.columns
+        index = (columns.index(self.model.sort) + 1) % len(columns)
+        self.model.sort_by(columns[index])
         self._changed()
 
     def action_reverse(self) -> None:
@@ -259,13 +267,15 @@ class TopApp(App[int]):
         for stream_id in [stream_id for stream_id in shown if stream_id not in wanted]:
             table.remove_row(stream_id)
             del shown[stream_id]
+        columns = self.model.columns
+        cluster = self.model.cluster
         for row in rows:
-            cells = row.cells()
+            cells = row.cluster_cells() if cluster else row.cells()
             before = shown.get(row.id)
             if before is None:
                 table.add_row(*map(Text, cells), key=row.id)
             elif before != cells:
-                for column, old, new in zip(COLUMNS, before, cells, strict=True):
+                for column, old, new in zip(columns, before, cells, strict=True):
                     if old != new:
                         table.update_cell(row.id, column, Text(new))
             shown[row.id] = cells
@@ -360,13 +370,18 @@ class TopApp(App[int]):
 
     async def _poll(self) -> None:
         while True:
+            cluster = self.settings.cluster
             try:
                 streams = await self._list_streams()
-                response = await self._http.get("/stats")
+                response = await self._http.get("/cluster/stats" if cluster else "/stats")
                 await self._check(response)
                 now = time.monotonic()
-                self.model.apply_listing(streams, now)
-                self.model.apply_stats(response.json())
+                if cluster:
+                    self.model.apply_cluster_listing(streams, now)
+                    self.model.apply_cluster_stats(response.json())
+                else:
+                    self.model.apply_listing(streams, now)
+                    self.model.apply_stats(response.json())
                 self.poll_status = ""
             except _Unauthorized as exc:
                 self.poll_status = self._describe(exc)
@@ -378,12 +393,13 @@ class TopApp(App[int]):
     async def _list_streams(self) -> list[object]:
         streams: list[object] = []
         params: dict[str, str | int] = {"limit": 1000}
+        path = "/cluster/streams" if self.settings.cluster else "/streams"
         for _ in range(MAX_PAGES):
-            response = await self._http.get("/streams", params=params)
+            response = await self._http.get(path, params=params)
             await self._check(response)
             page = response.json()
             if not isinstance(page, dict) or not isinstance(page.get("streams"), list):
-                raise FeedProtocolError("GET /streams answered no 'streams' list")
+                raise FeedProtocolError(f"GET {path} answered no 'streams' list")
             streams.extend(page["streams"])
             cursor = page.get("next_cursor")
             if not isinstance(cursor, str):

@@ -43,6 +43,7 @@ _MIN_RETRY_AFTER = 1.0
 _MAX_RETRY_AFTER = 3600.0
 _GLOBAL, _PER_KEY = 1, 2  # why the acquire script said no
 _RELEASE_BATCH = 200  # leases released in one script at most
+_LIMITS_JOBS = ("limits", "read-limits")  # jobs that are not a lease to release
 
 
 class _Lease(Permit):
@@ -139,6 +140,8 @@ class RedisLimiter(Limiter):
         self._limits_key = connection.key("limits")
         self._released_channel = connection.key("released")
         connection.subscribe(self._released_channel, self._on_released)
+        # Limits set on another instance: read them from the hash and adopt them.
+        connection.subscribe(self._limits_key, self._on_limits_changed)
         self._held: dict[str, _Lease] = {}
         self._held_by_key: dict[str, int] = {}
         self._queues: dict[str, OrderedDict[int, _Waiter]] = {}
@@ -148,6 +151,7 @@ class RedisLimiter(Limiter):
         self._epoch = ""
         self._degraded: str | None = None
         self._re_add = False
+        self._limits_writes = 0  # local changes not yet written: a read must not undo them
         self._leases_lost = 0
         self._instances_seen = 1
         self._cluster_active = 0
@@ -216,6 +220,8 @@ class RedisLimiter(Limiter):
             )
             self._epoch = str(result[0])
             self._instances_seen = max(int(cast("int", result[1])), 1)
+            # The cluster's limits, when an instance set them before this one started.
+            await self._read_limits()
             stack = contextlib.AsyncExitStack()
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             self._stack = stack
@@ -348,9 +354,8 @@ class RedisLimiter(Limiter):
         )
         self._max_streams, self._max_per_key, self._max_waiting = new_max, new_per_key, new_waiting
         if self._nursery is not None:
-            self._jobs_pending += 1
-            self._jobs_idle = trio.Event() if self._jobs_idle.is_set() else self._jobs_idle
-            self._jobs_send.send_nowait(("limits", ""))
+            self._limits_writes += 1
+        self._queue_job("limits")
         for queue in self._queues.values():
             next(iter(queue.values())).wake.set()
 
@@ -508,6 +513,43 @@ class RedisLimiter(Limiter):
     def _key_set(self, key: str) -> str:
         return self.connection.key("key", key)
 
+    # -- limits set on another instance -----------------------------------------------
+
+    def _on_limits_changed(self, instance_id: str) -> None:
+        if instance_id != self.connection.instance_id:
+            self._queue_job("read-limits")
+
+    def _queue_job(self, kind: str) -> None:
+        if self._nursery is None:
+            return
+        self._jobs_pending += 1
+        if self._jobs_idle.is_set():
+            self._jobs_idle = trio.Event()
+        self._jobs_send.send_nowait((kind, ""))
+
+    async def _read_limits(self) -> None:
+        """Adopt the limits last set on any instance (the hash ``{namespace}:limits``);
+        ``max_waiting`` stays this instance's own."""
+        values = cast(
+            "list[str | None]",
+            await self.connection.run(_scripts.READ_LIMITS, [self._limits_key], []),
+        )
+        if values[0] is None or values[1] is None or self._limits_writes:
+            return  # never set; or a local change is on its way to the hash
+        max_streams, max_per_key = (None if int(v) < 0 else int(v) for v in values if v)
+        if (max_streams, max_per_key) == (self._max_streams, self._max_per_key):
+            return
+        self._log.info(
+            "limiter.limits_adopted",
+            max_streams=max_streams,
+            max_streams_per_key=max_per_key,
+            previous_max_streams=self._max_streams,
+            previous_max_streams_per_key=self._max_per_key,
+        )
+        self._max_streams, self._max_per_key = max_streams, max_per_key
+        for queue in self._queues.values():
+            next(iter(queue.values())).wake.set()
+
     # -- background ----------------------------------------------------------------
 
     def _give_back(self, lease_id: str, key: str) -> None:
@@ -530,7 +572,8 @@ class RedisLimiter(Limiter):
                     jobs.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            releases = [job for job in jobs if job[0] != "limits"]
+            releases = [job for job in jobs if job[0] not in _LIMITS_JOBS]
+            kinds = {job[0] for job in jobs}
             try:
                 if releases:
                     await self.connection.run(
@@ -542,7 +585,7 @@ class RedisLimiter(Limiter):
                         ],
                         [item for job in releases for item in job],
                     )
-                if len(releases) < len(jobs):
+                if "limits" in kinds:
                     await self.connection.run(
                         _scripts.LIMITS,
                         [self._limits_key, self.connection.key("limits")],
@@ -553,10 +596,13 @@ class RedisLimiter(Limiter):
                             _limit_arg(self._max_per_key),
                         ],
                     )
+                if "read-limits" in kinds:
+                    await self._read_limits()
             except RedisLost as exc:
                 # Not renewed any more: the leases expire within lease_ttl.
                 self._log.debug("limiter.release_failed", error=str(exc))
             finally:
+                self._limits_writes -= sum(1 for job in jobs if job[0] == "limits")
                 self._jobs_pending -= len(jobs)
                 if not self._jobs_pending:
                     self._jobs_idle.set()
@@ -628,6 +674,9 @@ class RedisLimiter(Limiter):
                 re_added=re_add or epoch_changed,
             )
         self._re_add = False
+        # Read the cluster's limits at each heartbeat too: a change announced while the
+        # pub/sub link was down (or Redis lost) reaches this instance all the same.
+        self._queue_job("read-limits")
         if self._degraded is not None:
             self._degraded = None
             self._log.warning(

@@ -26,7 +26,16 @@ Pure data: no I/O here, nothing that imports coredis.
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "HEARTBEAT", "JOIN", "LEAVE", "LIMITS", "RELEASE", "STATE_FACTOR"]
+__all__ = [
+    "ACQUIRE",
+    "HEARTBEAT",
+    "JOIN",
+    "LEAVE",
+    "LIMITS",
+    "READ_LIMITS",
+    "RELEASE",
+    "STATE_FACTOR",
+]
 
 STATE_FACTOR = 10
 """The epoch marker, the instances set and the limits live this many lease periods
@@ -182,3 +191,8 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * STATE_FACTOR)
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """.replace("STATE_FACTOR", str(STATE_FACTOR))
+
+READ_LIMITS = """
+-- KEYS: limits hash. Returns {max_streams, max_per_key} (-1: none; false: never set).
+return redis.call('HMGET', KEYS[1], 'max_streams', 'max_streams_per_key')
+"""

@@ -23,7 +23,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
@@ -37,6 +37,7 @@ from .._manager import StreamManager
 from .._registry import StreamInfo
 from .._states import CloseReason, Phase
 from .._validate import check_count, check_seconds
+from ._admin_cluster import add_cluster_routes, cancel_elsewhere, cancel_key_elsewhere
 from ._admin_errors import (
     FEED_EVENT,
     AdminError,
@@ -60,6 +61,9 @@ from ._admin_models import (
 )
 from ._hosts import HostGuard, check_allowed_hosts, is_loopback_host
 from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
+
+if TYPE_CHECKING:
+    from ..cluster import ClusterRegistry
 
 __all__ = ["RETRY_AFTER", "AdminError", "admin_app", "check_exposure"]
 
@@ -248,6 +252,7 @@ def admin_app(
     title: str = "streammgr inspection API",
     allowed_hosts: Sequence[str] | None = None,
     allowed_origins: Sequence[str] = (),
+    cluster: ClusterRegistry | None = None,
 ) -> FastAPI:
     """The inspection API over ``manager``, as an ASGI app (FastAPI) to serve or mount.
 
@@ -255,8 +260,14 @@ def admin_app(
     ``GET /streams/events`` (live SSE feed, starting with a snapshot),
     ``GET``/``DELETE /streams/{id}``, ``DELETE /keys/{key}/streams``,
     ``GET /history``, ``GET /stats``, ``GET``/``PUT /limits``, ``GET /healthz``,
-    ``GET /metrics`` (Prometheus text, from a registry of this app's own) and
-    ``GET /openapi.json``. Errors are ``{"error": {"code", "message"}}``.
+    ``GET /metrics`` (Prometheus text, from a registry of this app's own),
+    ``GET /cluster/streams`` and ``GET /cluster/stats`` (with ``cluster``; else 404
+    ``cluster_off``) and ``GET /openapi.json``. Errors are
+    ``{"error": {"code", "message"}}``.
+
+    **Cluster mode** (``cluster``, a :class:`streammgr.cluster.ClusterRegistry`
+    entered by the caller): the cluster routes list every instance's streams, and a
+    cancel of a stream or a key reaches every instance (docs/cluster.md).
 
     **The prefix** is part of every path the app itself routes: served alone, the
     default answers ``/admin/streams``. Mounted in a bigger app at ``/admin``
@@ -303,6 +314,7 @@ def admin_app(
             host). ``None``: loopback names only without ``token``, any host with one.
         allowed_origins: origins whose state-changing requests are accepted besides
             the request's own (e.g. the service's CORS origins; ``"*"`` adds none).
+        cluster: the cluster registry of this instance (cluster mode), or ``None``.
 
     Returns:
         The FastAPI app.
@@ -375,6 +387,15 @@ def admin_app(
         422: declared_error("A parameter or the body is invalid (validation_error).")
     }
     not_found: Responses = {404: declared_error("Not in flight nor in history (stream_not_found).")}
+    if cluster is not None:
+        not_found[503] = declared_error(
+            "The owning instance or Redis is unreachable (instance_unreachable, "
+            "cluster_unavailable).",
+            retry_after=True,
+        )
+        not_found[504] = declared_error(
+            "The owning instance did not answer in time (instance_no_answer)."
+        )
     router = APIRouter(prefix=prefix, dependencies=dependencies, responses=unauthorized)
     install_error_handlers(app, router)
 
@@ -482,6 +503,23 @@ def admin_app(
         body: Annotated[CancelBody | None, Body()] = None,
     ) -> CancelResult:
         text = clean_reason(_reason(reason, body))
+        if cluster is not None and manager.get(stream_id) is None:
+            result, owner = await cancel_elsewhere(
+                cluster,
+                stream_id,
+                text,
+                clean,
+                base=_base(request, prefix),
+                retry_after=RETRY_AFTER,
+            )
+            get_logger().info(
+                "admin.cancelled",
+                stream_id=stream_id,
+                client=_client(request),
+                detail=text,
+                instance=owner,
+            )
+            return result
         info = _find(manager, stream_id, _base(request, prefix))
         if info.phase is Phase.CLOSED:
             raise AdminError(
@@ -509,7 +547,18 @@ def admin_app(
     @router.delete(
         "/keys/{key:" + _KEY_CONVERTOR + "}/streams",
         summary="Cancel every stream of a key",
-        responses=invalid,
+        response_model_exclude_none=True,  # by_instance: in cluster mode only
+        responses={
+            **invalid,
+            **(
+                {}
+                if cluster is None
+                else {
+                    503: not_found[503],
+                    504: declared_error("An instance did not answer in time."),
+                }
+            ),
+        },
     )
     async def cancel_key(
         request: Request,
@@ -522,10 +571,19 @@ def admin_app(
     ) -> CancelKeyResult:
         text = clean_reason(_reason(reason, body))
         count = manager.cancel_key(key, reason=text)
+        by_instance = None
+        if cluster is not None:
+            by_instance = {cluster.instance_id: count}
+            by_instance.update(
+                await cancel_key_elsewhere(cluster, key, text, retry_after=RETRY_AFTER)
+            )
+            count = sum(by_instance.values())
         get_logger().info(
             "admin.cancelled_key", key=key, cancelled=count, client=_client(request), detail=text
         )
-        return CancelKeyResult(key=key, cancelled=count)
+        return CancelKeyResult(key=key, cancelled=count, by_instance=by_instance)
+
+    add_cluster_routes(router, cluster, clean, retry_after=RETRY_AFTER)
 
     @router.get("/history", summary="Recently closed streams, newest first", responses=invalid)
     async def history(

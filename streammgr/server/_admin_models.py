@@ -19,10 +19,14 @@ __all__ = [
     "CancelBody",
     "CancelKeyResult",
     "CancelResult",
+    "ClusterStats",
+    "ClusterStream",
+    "ClusterStreamPage",
     "ErrorBody",
     "ErrorDetail",
     "Health",
     "History",
+    "InstanceStats",
     "Limits",
     "LimitsUpdate",
     "Stats",
@@ -123,6 +127,55 @@ class CancelKeyResult(BaseModel):
 
     key: str
     cancelled: int = Field(description="Streams cancelled (0 when the key had none).")
+    by_instance: dict[str, int] | None = Field(
+        default=None,
+        description="In cluster mode: streams cancelled on each instance that answered.",
+    )
+
+
+class ClusterStream(Stream):
+    """One stream of any instance, from that instance's last snapshot in Redis.
+
+    Times ending in ``_at`` are on the owning instance's monotonic clock; ``age`` and
+    ``idle`` are as of its snapshot (at most about a second old).
+    """
+
+    instance: str = Field(description="The instance that runs it (--instance-id).")
+
+
+class ClusterStreamPage(BaseModel):
+    """One page of ``GET /cluster/streams``, ordered by creation time (Unix)."""
+
+    streams: list[ClusterStream]
+    total: int = Field(description="Streams matching the filters, on every page.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class InstanceStats(BaseModel):
+    """One live instance, as of its last snapshot."""
+
+    instance: str
+    active: int = Field(description="Streams holding a slot on it.")
+    waiting: int = Field(description="Streams queued for a slot on it.")
+    max_streams: int | None
+    max_streams_per_key: int | None
+    max_waiting: int | None
+    opened_total: int
+    closed_total: int
+    closing: bool = Field(description="Whether it has stopped admitting.")
+    last_seen: float = Field(description="Unix time of its last snapshot (its own clock).")
+    seen_ago: float = Field(description="Seconds since Redis stored it (Redis' clock).")
+
+
+class ClusterStats(BaseModel):
+    """``GET /cluster/stats``: totals over the live instances, and each one."""
+
+    active: int
+    waiting: int
+    streams: int = Field(description="Streams listed in every snapshot (open or closing).")
+    instances: list[InstanceStats]
 
 
 class Limits(BaseModel):
