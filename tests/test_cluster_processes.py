@@ -262,7 +262,7 @@ async def test_three_instances_hold_the_limits_under_churn(
         assert tally.completed + tally.left == tally.statuses[200]
         assert tally.statuses[200] >= streams * 0.9, tally.statuses  # refusals are rare
         assert tally.left > 0
-        # The limits, three ways: the simulator, the clients, Redis.
+        # The limits, two ways: at the simulator and in Redis.
         assert stats["max_open"] == MAX_STREAMS, stats  # reached, never passed
         assert stats["client_left"] == tally.left
         assert redis_counts.samples > 10
