@@ -28,7 +28,15 @@ import trio
 from ._errors import StreamLimitExceeded
 from ._validate import UNSET, _Unset, check_limit
 
-__all__ = ["FairLimiter", "Limiter", "LimiterSnapshot", "LimiterStatus", "Permit"]
+__all__ = [
+    "FairLimiter",
+    "Limiter",
+    "LimiterSnapshot",
+    "LimiterStatus",
+    "Permit",
+    "mean_hold",
+    "refusal",
+]
 
 # Smoothing factor of the running mean of slot hold times (for retry_after).
 _HOLD_SMOOTHING = 0.1
@@ -266,7 +274,7 @@ class FairLimiter(Limiter):
             del self._active_by_key[key]
         hold = trio.current_time() - permit.acquired_at
         mean = self._mean_hold
-        self._mean_hold = hold if mean is None else mean + _HOLD_SMOOTHING * (hold - mean)
+        self._mean_hold = mean_hold(mean, hold)
         if key in self._queues:
             self._mark_ready(key)
         self._admit()
@@ -389,20 +397,31 @@ class FairLimiter(Limiter):
         )
 
     def _rejection(self, key: str, limit: str, what: str) -> StreamLimitExceeded:
-        hold = self._mean_hold if self._mean_hold is not None else _MIN_RETRY_AFTER
         if limit == "max_streams_per_key":
             queue = self._queues.get(key)
-            ahead = len(queue) if queue else 0
-            capacity = self._max_per_key or 1
+            ahead, capacity = (len(queue) if queue else 0), self._max_per_key
         else:
-            ahead = self._waiting
-            capacity = self._max_streams or 1
-        estimate = hold * (ahead + 1) / capacity
-        retry_after = float(min(max(math.ceil(estimate), _MIN_RETRY_AFTER), _MAX_RETRY_AFTER))
-        return StreamLimitExceeded(
-            f"stream for key {key!r} not admitted: {what}; retry in about {retry_after:g}s, "
-            f"or raise the limit with manager.set_limits()",
-            limit=limit,
-            retry_after=retry_after,
-            key=key,
-        )
+            ahead, capacity = self._waiting, self._max_streams
+        return refusal(key, limit, what, hold=self._mean_hold, ahead=ahead, capacity=capacity)
+
+
+def mean_hold(mean: float | None, hold: float) -> float:
+    """The running mean of slot hold times, with ``hold`` just seen (for retry_after)."""
+    return hold if mean is None else mean + _HOLD_SMOOTHING * (hold - mean)
+
+
+def refusal(
+    key: str, limit: str, what: str, *, hold: float | None, ahead: int, capacity: int | None
+) -> StreamLimitExceeded:
+    """The error of a refused stream, with a ``retry_after`` estimated from the mean
+    hold time, the callers ``ahead`` and the slots of the ``limit`` (shared by every
+    limiter, so that a client sees the same advice whichever refused it)."""
+    estimate = (hold if hold is not None else _MIN_RETRY_AFTER) * (ahead + 1) / (capacity or 1)
+    retry_after = float(min(max(math.ceil(estimate), _MIN_RETRY_AFTER), _MAX_RETRY_AFTER))
+    return StreamLimitExceeded(
+        f"stream for key {key!r} not admitted: {what}; retry in about {retry_after:g}s, "
+        f"or raise the limit with manager.set_limits()",
+        limit=limit,
+        retry_after=retry_after,
+        key=key,
+    )

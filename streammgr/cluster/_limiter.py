@@ -25,7 +25,7 @@ import trio
 import trio.lowlevel
 
 from .._errors import LimiterUnavailable, StreamLimitExceeded
-from .._limits import Limiter, LimiterSnapshot, LimiterStatus, Permit
+from .._limits import Limiter, LimiterSnapshot, LimiterStatus, Permit, mean_hold, refusal
 from .._logging import get_logger
 from .._validate import UNSET, _Unset, check_lease_ttl, check_limit
 from . import _scripts
@@ -38,9 +38,6 @@ FAULT_POLICIES: tuple[FaultPolicy, ...] = ("fail-closed", "local")
 """What a limiter does while Redis is lost: refuse new streams, or admit against a
 share of each limit."""
 
-_HOLD_SMOOTHING = 0.1
-_MIN_RETRY_AFTER = 1.0
-_MAX_RETRY_AFTER = 3600.0
 _GLOBAL, _PER_KEY = 1, 2  # why the acquire script said no
 _RELEASE_BATCH = 200  # leases released in one script at most
 _LIMITS_JOBS = ("limits", "read-limits")  # jobs that are not a lease to release
@@ -323,7 +320,7 @@ class RedisLimiter(Limiter):
             del self._held_by_key[key]
         hold = trio.current_time() - permit.acquired_at
         mean = self._mean_hold
-        self._mean_hold = hold if mean is None else mean + _HOLD_SMOOTHING * (hold - mean)
+        self._mean_hold = mean_hold(mean, hold)
         self._give_back(permit.lease_id, key)
         if self._degraded is not None:
             self._on_released(key)  # Redis will not tell: the local share freed a slot
@@ -733,23 +730,12 @@ class RedisLimiter(Limiter):
         )
 
     def _rejection(self, key: str, limit: str, what: str) -> StreamLimitExceeded:
-        hold = self._mean_hold if self._mean_hold is not None else _MIN_RETRY_AFTER
         if limit == "max_streams_per_key":
             queue = self._queues.get(key)
-            ahead = len(queue) if queue else 0
-            capacity = self._max_per_key or 1
+            ahead, capacity = (len(queue) if queue else 0), self._max_per_key
         else:
-            ahead = self._waiting
-            capacity = self._max_streams or 1
-        estimate = hold * (ahead + 1) / capacity
-        retry_after = float(min(max(math.ceil(estimate), _MIN_RETRY_AFTER), _MAX_RETRY_AFTER))
-        return StreamLimitExceeded(
-            f"stream for key {key!r} not admitted: {what}; retry in about {retry_after:g}s, "
-            f"or raise the limit with manager.set_limits()",
-            limit=limit,
-            retry_after=retry_after,
-            key=key,
-        )
+            ahead, capacity = self._waiting, self._max_streams
+        return refusal(key, limit, what, hold=self._mean_hold, ahead=ahead, capacity=capacity)
 
 
 def _limit_arg(limit: int | None) -> int:
