@@ -36,6 +36,7 @@ __all__ = [
     "Permit",
     "mean_hold",
     "refusal",
+    "resized",
 ]
 
 # Smoothing factor of the running mean of slot hold times (for retry_after).
@@ -287,22 +288,12 @@ class FairLimiter(Limiter):
         max_waiting: int | _Unset | None = UNSET,
     ) -> None:
         # Validate everything before changing anything.
-        new_max = (
-            self._max_streams
-            if isinstance(max_streams, _Unset)
-            else check_limit("max_streams", max_streams)
+        self._max_streams, self._max_per_key, self._max_waiting = resized(
+            (self._max_streams, self._max_per_key, self._max_waiting),
+            max_streams,
+            max_streams_per_key,
+            max_waiting,
         )
-        new_per_key = (
-            self._max_per_key
-            if isinstance(max_streams_per_key, _Unset)
-            else check_limit("max_streams_per_key", max_streams_per_key)
-        )
-        new_waiting = (
-            self._max_waiting
-            if isinstance(max_waiting, _Unset)
-            else check_limit("max_waiting", max_waiting)
-        )
-        self._max_streams, self._max_per_key, self._max_waiting = new_max, new_per_key, new_waiting
         for key in self._queues:
             self._mark_ready(key)
         self._admit()
@@ -425,3 +416,20 @@ def refusal(
         retry_after=retry_after,
         key=key,
     )
+
+
+def resized(
+    current: tuple[int | None, int | None, int | None],
+    max_streams: int | _Unset | None,
+    max_streams_per_key: int | _Unset | None,
+    max_waiting: int | _Unset | None,
+) -> tuple[int | None, int | None, int | None]:
+    """``(max_streams, max_streams_per_key, max_waiting)`` after a resize: each given
+    value checked (all before any is used), each left out (``UNSET``) kept."""
+    limits = (max_streams, max_streams_per_key, max_waiting)
+    names = ("max_streams", "max_streams_per_key", "max_waiting")
+    checked = [
+        old if isinstance(new, _Unset) else check_limit(name, new)
+        for old, new, name in zip(current, limits, names, strict=True)
+    ]
+    return checked[0], checked[1], checked[2]

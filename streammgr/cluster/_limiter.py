@@ -25,7 +25,7 @@ import trio
 import trio.lowlevel
 
 from .._errors import LimiterUnavailable, StreamLimitExceeded
-from .._limits import Limiter, LimiterSnapshot, LimiterStatus, Permit, mean_hold, refusal
+from .._limits import Limiter, LimiterSnapshot, LimiterStatus, Permit, mean_hold, refusal, resized
 from .._logging import get_logger
 from .._validate import UNSET, _Unset, check_lease_ttl, check_limit
 from . import _scripts
@@ -334,22 +334,12 @@ class RedisLimiter(Limiter):
     ) -> None:
         """Change this instance's limits now, and record them in Redis (the hash
         ``{namespace}:limits``, announced on the channel ``{namespace}:limits``)."""
-        new_max = (
-            self._max_streams
-            if isinstance(max_streams, _Unset)
-            else check_limit("max_streams", max_streams)
+        self._max_streams, self._max_per_key, self._max_waiting = resized(
+            (self._max_streams, self._max_per_key, self._max_waiting),
+            max_streams,
+            max_streams_per_key,
+            max_waiting,
         )
-        new_per_key = (
-            self._max_per_key
-            if isinstance(max_streams_per_key, _Unset)
-            else check_limit("max_streams_per_key", max_streams_per_key)
-        )
-        new_waiting = (
-            self._max_waiting
-            if isinstance(max_waiting, _Unset)
-            else check_limit("max_waiting", max_waiting)
-        )
-        self._max_streams, self._max_per_key, self._max_waiting = new_max, new_per_key, new_waiting
         if self._nursery is not None:
             self._limits_writes += 1
         self._queue_job("limits")
