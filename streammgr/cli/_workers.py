@@ -42,7 +42,7 @@ import structlog
 import trio
 
 from ._logging import configure_logging
-from ._run import ServeSettings, _first_leaf, listen_error_message, run_serve
+from ._run import ServeSettings, first_leaf, listen_error_message, run_serve
 
 __all__ = ["RESTART_DELAY", "available_cores", "check_workers", "run_workers", "worker_settings"]
 
@@ -282,7 +282,7 @@ async def run_workers(settings: ServeSettings, workers: int) -> int:
                             urls = [_url(sock) for sock in sockets]
                             log.info("workers.listening", urls=urls, workers=sorted(pids.values()))
                 except* _WorkerFailedError as group:
-                    failure = _first_leaf(group)  # nested: the starting nursery's
+                    failure = first_leaf(group)  # nested: the starting nursery's
                     assert isinstance(failure, _WorkerFailedError)
                     log.error(  # noqa: TRY400 - the code says it: no traceback
                         "workers.failed", worker=failure.number, code=failure.code
