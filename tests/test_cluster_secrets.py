@@ -12,6 +12,7 @@ import urllib.parse
 
 import pytest
 
+from streammgr.cli import main
 from streammgr.cluster import RedisConnection
 from streammgr.cluster._connection import RedisLost
 from tests.redis_helpers import RedisServer
@@ -81,3 +82,17 @@ def test_an_unencoded_password_that_breaks_the_url_is_not_echoed(url: str) -> No
         RedisConnection(url)
     assert "hunt" not in str(caught.value)
     assert "er2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["redis://:hunt/er2@redis:6379/0", "redis://:hunt?er2@redis/0"])
+def test_serve_refuses_a_broken_url_in_one_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a traceback from the limiter (in every worker, with --workers): a usage
+    error at once, the URL not shown."""
+    assert main(["serve", "--redis-url", url]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--redis-url" in line
+    assert "percent-encode" in line
+    assert "hunt" not in line
+    assert "er2" not in line
