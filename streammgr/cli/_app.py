@@ -224,6 +224,16 @@ async def serve(
             "--redis-url accepts a redis://, rediss:// or unix:// URL, e.g. "
             "redis://redis:6379/0 (the value is not shown: it may hold a password)"
         )
+    if redis_url is not None:
+        try:
+            from ..cluster import RedisConnection
+        except ImportError:
+            pass  # run_serve says which extra is missing
+        else:
+            try:
+                RedisConnection(redis_url)  # no I/O: the URL's checks (never showing it)
+            except ValueError as exc:
+                raise UsageError(f"--redis-url (STREAMMGR_REDIS_URL): {exc}") from None
     api_key = None
     if upstream_api_key_env is not None:
         import os

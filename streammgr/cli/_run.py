@@ -36,6 +36,7 @@ __all__ = [
     "ServeSettings",
     "cluster_limiter",
     "cluster_registry",
+    "first_leaf",
     "listen_error_message",
     "run_serve",
     "run_simulate",
@@ -87,7 +88,7 @@ class ServeSettings:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
 
 
-def _first_leaf(error: BaseException) -> BaseException:
+def first_leaf(error: BaseException) -> BaseException:
     """The first exception that is not a group (nurseries nest them)."""
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
@@ -102,7 +103,7 @@ def listen_error_message(error: BaseException, host: str, port: int) -> str:
         host: the ``--host`` given.
         port: the ``--port`` given.
     """
-    error = _first_leaf(error)
+    error = first_leaf(error)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(error, socket.gaierror):
         return f"{host} does not resolve to an address ({error.strerror}); choose another --host"

@@ -42,9 +42,9 @@ import structlog
 import trio
 
 from ._logging import configure_logging
-from ._run import ServeSettings, _first_leaf, listen_error_message, run_serve
+from ._run import ServeSettings, first_leaf, listen_error_message, run_serve
 
-__all__ = ["RESTART_DELAY", "available_cores", "check_workers", "run_workers"]
+__all__ = ["RESTART_DELAY", "available_cores", "check_workers", "run_workers", "worker_settings"]
 
 RESTART_DELAY = 1.0
 """Seconds before a worker that exited while serving is replaced (bounds a crash loop
@@ -71,6 +71,17 @@ def check_workers(workers: int, redis_url: str | None) -> None:
             f"enforce its own limits ({workers} times --max-streams); pass "
             f"--redis-url redis://HOST:PORT, or use --workers 1"
         )
+
+
+def worker_settings(settings: ServeSettings, workers: int, number: int) -> ServeSettings:
+    """Worker ``number``'s settings: with several workers, a given ``--instance-id``
+    becomes ``<id>-w<number>`` (one id for N instances would make one snapshot
+    overwrite the others in the cluster registry, count N instances as one, and send
+    a cancel of a sibling's stream nowhere). The default (``None``: ``host:pid``) is
+    already distinct per worker."""
+    if workers <= 1 or settings.instance_id is None:
+        return settings
+    return dataclasses.replace(settings, instance_id=f"{settings.instance_id}-w{number}")
 
 
 def available_cores() -> int:
@@ -108,7 +119,7 @@ class _Supervisor:
         self.log = structlog.get_logger("streammgr.cli")
 
     def payload(self, number: int) -> bytes:
-        fields = dataclasses.asdict(self.settings)
+        fields = dataclasses.asdict(worker_settings(self.settings, self.workers, number))
         line = json.dumps({"settings": fields, "fds": self.fds, "worker": number})
         return line.encode() + b"\n"
 
@@ -271,7 +282,7 @@ async def run_workers(settings: ServeSettings, workers: int) -> int:
                             urls = [_url(sock) for sock in sockets]
                             log.info("workers.listening", urls=urls, workers=sorted(pids.values()))
                 except* _WorkerFailedError as group:
-                    failure = _first_leaf(group)  # nested: the starting nursery's
+                    failure = first_leaf(group)  # nested: the starting nursery's
                     assert isinstance(failure, _WorkerFailedError)
                     log.error(  # noqa: TRY400 - the code says it: no traceback
                         "workers.failed", worker=failure.number, code=failure.code

@@ -45,12 +45,31 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _query_passwords(query: str) -> list[str]:
+    """The values of ``password`` in a URL's query (coredis honours ``?password=``)."""
+    return [
+        value
+        for name, _, value in (piece.partition("=") for piece in query.split("&"))
+        if urllib.parse.unquote_plus(name) == "password" and value
+    ]
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (and a username alone, which Redis takes as the
-    password) replaced by ``***``."""
+    password; and a ``password`` in the query) replaced by ``***``."""
     parts = urllib.parse.urlsplit(url)
+    if _query_passwords(parts.query):
+        query = "&".join(
+            "password=***"
+            if urllib.parse.unquote_plus(piece.partition("=")[0]) == "password"
+            else piece
+            for piece in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
     if parts.password is None and not parts.username:
-        return url
+        if not parts.netloc:  # unix:///path: urlunsplit would drop the empty netloc
+            return f"{parts.scheme}://" + urllib.parse.urlunsplit(parts)[len(parts.scheme) + 1 :]
+        return urllib.parse.urlunsplit(parts)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -65,13 +84,32 @@ def _url_secrets(url: str) -> tuple[str, ...]:
     parts = urllib.parse.urlsplit(url)
     found = [parts.password, parts.username if parts.password is None else None]
     values: list[str] = []
-    for value in found:
+    for value, unquoted in [
+        *((value, urllib.parse.unquote(value or "")) for value in found),
+        *((value, urllib.parse.unquote_plus(value)) for value in _query_passwords(parts.query)),
+    ]:
         if value:
             values.append(value)
-            unquoted = urllib.parse.unquote(value)
             if unquoted != value:
                 values.append(unquoted)
     return tuple(values)
+
+
+def _check_readable(parts: urllib.parse.SplitResult) -> None:
+    """Refuse a URL whose netloc a stray ``/ ? #`` in the password cut short, without
+    echoing any of it (the cut-off half of the password would be in the message)."""
+    try:
+        parts.port  # noqa: B018 - urllib parses the port lazily; this is the check
+        readable = parts.scheme == "unix" or bool(parts.hostname)
+    except ValueError:
+        readable = False
+    if not readable:
+        raise ValueError(
+            f"url is not a readable {parts.scheme}:// URL (no host, or a port that is not a "
+            "number): if the password holds any of @ / : ? # % or spaces, percent-encode it "
+            "(urllib.parse.quote(password, safe='')); the URL is not shown, it may hold the "
+            "password"
+        )
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -107,11 +145,12 @@ class RedisConnection:
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError("url must be a redis:// URL (the --redis-url flag), got nothing")
-        scheme = urllib.parse.urlsplit(url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(
                 f"url must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
             )
+        _check_readable(parts)
         if instance_id is not None and (not isinstance(instance_id, str) or not instance_id):
             raise ValueError(f"instance_id must be a non-empty string, got {instance_id!r}")
         if not isinstance(namespace, str) or not namespace:
@@ -163,6 +202,7 @@ class RedisConnection:
         try:
             client: coredis.Redis[str] = coredis.Redis.from_url(
                 self._url,
+                decode_components=True,  # a percent-encoded password, as the docs ask
                 decode_responses=True,
                 retry_policy=coredis.retry.NoRetryPolicy(),
                 connect_timeout=self.timeout,
