@@ -29,7 +29,6 @@ import trio
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import StringConstraints
 from starlette.convertors import CONVERTOR_TYPES, PathConvertor, register_url_convertor
 
 from .._logging import get_logger, redact
@@ -47,14 +46,20 @@ from ._admin_errors import (
 )
 from ._admin_feed import EventFeedResponse, WatcherSlots
 from ._admin_models import (
+    MAX_PAGE,
     MAX_REASON,
     CancelBody,
     CancelKeyResult,
     CancelResult,
     Health,
     History,
+    KeyFilter,
+    LabelFilter,
     Limits,
     LimitsUpdate,
+    PageCursor,
+    PageSize,
+    PhaseFilter,
     Stats,
     Stream,
     StreamPage,
@@ -71,9 +76,6 @@ RETRY_AFTER = 5
 """Seconds a 429 or 503 of the inspection API tells the client to wait."""
 
 DEFAULT_CANCEL_REASON = "cancelled through the admin API"
-MAX_PAGE = 1000
-# A label filter: a non-empty name, a colon, the value (which may be empty or hold colons).
-LABEL_PATTERN = r"^[^:]+:"
 
 
 def check_exposure(host: str, token: str | None, *, option: str = "--admin-token") -> None:
@@ -405,18 +407,11 @@ def admin_app(
         responses={**invalid, 400: declared_error("The cursor is not one this server gave.")},
     )
     async def list_streams(
-        key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
-        phase: Annotated[
-            list[Phase] | None, Query(description="Only streams in these phases (repeat).")
-        ] = None,
-        label: Annotated[
-            list[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]] | None,
-            Query(description="Only streams with this label, as name:value (repeat: all)."),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
-        cursor: Annotated[
-            str | None, Query(description="The next_cursor of the previous page.")
-        ] = None,
+        key: KeyFilter = None,
+        phase: PhaseFilter = None,
+        label: LabelFilter = None,
+        limit: PageSize = 100,
+        cursor: PageCursor = None,
     ) -> StreamPage:
         wanted = _labels(label or [])
         phases = set(phase or ())

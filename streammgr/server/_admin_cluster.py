@@ -16,9 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import StringConstraints
 
-from .._states import Phase
 from ._admin_errors import AdminError, declared_error
 from ._admin_models import (
     CancelResult,
@@ -26,6 +24,11 @@ from ._admin_models import (
     ClusterStream,
     ClusterStreamPage,
     InstanceStats,
+    KeyFilter,
+    LabelFilter,
+    PageCursor,
+    PageSize,
+    PhaseFilter,
     Stream,
 )
 
@@ -33,9 +36,6 @@ if TYPE_CHECKING:
     from ..cluster import ClusterRegistry
 
 __all__ = ["add_cluster_routes", "cancel_elsewhere", "cancel_key_elsewhere"]
-
-MAX_PAGE = 1000
-LABEL_PATTERN = r"^[^:]+:"
 
 
 def cluster_off() -> AdminError:
@@ -119,19 +119,12 @@ def add_cluster_routes(
         responses={**responses, 400: declared_error("The cursor is not one this server gave.")},
     )
     async def cluster_streams(
-        key: Annotated[str | None, Query(description="Only streams of this key.")] = None,
-        phase: Annotated[
-            list[Phase] | None, Query(description="Only streams in these phases (repeat).")
-        ] = None,
-        label: Annotated[
-            list[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]] | None,
-            Query(description="Only streams with this label, as name:value (repeat: all)."),
-        ] = None,
+        key: KeyFilter = None,
+        phase: PhaseFilter = None,
+        label: LabelFilter = None,
         instance: Annotated[str | None, Query(description="Only streams of this instance.")] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 100,
-        cursor: Annotated[
-            str | None, Query(description="The next_cursor of the previous page.")
-        ] = None,
+        limit: PageSize = 100,
+        cursor: PageCursor = None,
     ) -> ClusterStreamPage:
         if cluster is None:
             raise cluster_off()

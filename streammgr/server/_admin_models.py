@@ -9,11 +9,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from fastapi import Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from .._manager import ManagerStats
 from .._registry import StreamInfo
 from .._states import CloseReason, Phase
+
+# -- The list routes' query parameters (GET /streams, GET /cluster/streams) ----------
+
+MAX_PAGE = 1000
+"""The largest page a list route answers."""
+LABEL_PATTERN = r"^[^:]+:"
+"""A label filter: a non-empty name, a colon, the value (which may be empty or hold colons)."""
+
+KeyFilter = Annotated[str | None, Query(description="Only streams of this key.")]
+PhaseFilter = Annotated[
+    list[Phase] | None, Query(description="Only streams in these phases (repeat).")
+]
+LabelFilter = Annotated[
+    list[Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]] | None,
+    Query(description="Only streams with this label, as name:value (repeat: all)."),
+]
+PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")]
+PageCursor = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 
 __all__ = [
     "CancelBody",
