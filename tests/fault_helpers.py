@@ -380,6 +380,12 @@ def chat(stream: bool = True, **simulate: Any) -> dict[str, Any]:
     return body
 
 
+def token_chat(tokens: int, token_latency: float) -> dict[str, Any]:
+    """A streaming chat body of ``tokens`` tokens, the first at once, then one every
+    ``token_latency`` seconds."""
+    return chat(tokens=tokens, first_token_latency=0, token_latency=token_latency)
+
+
 def unchunked(body: bytes) -> tuple[bytes, bool]:
     """The payload of a chunked body, and whether it ended with its last chunk."""
     out, rest = b"", body

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -20,21 +20,13 @@ from streammgr.cli import main
 
 from .cli_helpers import PATIENCE, CliProcess, started
 from .cluster_helpers import cluster_args, pid_alive
+from .fault_helpers import chat
 from .redis_helpers import RedisServer, redis_server
 from .server_helpers import wait_until
 
 __all__ = ["redis_server"]  # the fixture, used by name
 
-QUICK = {"tokens": 3, "first_token_latency": 0, "token_latency": 0}
-
-
-def _chat(simulate: Mapping[str, float]) -> dict[str, object]:
-    return {
-        "model": "sim-small",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "streammgr_simulate": simulate,
-    }
+QUICK: dict[str, Any] = {"tokens": 3, "first_token_latency": 0, "token_latency": 0}
 
 
 async def _listening(running: CliProcess) -> tuple[str, list[int]]:
@@ -101,7 +93,7 @@ async def test_two_workers_serve_one_port_and_both_answer(
 
 async def _one_stream(url: str) -> None:
     async with httpx.AsyncClient(timeout=PATIENCE) as client:
-        response = await client.post(f"{url}/v1/chat/completions", json=_chat(QUICK))
+        response = await client.post(f"{url}/v1/chat/completions", json=chat(**QUICK))
         assert response.status_code == 200
         assert response.text.endswith("data: [DONE]\n\n")
 
@@ -112,9 +104,9 @@ async def test_sigterm_drains_every_worker_and_exits_zero(
     argv = ["serve", "--workers", "2", "--shutdown-grace", "20", *cluster_args(redis_server.url)]
     async with started(nursery, *argv) as running:
         url, pids = await _listening(running)
-        slow = {"tokens": 15, "first_token_latency": 0, "token_latency": 0.1}
+        slow: dict[str, Any] = {"tokens": 15, "first_token_latency": 0, "token_latency": 0.1}
         async with httpx.AsyncClient(timeout=PATIENCE) as client:
-            request = client.build_request("POST", f"{url}/v1/chat/completions", json=_chat(slow))
+            request = client.build_request("POST", f"{url}/v1/chat/completions", json=chat(**slow))
             response = await client.send(request, stream=True)
             chunks = response.aiter_text()
             text = await chunks.__anext__()  # the stream is in flight

@@ -35,7 +35,7 @@ import trio
 
 from .cli_helpers import PATIENCE
 from .cluster_helpers import Cluster, cluster_args, open_cluster, pid_alive
-from .fault_helpers import chat, raw_request
+from .fault_helpers import raw_request, token_chat
 from .redis_helpers import RedisServer, redis_client, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name
@@ -58,10 +58,6 @@ def _serve_args(redis: RedisServer, *extra: str, lease_ttl: float = 3.0) -> list
         str(PER_KEY),
         *extra,
     ]
-
-
-def _chat(tokens: int, token_latency: float) -> dict[str, object]:
-    return chat(tokens=tokens, first_token_latency=0, token_latency=token_latency)
 
 
 @dataclass
@@ -231,7 +227,9 @@ async def test_three_instances_hold_the_limits_under_churn(
         solo = Tally()
         async with trio.open_nursery() as nursery:
             for _ in range(40):
-                nursery.start_soon(_one_stream, client, cluster.url, "solo", _chat(3, 0.02), solo)
+                nursery.start_soon(
+                    _one_stream, client, cluster.url, "solo", token_chat(3, 0.02), solo
+                )
         stats = await _until_upstream_idle(cluster)
         assert solo.completed == 40
         assert 0 < stats["max_open"] <= PER_KEY, stats
@@ -247,9 +245,9 @@ async def test_three_instances_hold_the_limits_under_churn(
             async for key, leave_early in receive:
                 if leave_early:
                     # From a long stream (2 s): the simulator sees it end as client_left.
-                    await _leave_early(cluster.port, key, _chat(200, 0.01), tally)
+                    await _leave_early(cluster.port, key, token_chat(200, 0.01), tally)
                 else:
-                    body = _chat(rng.randint(2, 6), 0.01)
+                    body = token_chat(rng.randint(2, 6), 0.01)
                     await _one_stream(client, cluster.url, key, body, tally)
 
         async with _sampling(redis_server.url) as redis_counts:
@@ -289,7 +287,7 @@ async def test_a_killed_instance_gives_its_slots_back_within_the_lease_ttl(
         admitted = trio.Event()
 
         async def wait_for_a_slot() -> None:
-            await _one_stream(client, second, "after", _chat(1, 0.0), waiter)
+            await _one_stream(client, second, "after", token_chat(1, 0.0), waiter)
             admitted.set()
 
         async with trio.open_nursery() as nursery:
@@ -300,7 +298,7 @@ async def test_a_killed_instance_gives_its_slots_back_within_the_lease_ttl(
                 # connection without an answer (seen once; nothing to do with Redis).
                 while True:
                     dropped = holders.statuses[502]
-                    body = _chat(100_000, 0.05)
+                    body = token_chat(100_000, 0.05)
                     await _one_stream(
                         client, first, key, body, holders, may_break=True, refusals=(502,)
                     )
@@ -350,7 +348,7 @@ async def test_redis_restarted_under_load_never_overshoots(
         async with trio.open_nursery() as nursery:
             # The limit held by long streams (2 s each) spread over the instances.
             for index in range(MAX_STREAMS):
-                body = _chat(40, 0.05)
+                body = token_chat(40, 0.05)
                 nursery.start_soon(_one_stream, client, cluster.url, KEYS[index % 3], body, running)
             await running.until(lambda tally: tally.held.total() == MAX_STREAMS)
 
@@ -359,7 +357,7 @@ async def test_redis_restarted_under_load_never_overshoots(
             # New streams meanwhile: each refused cleanly (429 full, 503 Redis lost,
             # 429 fenced) or admitted once a slot is truly free; never a 13th at once.
             async def knock() -> None:
-                body = _chat(3, 0.01)
+                body = token_chat(3, 0.01)
                 await _one_stream(client, cluster.url, KEYS[5], body, later)
 
             with trio.fail_after(PATIENCE):
@@ -401,7 +399,7 @@ async def test_two_workers_on_one_port_share_the_limits(
             trio.open_nursery() as nursery,
         ):
             for index in range(120):
-                body = _chat(4, 0.02)
+                body = token_chat(4, 0.02)
                 key = KEYS[index % len(KEYS)]
                 nursery.start_soon(_one_stream, client, cluster.url, key, body, tally)
         stats = await _until_upstream_idle(cluster)

@@ -16,23 +16,10 @@ import trio
 
 from .cli_helpers import PATIENCE
 from .cluster_helpers import Cluster, cluster_args, open_cluster
-from .fault_helpers import raw_post
+from .fault_helpers import raw_post, token_chat
 from .redis_helpers import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name
-
-
-def _chat(tokens: int, token_latency: float) -> dict[str, object]:
-    return {
-        "model": "sim-small",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "streammgr_simulate": {
-            "tokens": tokens,
-            "first_token_latency": 0,
-            "token_latency": token_latency,
-        },
-    }
 
 
 async def _until_every_upstream_closed(cluster: Cluster, opened: int) -> dict[str, int]:
@@ -58,7 +45,7 @@ async def test_streams_through_nginx_reach_every_instance(tmp_path: Path) -> Non
             # A client of its own: one connection to nginx per stream.
             async with httpx.AsyncClient(timeout=PATIENCE) as client:
                 response = await client.post(
-                    f"{cluster.url}/v1/chat/completions", json=_chat(5, 0.0)
+                    f"{cluster.url}/v1/chat/completions", json=token_chat(5, 0.0)
                 )
                 assert response.status_code == 200, response.text
                 assert response.text.endswith("data: [DONE]\n\n")
@@ -75,7 +62,7 @@ async def test_streams_through_nginx_reach_every_instance(tmp_path: Path) -> Non
 
 async def test_a_client_leaving_at_nginx_reaches_the_instance(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, instances=2) as cluster:
-        response = await raw_post(cluster.port, _chat(2000, 0.05))
+        response = await raw_post(cluster.port, token_chat(2000, 0.05))
         await response.until(lambda answer: b"data: {" in answer.body)
         assert response.status == 200
         await response.stream.aclose()  # the client goes: nginx ends its upstream request
@@ -96,7 +83,7 @@ async def test_a_client_leaving_at_nginx_reaches_the_instance(tmp_path: Path) ->
 
 async def test_tokens_come_through_nginx_as_they_are_sent(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, instances=1) as cluster:
-        response = await raw_post(cluster.port, _chat(20, 0.2))
+        response = await raw_post(cluster.port, token_chat(20, 0.2))
         await response.until(lambda answer: b"data: {" in answer.body)
         # The first token is here while the simulator still holds the response:
         # neither nginx nor the gateway waited for the end.
@@ -122,7 +109,7 @@ async def test_each_instance_gets_its_own_serve_flags(
             assert limits[1]["max_streams"] == 3
             for _ in range(4):  # round robin: both instances, the first's workers
                 response = await client.post(
-                    f"{cluster.url}/v1/chat/completions", json=_chat(3, 0.0)
+                    f"{cluster.url}/v1/chat/completions", json=token_chat(3, 0.0)
                 )
                 assert response.text.endswith("data: [DONE]\n\n")
         await _until_every_upstream_closed(cluster, 4)
