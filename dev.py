@@ -7,7 +7,8 @@
     python3 dev.py demo     # create .venv, install streammgr[cli], run the demo
     python3 dev.py test     # create .venv, install streammgr[dev], run ruff, mypy --strict, pytest
                             # (pytest includes the wheel and sdist check: tests/test_packaging.py;
-                            # the cluster tests need redis-server and nginx: installed as root)
+                            # the cluster tests need redis-server and nginx, the browser
+                            # tests Chromium: installed as root)
     python3 dev.py bench    # install the benchmark extras and run every benchmark
 
 Needs only Python 3.11+ with pip and venv. Set-up is skipped when .venv is already
@@ -60,6 +61,7 @@ def setup(extras: str) -> None:
 SERVERS = {
     "redis-server": ("redis-server", "the cluster tests (a real Redis)"),
     "nginx": ("nginx-light", "the cluster rig's tests (nginx as the load balancer)"),
+    "chromium": ("chromium", "the browser tests (the dashboard and the chat page)"),
 }
 
 
