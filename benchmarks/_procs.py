@@ -9,6 +9,7 @@ Run as a script, it is one of those processes::
     python benchmarks/_procs.py sim --port P            # the stamping simulator
     python benchmarks/_procs.py relay --port P --upstream http://127.0.0.1:S/v1
     python benchmarks/_procs.py gateway-lib --port P [--upstream http://...]
+    python benchmarks/_procs.py fastapi --port P --upstream http://127.0.0.1:S/v1
     python benchmarks/_procs.py client --spec spec.json --out result.json
 
 - ``sim``: streammgr's :class:`~streammgr.simulate.SimulatedUpstream` served by
@@ -25,6 +26,15 @@ Run as a script, it is one of those processes::
 - ``gateway-lib``: streammgr's gateway, built as ``streammgr serve`` builds it, but
   with an httpx pool without a connection limit (the CLI's client keeps httpx's
   default of 100 connections; see docs/performance.md).
+- ``fastapi``: the relay a user writes by hand on the asyncio stack
+  (``benchmarks/_fastapi_relay.py``): a FastAPI route returning a
+  ``StreamingResponse`` over httpx's ``client.stream(...).aiter_raw()``, served by
+  uvicorn with uvloop (one process, h11 as its HTTP parser: uvicorn's ``httptools``
+  is not installed; access log off, as the relay floor's). uvicorn and uvloop come
+  with the ``bench`` extra.
+- ``nginx`` (:func:`nginx_proc`, not a role of this script): Debian's nginx, one
+  worker process, ``proxy_buffering off``, upstream connections kept alive; its CPU
+  and RSS are the master's and the worker's together (``Proc(tree=True)``).
 - ``client``: opens streams over raw Trio sockets (HTTP/1.1, a tiny chunked and
   SSE reader), records the arrival time of every ``data:`` event, writes JSON.
 """
@@ -110,6 +120,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes under ``pid`` (children, their children...), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and every live process under it."""
+    total = cpu_seconds(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
+
+
+def tree_rss_kib(pid: int) -> int:
+    """:func:`rss_kib` of ``pid`` and every live process under it."""
+    total = rss_kib(pid)
+    for child in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += rss_kib(child)
+    return total
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of a process now, KiB (``/proc/<pid>/statm``)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
@@ -144,6 +188,8 @@ class Proc:
     log: Path
     env: dict[str, str] | None = None
     start_timeout: float = 60.0
+    # Count the processes it starts too (nginx's worker) in cpu() and rss().
+    tree: bool = False
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
@@ -175,11 +221,11 @@ class Proc:
 
     def cpu(self) -> float:
         """Its CPU seconds so far."""
-        return cpu_seconds(self.pid)
+        return tree_cpu_seconds(self.pid) if self.tree else cpu_seconds(self.pid)
 
     def rss(self) -> int:
         """Its resident memory now, KiB."""
-        return rss_kib(self.pid)
+        return tree_rss_kib(self.pid) if self.tree else rss_kib(self.pid)
 
     def stop(self) -> None:
         """SIGINT, then SIGKILL if it has not exited within 10 s."""
@@ -211,6 +257,75 @@ def relay_proc(workdir: Path, upstream: str) -> Proc:
     port = free_port()
     args = [PYTHON, str(HERE / "_procs.py"), "relay", "--port", str(port), "--upstream", upstream]
     return Proc("relay", args, port, workdir / "relay.log")
+
+
+def fastapi_proc(workdir: Path, upstream: str) -> Proc:
+    """The FastAPI relay on uvicorn + uvloop in front of ``upstream`` (not started)."""
+    port = free_port()
+    args = [PYTHON, str(HERE / "_procs.py"), "fastapi", "--port", str(port), "--upstream", upstream]
+    return Proc("fastapi", args, port, workdir / "fastapi.log")
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+def nginx_executable() -> str | None:
+    """nginx's path, or None when it is not installed."""
+    return shutil.which("nginx") or (NGINX if Path(NGINX).exists() else None)
+
+
+def nginx_config(directory: Path, port: int, upstream_port: int) -> str:
+    """nginx as a streaming reverse proxy on ``port`` in front of ``upstream_port``:
+    one worker, ``proxy_buffering off``, upstream connections kept alive, no access
+    log; every file it writes in ``directory``."""
+    return f"""\
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {directory}/nginx.pid;
+error_log {directory}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/client_body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    upstream simulator {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 100;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{
+            proxy_pass http://simulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_proc(workdir: Path, upstream: str) -> Proc | None:
+    """nginx in front of ``upstream`` (``http://127.0.0.1:PORT/...``; not started), or
+    None when nginx is not installed."""
+    executable = nginx_executable()
+    if executable is None:
+        return None
+    port = free_port()
+    upstream_port = int(upstream.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    directory = workdir / "nginx"
+    directory.mkdir(exist_ok=True)
+    (directory / "nginx.conf").write_text(nginx_config(directory, port, upstream_port))
+    args = [executable, "-p", str(directory), "-c", str(directory / "nginx.conf")]
+    args += ["-g", "daemon off;"]
+    return Proc("nginx", args, port, workdir / "nginx.log", tree=True)
 
 
 GATEWAY_FLAGS = (
@@ -702,7 +817,7 @@ async def _serve_gateway_lib(port: int, upstream_url: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """The server and client processes' entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("role", choices=["sim", "relay", "gateway-lib", "client"])
+    parser.add_argument("role", choices=["sim", "relay", "gateway-lib", "fastapi", "client"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream")
     parser.add_argument("--spec", type=Path)
@@ -715,6 +830,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(_serve_hypercorn, relay_app(args.upstream), args.port)
     elif args.role == "gateway-lib":
         trio.run(_serve_gateway_lib, args.port, args.upstream)
+    elif args.role == "fastapi":
+        import _fastapi_relay
+
+        _fastapi_relay.serve(args.upstream, args.port)
     else:
         spec = ClientSpec.from_json(args.spec.read_text())
         results = trio.run(run_client, spec)
