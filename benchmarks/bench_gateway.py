@@ -1,10 +1,12 @@
-"""Gateway benchmark: streammgr's gateway against the simulator read directly and a relay floor.
+"""Gateway benchmark: streammgr's gateway against the simulator read directly, a relay floor,
+a FastAPI relay and nginx.
 
 Run it with::
 
     .venv/bin/python benchmarks/bench_gateway.py            # 1, 100, 1,000 streams
     .venv/bin/python benchmarks/bench_gateway.py --quick    # 1 and 100 streams, shorter
     .venv/bin/python benchmarks/bench_gateway.py --full     # longer streams, 3 repeats
+    .venv/bin/python benchmarks/bench_gateway.py --streams 100,1000 --repeats 3  # #15's levels
 
 Every party runs in its own process (``benchmarks/_procs.py``): the simulator
 (streammgr's ``SimulatedUpstream`` on hypercorn's trio worker, stamping every event
@@ -19,11 +21,16 @@ it sends with ``time.monotonic()``), the proxy under test, and one client proces
 - ``gateway``: ``python -m streammgr serve --upstream-url http://127.0.0.1:PORT/v1``
   with no limits (``--max-streams none`` ...), logging JSON lines at INFO as it runs
   in production (two lines a stream);
-- ``gateway-lib`` (instead of ``gateway`` at more than 100 streams; ``--targets``
-  runs any of them at every level): the same service built in-process with an
-  httpx pool without a connection limit: the CLI's httpx client keeps httpx's
-  default of 100 connections, so past 100 streams the CLI gateway queues upstream
-  requests (see docs/performance.md).
+- ``fastapi``: the relay a user writes by hand on the asyncio stack
+  (``benchmarks/_fastapi_relay.py``): a FastAPI route returning a
+  ``StreamingResponse`` over httpx's ``client.stream(...).aiter_raw()``, on uvicorn
+  with uvloop (the ``bench`` extra);
+- ``nginx``: Debian's nginx, one worker, ``proxy_buffering off`` (left out, with a
+  line saying so, where nginx is not installed); its CPU and RSS are the master's
+  and the worker's together;
+- ``gateway-lib`` (only with ``--targets``): the same service as ``gateway`` built
+  in-process, without its JSON logs. (The CLI's upstream pool is sized to
+  ``--max-streams``, unbounded here, so ``gateway`` runs at every level.)
 
 Every server is started at once (one simulator behind all of them), and at each
 level the targets take turns, so that a slow spell of the machine does not fall
@@ -65,6 +72,28 @@ phase had its first event: while streams still open, their admissions compete wi
 the first events of the others, which says what opening costs, not what forwarding
 adds.
 
+**Per-stream and per-event costs**: each phase runs twice per repeat, with streams
+of N tokens and of ``--long`` (4) times N. The same streams, so the CPU of the two
+runs is ``a * streams + b * events`` with the same ``a`` (accepting, the request,
+the upstream request, the headers, the logs: the CPU per stream) and ``b`` (the
+CPU per event): two equations, solved per repeat for every target. Paced, ``b``
+also holds what a stream costs while it waits between events (timers), which a
+longer stream pays longer.
+
+**Held streams** (``--held N``, first, on fresh servers after their warm-up): N
+streams opened at once and held (a token every 30 s); the server's RSS with them
+held minus its RSS before, per stream; the CPU to open them, per stream; the CPU
+per held stream per second while they wait.
+
+**Ratios** are taken per repeat, between targets that took turns in that repeat,
+then given as the median and the range over the repeats (``--repeats``); the
+repeats rotate the targets' order. "serve" is ``gateway`` (``gateway-lib`` if only
+it ran). **Streams per core** at ``r`` tokens a second, answers of ``L`` tokens:
+a stream costs ``a + b * L`` CPU seconds over ``L / r`` seconds, so one core carries
+``1 / (r * (b + a / L))`` streams at once, printed with ``b`` of the paced phase
+(its events further apart than 20 ms: timers included, an upper bound on ``b``) and
+of the unpaced one (events coalesced when the server falls behind: a lower bound).
+
 The machine is shared and has two cores for three busy processes: compare ratios
 and report the load average printed with the figures.
 """
@@ -72,9 +101,12 @@ and report the load average printed with the figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -87,7 +119,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
 
-TARGETS = ("direct", "relay", "gateway", "gateway-lib", "litellm")
+TARGETS = ("direct", "relay", "gateway", "gateway-lib", "fastapi", "nginx", "litellm")
+REFERENCES = ("relay", "fastapi", "nginx")  # what serve is compared with
+NAMES = {"relay": "relay floor", "fastapi": "FastAPI relay", "nginx": "nginx"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +148,7 @@ FULL = {
 
 @dataclass
 class Figures:
-    """One phase of one target at one level."""
+    """One phase of one target at one level (or, phase ``held``, the held streams)."""
 
     target: str
     streams: int
@@ -131,6 +165,16 @@ class Figures:
     # steady state, without the streams' openings competing with the first events.
     steady: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    repeat: int = 0
+    tokens: int = 0  # tokens per stream asked of the simulator
+    # The held phase: streams established, RSS before and with them held (KiB), the
+    # CPU to open them, the CPU while held over hold_seconds.
+    held: int = 0
+    rss_before: int = 0
+    rss_held: int = 0
+    open_cpu: float = 0.0
+    hold_cpu: float = 0.0
+    hold_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -149,6 +193,26 @@ class Figures:
     def steady_delay(self, fraction: float) -> float:
         """The steady state's delivery delay at a percentile, milliseconds."""
         return procs.percentile(self.steady, fraction) * 1e3 if self.steady else float("nan")
+
+    @property
+    def kib_per_held(self) -> float:
+        """RSS per held stream, KiB (the held phase)."""
+        return (self.rss_held - self.rss_before) / self.held if self.held else math.nan
+
+
+def phase_name(kind: str, length: int) -> str:
+    """``throughput`` / ``latency``, with ``xN`` for streams N times as long."""
+    return kind if length == 1 else f"{kind} x{length}"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` every 0.1 s until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)  # polling another process's sockets: nothing to wait on
+    return True
 
 
 class Runner:
@@ -170,6 +234,7 @@ class Runner:
         self.target = target
         self.timeout = timeout
         self.seed = 0
+        self.repeat = 0  # stamped on the figures: ratios pair the targets' turns
 
     def run(self, streams: int, simulate: dict[str, float | int], phase: str) -> Figures:
         """Run ``streams`` streams with this pacing; measure."""
@@ -187,7 +252,8 @@ class Runner:
         results = procs.start_clients(self.workdir, [spec], f"{self.target}-{phase}").wait(
             self.timeout
         )
-        figures = Figures(self.target, streams, phase)
+        figures = Figures(self.target, streams, phase, repeat=self.repeat)
+        figures.tokens = int(simulate["tokens"])
         figures.server_cpu = self.server.cpu() - cpu_server
         if self.server is not self.sim:
             figures.upstream_cpu = self.sim.cpu() - cpu_sim
@@ -218,23 +284,57 @@ class Runner:
         figures.concurrency = busy / figures.window if figures.window else 0.0
         return figures
 
-    def throughput(self, level: Level) -> Figures:
-        """The unpaced phase."""
+    def throughput(self, level: Level, length: int = 1) -> Figures:
+        """The unpaced phase (streams ``length`` times as long)."""
         simulate: dict[str, float | int] = {
-            "tokens": level.throughput_tokens,
+            "tokens": level.throughput_tokens * length,
             "first_token_latency": 0,
             "token_latency": 0,
         }
-        return self.run(level.streams, simulate, "throughput")
+        return self.run(level.streams, simulate, phase_name("throughput", length))
 
-    def latency(self, level: Level) -> Figures:
-        """The paced phase."""
+    def latency(self, level: Level, length: int = 1) -> Figures:
+        """The paced phase (streams ``length`` times as long)."""
         simulate: dict[str, float | int] = {
-            "tokens": level.latency_tokens,
+            "tokens": level.latency_tokens * length,
             "first_token_latency": 0,
             "token_latency": level.interval,
         }
-        return self.run(level.streams, simulate, "latency")
+        return self.run(level.streams, simulate, phase_name("latency", length))
+
+    def held_streams(self, streams: int, hold: float = 3.0) -> Figures:
+        """Open ``streams`` slow streams at once, hold them ``hold`` seconds, leave them."""
+        self.seed += 1_000_000
+        spec = procs.ClientSpec(
+            port=self.server.port,
+            streams=streams,
+            first_seed=self.seed,
+            # The first event at once (so the headers), then a token every 30 s.
+            simulate={"tokens": 20, "first_token_latency": 0, "token_latency": 30.0},
+            headers=self.headers,
+            parallel_until_headers=True,
+            hold=True,
+        )
+        figures = Figures(self.target, streams, "held", repeat=self.repeat)
+        port = self.server.port
+        wait_for(lambda: procs.established(port) == 0, 30)  # the warm-up's are gone
+        figures.rss_before = self.server.rss()
+        cpu0 = self.server.cpu()
+        run = procs.start_clients(self.workdir, [spec], f"{self.target}-held")
+        if not wait_for(lambda: procs.established(port) >= streams, self.timeout):
+            figures.notes.append(f"only {procs.established(port)} established")
+        figures.held = min(streams, procs.established(port))
+        cpu1, start = self.server.cpu(), time.monotonic()
+        figures.open_cpu = cpu1 - cpu0
+        time.sleep(hold)  # holding them: what it costs to keep them
+        figures.hold_cpu = self.server.cpu() - cpu1
+        figures.hold_seconds = time.monotonic() - start
+        figures.rss_held = self.server.rss()
+        run.signal(signal.SIGUSR1)
+        results = run.wait(self.timeout)
+        figures.failures = sum(1 for r in results if r.status != 200 or not r.arrivals)
+        wait_for(lambda: procs.established(port) == 0, 60)
+        return figures
 
 
 ServerFactory = Callable[[Path, str, str], procs.Proc]
@@ -242,9 +342,16 @@ ServerFactory = Callable[[Path, str, str], procs.Proc]
 
 
 def start_server(workdir: Path, target: str, upstream: str) -> procs.Proc:
-    """The relay floor or the gateway in front of ``upstream`` (not started)."""
+    """The process of ``target`` in front of ``upstream`` (not started)."""
     if target == "relay":
         return procs.relay_proc(workdir, upstream)
+    if target == "fastapi":
+        return procs.fastapi_proc(workdir, upstream)
+    if target == "nginx":
+        server = procs.nginx_proc(workdir, upstream)
+        if server is None:
+            raise SystemExit("nginx is not installed (Debian: apt-get install nginx-light)")
+        return server
     return procs.gateway_proc(workdir, upstream, library=target == "gateway-lib")
 
 
@@ -257,11 +364,17 @@ def measure(
     factory: ServerFactory = start_server,
     headers: Callable[[str], tuple[tuple[str, str], ...]] = lambda target: (),
     skip: Callable[[str, Level], bool] | None = None,
+    *,
+    lengths: Sequence[int] = (1,),
+    held: int = 0,
 ) -> list[Figures]:
     """Start one simulator and every target's server, warm each up, then run every
     level's phases with the targets taking turns (so that a slow spell of the
-    machine does not fall on one of them only), except those ``skip`` leaves out.
-    Idle servers cost nothing: only the one under test is busy."""
+    machine does not fall on one of them only; their order rotates each repeat),
+    except those ``skip`` leaves out. Each phase runs once per stream length in
+    ``lengths`` (multiples of the level's tokens). With ``held``, first (on fresh
+    servers) the held phase of ``held`` streams, once per proxy. Idle servers cost
+    nothing: only the one under test is busy."""
     sim = procs.sim_proc(workdir).start()
     upstream = f"http://127.0.0.1:{sim.port}/v1"
     servers: list[procs.Proc] = []
@@ -276,11 +389,19 @@ def measure(
             runner.run(5, {"tokens": 20, "first_token_latency": 0, "token_latency": 0}, "warm")
             runners.append(runner)
         figures: list[Figures] = []
+        if held:
+            figures += [r.held_streams(held) for r in runners if r.target != "direct"]
+            print(f"  {held} held streams: done", flush=True)
         for level in levels:
             active = [r for r in runners if skip is None or not skip(r.target, level)]
-            for _ in range(repeats):
-                figures += [runner.throughput(level) for runner in active]
-                figures += [runner.latency(level) for runner in active]
+            for repeat in range(repeats):
+                turn = repeat % len(active) if active else 0
+                ordered = active[turn:] + active[:turn]
+                for runner in ordered:
+                    runner.repeat = repeat
+                for length in lengths:
+                    figures += [runner.throughput(level, length) for runner in ordered]
+                    figures += [runner.latency(level, length) for runner in ordered]
             print(f"  {level.streams} streams: done", flush=True)
         return figures
     finally:
@@ -299,14 +420,125 @@ def _fmt(value: float, digits: int = 0) -> str:
     return "-" if math.isnan(value) else f"{value:,.{digits}f}"  # NaN: not measured
 
 
+def spread(values: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    """``median [min-max]`` of the values that are numbers; ``-`` if none."""
+    numbers = sorted(v for v in values if not math.isnan(v))
+    if not numbers:
+        return "-"
+    median = statistics.median(numbers)
+    if len(numbers) == 1:
+        return f"{median:,.{digits}f}{unit}"
+    return f"{median:,.{digits}f}{unit} [{numbers[0]:,.{digits}f}-{numbers[-1]:,.{digits}f}]"
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``; NaN unless the denominator is positive and the
+    numerator not negative (a reference that measured no CPU at all, as /proc counts
+    in 10 ms ticks; a fitted cost below zero, which is noise)."""
+    return numerator / denominator if denominator > 0 and numerator >= 0 else math.nan
+
+
+def serve_target(figures: Sequence[Figures]) -> str | None:
+    """The target that stands for ``streammgr serve``: gateway, else gateway-lib."""
+    present = {f.target for f in figures}
+    return next((t for t in ("gateway", "gateway-lib") if t in present), None)
+
+
+def by_repeat(
+    figures: Sequence[Figures], target: str, streams: int, phase: str
+) -> dict[int, Figures]:
+    """The figures of one target, level and phase, by repeat."""
+    return {
+        f.repeat: f for f in figures if (f.target, f.streams, f.phase) == (target, streams, phase)
+    }
+
+
+def paired_ratios(
+    figures: Sequence[Figures],
+    target: str,
+    reference: str,
+    streams: int,
+    phase: str,
+    value: Callable[[Figures], float],
+) -> list[float]:
+    """``value(target) / value(reference)`` of every repeat where both ran."""
+    mine = by_repeat(figures, target, streams, phase)
+    theirs = by_repeat(figures, reference, streams, phase)
+    return [ratio(value(mine[r]), value(theirs[r])) for r in sorted(mine) if r in theirs]
+
+
+@dataclass(frozen=True)
+class Costs:
+    """The CPU per stream (``a``, seconds) and per event (``b``, seconds) of one repeat."""
+
+    per_stream: float
+    per_event: float
+
+    def stream(self) -> float:
+        """The CPU per stream."""
+        return self.per_stream
+
+    def event(self) -> float:
+        """The CPU per event."""
+        return self.per_event
+
+
+def fit_costs(short: Figures, long: Figures) -> Costs:
+    """Solve ``cpu = a * streams + b * events`` from two runs of the same streams."""
+    if long.events == short.events or not short.streams:
+        return Costs(math.nan, math.nan)
+    per_event = (long.server_cpu - short.server_cpu) / (long.events - short.events)
+    per_stream = (short.server_cpu - per_event * short.events) / short.streams
+    return Costs(per_stream, per_event)
+
+
+def costs_by_repeat(
+    figures: Sequence[Figures], target: str, streams: int, kind: str
+) -> dict[int, Costs]:
+    """The fitted costs of ``target`` in every repeat (the shortest and longest runs)."""
+    lengths = sorted(
+        {
+            int(f.phase.rsplit(" x", 1)[1]) if " x" in f.phase else 1
+            for f in figures
+            if f.target == target and f.streams == streams and f.phase.startswith(kind)
+        }
+    )
+    if len(lengths) < 2:
+        return {}
+    short = by_repeat(figures, target, streams, phase_name(kind, lengths[0]))
+    long = by_repeat(figures, target, streams, phase_name(kind, lengths[-1]))
+    return {r: fit_costs(short[r], long[r]) for r in sorted(short) if r in long}
+
+
+def added_p99(
+    figures: Sequence[Figures], target: str, streams: int, steady: bool
+) -> dict[int, float]:
+    """The p99 delay ``target`` added to direct's, by repeat, ms."""
+    mine = by_repeat(figures, target, streams, "latency")
+    direct = by_repeat(figures, "direct", streams, "latency")
+
+    def p99(f: Figures) -> float:
+        return f.steady_delay(0.99) if steady else f.delay(0.99)
+
+    return {r: p99(mine[r]) - p99(direct[r]) for r in sorted(mine) if r in direct}
+
+
+def streams_per_core(costs: Costs, rate: float, length: float) -> float:
+    """Streams one core carries at ``rate`` tokens a second, answers of ``length``."""
+    if costs.per_event <= 0 or costs.per_stream < 0:
+        return math.nan  # a fit that is noise (too few streams, too little CPU)
+    return 1 / (rate * (costs.per_event + costs.per_stream / length))
+
+
 def report(figures: list[Figures], levels: Sequence[Level]) -> None:
-    """Print the two tables and the ratios."""
+    """Print the tables and the ratios."""
     chosen: dict[tuple[str, int, str], Figures] = {}
     for key in {(f.target, f.streams, f.phase) for f in figures}:
         chosen[key] = _median_figures([f for f in figures if (f.target, f.streams, f.phase) == key])
     targets = [t for t in TARGETS if any(f.target == t for f in figures)]
+    repeats = len({f.repeat for f in figures if f.phase == "throughput"})
 
-    print("\nThroughput: the simulator unpaced (token_latency 0)\n")
+    print(f"\nThroughput: the simulator unpaced (token_latency 0); the median of {repeats}\n")
     print(
         f"{'streams':>7} {'target':<12} {'events/s':>10} {'server CPU/event':>17} "
         f"{'upstream CPU/event':>19} {'concurrency':>11} {'events/read':>11} {'failed':>6}"
@@ -351,30 +583,143 @@ def report(figures: list[Figures], levels: Sequence[Level]) -> None:
         print("\nFailed streams (first few per phase):")
         for f, note in notes:
             print(f"  {f.target} {f.streams} streams {f.phase}: {note}")
+    report_costs(figures, levels, targets)
+    report_held(figures, targets)
+    report_ratios(figures, levels)
 
-    print("\nRatios (gateway / relay floor; targets: CPU/event <= 1.5x, added p99 < 5 ms at 100)")
+
+def report_costs(figures: Sequence[Figures], levels: Sequence[Level], targets: list[str]) -> None:
+    """The CPU per stream and per event, fitted from the two stream lengths."""
+    if not any(" x" in f.phase for f in figures):
+        return
+    print(
+        "\nCosts: CPU = a * streams + b * events, solved per repeat from the two lengths "
+        "(median [range])\n"
+    )
+    print(f"{'streams':>7} {'target':<12} {'phase':<10} {'a: per stream':>26} {'b: per event':>26}")
     for level in levels:
-        relay_t = chosen.get(("relay", level.streams, "throughput"))
-        relay_l = chosen.get(("relay", level.streams, "latency"))
-        direct_l = chosen.get(("direct", level.streams, "latency"))
-        for target in ("gateway", "gateway-lib", "litellm"):
-            gw_t = chosen.get((target, level.streams, "throughput"))
-            gw_l = chosen.get((target, level.streams, "latency"))
-            if gw_t is None or gw_l is None or relay_t is None or relay_l is None:
+        for target in targets:
+            for kind in ("throughput", "latency"):
+                costs = costs_by_repeat(figures, target, level.streams, kind).values()
+                if not costs:
+                    continue
+                a = spread([c.per_stream * 1e3 for c in costs], 2, " ms")
+                b = spread([c.per_event * 1e6 for c in costs], 1, " us")
+                phase = "unpaced" if kind == "throughput" else "paced"
+                print(f"{level.streams:>7} {target:<12} {phase:<10} {a:>26} {b:>26}")
+
+
+def report_held(figures: Sequence[Figures], targets: list[str]) -> None:
+    """Memory and CPU of the held streams."""
+    held = {f.target: f for f in figures if f.phase == "held"}
+    if not held:
+        return
+    count = max(f.streams for f in held.values())
+    print(f"\nHeld: {count} streams opened at once and held (one run, fresh servers)\n")
+    print(
+        f"{'target':<12} {'held':>11} {'RSS before / held':>20} {'per held stream':>16} "
+        f"{'CPU to open one':>16} {'CPU held, per s per 1,000':>26}"
+    )
+    for target in targets:
+        f = held.get(target)
+        if f is None:
+            continue
+        per_second = f.hold_cpu / max(1e-9, f.hold_seconds) / max(1, f.held) * 1e6
+        print(
+            f"{target:<12} {f.held:>5}/{f.streams:<5} "
+            f"{f.rss_before / 1024:>8.1f} / {f.rss_held / 1024:>6.1f} MiB "
+            f"{_fmt(f.kib_per_held, 1) + ' KiB':>16} "
+            f"{_fmt(f.open_cpu / max(1, f.held) * 1e3, 2) + ' ms':>16} "
+            f"{_fmt(per_second, 1) + ' ms':>26}"
+        )
+
+
+def report_ratios(figures: Sequence[Figures], levels: Sequence[Level]) -> None:
+    """#15's ratios: serve against each reference, per repeat, median [range]."""
+    serve = serve_target(figures)
+    if serve is None:
+        return
+    references = [r for r in REFERENCES if any(f.target == r for f in figures)]
+    print(f"\nRatios, {serve} / reference, paired per repeat: median [range]")
+    for level in levels:
+        for kind, name in (("throughput", "unpaced"), ("latency", "paced")):
+            parts = []
+            for reference in references:
+                ratios = paired_ratios(
+                    figures, serve, reference, level.streams, kind, Figures.cpu_per_event
+                )
+                if ratios:
+                    parts.append(f"{NAMES[reference]} {spread(ratios, 2, 'x')}")
+            if parts:
+                print(f"  CPU/event, {level.streams} streams {name}: " + "; ".join(parts))
+    for level in levels:
+        for kind, name in (("throughput", "unpaced"), ("latency", "paced")):
+            mine = costs_by_repeat(figures, serve, level.streams, kind)
+            for which, cost in (("a, per stream", Costs.stream), ("b, per event", Costs.event)):
+                parts = []
+                for reference in references:
+                    fitted = costs_by_repeat(figures, reference, level.streams, kind)
+                    ratios = [ratio(cost(mine[r]), cost(fitted[r])) for r in mine if r in fitted]
+                    if ratios:
+                        parts.append(f"{NAMES[reference]} {spread(ratios, 2, 'x')}")
+                if parts:
+                    print(f"  {which}, {level.streams} streams {name}: " + "; ".join(parts))
+    for level in levels:
+        for steady in (False, True):
+            own = added_p99(figures, serve, level.streams, steady)
+            if not own:
                 continue
-            p99 = "-"
-            if direct_l is not None:
-                p99 = _fmt(gw_l.delay(0.99) - direct_l.delay(0.99), 2) + " ms"
-                p99 += f" (relay {_fmt(relay_l.delay(0.99) - direct_l.delay(0.99), 2)} ms)"
-                steady = gw_l.steady_delay(0.99) - direct_l.steady_delay(0.99)
-                relay_steady = relay_l.steady_delay(0.99) - direct_l.steady_delay(0.99)
-                p99 += f", steady state {_fmt(steady, 2)} ms (relay {_fmt(relay_steady, 2)} ms)"
-            print(
-                f"  {level.streams:>5} streams, {target} / relay: CPU/event "
-                f"{gw_l.cpu_per_event() / relay_l.cpu_per_event():.2f}x paced, "
-                f"{gw_t.cpu_per_event() / relay_t.cpu_per_event():.2f}x unpaced; "
-                f"events/s unpaced {gw_t.rate / relay_t.rate:.2f}x; added p99 {p99}"
+            label = "steady added p99" if steady else "added p99"
+            parts = [f"{serve} {spread(list(own.values()), 1, ' ms')}"]
+            for reference in references:
+                theirs = added_p99(figures, reference, level.streams, steady)
+                if theirs:
+                    # A reference adding nothing (or less than direct's noise): no ratio.
+                    ratios = [ratio(own[r], theirs[r]) for r in own if r in theirs]
+                    parts.append(
+                        f"{NAMES[reference]} {spread(list(theirs.values()), 1, ' ms')} "
+                        f"(ratio {spread(ratios, 2, 'x')})"
+                    )
+            print(f"  {label}, {level.streams} streams paced: " + "; ".join(parts))
+    held = {f.target: f for f in figures if f.phase == "held"}
+    if serve in held:
+        parts = [
+            f"{NAMES[r]} {_fmt(ratio(held[serve].kib_per_held, held[r].kib_per_held), 2)}x"
+            for r in references
+            if r in held
+        ]
+        print(
+            f"  memory per held stream ({held[serve].streams} held): "
+            f"{held[serve].kib_per_held:.1f} KiB; " + "; ".join(parts)
+        )
+    report_capacity(figures, levels, serve)
+
+
+def report_capacity(figures: Sequence[Figures], levels: Sequence[Level], serve: str) -> None:
+    """Streams one core carries at 50 tokens a second (see the module docstring)."""
+    rate = 50.0
+    lines = []
+    for level in levels:
+        for kind, name in (("latency", "paced"), ("throughput", "unpaced")):
+            costs = list(costs_by_repeat(figures, serve, level.streams, kind).values())
+            if not costs:
+                continue
+            median = Costs(
+                statistics.median(c.per_stream for c in costs),
+                statistics.median(c.per_event for c in costs),
             )
+            cores = [streams_per_core(median, rate, length) for length in (500, 2000, math.inf)]
+            lines.append(
+                f"  with a, b of {level.streams} streams {name} "
+                f"(a {median.per_stream * 1e3:.2f} ms, b {median.per_event * 1e6:.1f} us): "
+                + ", ".join(f"{_fmt(c)}" for c in cores)
+            )
+    if lines:
+        print(
+            f"\nStreams one core carries at {rate:.0f} tokens/s, {serve}: "
+            "1 / (r * (b + a / L)) for answers of L = 500, 2,000, unbounded tokens"
+        )
+        print("\n".join(lines))
 
 
 def main() -> None:
@@ -385,7 +730,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 and 100 streams only")
     parser.add_argument("--full", action="store_true", help="longer streams, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--long",
+        type=int,
+        default=4,
+        help="run each phase again with streams this many times as long, to tell the "
+        "CPU per stream from the CPU per event (1: no)",
+    )
+    parser.add_argument(
+        "--held",
+        type=int,
+        default=None,
+        help="streams held at once for memory per stream (default 1,000; 200 with --quick; 0: no)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="per phase, seconds")
+    parser.add_argument("--save", type=Path, help="write every phase's figures to this JSON file")
+    parser.add_argument(
+        "--load", type=Path, help="report the figures of a --save file, run nothing"
+    )
     args = parser.parse_args()
     table = FULL if args.full else LEVELS
     counts = [1, 100] if args.quick else [1, 100, 1000]
@@ -393,30 +755,34 @@ def main() -> None:
         counts = [int(part) for part in args.streams.split(",")]
     levels = [table.get(n, Level(n, max(10, 20000 // n), max(0.01, n / 1000), 10)) for n in counts]
     repeats = args.repeats or (3 if args.full else 1)
-    skip: Callable[[str, Level], bool] | None = None
+    held = args.held if args.held is not None else (200 if args.quick else 1000)
+    lengths = (1, args.long) if args.long > 1 else (1,)
+    if args.load:
+        figures = [Figures(**item) for item in json.loads(args.load.read_text())]
+        counts = sorted({f.streams for f in figures if f.phase != "held"})
+        report(figures, [table.get(n) or Level(n, 0, math.nan, 0) for n in counts])
+        return
     if args.targets:
         targets = args.targets.split(",")
     else:
-        targets = ["direct", "relay", "gateway"]
-        if max(counts) > 100:
-            targets.append("gateway-lib")
-
-        def skip(target: str, level: Level) -> bool:
-            # The CLI's httpx pool holds 100 upstream connections: past 100 streams
-            # its figures measure the queue for them (--targets to run it anyway).
-            if target == "gateway":
-                return level.streams > 100
-            return target == "gateway-lib" and level.streams <= 100
+        targets = ["direct", "relay", "gateway", "fastapi", "nginx"]
+    if "nginx" in targets and procs.nginx_executable() is None:
+        targets.remove("nginx")
+        print("nginx: not installed, left out (Debian: apt-get install nginx-light)")
 
     procs.raise_nofile()
     print(
         f"bench_gateway: {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs; load average {procs.load_average()}"
     )
-    print(f"streams {counts}, targets {targets}, repeats {repeats}")
+    print(f"streams {counts}, targets {targets}, repeats {repeats}, lengths {lengths}, held {held}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        figures = measure(Path(tmp), targets, levels, repeats, args.timeout, skip=skip)
+        figures = measure(
+            Path(tmp), targets, levels, repeats, args.timeout, lengths=lengths, held=held
+        )
+    if args.save:
+        args.save.write_text(json.dumps([dataclasses.asdict(f) for f in figures]))
     report(figures, levels)
     print(
         f"\nload average after: {procs.load_average()}; "
