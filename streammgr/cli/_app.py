@@ -19,6 +19,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from .. import __version__
+from .._gc import parse_gc_threshold
 from .._options import OPTIONS
 from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
@@ -110,6 +111,10 @@ def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _gc_threshold(type_: object, value: str) -> None:
+    parse_gc_threshold(value)  # the library's own check, with its words
+
+
 def _workers(type_: object, value: int) -> None:
     if value < 1:
         raise ValueError("Accepts a whole number of worker processes, at least 1")
@@ -163,6 +168,10 @@ async def serve(
         Literal["fail-closed", "local"], _env("redis_fault_policy")
     ] = "fail-closed",
     workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
+    # The process's garbage collector (streammgr/_gc.py): not a manager option.
+    gc_threshold: Annotated[str, _env("gc_threshold"), Parameter(validator=_gc_threshold)] = (
+        "server"
+    ),
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -201,6 +210,10 @@ async def serve(
             or admit against ceil(limit / instances last seen) of each limit (local).
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
+        gc_threshold: The garbage collector, set once the app is built: server (the
+            start-up's objects frozen, then gc.set_threshold(10000, 10, 1000): full
+            collections, which stall every stream, become rare), python (the
+            interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
     """
     from ._run import ServeSettings, run_serve
     from ._workers import check_workers
@@ -267,6 +280,7 @@ async def serve(
         lease_ttl=lease_ttl,
         instance_id=instance_id,
         redis_fault_policy=redis_fault_policy,
+        gc_threshold=parse_gc_threshold(gc_threshold),
     )
     if workers > 1:
         from ._workers import run_workers

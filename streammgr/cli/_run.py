@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ import structlog
 import trio
 
 from .._errors import LimiterUnavailable
+from .._gc import SERVER_GC_THRESHOLD, tune_gc
 from .._manager import StreamManager
 from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
@@ -83,6 +85,8 @@ class ServeSettings:
     lease_ttl: float = 3.0
     instance_id: str | None = None
     redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
+    # --gc-threshold: None leaves the interpreter's collector as it is.
+    gc_threshold: tuple[int, int, int] | None = SERVER_GC_THRESHOLD
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -356,6 +360,12 @@ async def _serve_gateway(
     )
     app = build_service_app(
         manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
+    )
+    # Everything imported and built: what is alive now lives as long as the process,
+    # and is frozen out of every later collection (--gc-threshold, streammgr/_gc.py).
+    tune_gc(settings.gc_threshold)
+    structlog.get_logger("streammgr.cli").info(
+        "gateway.gc", threshold=list(gc.get_threshold()), frozen=gc.get_freeze_count()
     )
 
     async def run(

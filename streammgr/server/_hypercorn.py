@@ -476,6 +476,18 @@ class _Server(TCPServer):
         self._idle = True
         self.reader = trio.CancelScope()  # around hypercorn's read loop
 
+    def release(self) -> None:
+        """Let go of the connection's protocol once the connection has ended.
+
+        hypercorn's connection is a reference cycle (its protocol holds this
+        server's ``protocol_send``, and through it h11's state, the task group, the
+        buffers): left alone, a gen-0 collection would free it if it were young,
+        but a connection lives long enough to be promoted, so only a full
+        collection, which stalls every stream, would (tests/test_gc.py).
+        """
+        self.__dict__.pop("protocol", None)
+        self.__dict__.pop("_task_group", None)
+
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
             self._idle = event.idle
@@ -605,6 +617,7 @@ async def serve(
         finally:
             open_streams.discard(bounded)
             bounded.server = None  # no cycle left for the garbage collector
+            server.release()
 
     reaper = trio.CancelScope()
 
