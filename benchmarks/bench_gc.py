@@ -3,6 +3,7 @@
 Run it with::
 
     .venv/bin/python benchmarks/bench_gc.py                         # 1,000 and 10,000 held
+    .venv/bin/python benchmarks/bench_gc.py --quick                 # 1,000 held
     .venv/bin/python benchmarks/bench_gc.py --streams 1000 --gc python --gc server
     .venv/bin/python benchmarks/bench_gc.py --memory --streams 1000 # where the memory goes
 
@@ -23,8 +24,8 @@ of short streams beside them: what a busy server does while holding), and
 seconds on every held stream.
 
 ``--memory`` (one setting, the first ``--gc``): tracemalloc (``--frames`` deep) in the
-gateway; the growth between the warm-up and the streams held, per held stream, by
-component (the innermost frame of a known package: hypercorn, h11, httpx, httpcore,
+gateway from the end of the warm-up on; the growth until the streams are held, per
+held stream, by component (the innermost frame of a known package: hypercorn, h11, httpx, httpcore,
 trio, starlette, streammgr; trio's own allocations also charged to the package that
 called into trio), and gc-tracked objects per stream by type.
 
@@ -121,14 +122,14 @@ def probe(argv: Sequence[str]) -> int:
     """Run ``streammgr ARGV`` with collections timed; SIGUSR2 writes a report."""
     parser = argparse.ArgumentParser(prog="bench_gc.py probe")
     parser.add_argument("--report", type=Path, required=True, help="SIGUSR2 writes N.json here")
-    parser.add_argument("--frames", type=int, default=0, help="tracemalloc frames (0: off)")
+    parser.add_argument(
+        "--frames", type=int, default=0, help="tracemalloc frames from the first report (0: off)"
+    )
     parser.add_argument("--objects", action="store_true", help="count objects by type")
     parser.add_argument("--garbage", action="store_true", help="keep cyclic garbage to count")
     own, _, command = _split(argv)
     args = parser.parse_args(own)
     args.report.mkdir(parents=True, exist_ok=True)
-    if args.frames:
-        tracemalloc.start(args.frames)
     recorder = PauseRecorder()
     gc.callbacks.append(recorder)
     if args.garbage:
@@ -151,6 +152,10 @@ def probe(argv: Sequence[str]) -> int:
             data["garbage_samples"] = _samples(gc.garbage)
             gc.garbage.clear()
         if args.frames:
+            # Traced from the first report on (the imports and the warm-up untraced:
+            # slow, and not what is measured); that first snapshot is empty.
+            if not tracemalloc.is_tracing():
+                tracemalloc.start(args.frames)
             tracemalloc.take_snapshot().dump(str(args.report / f"{taken}.snap"))
         (args.report / f"{taken}.json.part").write_text(json.dumps(data))
         (args.report / f"{taken}.json.part").rename(args.report / f"{taken}.json")
@@ -230,7 +235,8 @@ def prober(
     if upstream is not None:
         args += ["--upstream-url", upstream]
     env = {**os.environ, "PYTHONPATH": str(procs.ROOT)}
-    proc = procs.Proc(f"gateway-{setting}", args, port, workdir / f"gateway-{setting}.log", env)
+    log = workdir / f"gateway-{setting}.log"
+    proc = procs.Proc(f"gateway-{setting}", args, port, log, env)
     return Prober(proc, reports)
 
 
@@ -284,7 +290,7 @@ def hold(workdir: Path, gateway: Prober, run: Run, args: argparse.Namespace) -> 
     """Warm up, open ``run.streams``, hold them with a churn beside, leave."""
     port = gateway.proc.port
     warm = churn_spec(port, 200, 1)
-    procs.start_clients(workdir, [warm], f"{run.setting}-warm").wait(120)
+    procs.start_clients(workdir, [warm], f"{run.setting}-warm").wait(600)
     time.sleep(1.0)  # the warm-up's connections closing before the baseline
     run.reports.append(gateway.report())
     run.rss_before = gateway.proc.rss()
@@ -346,11 +352,22 @@ def _hold(
 def component(frames: Sequence[tracemalloc.Frame], skip_trio: bool) -> str:
     """The known package of the innermost frame that has one (``skip_trio``: trio's
     own frames charged to the package that called it)."""
-    for frame in frames:  # innermost first (tracemalloc's order)
+    for frame in reversed(frames):  # innermost first (tracemalloc lists oldest first)
         parts = frame.filename.replace("\\", "/").split("/")
         for package in PACKAGES:
             if package in parts and (package != "trio" or not skip_trio):
                 return package
+    return "other"
+
+
+def where(frames: Sequence[tracemalloc.Frame]) -> str:
+    """``package/file.py`` of the innermost frame of a known package (trio's charged
+    to its caller)."""
+    for frame in reversed(frames):  # innermost first
+        parts = frame.filename.replace("\\", "/").split("/")
+        for package in PACKAGES:
+            if package in parts and package != "trio":
+                return "/".join(parts[parts.index(package) :])
     return "other"
 
 
@@ -375,6 +392,12 @@ def memory_report(before: str, held: str, streams: int) -> list[str]:
                 f"  {name:<12} {size / 1024 / streams:>10.2f} {counts[name] / streams:>14.1f}"
             )
         lines.append(f"  {'total':<12} {total / 1024 / streams:>10.2f}")
+    by_file: collections.Counter[str] = collections.Counter()
+    for stat in new.compare_to(old, "traceback"):
+        by_file[where(list(stat.traceback))] += stat.size_diff
+    lines.append("\nBy file (the innermost frame of a known package), per held stream:")
+    for name, size in by_file.most_common(30):
+        lines.append(f"  {size / streams:>8.0f} B  {name}")
     lines.append("\nThe largest lines (per held stream):")
     for stat in new.compare_to(old, "lineno")[:25]:
         frame = stat.traceback[0]
@@ -401,12 +424,15 @@ def compare(directory: Path) -> int:
     snaps = sorted(directory.glob("*.snap"), key=lambda path: int(path.stem))
     if len(snaps) < 2:
         raise SystemExit(f"{directory} holds fewer than two snapshots")
-    first = tracemalloc.Snapshot.load(str(snaps[0]))
-    for path in snaps[1:]:
+    # Tracing starts at the first quiet point (an empty snapshot); the second is the
+    # base: what the first round of load left is its warm-up.
+    base = snaps[1] if len(snaps) > 2 else snaps[0]
+    first = tracemalloc.Snapshot.load(str(base))
+    for path in snaps[snaps.index(base) + 1 :]:
         snap = tracemalloc.Snapshot.load(str(path))
         stats = snap.compare_to(first, "lineno")
         total = sum(stat.size_diff for stat in stats)
-        print(f"\n{snaps[0].name} -> {path.name}: {total / 1024:+.1f} KiB traced")
+        print(f"\n{base.name} -> {path.name}: {total / 1024:+.1f} KiB traced")
         for stat in stats[:12]:
             frame = stat.traceback[0]
             print(
@@ -424,6 +450,7 @@ def main() -> int:
         return compare(Path(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, action="append", help="1000 and 10000")
+    parser.add_argument("--quick", action="store_true", help="1,000 streams only, held 5 s")
     parser.add_argument(
         "--gc", action="append", help="--gc-threshold settings to compare (python, server)"
     )
@@ -437,7 +464,9 @@ def main() -> int:
     parser.add_argument("--token-interval", type=float, default=30.0, help="held streams")
     parser.add_argument("--open-timeout", type=float, default=900.0)
     args = parser.parse_args()
-    args.streams = args.streams or [1000, 10_000]
+    args.streams = args.streams or ([1000] if args.quick else [1000, 10_000])
+    if args.quick:
+        args.hold = min(args.hold, 5.0)
     args.gc = args.gc or ["python", "server"]
     if args.memory:
         args.gc = args.gc[:1]

@@ -8,20 +8,25 @@ No timing is asserted here: benchmarks/bench_gc.py measures the pauses.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from streammgr import SERVER_GC_THRESHOLD, tune_gc
+from streammgr import SERVER_GC_THRESHOLD, StreamManager, tune_gc
 from streammgr._gc import parse_gc_threshold
 from streammgr.cli import main
+from streammgr.server import ServiceOptions
 
 from .cli_helpers import started
-from .server_helpers import PATIENCE, Scope, Server, raw_client
+from .fault_helpers import raw_request, token_chat
+from .server_helpers import PATIENCE, Scope, Server, raw_client, running_service, wait_until
 
 
 @pytest.fixture
@@ -38,7 +43,7 @@ def collector() -> Iterator[None]:
 @pytest.mark.usefixtures("collector")
 def test_tune_gc_freezes_what_is_alive_then_sets_the_thresholds() -> None:
     tune_gc()
-    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (10_000, 10, 1_000)
+    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (5_000, 10, 1_000)
     assert gc.get_freeze_count() > 1000  # the modules, classes and functions alive now
     assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
 
@@ -149,11 +154,33 @@ async def _answer(scope: Scope, receive: Any, send: Any) -> None:
 _CONNECTION_TYPES = ("hypercorn.", "h11.", "streammgr.server.")
 
 
-async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery) -> None:
+@contextlib.contextmanager
+def garbage_kept() -> Iterator[list[object]]:
+    """Cyclic garbage made inside the block, kept for the test to look at (automatic
+    collections off meanwhile)."""
     gc.collect()  # what earlier tests left
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def _types_of(garbage: list[object], modules: tuple[str, ...]) -> list[str]:
+    return sorted(
+        {
+            f"{type(item).__module__}.{type(item).__qualname__}"
+            for item in garbage
+            if type(item).__module__.startswith(modules)
+        }
+    )
+
+
+async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery) -> None:
+    with garbage_kept() as garbage:
         server = await Server().start(nursery, _answer)
         async with httpx.AsyncClient(timeout=PATIENCE) as client:
             for _ in range(5):  # read to the end, on one kept-alive connection
@@ -169,16 +196,39 @@ async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery
         with trio.fail_after(PATIENCE):
             await server.stopped.wait()
         gc.collect()
-        kept = sorted(
-            {
-                f"{type(item).__module__}.{type(item).__qualname__}"
-                for item in gc.garbage
-                if type(item).__module__.startswith(_CONNECTION_TYPES)
-                or type(item).__module__ == "streammgr.server"
-            }
-        )
-        assert kept == []
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+        kept = _types_of(garbage, _CONNECTION_TYPES)
+        assert not kept, f"reference cycles left by the server's connections: {kept}"
+
+
+@pytest.mark.xfail(
+    reason="sources/_http_connection.py's _close() leaves httpx's response cycle "
+    "(response.stream <-> BoundAsyncStream, and _Body's aiter_raw closure): the gc "
+    "branch's report gives the two-line fix; then remove this mark"
+)
+async def test_gateway_streams_leave_no_reference_cycle() -> None:
+    # With full collections rare (SERVER_GC_THRESHOLD), a cycle per stream is memory
+    # kept for hours: a stream read to its end, or left mid-answer, must leave none.
+    options = ServiceOptions(upstream_url="http://sim/v1")
+    manager = StreamManager()
+    with garbage_kept() as garbage:
+        async with (
+            trio.open_nursery() as nursery,
+            running_service(nursery, manager, options) as (server, _),
+        ):
+            # Raw sockets: an httpx client here would leave cycles of its own.
+            for _ in range(3):
+                body = json.dumps(token_chat(3, 0)).encode()
+                done = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await done.until(lambda answer: b"data: [DONE]" in answer.body)
+                await done.stream.aclose()
+            for _ in range(3):
+                body = json.dumps(token_chat(50, 0.05)).encode()
+                left = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await left.until(lambda answer: b'"content":"' in answer.body)
+                await left.stream.aclose()
+            await wait_until(lambda: manager.stats().closed_total == 6)
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the connections' tasks ended
+            # Collected while the service runs: its own objects are alive, not garbage.
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
+        assert not kept, f"reference cycles left by the gateway's streams: {kept}"
