@@ -464,6 +464,8 @@ def main() -> int:
     parser.add_argument("--token-interval", type=float, default=30.0, help="held streams")
     parser.add_argument("--open-timeout", type=float, default=900.0)
     args = parser.parse_args()
+    if args.token_interval >= 60:
+        parser.error("--token-interval must be below serve's --idle-timeout (60 s)")
     args.streams = args.streams or ([1000] if args.quick else [1000, 10_000])
     if args.quick:
         args.hold = min(args.hold, 5.0)
