@@ -19,7 +19,7 @@ import httpx
 import trio
 
 import streammgr
-from streammgr import CloseReason, StreamManager
+from streammgr import CloseReason, StreamManager, StreamSender
 from streammgr.server import admin_app
 from streammgr.sse import SSEParser
 from tests.browser_helpers import ARTEFACTS, Chromium, chromium
@@ -375,11 +375,9 @@ async def test_ten_thousand_streams(nursery: trio.Nursery, chromium: Chromium) -
         done.set()
 
 
-async def ticking_never(done: trio.Event) -> AsyncIterator[str]:
+async def ticking_never(send: StreamSender[str], done: trio.Event) -> None:
     """Nothing until ``done`` (10,000 of them cost no CPU)."""
     await done.wait()
-    return
-    yield ""
 
 
 FEED = (

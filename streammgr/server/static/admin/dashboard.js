@@ -267,6 +267,7 @@ $("filter").addEventListener("input", queueRender);
 // -- The events feed ----------------------------------------------------------------
 
 function onFeedEvent(event) {
+  if (state.pendingSince === null) state.pendingSince = performance.now();
   let data;
   try {
     data = JSON.parse(event.data);
