@@ -20,12 +20,14 @@ import trio
 
 import streammgr
 from streammgr import CloseReason, StreamManager, StreamSender
+from streammgr.cluster import ClusterRegistry, RedisLimiter
 from streammgr.server import admin_app
 from streammgr.sse import SSEParser
 from tests.browser_helpers import ARTEFACTS, Chromium, chromium
+from tests.redis_helpers import RedisServer, redis_server
 from tests.server_helpers import PATIENCE, Server
 
-__all__ = ["chromium"]  # the fixture, imported for pytest
+__all__ = ["chromium", "redis_server"]  # the fixtures, used by name
 
 T = TypeVar("T")
 TOKEN = "dashboard-token-Xy7q2"
@@ -102,6 +104,25 @@ class Tab:
 
 
 @asynccontextmanager
+async def new_tab(chromium: Chromium, url: str) -> AsyncIterator[Tab]:
+    """A tab in a fresh browser context (its own storage), not opened yet; at the end,
+    closed, and no script error may have happened on it."""
+    context = await chromium.run(lambda browser: browser.new_context())
+    errors: list[str] = []
+
+    def new_page(_browser: Any) -> Any:
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        return page
+
+    try:
+        yield Tab(chromium, await chromium.run(new_page), url)
+    finally:
+        await chromium.run(lambda _browser: context.close())
+    assert errors == []
+
+
+@asynccontextmanager
 async def dashboard(
     nursery: trio.Nursery, chromium: Chromium, *, token: str | None = None, **options: Any
 ) -> AsyncIterator[tuple[Streams, Tab, httpx.AsyncClient]]:
@@ -110,26 +131,17 @@ async def dashboard(
     async with StreamManager(**options) as manager, trio.open_nursery() as readers:
         server = await Server().start(nursery, admin_app(manager, token=token))
         headers = {} if token is None else {"authorization": f"Bearer {token}"}
-        context = await chromium.run(lambda browser: browser.new_context())
-        page = await chromium.run(lambda _browser: context.new_page())
-        errors: list[str] = []
-        await chromium.run(
-            lambda _browser: page.on("pageerror", lambda exc: errors.append(str(exc)))
-        )
         try:
-            async with httpx.AsyncClient(
-                base_url=f"{server.url}/admin", headers=headers, timeout=PATIENCE
-            ) as api:
-                yield (
-                    Streams(manager, readers),
-                    Tab(chromium, page, f"{server.url}/admin/"),
-                    api,
-                )
+            async with (
+                new_tab(chromium, f"{server.url}/admin/") as tab,
+                httpx.AsyncClient(
+                    base_url=f"{server.url}/admin", headers=headers, timeout=PATIENCE
+                ) as api,
+            ):
+                yield Streams(manager, readers), tab, api
         finally:
-            await chromium.run(lambda _browser: context.close())
             readers.cancel_scope.cancel()
             server.stop.set()
-        assert errors == []  # no script error on the page
 
 
 async def open_page(tab: Tab) -> None:
@@ -432,3 +444,49 @@ async def test_the_page_parses_sse_cut_anywhere(nursery: trio.Nursery, chromium:
             )
         )
     assert [json.loads(each) for each in results] == [expected]
+
+
+async def test_the_cluster_view_shows_each_stream_instance(
+    nursery: trio.Nursery, chromium: Chromium, redis_server: RedisServer
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        managers = {}
+        for name in ("gw-a", "gw-b"):
+            limiter = RedisLimiter(redis_server.url, instance_id=name, lease_ttl=2.0)
+            manager = StreamManager(limiter=limiter, id_prefix=name)
+            registry = ClusterRegistry(manager, limiter.connection, ttl=2.0, interval=0.2)
+            for entered in (limiter, manager, registry):
+                await stack.enter_async_context(entered)
+            managers[name] = (manager, registry)
+        readers = await stack.enter_async_context(trio.open_nursery())  # closed first
+        manager, registry = managers["gw-a"]
+        server = await Server().start(nursery, admin_app(manager, cluster=registry))
+        here = await Streams(manager, readers).open("tenant-here")
+        elsewhere = await Streams(managers["gw-b"][0], readers).open("tenant-elsewhere")
+        async with new_tab(chromium, f"{server.url}/admin/") as tab:
+            await open_page(tab)
+            await tab.until("() => !document.getElementById('cluster-panel').hidden")
+            rows = "#cluster-streams .row:not([hidden])"
+            await tab.until(
+                "rows => [...document.querySelectorAll(rows)].map(row => "
+                "row.children[0].textContent + ' ' + row.children[1].textContent).sort()"
+                ".join() === 'gw-a tenant-here,gw-b tenant-elsewhere'",
+                rows,
+            )
+            await tab.until(
+                "() => document.getElementById('instances').textContent.includes('gw-b')"
+            )
+            # Cancelled from instance a's page, on instance b.
+            await tab.do(lambda page: page.locator(f"{rows}:has-text('gw-b') button").click())
+            await tab.until(
+                "() => document.getElementById('action-result').textContent"
+                ".includes('cancelled stream')"
+            )
+        closed = managers["gw-b"][0].get(elsewhere)
+        assert closed is not None
+        assert (closed.close_reason, closed.detail) == (CloseReason.CANCELLED, "operator")
+        info = manager.get(here)
+        assert info is not None
+        assert info.close_reason is None
+        readers.cancel_scope.cancel()
+        server.stop.set()

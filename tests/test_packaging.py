@@ -177,8 +177,9 @@ def test_streammgr_serve_answers_from_the_installed_wheel(
                 ]
                 assert client.get("/admin/healthz").status_code == 200
                 # The dashboard and its files come from the installed package.
-                page = client.get("/admin/")
+                page = client.get("/admin", follow_redirects=True)
                 assert page.status_code == 200
+                assert page.url.path == "/admin/"
                 assert "<title>streammgr dashboard</title>" in page.text
                 for name in ("dashboard.js", "sse.js", "table.js", "vendor/uPlot.iife.min.js"):
                     assert client.get(f"/admin/static/{name}").status_code == 200

@@ -637,11 +637,11 @@ async function start() {
   $("dashboard").hidden = false;
   $("forget-token").hidden = !state.token;
   state.running = true;
-  renderStats(stats);
-  if (state.chart === null) setUpChart();
-  runFeed();
+  runFeed(); // first: the snapshot is on its way while the rest is set up
   loadHistory();
   detectCluster();
+  renderStats(stats);
+  if (state.chart === null) setUpChart();
   state.timers.push(setInterval(pollStats, POLL_MS));
   state.timers.push(setInterval(refreshVisible, POLL_MS));
   state.timers.push(setInterval(tickChart, 1000));
