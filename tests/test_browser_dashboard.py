@@ -106,13 +106,19 @@ class Tab:
 @asynccontextmanager
 async def new_tab(chromium: Chromium, url: str) -> AsyncIterator[Tab]:
     """A tab in a fresh browser context (its own storage), not opened yet; at the end,
-    closed, and no script error may have happened on it."""
+    closed, and no script error nor anything the page's CSP refused may have happened
+    on it (a refusal is only a console message: uPlot's styles, say)."""
     context = await chromium.run(lambda browser: browser.new_context())
     errors: list[str] = []
+
+    def refused(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(message.text)
 
     def new_page(_browser: Any) -> Any:
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", refused)
         return page
 
     try:
