@@ -71,6 +71,17 @@ class Streams:
         self.done[ids[0]] = done
         return ids[0]
 
+    def queue(self, key: str) -> None:
+        """Open a stream of ``key`` that may wait for a slot (not waited for here)."""
+
+        async def read() -> None:
+            with contextlib.suppress(streammgr.StreamError):
+                async with self.manager.open(ticking, trio.Event(), key=key) as stream:
+                    async for _ in stream:
+                        pass
+
+        self.nursery.start_soon(read)
+
     def finish(self, stream_id: str) -> None:
         """Let the stream complete."""
         self.done[stream_id].set()
@@ -240,13 +251,25 @@ async def test_cancel_a_key_with_a_reason(nursery: trio.Nursery, chromium: Chrom
 
 
 async def test_change_a_limit_from_the_page(nursery: trio.Nursery, chromium: Chromium) -> None:
-    async with dashboard(nursery, chromium, max_streams=50) as (_, tab, api):
+    async with dashboard(nursery, chromium, max_streams=1) as (streams, tab, api):
+        await streams.open("tenant-first")
+        streams.queue("tenant-second")
         await open_page(tab)
-        assert await tab.do(lambda page: page.input_value("#limit-max_streams")) == "50"
+        # The waiting stream is listed, as waiting; the global limit is in use.
+        await tab.until(
+            "() => [...document.querySelectorAll('#streams .row:not([hidden])')].some("
+            "row => row.textContent.includes('tenant-second') "
+            "&& row.children[2].textContent === 'waiting')"
+        )
+        assert await tab.do(lambda page: page.input_value("#limit-max_streams")) == "1"
+        await tab.until(
+            "() => document.getElementById('usage-global-text').textContent"
+            ".startsWith('1 active of 1, 1 waiting')"
+        )
 
         def set_limits(page: Any) -> None:
             page.fill("#limit-max_streams_per_key", "7")
-            page.fill("#limit-max_streams", "40")
+            page.fill("#limit-max_streams", "2")
             page.click("#limits button[type=submit]")
 
         await tab.do(set_limits)
@@ -254,14 +277,19 @@ async def test_change_a_limit_from_the_page(nursery: trio.Nursery, chromium: Chr
             "() => document.getElementById('limits-result').textContent.startsWith('applied')"
         )
         limits = (await api.get("/limits")).json()
-        assert limits == {"max_streams": 40, "max_streams_per_key": 7, "max_waiting": None}
+        assert limits == {"max_streams": 2, "max_streams_per_key": 7, "max_waiting": None}
+        # Applied: the waiting stream got the new slot, and the page says so.
+        await tab.until(
+            "() => [...document.querySelectorAll('#streams .row:not([hidden])')]"
+            ".every(row => row.children[2].textContent !== 'waiting')"
+        )
 
         # A refused value: the API's message, nothing changed.
         await tab.do(lambda page: page.fill("#limit-max_streams", "2000000000"))
         await tab.do(lambda page: page.click("#limits button[type=submit]"))
         await tab.until("() => document.getElementById('limits-result').dataset.ok === 'false'")
         assert "max_streams" in await tab.text("#limits-result")
-        assert (await api.get("/limits")).json()["max_streams"] == 40
+        assert (await api.get("/limits")).json()["max_streams"] == 2
 
 
 async def test_a_wrong_token_shows_the_message_and_nothing_else(
