@@ -16,16 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import trio
 
 import streammgr
 from streammgr import CloseReason, StreamManager, StreamSender
 from streammgr.cluster import ClusterRegistry, RedisLimiter
-from streammgr.server import admin_app
+from streammgr.server import ServiceOptions, admin_app
 from streammgr.sse import SSEParser
 from tests.browser_helpers import ARTEFACTS, Chromium, chromium
+from tests.fault_helpers import token_chat
 from tests.redis_helpers import RedisServer, redis_server
-from tests.server_helpers import PATIENCE, Server
+from tests.server_helpers import GATEWAY_BASE, PATIENCE, Server, running_service
 
 __all__ = ["chromium", "redis_server"]  # the fixtures, used by name
 
@@ -371,6 +373,7 @@ async def test_hostile_keys_and_labels_are_shown_as_text(
         assert rebound.status_code == 403
 
 
+@pytest.mark.timeout(120)  # 10,000 streams opened on a loaded machine: ~5-15 s
 async def test_ten_thousand_streams(nursery: trio.Nursery, chromium: Chromium) -> None:
     count = 10_000
     async with dashboard(nursery, chromium) as (streams, tab, _):
@@ -524,3 +527,32 @@ async def test_the_cluster_view_shows_each_stream_instance(
         assert info.close_reason is None
         readers.cancel_scope.cancel()
         server.stop.set()
+
+
+async def test_the_service_serves_it_beside_the_gateway(
+    nursery: trio.Nursery, chromium: Chromium
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    admin = admin_app(manager, prefix="")  # as streammgr serve mounts it
+    async with (
+        running_service(nursery, manager, options, admin=admin) as (server, _),
+        httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as http,
+        http.stream("POST", "/v1/chat/completions", json=token_chat(10_000, 0.02)) as answer,
+        new_tab(chromium, f"{server.url}/admin") as tab,  # no slash: led to /admin/
+    ):
+        assert answer.status_code == 200
+        await open_page(tab)
+        assert await tab.do(lambda page: page.url) == f"{server.url}/admin/"
+        await tab.shown(1)
+        row = await tab.text(VISIBLE_ROWS)
+        assert "model=sim-small" in row
+        assert "route=chat.completions" in row
+        # Cancelled from the page: the client's answer ends, the registry says why.
+        await tab.do(lambda page: page.locator(f"{VISIBLE_ROWS} button").click())
+        await tab.shown(0)
+        with trio.fail_after(PATIENCE):
+            body = b"".join([chunk async for chunk in answer.aiter_bytes()])
+        assert b"operator" in body  # the in-band error names the reason
+        (closed,) = manager.history()
+        assert (closed.close_reason, closed.detail) == (CloseReason.CANCELLED, "operator")
