@@ -19,7 +19,8 @@ import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Mount, Router
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp
 
 from .._manager import StreamManager
@@ -159,6 +160,11 @@ def build_service_app(
     guarded: list[BaseRoute] = []
     # --- The inspection API: the one place it is mounted. --------------------------
     if admin is not None:
+        # The dashboard is /admin/ (it fetches the API relative to itself): /admin
+        # leads there (a relative Location, right behind a proxy's path prefix too).
+        guarded.append(
+            Route("/admin", lambda _: RedirectResponse("admin/", status_code=308), methods=["GET"])
+        )
         guarded.append(Mount("/admin", app=admin))
     # CORS opens the gateway to other origins, never the inspection API: a web page in
     # an operator's browser must not read or cancel streams of a tokenless admin API.
