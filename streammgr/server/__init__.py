@@ -23,6 +23,7 @@ from ._hypercorn import TESTED_HYPERCORN_VERSIONS as TESTED_HYPERCORN_VERSIONS
 from ._hypercorn import Connection as Connection
 from ._hypercorn import current_connection as current_connection
 from ._hypercorn import serve as serve
+from ._hypercorn import tls_context as tls_context
 from ._lifespan import manager_lifespan as manager_lifespan
 from ._response import EventStreamResponse as EventStreamResponse
 from ._service import ServiceOptions as ServiceOptions
@@ -54,4 +55,5 @@ __all__ = [
     "manager_lifespan",
     "serve",
     "serve_service",
+    "tls_context",
 ]

@@ -9,6 +9,7 @@ in-flight requests nothing when it shuts down.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from ._access_log import AccessLog
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
-from ._hypercorn import serve
+from ._hypercorn import check_tls_pair, serve
 from ._lifespan import manager_lifespan
 
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
@@ -265,6 +266,8 @@ async def serve_service(
     body_timeout: float | None = 15.0,
     keep_alive_timeout: float = 75.0,
     sockets: Sequence[socket.socket] = (),
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -294,8 +297,17 @@ async def serve_service(
             longer than the clients' own pool expiry (see docs/operations.md).
         sockets: listening sockets to accept on instead of ``host`` and ``port``
             (see :func:`~streammgr.server.serve`).
+        certfile: serve HTTPS (and HTTP/2, by ALPN) with this PEM certificate
+            chain; with ``keyfile``, both or neither (see
+            :func:`~streammgr.server.tls_context`).
+        keyfile: the certificate's PEM private key.
         task_status: ``nursery.start`` returns the URLs listened on.
+
+    Raises:
+        ValueError: a bad ``backlog``; ``certfile`` without ``keyfile`` or the
+            reverse, or a file that cannot be loaded.
     """
+    check_tls_pair(certfile, keyfile)  # before anything starts: a plain ValueError
     config = Config()
     config.accesslog = None
     config.graceful_timeout = grace + close_timeout
@@ -312,5 +324,7 @@ async def serve_service(
             keep_alive_timeout=keep_alive_timeout,
             config=config,
             sockets=sockets,
+            certfile=certfile,
+            keyfile=keyfile,
             task_status=task_status,
         )
