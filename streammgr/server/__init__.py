@@ -12,6 +12,7 @@ from ._admin import check_exposure as check_exposure
 from ._answers import ErrorAnswer as ErrorAnswer
 from ._answers import encode_batch as encode_batch
 from ._answers import error_answer as error_answer
+from ._chat_page import chat_page_routes as chat_page_routes
 from ._gateway import MAX_REQUEST_SIZE as MAX_REQUEST_SIZE
 from ._gateway import RequestIdMiddleware as RequestIdMiddleware
 from ._gateway import caller_key as caller_key
@@ -45,6 +46,7 @@ __all__ = [
     "admin_app",
     "build_service_app",
     "caller_key",
+    "chat_page_routes",
     "check_exposure",
     "current_connection",
     "encode_batch",

@@ -27,6 +27,7 @@ from .._manager import StreamManager
 from ..sources import SourceTimeouts
 from ..sources._common import redact_url
 from ._access_log import AccessLog
+from ._chat_page import chat_page_routes
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
@@ -113,8 +114,9 @@ def build_service_app(
     admin: Starlette | None = None,
 ) -> ASGIApp:
     """The service: the gateway at ``/v1``, the inspection API at ``/admin``, CORS,
-    the probes ``/healthz`` and ``/readyz``, the Host check, a log line per error
-    answer, and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+    the chat page at ``/chat``, the probes ``/healthz`` and ``/readyz``, the Host
+    check, a log line per error answer, and ``manager`` run for the app's lifetime
+    (:func:`manager_lifespan`).
 
     Every route but the probes answers only the hosts ``options.allowed_hosts``
     allows (loopback names by default); every answer of 400 or more is logged as
@@ -186,6 +188,9 @@ def build_service_app(
             allowed_origins=options.cors_origins,
             check_origins=True,
         )
+    # The chat page (GET /chat, static files): same Host check, no CORS (another
+    # origin's page talks to the gateway, not to the page).
+    guarded += chat_page_routes()
     guarded.append(Mount("/", app=public))
     # Against DNS rebinding: every route but the probes (a kubelet names the pod's
     # IP) answers only the allowed hosts.
