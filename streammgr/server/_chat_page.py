@@ -36,7 +36,7 @@ _FILES = {
 # userinfo, query or fragment; nothing that could end a CSP directive), a port, and
 # an optional path prefix of plain characters.
 _GATEWAY = re.compile(
-    r"(?P<origin>https?://"
+    r"(?P<origin>(?i:https?)://"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     r"|\[[0-9A-Fa-f:.]+\])"
     r"(?::[0-9]{1,5})?)"
