@@ -313,33 +313,9 @@ async def test_the_pages_sse_parser_holds_across_every_chunking(
     assert tab.errors == []
 
 
-async def test_over_https_a_page_holds_eight_streams_on_one_h2_connection(
-    nursery: trio.Nursery, chromium: Chromium, tmp_path: Path
-) -> None:
-    tls = tls_files(tmp_path)
-    manager = StreamManager(max_streams=20)
-    options = ServiceOptions(upstream_url=GATEWAY_BASE)
-    async with (
-        running_service(
-            nursery,
-            manager,
-            options,
-            upstream=fast_upstream(),
-            certfile=tls.certfile,
-            keyfile=tls.keyfile,
-        ) as (server, upstream),
-        open_tab(chromium, ignore_https_errors=True) as tab,
-    ):
-        await tab.do(lambda page: page.goto(f"{server.url}/chat"))
-        await tab.until_state("idle")
-        # The page's own origin over TLS: its WebSocket route is wss:// (the CSP allows it).
-        await tab.ask(PROMPT, transport="websocket", options=simulate(tokens=5))
-        assert await tab.until_state("done", "error") == "done"
-        assert len((await tab.last("assistant")).split()) == 5
-        await wait_until(lambda: len(manager.history()) == 1)
-        # Eight fetches from the page, each stalled after its first tokens: over HTTP/1.1
-        # (six connections per host) the last two would not even start.
-        start = """(count) => {
+# From the page: ``count`` fetches of the gateway at once, each stalled after three
+# tokens, their texts in ``window.streams[i].text``, each with its AbortController.
+STALLED_FETCHES = """(count) => {
             window.streams = [];
             return import("./chat/sse.js").then(({ SSEParser }) => {
                 for (let i = 0; i < count; i++) {
@@ -370,7 +346,35 @@ async def test_over_https_a_page_holds_eight_streams_on_one_h2_connection(
                 }
             });
         }"""
-        await tab.do(lambda page: page.evaluate(start, 8))
+
+
+async def test_over_https_a_page_holds_eight_streams_on_one_h2_connection(
+    nursery: trio.Nursery, chromium: Chromium, tmp_path: Path
+) -> None:
+    tls = tls_files(tmp_path)
+    manager = StreamManager(max_streams=20)
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    async with (
+        running_service(
+            nursery,
+            manager,
+            options,
+            upstream=fast_upstream(),
+            certfile=tls.certfile,
+            keyfile=tls.keyfile,
+        ) as (server, upstream),
+        open_tab(chromium, ignore_https_errors=True) as tab,
+    ):
+        await tab.do(lambda page: page.goto(f"{server.url}/chat"))
+        await tab.until_state("idle")
+        # The page's own origin over TLS: its WebSocket route is wss:// (the CSP allows it).
+        await tab.ask(PROMPT, transport="websocket", options=simulate(tokens=5))
+        assert await tab.until_state("done", "error") == "done"
+        assert len((await tab.last("assistant")).split()) == 5
+        await wait_until(lambda: len(manager.history()) == 1)
+        # Eight fetches from the page, each stalled after its first tokens: over HTTP/1.1
+        # (six connections per host) the last two would not even start.
+        await tab.do(lambda page: page.evaluate(STALLED_FETCHES, 8))
         await tab.do(
             lambda page: page.wait_for_function(
                 "() => window.streams.every((stream) => stream.text.split(' ').length >= 3)",
@@ -379,6 +383,7 @@ async def test_over_https_a_page_holds_eight_streams_on_one_h2_connection(
         )
         assert manager.stats().active == 8
         assert upstream.stats().open == 8
+        assert upstream.stats().max_open == 8
         protocols = await tab.do(
             lambda page: page.evaluate(
                 "() => performance.getEntries()"
@@ -403,3 +408,48 @@ async def test_over_https_a_page_holds_eight_streams_on_one_h2_connection(
         assert reasons == [CloseReason.COMPLETED] + [CloseReason.CLIENT_DISCONNECTED] * 8
         await wait_until(lambda: upstream.stats().open == 0)
         assert tab.errors == []
+
+
+async def test_over_http_1_1_a_browser_runs_six_streams_and_the_rest_wait(
+    nursery: trio.Nursery, chromium: Chromium
+) -> None:
+    """Why the HTTPS test matters: the same page over plain HTTP/1.1 gets six streams
+    going, and a seventh leaves the browser only once one of the six has ended."""
+    manager = StreamManager(max_streams=20)
+    options = ServiceOptions(upstream_url=GATEWAY_BASE)
+    async with (
+        running_service(nursery, manager, options, upstream=fast_upstream()) as (
+            server,
+            upstream,
+        ),
+        open_tab(chromium) as tab,
+    ):
+        await tab.do(lambda page: page.goto(f"{server.url}/chat"))
+        await tab.until_state("idle")
+        await tab.do(lambda page: page.evaluate(STALLED_FETCHES, 8))
+        started = "(count) => window.streams.filter((stream) => stream.text).length === count"
+        await tab.do(lambda page: page.wait_for_function(started, arg=6, timeout=WAIT_MS))
+        assert upstream.stats().open == 6  # the seventh and eighth wait inside the browser
+        for count in (7, 8):  # end one of those going: the next waiting one goes out
+            await tab.do(
+                lambda page: page.evaluate(
+                    "() => { const going = window.streams.find("
+                    "(stream) => stream.text && !stream.ended);"
+                    " going.ended = true; going.controller.abort(); }"
+                )
+            )
+            await tab.do(
+                lambda page, count=count: page.wait_for_function(
+                    started, arg=count, timeout=WAIT_MS
+                )
+            )
+        assert upstream.stats().max_open == 6
+        await tab.do(
+            lambda page: page.evaluate(
+                "() => window.streams.forEach((stream) => stream.controller.abort())"
+            )
+        )
+        await wait_until(lambda: len(manager.history()) == 8)
+        reasons = {info.close_reason for info in manager.history()}
+        assert reasons == {CloseReason.CLIENT_DISCONNECTED}
+        await wait_until(lambda: upstream.stats().open == 0)

@@ -136,7 +136,7 @@ _FIRST = "first"  # no byte yet of the connection's first request
 _IDLE = "idle"  # between two requests (keep-alive)
 _READING = "reading"  # a request's head or body is arriving
 _ANSWERING = "answering"  # the request is whole and its answer in flight
-_H2 = "h2"  # HTTP/2 (h2c): each request stream's body bounded, the rest hypercorn's
+_H2 = "h2"  # HTTP/2 (over TLS, or h2c): each request stream's body bounded, the rest hypercorn's
 _OTHER = "other"  # a WebSocket, an error: hypercorn's own rules
 
 # HTTP/2 stream states in which the client has not ended its request yet.
@@ -187,7 +187,7 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     - an answer in flight: the client's next bytes (pipelined requests) are held
       here, up to ``_HOLD_LIMIT``, instead of handed to h11, which would stop the
       reading until the answer ends; so the client's leaving is seen at once;
-    - HTTP/2 (h2c): each request stream must end within ``body_timeout`` of when the
+    - HTTP/2 (over TLS, or h2c): each request stream must end within ``body_timeout`` of when the
       reader first saw it, else the connection is closed.
 
     hypercorn's ``TCPServer`` uses ``send_all`` (inside its shield), ``receive_some``,

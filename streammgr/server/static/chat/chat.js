@@ -256,7 +256,12 @@ async function send(prompt) {
   setStatus("streaming", "Streaming…");
   const body = { ...extra, model, messages: history.slice() };
   const over = ui.transport.value === "websocket" ? overWebSocket : overHttp;
-  const outcome = await over(body, reply);
+  let outcome;
+  try {
+    outcome = await over(body, reply);
+  } catch (error) {
+    outcome = { error: `the page failed: ${error.message}` }; // never stuck "streaming"
+  }
   current = null;
   if (answer) history.push({ role: "assistant", content: answer });
   if (outcome.stopped) {
