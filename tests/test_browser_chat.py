@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -428,7 +429,11 @@ async def test_over_http_1_1_a_browser_runs_six_streams_and_the_rest_wait(
         await tab.until_state("idle")
         await tab.do(lambda page: page.evaluate(STALLED_FETCHES, 8))
         started = "(count) => window.streams.filter((stream) => stream.text).length === count"
-        await tab.do(lambda page: page.wait_for_function(started, arg=6, timeout=WAIT_MS))
+
+        def wait_started(page: Any, count: int) -> None:
+            page.wait_for_function(started, arg=count, timeout=WAIT_MS)
+
+        await tab.do(partial(wait_started, count=6))
         assert upstream.stats().open == 6  # the seventh and eighth wait inside the browser
         for count in (7, 8):  # end one of those going: the next waiting one goes out
             await tab.do(
@@ -438,11 +443,7 @@ async def test_over_http_1_1_a_browser_runs_six_streams_and_the_rest_wait(
                     " going.ended = true; going.controller.abort(); }"
                 )
             )
-            await tab.do(
-                lambda page, count=count: page.wait_for_function(
-                    started, arg=count, timeout=WAIT_MS
-                )
-            )
+            await tab.do(partial(wait_started, count=count))
         assert upstream.stats().max_open == 6
         await tab.do(
             lambda page: page.evaluate(
