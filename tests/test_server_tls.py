@@ -19,7 +19,9 @@ from streammgr.cli import main
 from streammgr.server import ServiceOptions, serve, tls_context
 
 from .cli_helpers import started
+from .cluster_helpers import cluster_args
 from .fault_helpers import MESSAGES, expected_text
+from .redis_helpers import RedisServer, redis_server
 from .server_helpers import (
     GATEWAY_BASE,
     PATIENCE,
@@ -29,6 +31,8 @@ from .server_helpers import (
     tls_files,
     wait_until,
 )
+
+__all__ = ["redis_server"]  # the fixture, used by name
 
 
 @pytest.fixture
@@ -204,4 +208,25 @@ async def test_streammgr_serve_with_certificate_variables_speaks_h2(
             response = await client.post(f"{url}/v1/chat/completions", json=body)
             assert response.http_version == "HTTP/2"
             assert response.text.endswith("data: [DONE]\n\n")
+        assert await running.stop() == 0
+
+
+async def test_every_worker_serves_tls_on_the_one_port(
+    nursery: trio.Nursery, tls: TlsFiles, redis_server: RedisServer
+) -> None:
+    env = {"STREAMMGR_CERTFILE": str(tls.certfile), "STREAMMGR_KEYFILE": str(tls.keyfile)}
+    argv = ["serve", "--workers", "2", *cluster_args(redis_server.url)]
+    async with started(nursery, *argv, **env) as running:
+        running.events_stopped_name = "workers.stopped"
+        listening = await running.until("workers.listening")
+        urls = listening["urls"]
+        assert isinstance(urls, list)
+        url = str(urls[0])
+        assert url.startswith("https://")
+        async with httpx.AsyncClient(
+            verify=tls.client_context(), http2=True, timeout=PATIENCE
+        ) as client:
+            health = await client.get(f"{url}/healthz")
+            assert health.http_version == "HTTP/2"
+            assert health.status_code == 200
         assert await running.stop() == 0
