@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import ssl
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 import trustme
+from starlette.applications import Starlette
 
 from streammgr import CloseReason, StreamManager
 from streammgr.cli import main
@@ -27,6 +29,7 @@ from .server_helpers import (
     PATIENCE,
     TlsFiles,
     fast_upstream,
+    read_until_closed,
     running_service,
     tls_files,
     wait_until,
@@ -230,3 +233,26 @@ async def test_every_worker_serves_tls_on_the_one_port(
             assert health.http_version == "HTTP/2"
             assert health.status_code == 200
         assert await running.stop() == 0
+
+
+async def test_a_client_that_never_shakes_hands_is_closed_at_the_body_timeout(
+    nursery: trio.Nursery, tls: TlsFiles
+) -> None:
+    stop = trio.Event()
+    (url,) = await nursery.start(
+        partial(
+            serve,
+            Starlette(),  # no request ever comes
+            port=0,
+            body_timeout=0.5,
+            shutdown_trigger=stop.wait,
+            certfile=tls.certfile,
+            keyfile=tls.keyfile,
+        )
+    )
+    port = int(url.rpartition(":")[2])
+    silent = await trio.open_tcp_stream("127.0.0.1", port)  # TCP only, no ClientHello
+    started = trio.current_time()
+    assert await read_until_closed(silent) == 0
+    assert 0.4 <= trio.current_time() - started < PATIENCE  # hypercorn alone: 60 s
+    stop.set()

@@ -653,8 +653,9 @@ async def serve(
             (``None``: forever, as hypercorn alone does). As nginx's ``send_timeout``.
         body_timeout: the most seconds an HTTP/1.1 request may take to arrive whole,
             head and body, from its first byte (a connection's first request: from
-            the accept); then a 408 if no answer has started, and the connection is
-            closed (``None``: no bound). Every route, the WebSocket handshake included.
+            the accept, TLS's handshake included); then a 408 if no answer has
+            started, and the connection is closed (``None``: no bound). Every route,
+            the WebSocket handshake included.
         keep_alive_timeout: seconds an idle connection waits for its next request
             (``config.keep_alive_timeout`` is not used). Longer than the clients'
             pools (httpx: 5 s), so that the client, not the server, closes it.
@@ -682,6 +683,10 @@ async def serve(
     tls = check_tls_pair(certfile, keyfile)
     config = copy.copy(config) if config is not None else Config()
     config.keep_alive_timeout = keep_alive_timeout
+    if tls is not None and body_timeout is not None:
+        # A connection's first request is due body_timeout after the accept: its TLS
+        # handshake too (hypercorn's own bound is 60 s).
+        config.ssl_handshake_timeout = min(config.ssl_handshake_timeout, body_timeout)
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
         # Counts the app's calls per connection (read_while_paused waits for them).
