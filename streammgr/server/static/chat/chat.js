@@ -57,7 +57,7 @@ const ui = {
 };
 
 let base = null;
-const history = []; // the conversation: {role, content}
+const conversation = []; // {role, content}, sent with each request
 let current = null; // the request in flight: {stop(reason)}
 let requestNumber = 0;
 
@@ -243,7 +243,7 @@ async function send(prompt) {
     showError("a model is needed (e.g. sim-small with the built-in simulator)");
     return;
   }
-  history.push({ role: "user", content: prompt });
+  conversation.push({ role: "user", content: prompt });
   addMessage("user", prompt);
   const text = addMessage("assistant", "");
   const bubble = text.parentElement;
@@ -254,7 +254,7 @@ async function send(prompt) {
     text.textContent = answer;
   };
   setStatus("streaming", "Streaming…");
-  const body = { ...extra, model, messages: history.slice() };
+  const body = { ...extra, model, messages: conversation.slice() };
   const over = ui.transport.value === "websocket" ? overWebSocket : overHttp;
   let outcome;
   try {
@@ -263,7 +263,7 @@ async function send(prompt) {
     outcome = { error: `the page failed: ${error.message}` }; // never stuck "streaming"
   }
   current = null;
-  if (answer) history.push({ role: "assistant", content: answer });
+  if (answer) conversation.push({ role: "assistant", content: answer });
   if (outcome.stopped) {
     bubble.dataset.state = "stopped";
     setStatus("stopped", outcome.stopped === "left" ? "Left the page." : "Stopped.");
