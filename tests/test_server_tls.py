@@ -6,6 +6,7 @@ files is a clear error (real time: every wait bounded)."""
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from functools import partial
 from pathlib import Path
@@ -256,3 +257,39 @@ async def test_a_client_that_never_shakes_hands_is_closed_at_the_body_timeout(
     assert await read_until_closed(silent) == 0
     assert 0.4 <= trio.current_time() - started < PATIENCE  # hypercorn alone: 60 s
     stop.set()
+
+
+async def test_a_tls_client_that_stops_reading_is_cut_off_as_stalled(
+    nursery: trio.Nursery, tls: TlsFiles
+) -> None:
+    manager = StreamManager()
+    options = ServiceOptions(upstream_url=GATEWAY_BASE, stall_timeout=0.2)
+    async with running_service(
+        nursery, manager, options, certfile=tls.certfile, keyfile=tls.keyfile
+    ) as (server, upstream):
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small TCP window
+        await sock.connect(("127.0.0.1", server.port))
+        client = trio.SSLStream(
+            trio.SocketStream(sock), tls.client_context(), server_hostname="127.0.0.1"
+        )
+        body = json.dumps(
+            {
+                "model": "sim-small",
+                "messages": MESSAGES,
+                "stream": True,
+                "streammgr_simulate": {"tokens": 100000, "token_latency": 0},
+            }
+        ).encode()
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        await client.send_all(head.encode() + body)  # then reads nothing
+        await wait_until(lambda: len(manager.history()) == 1)
+        (info,) = manager.history()
+        assert info.close_reason == CloseReason.CLIENT_STALLED
+        # The connection was closed under hypercorn's shielded write (https_compatible:
+        # no close_notify to wait for): the raw socket reaches its end.
+        await read_until_closed(client.transport_stream)
+        await wait_until(lambda: upstream.stats().open == 0)
