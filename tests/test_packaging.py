@@ -183,6 +183,12 @@ def test_streammgr_serve_answers_from_the_installed_wheel(
                 assert "<title>streammgr dashboard</title>" in page.text
                 for name in ("dashboard.js", "sse.js", "table.js", "vendor/uPlot.iife.min.js"):
                     assert client.get(f"/admin/static/{name}").status_code == 200
+                # The chat page's files are in the wheel (package data).
+                page = client.get("/chat")
+                assert page.status_code == 200
+                assert '<script type="module" src="chat/chat.js">' in page.text
+                for name in ("chat.js", "sse.js", "chat.css"):
+                    assert client.get(f"/chat/{name}").status_code == 200, name
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=PATIENCE) == 0
         finally:

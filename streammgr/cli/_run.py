@@ -83,6 +83,8 @@ class ServeSettings:
     lease_ttl: float = 3.0
     instance_id: str | None = None
     redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -373,6 +375,8 @@ async def _serve_gateway(
                     grace=settings.shutdown_grace,
                     body_timeout=settings.body_timeout,
                     sockets=sockets,
+                    certfile=settings.certfile,
+                    keyfile=settings.keyfile,
                 )
             )
             if on_listening is not None:

@@ -9,6 +9,7 @@ in-flight requests nothing when it shuts down.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,10 +28,11 @@ from .._manager import StreamManager
 from ..sources import SourceTimeouts
 from ..sources._common import redact_url
 from ._access_log import AccessLog
+from ._chat_page import chat_page_routes
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
-from ._hypercorn import serve
+from ._hypercorn import check_tls_pair, serve
 from ._lifespan import manager_lifespan
 
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
@@ -113,8 +115,9 @@ def build_service_app(
     admin: Starlette | None = None,
 ) -> ASGIApp:
     """The service: the gateway at ``/v1``, the inspection API at ``/admin``, CORS,
-    the probes ``/healthz`` and ``/readyz``, the Host check, a log line per error
-    answer, and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+    the chat page at ``/chat``, the probes ``/healthz`` and ``/readyz``, the Host
+    check, a log line per error answer, and ``manager`` run for the app's lifetime
+    (:func:`manager_lifespan`).
 
     Every route but the probes answers only the hosts ``options.allowed_hosts``
     allows (loopback names by default); every answer of 400 or more is logged as
@@ -191,6 +194,9 @@ def build_service_app(
             allowed_origins=options.cors_origins,
             check_origins=True,
         )
+    # The chat page (GET /chat, static files): same Host check, no CORS (another
+    # origin's page talks to the gateway, not to the page).
+    guarded += chat_page_routes()
     guarded.append(Mount("/", app=public))
     # Against DNS rebinding: every route but the probes (a kubelet names the pod's
     # IP) answers only the allowed hosts.
@@ -271,6 +277,8 @@ async def serve_service(
     body_timeout: float | None = 15.0,
     keep_alive_timeout: float = 75.0,
     sockets: Sequence[socket.socket] = (),
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -300,8 +308,17 @@ async def serve_service(
             longer than the clients' own pool expiry (see docs/operations.md).
         sockets: listening sockets to accept on instead of ``host`` and ``port``
             (see :func:`~streammgr.server.serve`).
+        certfile: serve HTTPS (and HTTP/2, by ALPN) with this PEM certificate
+            chain; with ``keyfile``, both or neither (see
+            :func:`~streammgr.server.tls_context`).
+        keyfile: the certificate's PEM private key.
         task_status: ``nursery.start`` returns the URLs listened on.
+
+    Raises:
+        ValueError: a bad ``backlog``; ``certfile`` without ``keyfile`` or the
+            reverse, or a file that cannot be loaded.
     """
+    check_tls_pair(certfile, keyfile)  # before anything starts: a plain ValueError
     config = Config()
     config.accesslog = None
     config.graceful_timeout = grace + close_timeout
@@ -318,5 +335,7 @@ async def serve_service(
             keep_alive_timeout=keep_alive_timeout,
             config=config,
             sockets=sockets,
+            certfile=certfile,
+            keyfile=keyfile,
             task_status=task_status,
         )
