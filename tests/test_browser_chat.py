@@ -2,8 +2,9 @@
 streams whole answers over fetch and over the WebSocket route (with ``--cors-origin``;
 refused without it); Stop and leaving the page end the stream as
 ``client_disconnected`` with its upstream closed (the simulator's counters); a 429 and
-an in-band error are shown as messages; its SSE parser holds across every chunking; and
-over HTTPS a page holds eight streams at once on one HTTP/2 connection.
+an in-band error are shown as messages; and over HTTPS a page holds eight streams at
+once on one HTTP/2 connection. Its SSE parser, shared with the dashboard, is tested in
+test_browser_sse.py.
 
 Real time and real sockets: every wait is on a page condition or a counter, bounded by
 ``PATIENCE``.
@@ -20,23 +21,20 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from starlette.applications import Starlette
 
 from streammgr import CloseReason, StreamManager
-from streammgr.server import ServiceOptions, chat_page_routes
+from streammgr.server import ServiceOptions
 
-from .browser_helpers import Chromium, chromium
+from .browser_helpers import Chromium, chat_page_origin, chromium
 from .fault_helpers import chat, expected_text, open_rig
 from .server_helpers import (
     GATEWAY_BASE,
     PATIENCE,
-    Server,
     fast_upstream,
     running_service,
     tls_files,
     wait_until,
 )
-from .sse_reference import reference_parse
 
 __all__ = ["chromium"]  # the fixture, used by name
 
@@ -117,16 +115,6 @@ async def open_tab(chromium: Chromium, **context_options: Any) -> AsyncIterator[
             await chromium.run(lambda _browser: page.context.close())
 
 
-@asynccontextmanager
-async def page_origin(nursery: trio.Nursery) -> AsyncIterator[Server]:
-    """Origin A: a server of the chat page alone (the gateway is another origin)."""
-    server = await Server().start(nursery, Starlette(routes=chat_page_routes()))
-    try:
-        yield server
-    finally:
-        server.stop.set()
-
-
 def simulate(**options: Any) -> dict[str, Any]:
     """The page's extra request fields: the simulator's options for the answer."""
     return {"streammgr_simulate": options}
@@ -140,7 +128,7 @@ STALLED = simulate(
 async def test_the_page_on_another_origin_streams_whole_answers_over_fetch_and_websocket(
     nursery: trio.Nursery, chromium: Chromium
 ) -> None:
-    async with page_origin(nursery) as origin:
+    async with chat_page_origin(nursery) as origin:
         async with open_rig(cors_origins=(origin.url,)) as rig, open_tab(chromium) as tab:
             await tab.do(lambda page: page.goto(f"{origin.url}/chat?gateway={rig.url}"))
             await tab.until_state("idle")
@@ -171,7 +159,7 @@ async def test_the_page_on_another_origin_streams_whole_answers_over_fetch_and_w
 async def test_without_cors_origin_the_gateway_refuses_the_other_origins_page(
     nursery: trio.Nursery, chromium: Chromium
 ) -> None:
-    async with page_origin(nursery) as origin:
+    async with chat_page_origin(nursery) as origin:
         async with open_rig() as rig, open_tab(chromium) as tab:
             await tab.do(lambda page: page.goto(f"{origin.url}/chat?gateway={rig.url}"))
             await tab.until_state("idle")
@@ -190,7 +178,7 @@ async def test_without_cors_origin_the_gateway_refuses_the_other_origins_page(
 async def test_stop_or_leaving_mid_stream_closes_the_upstream(
     nursery: trio.Nursery, chromium: Chromium, transport: str, how: str
 ) -> None:
-    async with page_origin(nursery) as origin:
+    async with chat_page_origin(nursery) as origin:
         async with open_rig(cors_origins=(origin.url,)) as rig, open_tab(chromium) as tab:
             await tab.do(lambda page: page.goto(f"{origin.url}/chat?gateway={rig.url}"))
             await tab.until_state("idle")
@@ -223,7 +211,7 @@ async def test_stop_or_leaving_mid_stream_closes_the_upstream(
 async def test_a_refusal_by_a_limit_is_shown_with_when_to_retry(
     nursery: trio.Nursery, chromium: Chromium, transport: str
 ) -> None:
-    async with page_origin(nursery) as origin:
+    async with chat_page_origin(nursery) as origin:
         async with (
             open_rig(
                 cors_origins=(origin.url,),
@@ -246,7 +234,7 @@ async def test_a_refusal_by_a_limit_is_shown_with_when_to_retry(
 async def test_an_in_band_error_is_shown_after_the_tokens_before_it(
     nursery: trio.Nursery, chromium: Chromium
 ) -> None:
-    async with page_origin(nursery) as origin:
+    async with chat_page_origin(nursery) as origin:
         async with open_rig(cors_origins=(origin.url,)) as rig, open_tab(chromium) as tab:
             await tab.do(lambda page: page.goto(f"{origin.url}/chat?gateway={rig.url}"))
             await tab.until_state("idle")
@@ -261,57 +249,6 @@ async def test_an_in_band_error_is_shown_after_the_tokens_before_it(
                 shown = await tab.last("error")
                 assert shown, "an in-band error must be shown"
             assert rig.upstream.stats().opened == 2
-
-
-# Streams that split wherever a chunk can cut: CRLF, a lone CR at a chunk's end, a BOM,
-# multi-byte UTF-8 (2, 3 and 4 bytes), comments, ids, retry, event types, no space.
-SSE_FIXTURES = [
-    b'data: {"choices":[{"delta":{"content":"h\xc3\xa9llo \xe2\x82\xac"}}]}\n\ndata: [DONE]\n\n',
-    b'\xef\xbb\xbfdata: first\r\ndata: second\r\n\r\nevent: error\r\ndata: {"error":{}}\r\n\r\n',
-    b": keep-alive\r\rdata:no space\rid: 7\r\rretry: 1500\ndata: \xf0\x9f\x98\x80 emoji\n\n",
-    b"data\n\nid: a\x00b\ndata: x\n\nevent: ping\n\ndata: tail without its blank line",
-    b"data: line\r\n\r\n" * 3 + b"data: \xe4\xb8\xad\xe6\x96\x87\r\n\r\n",
-]
-
-
-async def test_the_pages_sse_parser_holds_across_every_chunking(
-    nursery: trio.Nursery, chromium: Chromium
-) -> None:
-    async with page_origin(nursery) as origin, open_tab(chromium) as tab:
-        await tab.do(lambda page: page.goto(f"{origin.url}/chat"))
-        await tab.until_state("idle")
-        script = """async (fixtures) => {
-            const { SSEParser } = await import("./chat/sse.js");
-            const parse = (chunks) => {
-                const parser = new SSEParser();
-                const events = [];
-                for (const chunk of chunks) events.push(...parser.feed(new Uint8Array(chunk)));
-                events.push(...parser.end());
-                return JSON.stringify(events);
-            };
-            return fixtures.map((bytes) => {
-                const whole = parse([bytes]);
-                const differing = [];
-                for (let cut = 0; cut <= bytes.length; cut++) {  // every two-chunk split
-                    const split = parse([bytes.slice(0, cut), bytes.slice(cut)]);
-                    if (split !== whole) differing.push(cut);
-                }
-                const single = parse(bytes.map((byte) => [byte]));  // byte by byte
-                return { whole: JSON.parse(whole), differing, bytewise: single === whole };
-            });
-        }"""
-        results = await tab.do(
-            lambda page: page.evaluate(script, [list(fixture) for fixture in SSE_FIXTURES])
-        )
-    for fixture, result in zip(SSE_FIXTURES, results, strict=True):
-        expected = [
-            {"event": event.event, "data": event.data, "id": event.id, "retry": event.retry}
-            for event in reference_parse(fixture).events
-        ]
-        assert result["whole"] == expected, fixture
-        assert result["differing"] == [], fixture
-        assert result["bytewise"], fixture
-    assert tab.errors == []
 
 
 # From the page: ``count`` fetches of the gateway at once, each stalled after three

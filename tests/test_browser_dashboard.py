@@ -9,7 +9,6 @@ registry condition, bounded by ``PATIENCE``.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ import streammgr
 from streammgr import CloseReason, StreamManager, StreamSender
 from streammgr.cluster import ClusterRegistry, RedisLimiter
 from streammgr.server import ServiceOptions, admin_app
-from streammgr.sse import SSEParser
 from tests.browser_helpers import ARTEFACTS, Chromium, chromium
 from tests.fault_helpers import token_chat
 from tests.redis_helpers import RedisServer, redis_server
@@ -427,60 +425,6 @@ async def test_ten_thousand_streams(nursery: trio.Nursery, chromium: Chromium) -
 async def ticking_never(send: StreamSender[str], done: trio.Event) -> None:
     """Nothing until ``done`` (10,000 of them cost no CPU)."""
     await done.wait()
-
-
-FEED = (
-    b": keep-alive\r\n\r\n"
-    b'event: snapshot\r\ndata: {"streams": []}\r\n\r\n'
-    b'event: opened\ndata: {"key": "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x98\x80"}\n\n'
-    b"data: first\rdata:second\r\rid: 7\nevent: closed\ndata\n\n"
-    b"data: unfinished at the end"
-)
-
-
-async def test_the_page_parses_sse_cut_anywhere(nursery: trio.Nursery, chromium: Chromium) -> None:
-    # The page's own reader (static/sse.js), fed the same bytes as streammgr's parser:
-    # byte by byte, and cut in two at every offset (through CR LF, inside UTF-8).
-    parser = SSEParser()
-    expected = [
-        {"event": event.event or "message", "data": event.data}
-        for event in [*parser.feed(FEED), *parser.close()]
-    ]
-    assert expected[1] == {"event": "opened", "data": '{"key": "caf\u00e9 \u20ac\U0001f600"}'}
-    assert expected[2:] == [
-        {"event": "message", "data": "first\nsecond"},
-        {"event": "closed", "data": ""},
-    ]
-    async with dashboard(nursery, chromium) as (_, tab, _api):
-        await open_page(tab)
-        results = await tab.do(
-            lambda page: page.evaluate(
-                """async (bytes) => {
-                    const { readEvents } = await import("./static/sse.js");
-                    const feed = new Uint8Array(bytes);
-                    const splits = [[...feed].map((_, at) => feed.slice(at, at + 1))];
-                    for (let cut = 0; cut <= feed.length; cut++) {
-                        splits.push([feed.slice(0, cut), feed.slice(cut)]);
-                    }
-                    const results = new Set();
-                    for (const chunks of splits) {
-                        const body = new ReadableStream({
-                            start(controller) {
-                                for (const chunk of chunks) controller.enqueue(chunk);
-                                controller.close();
-                            },
-                        });
-                        const events = [];
-                        await readEvents(new Response(body), (event) =>
-                            events.push({ event: event.event, data: event.data }));
-                        results.add(JSON.stringify(events));
-                    }
-                    return [...results];
-                }""",
-                list(FEED),
-            )
-        )
-    assert [json.loads(each) for each in results] == [expected]
 
 
 async def test_the_cluster_view_shows_each_stream_instance(

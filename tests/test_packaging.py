@@ -189,6 +189,10 @@ def test_streammgr_serve_answers_from_the_installed_wheel(
                 assert '<script type="module" src="chat/chat.js">' in page.text
                 for name in ("chat.js", "sse.js", "chat.css"):
                     assert client.get(f"/chat/{name}").status_code == 200, name
+                # Both pages serve the one SSE parser, static/common/sse.js.
+                shared = (ROOT / "streammgr/server/static/common/sse.js").read_bytes()
+                assert client.get("/admin/static/sse.js").content == shared
+                assert client.get("/chat/sse.js").content == shared
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=PATIENCE) == 0
         finally:

@@ -1,13 +1,14 @@
 """The admin dashboard: ``GET {prefix}/`` and its static files, shipped in the package.
 
 The page is plain HTML, CSS and JavaScript modules under ``static/admin/`` (uPlot
-vendored in ``static/admin/vendor/``): no build step. It holds no data, so it is
-served without the admin token; everything it shows it fetches from the API with
-the token the operator types (kept in the tab's ``sessionStorage``). The app's
-Host and Origin check (:class:`~streammgr.server.HostGuard`) applies to it like to
-every route. Every answer here carries a strict Content-Security-Policy (scripts
-and styles from this origin only: no inline script, no ``eval``) and
-``X-Content-Type-Options: nosniff``.
+vendored in ``static/admin/vendor/``) and the SSE parser both pages share
+(``static/common/sse.js``, served here as ``static/sse.js``): no build step. It holds
+no data, so it is served without the admin token; everything it shows it fetches
+from the API with the token the operator types (kept in the tab's
+``sessionStorage``). The app's Host and Origin check
+(:class:`~streammgr.server.HostGuard`) applies to it like to every route. Every
+answer here carries a strict Content-Security-Policy (scripts and styles from this
+origin only: no inline script, no ``eval``) and ``X-Content-Type-Options: nosniff``.
 
 This room only serves files: it must not read the manager nor know the API.
 """
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from ._admin_errors import AdminError
+from ._page_files import shared_page_files
 
 __all__ = ["PAGE_HEADERS", "add_page_routes"]
 
@@ -78,6 +80,8 @@ def add_page_routes(app: FastAPI, prefix: str) -> None:
     """
     files = _files(resources.files(__package__ or "streammgr.server") / "static" / "admin")
     index, _ = files.pop("index.html")
+    for name, body in shared_page_files().items():
+        files[name] = (body, _MEDIA_TYPES[name[name.rfind(".") :]])
 
     async def page() -> Response:
         return Response(index, media_type=_MEDIA_TYPES[".html"], headers=PAGE_HEADERS)

@@ -1,7 +1,8 @@
 """The chat page, ``GET /chat``: a few static files shipped in the package, and the
 headers that keep them safe (:func:`chat_page_routes`).
 
-The page (``static/chat/``: HTML, one CSS file, two ES modules, no build step) streams
+The page (``static/chat/``: HTML, one CSS file, one ES module, and the SSE parser both
+pages share, ``static/common/sse.js``, served as ``/chat/sse.js``; no build step) streams
 from a gateway with ``fetch`` or the WebSocket route. Which gateway is the page's own
 origin, or ``?gateway=URL`` (then that gateway must list the page's origin in
 ``--cors-origin``). The Content-Security-Policy allows scripts and styles from this
@@ -19,12 +20,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ._page_files import shared_page_files
+
 __all__ = ["CHAT_PAGE_PATH", "chat_page_routes", "gateway_origin"]
 
 CHAT_PAGE_PATH = "/chat"
 """Where the service serves the chat page."""
 
-# The files of the page, and their types; nothing else under /chat/ is served.
+# The files of the page, and their types; nothing else under /chat/ is served. sse.js is
+# the one both pages share (static/common/).
 _FILES = {
     "index.html": "text/html; charset=utf-8",
     "chat.js": "text/javascript; charset=utf-8",
@@ -105,7 +109,11 @@ def chat_page_routes() -> list[BaseRoute]:
         FileNotFoundError: the page's files are missing from the installed package.
     """
     folder = resources.files(__package__).joinpath("static", "chat")
-    contents = {name: folder.joinpath(name).read_bytes() for name in _FILES}
+    shared = shared_page_files()
+    contents = {
+        name: shared[name] if name in shared else folder.joinpath(name).read_bytes()
+        for name in _FILES
+    }
 
     async def page(request: Request) -> Response:
         gateway = request.query_params.get("gateway")

@@ -23,6 +23,9 @@ const MAX_CLOSES = 50;
 const MAX_REFRESHED = 30;
 const MAX_CLUSTER_PAGES = 10;
 const WAITING = "waiting";
+// The feed's snapshot is one event holding every stream in flight (some 450 characters
+// each): room for about 35,000, and still a bound (sse.js's default, 1 Mi, is too small).
+const MAX_FEED_EVENT = 16 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 
@@ -325,7 +328,7 @@ async function runFeed() {
       });
       setStatus("live", "live");
       delay = 500;
-      await readEvents(response, onFeedEvent);
+      await readEvents(response, onFeedEvent, { maxEventSize: MAX_FEED_EVENT });
       if (state.running) setStatus("error", "the feed ended; reconnecting");
     } catch (error) {
       if (!state.running || error.status === 401) return;

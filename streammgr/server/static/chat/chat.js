@@ -6,7 +6,7 @@
 // silent end. Everything shown goes through textContent; no inline script (the page's
 // CSP forbids it).
 
-import { SSEParser } from "./sse.js";
+import { readEvents } from "./sse.js";
 
 /**
  * The gateway's base URLs from what the user gave: an http(s) URL with an optional
@@ -141,38 +141,35 @@ async function overHttp(body, reply) {
     }
     return { error: describeError(error, response.status, response.headers.get("retry-after")) };
   }
-  const parser = new SSEParser();
-  const reader = response.body.getReader();
   let done = false;
-  try {
-    for (;;) {
-      const { value, done: ended } = await reader.read();
-      const events = ended ? parser.end() : parser.feed(value);
-      for (const event of events) {
-        if (event.data === "[DONE]") {
-          done = true;
-          continue;
-        }
-        let chunk;
-        try {
-          chunk = JSON.parse(event.data);
-        } catch {
-          return { error: "the gateway sent an event that is not JSON" };
-        }
-        if (event.event === "error" || (chunk && chunk.error)) {
-          return { error: describeError(chunk && chunk.error) };
-        }
-        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-        if (delta && typeof delta.content === "string") reply(delta.content);
-      }
-      if (ended) break;
+  let failed = null; // an event that ends the answer with an error
+  const onEvent = (event) => {
+    if (event.data === "[DONE]") {
+      done = true;
+      return true;
     }
+    let chunk;
+    try {
+      chunk = JSON.parse(event.data);
+    } catch {
+      failed = { error: "the gateway sent an event that is not JSON" };
+      return false;
+    }
+    if (event.event === "error" || (chunk && chunk.error)) {
+      failed = { error: describeError(chunk && chunk.error) };
+      return false;
+    }
+    const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+    if (delta && typeof delta.content === "string") reply(delta.content);
+    return true;
+  };
+  try {
+    await readEvents(response, onEvent); // stops (the body cancelled) at an error event
   } catch (error) {
     if (stopped) return { stopped };
     return { error: `the stream broke: ${error.message}` };
-  } finally {
-    if (stopped) reader.cancel().catch(() => {});
   }
+  if (failed) return failed;
   if (!done) return { error: "the stream ended before the answer was complete" };
   return {};
 }
