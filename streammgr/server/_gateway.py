@@ -430,7 +430,7 @@ class _Gateway:
             )
         chat = settings.chat_source(payload, _NOT_FORWARDED)
         labels["stream"] = "false"
-        stream = self.manager.open(chat, key=key, labels=labels)
+        stream = self.manager.open(chat, key=key, labels=labels, inline=True)
         return _CompletionResponse(self.manager, stream, model, request_id)
 
 

@@ -164,6 +164,8 @@ class EventStreamResponse(Response):
         self._answer_within: float | None = check_option("answer_within", answer_within)
         encoder: BatchEncoder = encode_batch if encode is None else encode
         self._encode = encoder if resumable else without_resume_fields(encoder)
+        # Single-reader mode: the response's own task pulls from a pull producer
+        # (a push producer keeps its task: see manager.open's ``inline``).
         self._stream: ManagedStream[Any] = manager.open(
             producer,
             *args,
@@ -175,6 +177,7 @@ class EventStreamResponse(Response):
             deadline=deadline,
             buffer_size=buffer_size,
             item_size=item_size,
+            inline=True,
         )
         # The status is due at answer_within: the wait for a slot ends by then, so
         # that a refusal comes before the headers, never after them.
@@ -201,8 +204,7 @@ class EventStreamResponse(Response):
         async with trio.open_nursery() as nursery:
             run = _Run(self, send, nursery)
             nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
-            if self._stall_timeout is not None:
-                nursery.start_soon(run.guard_writes, self._stall_timeout, name="streammgr-guard")
+            nursery.start_soon(run.keep, self._stall_timeout, name="streammgr-keeper")
             await run.respond()
             nursery.cancel_scope.cancel()
 
@@ -240,11 +242,17 @@ class _Writer:
 
     def __init__(self, send: Send, response: EventStreamResponse) -> None:
         self._send = send
+        # Set while the keeper's keep-alive write is in flight: every other write
+        # waits for it (one check per write), so that writes never interleave.
+        self.keep_alive_done: trio.Event | None = None
+        # The keeper's sleep, so that admission can wake it (see admitted()).
+        self.keeper_sleep: trio.CancelScope | None = None
+        self._admitted = False
         self._status = response.status_code
         self._headers = response.raw_headers
         self._stream_id = response.stream_id.encode()
         self._answer_error = response._answer_error
-        self._keep_alive = math.inf if response._keep_alive is None else response._keep_alive
+        self.keep_alive_period = math.inf if response._keep_alive is None else response._keep_alive
         self.headers_sent = False
         self.ended = False
         self.write_started: float | None = None
@@ -258,13 +266,20 @@ class _Writer:
         deadline, the headers go out with the first keep-alive at the latest, so
         that a slow upstream never leaves the client without its headers."""
         if self._answer_at == math.inf:
-            self._answer_at = trio.current_time() + self._keep_alive
+            self._answer_at = trio.current_time() + self.keep_alive_period
+        self._admitted = True
+        sleep = self.keeper_sleep
+        if sleep is not None:
+            sleep.deadline = min(sleep.deadline, self._answer_at)
 
     def idle_write_at(self) -> float:
-        """When to write if nothing else is: the headers, or a keep-alive."""
+        """When to write if nothing else is: the headers, or a keep-alive (never
+        before admission, nor after the end)."""
+        if not self._admitted or self.ended:
+            return math.inf
         if not self.headers_sent:
             return self._answer_at
-        return self._last_write + self._keep_alive
+        return self._last_write + self.keep_alive_period
 
     async def _write(self, message: Message) -> None:
         self.write_started = trio.current_time()
@@ -285,17 +300,31 @@ class _Writer:
 
     async def body(self, data: bytes) -> None:
         """One body write (the headers first if they are not out)."""
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if not self.headers_sent:
             await self._start()
         if data:
             await self._write({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def idle(self) -> None:
-        """Nothing to send in time: the headers with a keep-alive, or a keep-alive."""
-        await self.body(KEEP_ALIVE)
+    async def keep_alive(self, done: trio.Event) -> None:
+        """The keeper's write: the headers with a keep-alive, or a keep-alive.
+
+        ``done`` is :attr:`keep_alive_done`, set by the keeper when it decided to
+        write; it is set when this write is over, whatever happens.
+        """
+        try:
+            if not self.headers_sent:
+                await self._start()
+            await self._write({"type": "http.response.body", "body": KEEP_ALIVE, "more_body": True})
+        finally:
+            self.keep_alive_done = None
+            done.set()
 
     async def end(self, last: bytes = b"") -> None:
         """The last body write: ``last``, then the end of the body."""
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if not self.headers_sent:
             await self._start()
         self.ended = True
@@ -304,6 +333,8 @@ class _Writer:
     async def error(self, error: BaseException, recorded: str | None) -> None:
         """Tell the client: a JSON error answer, or an in-band event and the end."""
         answer = self._answer_error(error, self._stream_id.decode(), recorded)
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if self.headers_sent:
             await self.end(answer.event())
             return
@@ -357,11 +388,45 @@ class _Run:
                     self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
                 return
 
-    async def guard_writes(self, stall_timeout: float) -> None:
-        """End the response when one write has waited ``stall_timeout`` for the
-        client (see :func:`until_stalled`)."""
+    async def keep(self, stall_timeout: float | None) -> None:
+        """Keep-alives, the headers when they are due, and the write guard: one task
+        and one timer per response, armed per keep-alive period, never per batch.
+
+        While the response's task waits for the stream (in single-reader mode it
+        runs the producer's read itself, which no timer may interrupt), this task
+        writes what is due: the headers (``answer_within``) and keep-alive comments
+        (``keep_alive``), each in a short task of the response's nursery so that
+        this one goes on watching it. It also ends the response when one write has
+        waited ``stall_timeout`` for the client (see :func:`until_stalled`; writers
+        only stamp the time). A write that ends early moves the next keep-alive
+        later: this task then wakes at the old time once, and sleeps again.
+        """
         writer = self._writer
-        await until_stalled(lambda: writer.write_started, stall_timeout)
+        stall = math.inf if stall_timeout is None else stall_timeout
+        clock = trio.current_time
+        while True:
+            now = clock()
+            started = writer.write_started
+            if started is not None:
+                if now >= started + stall:
+                    break
+                # The next keep-alive is due a period after this write ends, at
+                # the earliest a period from now.
+                wake = min(started + stall, now + writer.keep_alive_period)
+            else:
+                due = writer.idle_write_at()
+                if now >= due and writer.keep_alive_done is None:
+                    writer.write_started = now  # watched from now on
+                    writer.keep_alive_done = done = trio.Event()
+                    self._nursery.start_soon(self._keep_alive, done, name="streammgr-keep-alive")
+                    continue
+                # No write in flight: look again within stall_timeout, since one
+                # that starts now must be caught the moment it reaches it.
+                wake = min(due, now + stall)
+            with trio.CancelScope(deadline=wake) as writer.keeper_sleep:
+                await trio.sleep_forever()
+            writer.keeper_sleep = None
+        assert stall_timeout is not None
         get_logger().warning(
             "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
         )
@@ -371,6 +436,12 @@ class _Run:
         if self._connection is not None:
             with trio.CancelScope(shield=True):
                 await self._connection.abort()
+
+    async def _keep_alive(self, done: trio.Event) -> None:
+        try:
+            await self._writer.keep_alive(done)
+        except _ClientGone:
+            self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
 
     async def respond(self) -> None:
         """Open the stream, write its batches, and end the body, whatever happens."""
@@ -400,26 +471,16 @@ class _Run:
             return
 
     async def _write_batches(self, stream: ManagedStream[Any]) -> None:
+        """Pull a batch, write it; nothing armed per batch: keep-alives, the
+        headers' deadline and the stall guard are the keeper's (see :meth:`keep`)."""
         writer, encode = self._writer, self._response._encode
         writer.admitted()
         next_batch = stream.batches().__anext__
-        ready = stream._has_ready
+        body = writer.body
         while True:
-            if ready():
-                # Taken at once: no keep-alive deadline to bound the wait with (a
-                # cancel scope with a deadline costs about 8 us a batch).
-                try:
-                    batch = await next_batch()
-                except StopAsyncIteration:
-                    break
-            else:
-                with trio.move_on_at(writer.idle_write_at()) as idle:
-                    try:
-                        batch = await next_batch()
-                    except StopAsyncIteration:
-                        break
-                if idle.cancelled_caught:
-                    await writer.idle()
-                    continue
-            await writer.body(encode(batch))
+            try:
+                batch = await next_batch()
+            except StopAsyncIteration:
+                break
+            await body(encode(batch))
         await writer.end()
