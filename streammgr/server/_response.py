@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import StreamCancelled
 from .._logging import get_logger
@@ -202,11 +202,38 @@ class EventStreamResponse(Response):
         if scope["type"] != "http":
             raise TypeError(f"EventStreamResponse answers http requests, not {scope['type']!r}")
         async with trio.open_nursery() as nursery:
-            run = _Run(self, send, nursery)
+            run = _Run(self, scope, send, nursery)
             nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
             nursery.start_soon(run.keep, self._stall_timeout, name="streammgr-keeper")
             await run.respond()
             nursery.cancel_scope.cancel()
+
+
+DIRECT_SEND = "streammgr.direct_send"
+"""The scope key under which :class:`DirectBodyWrites` leaves the server's ``send``."""
+
+
+class DirectBodyWrites:
+    """Pure ASGI middleware: streaming responses inside send body messages straight to
+    the ``send`` this layer received, past the layers in between.
+
+    Each ASGI middleware that wraps ``send`` costs a coroutine per message, and
+    most look only at ``http.response.start`` (Starlette's error middlewares, the
+    request id, CORS, the access log). An :class:`EventStreamResponse` still sends
+    its start through every layer, and then its bodies directly. Only an app that
+    knows every layer between this one and its responses looks only at the start
+    may use it (the gateway and the service do): a layer that rewrites bodies
+    (compression) must not be in between. The outermost such layer wins.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the app, with this layer's ``send`` in the scope for its bodies."""
+        if scope["type"] == "http" and DIRECT_SEND not in scope:
+            scope[DIRECT_SEND] = send
+        await self.app(scope, receive, send)
 
 
 async def until_stalled(write_started: Callable[[], float | None], stall_timeout: float) -> None:
@@ -240,8 +267,11 @@ class _Writer:
     ended, for the keep-alives.
     """
 
-    def __init__(self, send: Send, response: EventStreamResponse) -> None:
+    def __init__(self, send: Send, response: EventStreamResponse, body_send: Send) -> None:
         self._send = send
+        # Body messages, once the start went through ``send``: the server's own
+        # send where a DirectBodyWrites layer vouches for the layers in between.
+        self._body_send = body_send
         # Set while the keeper's keep-alive write is in flight: every other write
         # waits for it (one check per write), so that writes never interleave.
         self.keep_alive_done: trio.Event | None = None
@@ -281,10 +311,10 @@ class _Writer:
             return self._answer_at
         return self._last_write + self.keep_alive_period
 
-    async def _write(self, message: Message) -> None:
+    async def _write(self, message: Message, body: bool = True) -> None:
         self.write_started = trio.current_time()
         try:
-            await self._send(message)
+            await (self._body_send if body else self._send)(message)
         except OSError as exc:
             # Servers that report a gone client by failing send() (ASGI spec 2.4).
             raise _ClientGone from exc
@@ -295,7 +325,8 @@ class _Writer:
     async def _start(self) -> None:
         self.headers_sent = True
         await self._write(
-            {"type": "http.response.start", "status": self._status, "headers": self._headers}
+            {"type": "http.response.start", "status": self._status, "headers": self._headers},
+            body=False,
         )
 
     async def body(self, data: bytes) -> None:
@@ -346,7 +377,8 @@ class _Writer:
             (b"x-stream-id", self._stream_id),
         ]
         await self._write(
-            {"type": "http.response.start", "status": answer.status, "headers": headers}
+            {"type": "http.response.start", "status": answer.status, "headers": headers},
+            body=False,
         )
         await self._write({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -358,13 +390,15 @@ class _ClientGone(Exception):
 class _Run:
     """One call of an :class:`EventStreamResponse`: its tasks and what they share."""
 
-    def __init__(self, response: EventStreamResponse, send: Send, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, response: EventStreamResponse, scope: Scope, send: Send, nursery: trio.Nursery
+    ) -> None:
         self._response = response
         self._stream = response._stream
         self._manager = response._manager
         self._nursery = nursery
         self._connection: Connection | None = current_connection()
-        self._writer = _Writer(send, response)
+        self._writer = _Writer(send, response, scope.get(DIRECT_SEND, send))
 
     def _stop(self, close_reason: CloseReason, detail: str) -> None:
         """The client is gone: end the stream (the first reason stays) and the response."""
