@@ -44,6 +44,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 import trio.lowlevel
 
+from ._batch import BatchIterator
 from ._lifecycle import CANCEL_REASONS, Event, State
 from ._registry import StreamRecord
 from ._stream import CURRENT_RECORD, CURRENT_SECRETS, ManagedStream, StreamOwner
@@ -62,17 +63,22 @@ class InlineProducer:
     closed and accounted exactly once.
     """
 
-    __slots__ = ("_args", "_factory", "_next", "closing", "iterator")
+    __slots__ = ("_args", "_factory", "closing", "iterator")
 
     def __init__(self, factory: Callable[..., Any], args: tuple[object, ...]) -> None:
         self._factory: Callable[..., Any] | None = factory
         self._args = args
-        self._next: Callable[[], Awaitable[list[Any]]] | None = None
         self.iterator: AsyncIterator[Any] | None = None
         self.closing: trio.Event | None = None
 
-    def _start(self) -> Callable[[], Awaitable[list[Any]]]:
-        """Call the producer for its iterator (at the first pull, as its task would)."""
+    def start(self) -> tuple[Callable[[], Awaitable[Any]], bool]:
+        """Call the producer for its iterator (at the first pull, as its task would).
+
+        Returns what to await for the next pull and whether it returns a batch
+        (a list, maybe empty) rather than one item. A :class:`BatchIterator` is read
+        through the iterator of lists it wraps: one coroutine less per batch (each
+        level of ``await`` is paid again at every suspension of the producer).
+        """
         factory = self._factory
         assert factory is not None
         self._factory, args, self._args = None, self._args, ()
@@ -84,31 +90,12 @@ class InlineProducer:
                 f"pass an async generator function or a callable returning an async iterator"
             )
         self.iterator = iterator
-        next_batch: Callable[[], Awaitable[list[Any]]] | None = getattr(
-            iterator, "anext_batch", None
-        )
-        if next_batch is None:
-
-            async def next_batch() -> list[Any]:
-                return [await next_item()]
-
-        self._next = next_batch
-        return next_batch
-
-    async def pull(self) -> list[Any]:
-        """The next non-empty batch (a plain iterator's item as a list of one).
-
-        Raises:
-            StopAsyncIteration: the producer has finished.
-        """
-        next_batch = self._next
-        if next_batch is None:
-            next_batch = self._start()
-        while True:
-            batch = await next_batch()
-            if batch:
-                return batch
-            await trio.lowlevel.checkpoint()  # see BatchIterator._next_list
+        if type(iterator) is BatchIterator:
+            return iterator._batches.__anext__, True
+        next_batch = getattr(iterator, "anext_batch", None)
+        if next_batch is not None:
+            return next_batch, True
+        return next_item, False
 
 
 class InlineOwner(StreamOwner, Protocol):
@@ -162,7 +149,7 @@ class InlineStream(ManagedStream[T]):
       manager down as always, but propagates through the reader's task.
     """
 
-    __slots__ = ("_inline", "_stamp")
+    __slots__ = ("_inline", "_next", "_returns_batches", "_stamp")
 
     _owner: InlineOwner
 
@@ -172,6 +159,8 @@ class InlineStream(ManagedStream[T]):
         record = self._record
         # Only the activity timeouts need to know when the producer's turn began.
         self._stamp = record.reader_timeout is not None or record.idle_timeout is not None
+        self._next: Callable[[], Awaitable[Any]] | None = None
+        self._returns_batches = False
         self._inline = await self._owner.admit_inline(self)
         return self
 
@@ -250,7 +239,20 @@ class InlineStream(ManagedStream[T]):
         record.pulling = True
         error: BaseException | None = None
         try:
-            batch = await self._inline.pull()
+            pull = self._next
+            if pull is None:
+                pull, self._returns_batches = self._inline.start()
+                self._next = pull
+            batch: list[Any]
+            if self._returns_batches:
+                batch = await pull()
+                while not batch:
+                    # A read that completed nothing: let other tasks run, even if
+                    # the producer reached no checkpoint of its own.
+                    await trio.lowlevel.checkpoint()
+                    batch = await pull()
+            else:
+                batch = [await pull()]
         except StopAsyncIteration:
             event = Event.PRODUCER_FINISHED
         except Exception as exc:
