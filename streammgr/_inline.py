@@ -71,6 +71,11 @@ class InlineProducer:
         self.iterator: AsyncIterator[Any] | None = None
         self.closing: trio.Event | None = None
 
+    def forget(self) -> None:
+        """The producer has ended: drop what it held (its iterator, its arguments)."""
+        self.iterator = self._factory = None
+        self._args = ()
+
     def start(self) -> tuple[Callable[[], Awaitable[Any]], bool]:
         """Call the producer for its iterator (at the first pull, as its task would).
 

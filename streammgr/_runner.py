@@ -573,6 +573,8 @@ class StreamRunner:
         if producer.closing is not None:
             return
         producer.closing = closing = trio.Event()
+        record.producer = None
+        producer.forget()
         try:
             self._producer_done(record, Event.PRODUCER_ABORTED, error)
         finally:
@@ -621,6 +623,9 @@ class StreamRunner:
             record.pulling = None
             if record.produced == record.items:
                 record.produced_at = trio.current_time()
+            # Nothing of the closed producer stays reachable from the record.
+            record.producer = None
+            producer.forget()
             self._producer_done(record, event, error)
         finally:
             closing.set()

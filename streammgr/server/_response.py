@@ -4,19 +4,22 @@
 answers ``text/event-stream``, one body write per batch. Three tasks serve one
 request, so that no phase can hide a client that went away:
 
-- the **response's task** opens the stream, writes (headers, batches, keep-alives,
-  the end) and is the only one that writes once the stream is admitted;
+- the **response's task** opens the stream (single-reader mode: it pulls from the
+  upstream itself, no producer task, no channel) and writes its batches and the end,
+  with no cancel scope armed per read or per write;
 - a **client watcher** receives ASGI messages and, at ``http.disconnect``, cancels
   the stream (``client_disconnected``) and the response. It does not rely on the
   server's ASGI spec version (Starlette's ``StreamingResponse`` listens for
   ``http.disconnect`` only when the server reports spec < 2.4, and otherwise waits
   for ``send()`` to fail, which hypercorn's trio worker never does);
-- a **write guard** (with ``stall_timeout``) watches the write in flight: one that
-  waited ``stall_timeout`` means the client stopped reading. It cancels the stream
-  (``client_stalled``): the producer runs in the manager's nursery, so it is
-  cancelled and its slot released even while the response's task is parked in a
-  ``send()`` that hypercorn shields from cancellation. Then it closes the
-  connection, if :func:`~streammgr.server.serve` serves it, which wakes that send.
+- a **keeper** writes what is due while the response's task waits for its upstream
+  (the headers at ``answer_within``, keep-alives), each write in a short task it
+  watches, and is the write guard (``stall_timeout``): a write in flight that waited
+  ``stall_timeout`` means the client stopped reading. It cancels the stream
+  (``client_stalled``): the manager closes the parked producer and releases its slot
+  even while the response's task is parked in a ``send()`` that hypercorn shields
+  from cancellation. Then it closes the connection, if
+  :func:`~streammgr.server.serve` serves it, which wakes that send.
 
 Nothing is written while the stream waits for a slot: its status is not known yet.
 The wait ends by ``answer_within`` (then a 429), so that every refusal by a limit is
