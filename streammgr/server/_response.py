@@ -94,14 +94,19 @@ class EventStreamResponse(Response):
             (``None``: forever); no longer than ``answer_within``. Left out: the
             manager's.
         reader_timeout: seconds an item may wait for the reader to take it
-            (``None``: forever); it ends the stream (and frees its slot) also while
-            the response is parked in a write. Left out: the manager's.
+            (``None``: forever); the response's task reads a pull producer itself
+            (single-reader mode), so this bounds the time between two reads, the
+            write of what was read included. It ends the stream (and frees its
+            slot) also while the response is parked in a write. Left out: the
+            manager's.
         idle_timeout: seconds the producer may deliver nothing (``None``: forever).
             Left out: the manager's.
         deadline: the longest life of a stream, in seconds from its admission
             (``None``: none). Left out: the manager's.
         buffer_size: hand-offs (items or batches) buffered between producer and
-            reader (``0``: each is handed over directly). Left out: the manager's.
+            reader (``0``: each is handed over directly); a push producer's only (a
+            pull producer is read by the response's own task). Left out: the
+            manager's.
         item_size: as ``manager.open``.
         encode: turns a batch (a list of items) into the bytes of one write; default
             :func:`encode_batch`-like: ``RawBatch.raw``, or each
