@@ -29,6 +29,7 @@ from ._errors import UpstreamProtocolError as UpstreamProtocolError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeout as UpstreamTimeout
 from ._errors import UpstreamTruncated as UpstreamTruncated
+from ._inline import InlineStream as InlineStream
 from ._limits import FairLimiter as FairLimiter
 from ._limits import Limiter as Limiter
 from ._limits import LimiterSnapshot as LimiterSnapshot
@@ -57,6 +58,7 @@ __all__ = [
     "DeadlineExceeded",
     "FairLimiter",
     "IdleTimeout",
+    "InlineStream",
     "Limiter",
     "LimiterError",
     "LimiterSnapshot",

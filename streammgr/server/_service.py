@@ -34,6 +34,7 @@ from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
 from ._hypercorn import check_tls_pair, serve
 from ._lifespan import manager_lifespan
+from ._response import DirectBodyWrites
 
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
 
@@ -223,11 +224,16 @@ def build_service_app(
     # The admin token (admin_app keeps it in its state) and the upstream key never
     # reach a log line, not even in a path.
     secrets = [options.api_key or "", *(getattr(admin.state, "secrets", ()) if admin else ())]
-    return AccessLog(
-        RequestIdMiddleware(service),
-        requests=options.access_log,
-        key_header=options.key_header,
-        secrets=secrets,
+    # Every layer of this stack looks only at a response's start (the access log,
+    # the request id, Starlette's error middlewares, the host guards, CORS): the
+    # streaming answers send their bodies past them all (see DirectBodyWrites).
+    return DirectBodyWrites(
+        AccessLog(
+            RequestIdMiddleware(service),
+            requests=options.access_log,
+            key_header=options.key_header,
+            secrets=secrets,
+        )
     )
 
 
