@@ -49,6 +49,22 @@ HOLD_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     b"transfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n"
 )
+CHUNK = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}]}\n\n'
+)
+CHAT_HOLD_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    + f"{len(CHUNK):x}\r\n".encode()
+    + CHUNK
+    + b"\r\n"
+)
+CHAT_SHORT_BODY = CHUNK + b"data: [DONE]\n\n"
+CHAT_SHORT = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+    + f"content-length: {len(CHAT_SHORT_BODY)}\r\n\r\n".encode()
+    + CHAT_SHORT_BODY
+)
 SHORT = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 9\r\n\r\ndata: 1\n\n"
 )
@@ -76,12 +92,31 @@ async def _upstream_connection(stream: trio.SocketStream) -> None:
                     buffer += data
                 head = bytes(buffer[:end])
                 del buffer[: end + 4]
-                if head.split(b" ", 2)[1].startswith(b"/hold"):
-                    await stream.send_all(HOLD_HEAD)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                body = bytes(buffer[:length])
+                del buffer[:length]
+                path = head.split(b" ", 2)[1]
+                if path.endswith(b"/chat/completions"):  # through serve: the model says
+                    hold = b'"hold"' in body
+                    answer, held_head = CHAT_SHORT, CHAT_HOLD_HEAD
+                else:
+                    hold = path.startswith(b"/hold")
+                    answer, held_head = SHORT, HOLD_HEAD
+                if hold:
+                    await stream.send_all(held_head)
                     while await stream.receive_some(65536):
                         pass  # held until the client leaves
                     return
-                await stream.send_all(SHORT)
+                await stream.send_all(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
@@ -158,6 +193,141 @@ async def measure(contender: str, held: int, opens: int, port: int) -> dict[str,
     raise AssertionError("unreachable")
 
 
+# -- through streammgr serve: the orchestrator holds the streams, /proc gives serve's CPU --
+
+
+SERVE_FLAGS = (
+    "--max-streams",
+    "none",
+    "--max-streams-per-key",
+    "none",
+    "--max-waiting",
+    "none",
+    "--idle-timeout",
+    "none",
+    "--log-format",
+    "json",
+)
+
+
+def chat_request(model: str, *, close: bool) -> bytes:
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        + ("connection: close\r\n" if close else "")
+        + "\r\n"
+    )
+    return head.encode() + body
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_serve(pid: int, port: int, held: int, opens: int) -> dict[str, float]:
+    """Hold ``held`` chats through serve, then ``opens`` short chats one after another:
+    serve's CPU per short chat."""
+    hold_request = chat_request("hold", close=False)
+    short_request = chat_request("short", close=True)
+    opened = 0
+    all_open = trio.Event()
+
+    async def hold(gate: trio.Semaphore) -> None:
+        nonlocal opened
+        async with gate:  # hypercorn's listen backlog is 100
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(hold_request)
+            seen = b""
+            while b"data:" not in seen:
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise RuntimeError(f"serve closed a held stream: {seen[:300]!r}")
+                seen += data
+        opened += 1
+        if opened == held:
+            all_open.set()
+        async with stream:
+            await trio.sleep_forever()
+
+    async def short() -> None:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(short_request)
+            seen = b""
+            while data := await stream.receive_some(65536):
+                seen += data
+            if b"[DONE]" not in seen:
+                raise RuntimeError(f"a short chat did not end well: {seen[:300]!r}")
+
+    async with trio.open_nursery() as nursery:
+        gate = trio.Semaphore(50)
+        for _ in range(held):
+            nursery.start_soon(hold, gate)
+        started = time.monotonic()
+        await all_open.wait()
+        hold_seconds = time.monotonic() - started
+        for _ in range(20):
+            await short()
+        cpu = cpu_seconds(pid)
+        wall = time.monotonic()
+        for _ in range(opens):
+            await short()
+        cpu = cpu_seconds(pid) - cpu
+        wall = time.monotonic() - wall
+        nursery.cancel_scope.cancel()
+    return {
+        "open_cpu_us": cpu / opens * 1e6,
+        "open_wall_us": wall / opens * 1e6,
+        "hold_seconds": hold_seconds,
+    }
+
+
+def run_serve_measurement(
+    pythonpath: str, upstream_port: int, held: int, opens: int
+) -> dict[str, float]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    command = [PYTHON, "-m", "streammgr", "serve", "--port", str(port)]
+    command += ["--upstream-url", upstream_url, *SERVE_FLAGS]
+    serve = subprocess.Popen(
+        command,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or serve.poll() is not None:
+                    raise SystemExit("streammgr serve did not start") from None
+                time.sleep(0.1)
+        return trio.run(measure_serve, serve.pid, port, held, opens)
+    finally:
+        serve.kill()
+        serve.wait()
+
+
+def baseline_tree(revision: str) -> str:
+    """A directory holding ``streammgr/`` as of ``revision`` (git archive)."""
+    directory = Path(f"/tmp/bench_upstream_pool.base.{os.getpid()}")
+    directory.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "streammgr"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+    return str(directory)
+
+
 # -- the orchestrator ----------------------------------------------------------------------
 
 
@@ -183,6 +353,12 @@ def main() -> None:
     parser.add_argument("--opens", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--through-serve",
+        metavar="BASE_REVISION",
+        help="measure `streammgr serve` instead of the pool alone: this tree against "
+        "BASE_REVISION's (a git revision, e.g. main), serve's CPU from /proc",
+    )
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--serve-upstream", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,7 +371,13 @@ def main() -> None:
         return
     held_counts = args.held or ([200, 2000] if args.quick else [500, 5000])
     repeats = 1 if args.quick else args.repeats
-    contenders = ["plain", "sharded"]
+    raise_nofile()
+    if args.through_serve is not None:
+        paths = {"plain": baseline_tree(args.through_serve), "sharded": str(ROOT)}
+        contenders = ["plain", "sharded"]  # serve at BASE_REVISION, serve here
+    else:
+        paths = {}
+        contenders = ["plain", "sharded"]
     port_file = Path(f"/tmp/bench_upstream_pool.{os.getpid()}.port")
     upstream = subprocess.Popen([PYTHON, str(HERE), "--serve-upstream", str(port_file)])
     try:
@@ -207,6 +389,11 @@ def main() -> None:
         port = int(port_file.read_text())
         with socket.create_connection(("127.0.0.1", port)):
             pass
+        if paths:
+            print(
+                f"through streammgr serve: plain = {args.through_serve}'s serve "
+                f"(httpx's pool), sharded = this tree's (ShardedTransport)"
+            )
         print(
             f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load "
             f"{os.getloadavg()[0]:.2f}; {args.opens} opens per measurement, {repeats} repeat(s), "
@@ -216,7 +403,10 @@ def main() -> None:
         for repeat in range(repeats):
             for held in held_counts:
                 for contender in contenders:
-                    result = run_measurement(contender, held, args.opens, port)
+                    if paths:
+                        result = run_serve_measurement(paths[contender], port, held, args.opens)
+                    else:
+                        result = run_measurement(contender, held, args.opens, port)
                     results.setdefault((contender, held), []).append(result["open_cpu_us"])
                     print(
                         f"  repeat {repeat + 1}: {contender:<8} {held:>6} held: "

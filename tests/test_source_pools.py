@@ -204,6 +204,51 @@ async def test_a_cancelled_wait_for_room_takes_no_slot(
         assert shard_of(await held(client)) == 0
 
 
+class SlowShard(httpx.AsyncBaseTransport):
+    """A shard that, like httpcore over HTTP/2 for a GET, never reads the request's
+    body; ``/slow`` answers once ``answer_slow`` is set. Every answer says ``version``."""
+
+    def __init__(self, version: bytes) -> None:
+        self.version = version
+        self.answer_slow = trio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/slow":
+            await self.answer_slow.wait()
+        return httpx.Response(200, stream=Body(), extensions={"http_version": self.version})
+
+
+@pytest.mark.parametrize(("version", "waits"), [(b"HTTP/1.1", True), (b"HTTP/2", False)])
+async def test_requests_for_a_shards_idle_connections_go_one_at_a_time_over_http1(
+    version: bytes, waits: bool
+) -> None:
+    # httpcore 1.0.9 would give requests arriving together the same idle connection:
+    # until a request starts sending (its body read), the next one for that shard's
+    # idle connections waits; over HTTP/2 (many requests a connection) none does.
+    shard = SlowShard(version)
+    transport = ShardedTransport(shard_size=10, shard_transport=lambda limits: shard)
+    async with httpx.AsyncClient(transport=transport) as client, trio.open_nursery() as nursery:
+        first, second = await held(client), await held(client)  # 2 connections opened
+        await first.aclose()
+        await second.aclose()  # both idle: the next requests go for them
+        answered: list[str] = []
+
+        async def send(path: str) -> None:
+            request = client.build_request("GET", f"http://upstream.local{path}")
+            await client.send(request, stream=True)
+            answered.append(path)
+
+        nursery.start_soon(send, "/slow")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(send, "/fast")
+        await trio.testing.wait_all_tasks_blocked()
+        assert answered == ([] if waits else ["/fast"])
+        shard.answer_slow.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(answered) == ["/fast", "/slow"]
+        assert transport.in_flight == 2
+
+
 @pytest.mark.parametrize(
     ("arguments", "error", "message"),
     [

@@ -98,7 +98,16 @@ class _Shard:
     for HTTP/1.1, the connections its pool holds, until some expire), and whether it
     was closed."""
 
-    __slots__ = ("capacity", "claim", "connections", "load", "released_at", "retired", "transport")
+    __slots__ = (
+        "capacity",
+        "claim",
+        "connections",
+        "load",
+        "multiplexed",
+        "released_at",
+        "retired",
+        "transport",
+    )
 
     def __init__(self, transport: httpx.AsyncBaseTransport, capacity: int) -> None:
         self.transport = transport
@@ -107,8 +116,10 @@ class _Shard:
         self.connections = 0
         self.released_at = 0.0
         self.retired = False
-        # Held by the one request on its way to an idle connection (see _Claim).
+        # Held by the one request on its way to an idle connection (see _Claim); never
+        # once the shard answered over HTTP/2, whose connections take many requests.
         self.claim = trio.Semaphore(1)
+        self.multiplexed = False
 
     @property
     def warm(self) -> bool:
@@ -286,6 +297,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
                     await reclaim_orphaned_connections(shard.transport)
                     await self._release(shard)
+        if response.extensions.get("http_version") == b"HTTP/2":
+            shard.multiplexed = True
         response.stream = _ShardStream(response.stream, self, shard)
         return response
 
@@ -335,7 +348,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             shard = _Shard(self._make(_shard_limits(self._limits, capacity)), capacity)
             self._shards[shard] = None
             self._capacity += capacity
-        reuse = shard.load < shard.connections
+        reuse = shard.load < shard.connections and not shard.multiplexed
         shard.load += 1
         if not reuse:
             shard.connections = shard.load  # its pool opens a connection for it
@@ -394,7 +407,10 @@ class _Claim(httpx.AsyncByteStream):
     pool again, walking it each time: 100 streams opened at once on 100 idle
     connections took 1.9 s (150: 5.9 s, and connections expired meanwhile), where
     new connections took 0.2 s. One claim per shard lets one request at a time on
-    its way to an idle connection: tens of microseconds each.
+    its way to an idle connection: a few of the event loop's turns each. (HTTP/2
+    sends no body for a GET: the claim is then given back with the response, and a
+    shard that answered over HTTP/2 takes no claim any more, since its connections
+    take many requests at once.)
     """
 
     __slots__ = ("_claim", "_inner", "_released")
