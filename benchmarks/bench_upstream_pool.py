@@ -298,6 +298,7 @@ def run_serve_measurement(
     serve = subprocess.Popen(
         command,
         env={**os.environ, "PYTHONPATH": pythonpath},
+        cwd=pythonpath,  # `python -m` puts the working directory first on sys.path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
