@@ -211,8 +211,12 @@ class SlowShard(httpx.AsyncBaseTransport):
     def __init__(self, version: bytes) -> None:
         self.version = version
         self.answer_slow = trio.Event()
+        self.refuse_next = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.refuse_next:
+            self.refuse_next = False
+            raise httpx.ConnectError("refused", request=request)
         if request.url.path == "/slow":
             await self.answer_slow.wait()
         return httpx.Response(200, stream=Body(), extensions={"http_version": self.version})
@@ -247,6 +251,33 @@ async def test_requests_for_a_shards_idle_connections_go_one_at_a_time_over_http
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(answered) == ["/fast", "/slow"]
         assert transport.in_flight == 2
+
+
+async def test_a_request_that_failed_leaves_no_idle_connection_to_wait_for() -> None:
+    # An upstream refusing connections: the failed request's connection is gone, so the
+    # next requests do not go one at a time for it.
+    shard = SlowShard(b"HTTP/1.1")
+    transport = ShardedTransport(shard_size=10, shard_transport=lambda limits: shard)
+    async with httpx.AsyncClient(transport=transport) as client, trio.open_nursery() as nursery:
+        first, second = await held(client), await held(client)
+        await first.aclose()
+        await second.aclose()  # two idle connections
+        shard.refuse_next = True
+        with pytest.raises(httpx.ConnectError):
+            await held(client)  # it went for an idle connection, and failed: one is left
+        answered: list[str] = []
+
+        async def send(path: str) -> None:
+            request = client.build_request("GET", f"http://upstream.local{path}")
+            await client.send(request, stream=True)
+            answered.append(path)
+
+        nursery.start_soon(send, "/slow")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(send, "/fast")
+        await trio.testing.wait_all_tasks_blocked()
+        assert answered == ["/fast"]
+        shard.answer_slow.set()
 
 
 @pytest.mark.parametrize(

@@ -296,7 +296,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             if response is None:  # failed or cancelled: reclaim, then give the slot back
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
                     await reclaim_orphaned_connections(shard.transport)
-                    await self._release(shard)
+                    await self._release(shard, failed=True)
         if response.extensions.get("http_version") == b"HTTP/2":
             shard.multiplexed = True
         response.stream = _ShardStream(response.stream, self, shard)
@@ -360,8 +360,13 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         if shard.load < shard.capacity:
             (self._warm if shard.warm else self._cold).add(shard)
 
-    async def _release(self, shard: _Shard) -> None:
-        """One request fewer on ``shard``; an idle shard past the keep-alive bound closed."""
+    async def _release(self, shard: _Shard, *, failed: bool = False) -> None:
+        """One request fewer on ``shard``; an idle shard past the keep-alive bound closed.
+
+        A request that ``failed`` (no response) likely left no connection behind: it
+        counts one fewer, so that an upstream refusing connections does not send the
+        next requests one at a time for idle connections that are not there.
+        """
         self._in_flight -= 1
         if self._slots is not None:
             self._slots.release()
@@ -371,6 +376,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         if shard.load < shard.capacity:
             (self._warm if shard.warm else self._cold).remove(shard)
         shard.load -= 1
+        if failed and shard.connections > shard.load:
+            shard.connections -= 1
         shard.released_at = trio.current_time()
         self._place(shard)
         if shard.load or self._idle_shards is None:
