@@ -31,6 +31,7 @@ from ._errors import UpstreamTimeout as UpstreamTimeout
 from ._errors import UpstreamTruncated as UpstreamTruncated
 from ._gc import SERVER_GC_THRESHOLD as SERVER_GC_THRESHOLD
 from ._gc import tune_gc as tune_gc
+from ._inline import InlineStream as InlineStream
 from ._limits import FairLimiter as FairLimiter
 from ._limits import Limiter as Limiter
 from ._limits import LimiterSnapshot as LimiterSnapshot
@@ -60,6 +61,7 @@ __all__ = [
     "DeadlineExceeded",
     "FairLimiter",
     "IdleTimeout",
+    "InlineStream",
     "Limiter",
     "LimiterError",
     "LimiterSnapshot",

@@ -201,9 +201,11 @@ async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery
 
 
 @pytest.mark.xfail(
-    reason="sources/_http_connection.py's _close() leaves httpx's response cycle "
-    "(response.stream <-> BoundAsyncStream, and _Body's aiter_raw closure): the gc "
-    "branch's report gives the two-line fix; then remove this mark"
+    reason="two cycles per stream, in files of the hot path: sources/_http_connection.py's "
+    "_close() leaves httpx's response cycle (response.stream <-> BoundAsyncStream, and "
+    "_Body's aiter_raw closure); server/_response.py's DirectBodyWrites leaves hypercorn's "
+    "send in the scope, which hypercorn's HTTPStream holds. The gc branch's report gives "
+    "both fixes; then remove this mark"
 )
 async def test_gateway_streams_leave_no_reference_cycle() -> None:
     # With full collections rare (SERVER_GC_THRESHOLD), a cycle per stream is memory

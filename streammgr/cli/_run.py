@@ -87,6 +87,8 @@ class ServeSettings:
     redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
     # --gc-threshold: None leaves the interpreter's collector as it is.
     gc_threshold: tuple[int, int, int] | None = SERVER_GC_THRESHOLD
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -184,12 +186,21 @@ def upstream_client(
     few more for ``GET /v1/models``, which is not a stream). No overall read
     timeout: a stream may last long; the manager's and the source's timeouts
     bound it.
+
+    The pool is a :class:`~streammgr.sources.ShardedTransport` (unless ``transport``
+    is given: the simulator): httpcore's single pool walks every connection it holds
+    on each stream's open and end, so opening cost grew with the streams held, and it
+    reused no connection once it held more than ``max_keepalive_connections``.
     """
+    from ..sources import ShardedTransport
+
     timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
     limits = httpx.Limits(
         max_connections=None if max_streams is None else max_streams + 16,
         max_keepalive_connections=max_streams or 100,
     )
+    if transport is None:
+        transport = ShardedTransport(limits=limits)
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
 
 
@@ -383,6 +394,8 @@ async def _serve_gateway(
                     grace=settings.shutdown_grace,
                     body_timeout=settings.body_timeout,
                     sockets=sockets,
+                    certfile=settings.certfile,
+                    keyfile=settings.keyfile,
                 )
             )
             if on_listening is not None:
