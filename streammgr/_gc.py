@@ -23,17 +23,19 @@ import gc
 
 __all__ = ["SERVER_GC_THRESHOLD", "parse_gc_threshold", "tune_gc"]
 
-SERVER_GC_THRESHOLD = (5_000, 10, 1_000)
-"""``gc.set_threshold`` for a server: a young collection every 5,000 net container
+SERVER_GC_THRESHOLD = (2_000, 10, 1_000)
+"""``gc.set_threshold`` for a server: a young collection every 2,000 net container
 allocations (the interpreter's: 700), a middle one every 10 young ones, a full one
 after 1,000 middle ones (and only when the objects promoted since the last full
 collection are a quarter of those it left alive, CPython's own rule).
 
 A young collection visits at most what was allocated since the last one: about
-5,000 objects (generation 0) or 50,000 (generation 1), at roughly 0.5 µs of CPU an
-object here, a few and about 25 ms. A full collection waits for 50 million net
-allocations: none while 10,000 streams are opened (about 430 objects each), and
-rarely after, as long as streams leave no reference cycles behind."""
+2,000 objects (generation 0) or 20,000 (generation 1); at 10,000 held streams
+(bench_gc.py, a loaded machine) they still took up to 67-84 ms of CPU, against
+96-150 ms with 5000, 10, 1000, the references into a large heap and the freeing of
+what they collect costing more than the objects visited. A full collection waits
+for 20 million net allocations: none while 10,000 streams are opened (about 430
+objects each), and rarely after, as long as streams leave no reference cycles behind."""
 
 
 def tune_gc(
@@ -99,7 +101,7 @@ def parse_gc_threshold(text: str) -> tuple[int, int, int] | None:
     if len(parts) != 3 or not all(part.isdigit() for part in parts):
         raise ValueError(
             f"accepts server, python, or three whole numbers GEN0,GEN1,GEN2 "
-            f"(as gc.set_threshold takes them, e.g. 5000,10,1000); got {text!r}"
+            f"(as gc.set_threshold takes them, e.g. 2000,10,1000); got {text!r}"
         )
     first, second, third = (int(part) for part in parts)
     try:

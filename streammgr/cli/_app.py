@@ -213,7 +213,7 @@ async def serve(
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
         gc_threshold: The garbage collector, set once the app is built: server (the
-            start-up's objects frozen, then gc.set_threshold(5000, 10, 1000): full
+            start-up's objects frozen, then gc.set_threshold(2000, 10, 1000): full
             collections, which stall every stream, become rare), python (the
             interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
         certfile: Serve HTTPS with this PEM certificate (then any intermediates), with
