@@ -200,13 +200,6 @@ async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery
         assert not kept, f"reference cycles left by the server's connections: {kept}"
 
 
-@pytest.mark.xfail(
-    reason="two cycles per stream, in files of the hot path: sources/_http_connection.py's "
-    "_close() leaves httpx's response cycle (response.stream <-> BoundAsyncStream, and "
-    "_Body's aiter_raw closure); server/_response.py's DirectBodyWrites leaves hypercorn's "
-    "send in the scope, which hypercorn's HTTPStream holds. The gc branch's report gives "
-    "both fixes; then remove this mark"
-)
 async def test_gateway_streams_leave_no_reference_cycle() -> None:
     # With full collections rare (SERVER_GC_THRESHOLD), a cycle per stream is memory
     # kept for hours: a stream read to its end, or left mid-answer, must leave none.

@@ -239,9 +239,16 @@ class DirectBodyWrites:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Call the app, with this layer's ``send`` in the scope for its bodies."""
-        if scope["type"] == "http" and DIRECT_SEND not in scope:
-            scope[DIRECT_SEND] = send
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or DIRECT_SEND in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[DIRECT_SEND] = send
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # hypercorn's HTTPStream holds the scope, and this send holds the HTTPStream:
+            # a cycle per request that only a full collection would free.
+            del scope[DIRECT_SEND]
 
 
 async def until_stalled(write_started: Callable[[], float | None], stall_timeout: float) -> None:

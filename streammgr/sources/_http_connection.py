@@ -603,6 +603,11 @@ async def _close(response: httpx.Response, body: _Body | None) -> None:
         get_logger().warning("source.close_failed", error=describe_error(exc))
     if body is not None:
         await body.finish()
+    # Break httpx's cycles (response.stream <-> its BoundAsyncStream, the cached
+    # aiter_raw closure): with full collections made rare in a server (tune_gc), a
+    # cycle per stream would be memory kept for hours.
+    vars(response).pop("aiter_raw", None)
+    response.stream = httpx.ByteStream(b"")
 
 
 def _error_message(body: str) -> str:
