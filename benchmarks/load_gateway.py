@@ -56,6 +56,7 @@ from streammgr.simulate import Behaviour, plan_request
 PATIENCE = 30.0  # seconds a child may take to start or stop
 ESTABLISHED = "01"
 RAMP = 0.003  # seconds between the first connections
+BENCH_GC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_gc.py")
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -102,9 +103,16 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def child(name: str, nursery: trio.Nursery, *argv: str) -> AsyncIterator[Child]:
-    """Start ``python -m streammgr ARGV``; stop it (SIGINT, then SIGKILL) on exit."""
+async def child(
+    name: str, nursery: trio.Nursery, *argv: str, probe: list[str] | None = None
+) -> AsyncIterator[Child]:
+    """Start ``python -m streammgr ARGV``; stop it (SIGINT, then SIGKILL) on exit.
+
+    ``probe``: run it through ``bench_gc.py probe PROBE --`` instead (collections
+    timed; SIGUSR2 writes a report and a tracemalloc snapshot)."""
     command = [sys.executable, "-m", "streammgr", *argv, "--port", "0", "--log-format", "json"]
+    if probe is not None:
+        command = [sys.executable, BENCH_GC, "probe", *probe, "--", *command[3:]]
     process = await trio.lowlevel.open_process(
         command,
         stdin=subprocess.DEVNULL,
@@ -181,6 +189,7 @@ class Options:
     cancel: float
     seed: int
     soak: float
+    tracemalloc: str | None = None  # a directory: the gateway's snapshots at quiet points
 
 
 @dataclass
@@ -360,6 +369,19 @@ async def quiet(client: httpx.AsyncClient, gateway: str) -> dict[str, object]:
     raise AssertionError(f"the gateway still holds streams {PATIENCE:g}s after the load")
 
 
+async def snapshot(gateway: Child, options: Options, taken: int) -> int:
+    """With ``--tracemalloc``: the gateway's report and snapshot number ``taken`` written
+    (bounded wait); the next number."""
+    if options.tracemalloc is None:
+        return taken
+    gateway.process.send_signal(signal.SIGUSR2)
+    path = trio.Path(options.tracemalloc) / f"{taken}.json"
+    with trio.fail_after(120):
+        while not await path.exists():  # noqa: ASYNC110 - another process's file
+            await trio.sleep(0.1)
+    return taken + 1
+
+
 async def settle(pid: int, fds_before: int, upstream_port: int) -> None:
     """Wait (bounded) until the gateway has closed its ends of the connections closed
     just now: at most its descriptors from before, plus its idle pooled upstream ones."""
@@ -395,6 +417,11 @@ async def main(options: Options) -> int:
                 "none",
                 "--key-header",
                 "x-tenant",
+                probe=(
+                    None
+                    if options.tracemalloc is None
+                    else ["--report", options.tracemalloc, "--frames", "10"]
+                ),
             ) as gateway,
         ):
             upstream_port = int(simulator.url.rpartition(":")[2])
@@ -410,6 +437,7 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         warm = Options(**{**options.__dict__, "streams": 50, "leave": 0.0, "cancel": 0.0})
         await run_load(gateway.url, upstream_port, warm, Results(), lambda started: started < 50)
         await quiet(admin, gateway.url)
+        taken = await snapshot(gateway, options, 0)
         fds_before, rss_before = fd_count(gateway.pid), rss_bytes(gateway.pid)
         began = time.perf_counter()
         soak_samples: list[tuple[float, int, int]] = []
@@ -427,6 +455,7 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
                 await run_load(gateway.url, upstream_port, options, results, in_round)
                 await quiet(admin, gateway.url)
                 await settle(gateway.pid, fds_before, upstream_port)
+                taken = await snapshot(gateway, options, taken)
                 soak_samples.append(
                     (time.perf_counter() - began, rss_bytes(gateway.pid), fd_count(gateway.pid))
                 )
@@ -517,6 +546,12 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--soak", type=float, default=0.0, metavar="MINUTES", help="run the load this long"
     )
+    parser.add_argument(
+        "--tracemalloc",
+        metavar="DIR",
+        help="trace the gateway's allocations; a snapshot at each quiet point, written to "
+        "DIR (compare them: bench_gc.py compare DIR)",
+    )
     args = parser.parse_args(argv)
     return Options(
         streams=args.streams,
@@ -530,6 +565,7 @@ def parse(argv: list[str] | None = None) -> Options:
         cancel=args.cancel,
         seed=args.seed,
         soak=args.soak,
+        tracemalloc=args.tracemalloc,
     )
 
 

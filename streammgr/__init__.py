@@ -29,6 +29,9 @@ from ._errors import UpstreamProtocolError as UpstreamProtocolError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeout as UpstreamTimeout
 from ._errors import UpstreamTruncated as UpstreamTruncated
+from ._gc import SERVER_GC_THRESHOLD as SERVER_GC_THRESHOLD
+from ._gc import tune_gc as tune_gc
+from ._inline import InlineStream as InlineStream
 from ._limits import FairLimiter as FairLimiter
 from ._limits import Limiter as Limiter
 from ._limits import LimiterSnapshot as LimiterSnapshot
@@ -52,11 +55,13 @@ from ._stream import current_producer as current_producer
 __version__ = "0.1.0"
 
 __all__ = [
+    "SERVER_GC_THRESHOLD",
     "BatchIterator",
     "CloseReason",
     "DeadlineExceeded",
     "FairLimiter",
     "IdleTimeout",
+    "InlineStream",
     "Limiter",
     "LimiterError",
     "LimiterSnapshot",
@@ -97,4 +102,5 @@ __all__ = [
     "current_producer",
     "redact",
     "redact_secrets",
+    "tune_gc",
 ]

@@ -157,6 +157,8 @@ class StreamRecord:
         "phase",
         "produced",
         "produced_at",
+        "producer",
+        "pulling",
         "reader_timeout",
         "scope",
         "state",
@@ -195,6 +197,11 @@ class StreamRecord:
         self.closed_at: float | None = None
         self.permit: Permit | None = None
         self.scope: trio.CancelScope | None = None
+        # Single-reader streams (``manager.open(..., inline=True)``): the producer
+        # the reader's task pulls from, and whether a pull is in flight (the
+        # watchdog's "whose turn"; ``None`` for a stream whose producer has a task).
+        self.producer: Any = None
+        self.pulling: bool | None = None
         self.wait_scope: trio.CancelScope | None = None
         self.reader_timeout: float | None = None
         self.idle_timeout: float | None = None

@@ -41,6 +41,7 @@ from ._errors import (
     StreamLimitExceeded,
     UpstreamError,
 )
+from ._inline import InlineProducer, InlineStream
 from ._lifecycle import Action, Event, State, apply
 from ._limits import Limiter
 from ._logging import describe_error, redact
@@ -119,6 +120,12 @@ class StreamRunner:
             if action is Action.CANCEL_PRODUCER:
                 assert record.scope is not None
                 record.scope.cancel()
+                producer = record.producer
+                if producer is not None and not record.pulling and event is not Event.READER_LEFT:
+                    # A single-reader stream whose reader is not pulling (parked in a
+                    # write, say): nothing of it is waiting to be cancelled, so its
+                    # producer is closed now, by the manager, and its slot goes back.
+                    self._close_parked_soon(record, producer)
             elif action is Action.CANCEL_WAIT:
                 if record.wait_scope is not None:
                     record.wait_scope.cancel()
@@ -231,6 +238,38 @@ class StreamRunner:
     async def admit(self, stream: ManagedStream[T]) -> trio.MemoryReceiveChannel[T]:
         """Admit a stream and start its producer; called by its ``__aenter__``."""
         record = stream._record
+        now = await self._acquire(stream)
+        send_channel, receive_channel = trio.open_memory_channel[T](stream._buffer_size)
+        record.scope = trio.CancelScope()
+        self.running_producers += 1
+        self.nursery.start_soon(  # type: ignore[union-attr]
+            self._run_producer, record, stream._producer, stream._producer_args, stream._push,
+            send_channel,
+        )  # fmt: skip
+        self.watchdog.watch(record, now)
+        return receive_channel
+
+    async def admit_inline(self, stream: InlineStream[T]) -> InlineProducer:
+        """Admit a single-reader stream; called by its ``__aenter__``.
+
+        No task is started: the stream's cancel scope is entered here, in the
+        reader's task, and exited by the reader's ``__aexit__``, so that it covers
+        the reader's block (and every pull in it).
+        """
+        record = stream._record
+        now = await self._acquire(stream)
+        producer = InlineProducer(stream._producer, stream._producer_args)
+        record.producer = producer
+        record.pulling = False
+        record.scope = scope = trio.CancelScope()
+        self.running_producers += 1
+        self.watchdog.watch(record, now)
+        scope.__enter__()
+        return producer
+
+    async def _acquire(self, stream: ManagedStream[Any]) -> float:
+        """Register a stream and wait for its slot; returns the admission time."""
+        record = stream._record
         if self.closing or self.nursery is None:
             if self.nursery is None and not self.closed:
                 raise RuntimeError(
@@ -306,15 +345,7 @@ class StreamRunner:
             key=record.key,
             wait=now - record.created_at,
         )
-        send_channel, receive_channel = trio.open_memory_channel[T](stream._buffer_size)
-        record.scope = trio.CancelScope()
-        self.running_producers += 1
-        self.nursery.start_soon(
-            self._run_producer, record, stream._producer, stream._producer_args, stream._push,
-            send_channel,
-        )  # fmt: skip
-        self.watchdog.watch(record, now)
-        return receive_channel
+        return now
 
     async def reader_left(
         self,
@@ -400,17 +431,23 @@ class StreamRunner:
                 # here (if items still wait, it started when the oldest was produced).
                 record.produced_at = trio.current_time()
             send_channel.close()
-            self.running_producers -= 1
-            reason = (
-                error.close_reason
-                if isinstance(error, UpstreamError)
-                else CloseReason.PRODUCER_ERROR
-                if error is not None
-                else None
-            )
-            self.handle(record, event, reason=reason, error=error)
-            if not self.running_producers and self.producers_done is not None:
-                self.producers_done.set()
+            self._producer_done(record, event, error)
+
+    def _producer_done(
+        self, record: StreamRecord, event: Event, error: BaseException | None
+    ) -> None:
+        """A producer has finished (its cleanup run): account its end, once."""
+        self.running_producers -= 1
+        reason = (
+            error.close_reason
+            if isinstance(error, UpstreamError)
+            else CloseReason.PRODUCER_ERROR
+            if error is not None
+            else None
+        )
+        self.handle(record, event, reason=reason, error=error)
+        if not self.running_producers and self.producers_done is not None:
+            self.producers_done.set()
 
     async def _pump(
         self,
@@ -484,6 +521,114 @@ class StreamRunner:
                         key=record.key,
                         cleanup_timeout=self.cleanup_timeout,
                     )
+
+    # -- single-reader streams: the reader's task runs the producer ----------------------
+
+    async def reader_left_inline(
+        self, record: StreamRecord, producer: InlineProducer, exc: BaseException | None
+    ) -> None:
+        """A single-reader stream's block exited: end the stream, close its producer."""
+        if record.state is State.CLOSED:
+            return  # the common case: it read the end, or took the error
+        detail, error = reader_exit_detail(exc)
+        actions = self.handle(record, Event.READER_LEFT, detail=detail, error=error)
+        if Action.AWAIT_PRODUCER in actions:
+            await self.inline_ended(record, producer, Event.PRODUCER_CANCELLED, None)
+
+    async def inline_ended(
+        self,
+        record: StreamRecord,
+        producer: InlineProducer,
+        event: Event,
+        error: BaseException | None,
+    ) -> None:
+        """Close a single-reader stream's producer and account its end, exactly once.
+
+        Called by the reader (its producer finished, failed, or is left behind by
+        the reader's exit). If the manager's closer is already at it, waits for it,
+        shielded, as a reader waits for a producer's task.
+        """
+        closing = producer.closing
+        if closing is None:
+            producer.closing = trio.Event()
+            await self._close_inline(record, producer, event, error)
+            return
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(self.cleanup_timeout) as patience:
+                await closing.wait()
+            if patience.cancelled_caught:
+                self.log.warning(
+                    "stream.cleanup_slow",
+                    stream_id=record.id,
+                    key=record.key,
+                    waited=self.cleanup_timeout,
+                )
+                await closing.wait()
+
+    def inline_aborted(
+        self, record: StreamRecord, producer: InlineProducer, error: BaseException
+    ) -> None:
+        """A single-reader stream's producer raised a fatal ``BaseException``: it has
+        ended (its frames unwound); the manager shuts down, as with a task."""
+        if producer.closing is not None:
+            return
+        producer.closing = closing = trio.Event()
+        record.producer = None
+        producer.forget()
+        try:
+            self._producer_done(record, Event.PRODUCER_ABORTED, error)
+        finally:
+            closing.set()
+
+    def _close_parked_soon(self, record: StreamRecord, producer: InlineProducer) -> None:
+        """Close a parked single-reader producer in the manager's nursery (once)."""
+        if producer.closing is not None or self.nursery is None:
+            return
+        producer.closing = trio.Event()
+        self.nursery.start_soon(self._close_parked, record, producer, name="streammgr-close-parked")
+
+    async def _close_parked(self, record: StreamRecord, producer: InlineProducer) -> None:
+        CURRENT_RECORD.set(record)  # this task's own context: see current_producer()
+        CURRENT_SECRETS.set(self.secrets)
+        await self._close_inline(record, producer, Event.PRODUCER_CANCELLED, None)
+
+    async def _close_inline(
+        self,
+        record: StreamRecord,
+        producer: InlineProducer,
+        event: Event,
+        error: BaseException | None,
+    ) -> None:
+        """``aclose()`` the producer (shielded, bounded, as ``_pump`` does), then
+        account its end; an error of its cleanup is its error, as in a task."""
+        closing = producer.closing
+        assert closing is not None
+        try:
+            iterator = producer.iterator
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + self.cleanup_timeout
+                    try:
+                        await aclose()
+                    except Exception as exc:
+                        error, event = exc, Event.PRODUCER_FAILED
+                if cleanup.cancelled_caught:
+                    self.log.warning(
+                        "stream.cleanup_timeout",
+                        stream_id=record.id,
+                        key=record.key,
+                        cleanup_timeout=self.cleanup_timeout,
+                    )
+            record.pulling = None
+            if record.produced == record.items:
+                record.produced_at = trio.current_time()
+            # Nothing of the closed producer stays reachable from the record.
+            record.producer = None
+            producer.forget()
+            self._producer_done(record, event, error)
+        finally:
+            closing.set()
 
 
 def reader_exit_detail(exc: BaseException | None) -> tuple[str, BaseException | None]:

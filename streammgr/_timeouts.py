@@ -54,7 +54,9 @@ def next_check(record: StreamRecord, now: float) -> tuple[float, CloseReason | N
     if last_item_at is not None and last_item_at > last:
         last = last_item_at
     producer_done = record.state is State.DRAINING
-    reader_turn = producer_done or record.produced > record.items
+    # A single-reader stream (``pulling`` not None) has no buffer: between its
+    # pulls, it is the reader's turn.
+    reader_turn = producer_done or record.produced > record.items or record.pulling is False
     reader_timeout, idle_timeout = record.reader_timeout, record.idle_timeout
     if reader_timeout is not None:
         if reader_turn:

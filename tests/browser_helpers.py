@@ -24,14 +24,16 @@ import queue
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import trio
+from starlette.applications import Starlette
 
-from tests.server_helpers import missing_server
+from streammgr.server import chat_page_routes
+from tests.server_helpers import Server, missing_server
 
 T = TypeVar("T")
 
@@ -131,3 +133,14 @@ def chromium() -> Iterator[Chromium]:
         yield browser
     finally:
         browser.stop()
+
+
+@contextlib.asynccontextmanager
+async def chat_page_origin(nursery: trio.Nursery) -> AsyncIterator[Server]:
+    """A server of the chat page alone, on loopback: an origin of its own (a gateway is
+    another), whose pages may import the SSE parser as ``chat/sse.js``."""
+    server = await Server().start(nursery, Starlette(routes=chat_page_routes()))
+    try:
+        yield server
+    finally:
+        server.stop.set()

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 import pytest
 import trio
+import trustme
 from hypercorn.config import Config
 from starlette.applications import Starlette
 
@@ -382,3 +385,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA (trustme) and a server certificate it signed, on disk."""
+
+    ca: trustme.CA
+    certfile: Path
+    keyfile: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts the throwaway CA."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+def tls_files(directory: Path) -> TlsFiles:
+    """A CA and a certificate for ``127.0.0.1`` and ``localhost``, written in
+    ``directory`` as PEM files (the chain, the key)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(keyfile))
+    return TlsFiles(ca, certfile, keyfile)

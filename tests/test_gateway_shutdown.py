@@ -191,7 +191,10 @@ async def test_shutdown_with_a_stalled_reader_ends_within_the_stall_timeout(
     ) as (gateway, flood, _):
         client, _ = await stalled_client(gateway.server.port, request("flood"))
         await wait_until(lambda: gateway.manager.stats().active == 1)
-        await wait_until(lambda: gateway.manager.streams()[0].bytes > 1 << 20)
+        # Parked in its send: the runner has taken nothing for a while. (Not "more
+        # than 1 MiB read": the runner pulls from the upstream itself, a
+        # single-reader stream, so nothing is read ahead of what it could send.)
+        await wait_until(lambda: taken_nothing_for(gateway.manager, 0.1))
         with trio.fail_after(PATIENCE):
             await gateway.manager.aclose()
         (info,) = gateway.manager.history()
@@ -300,3 +303,10 @@ async def test_graceful_shutdown_ends_a_stream_in_flight_in_band(nursery: trio.N
     (info,) = manager.history()
     assert info.close_reason is CloseReason.SHUTDOWN
     assert upstream.stats().open == 0
+
+
+def taken_nothing_for(manager: StreamManager, seconds: float) -> bool:
+    """Whether the one stream in flight has taken an item, then nothing for ``seconds``."""
+    (info,) = manager.streams()
+    last = info.last_item_at
+    return last is not None and trio.current_time() - last > seconds

@@ -67,10 +67,12 @@ def run(*command: str | Path, cwd: Path) -> str:
 
 
 def package_files() -> set[str]:
-    """The files the wheel must ship: every module of every package, and py.typed."""
+    """The files the wheel must ship: every module of every package, py.typed, and the
+    pages' static files."""
     package = ROOT / "streammgr"
     files = {path for path in package.rglob("*.py") if "__pycache__" not in path.parts}
     files.add(package / "py.typed")
+    files.update(path for path in (package / "server" / "static").rglob("*") if path.is_file())
     return {path.relative_to(ROOT).as_posix() for path in files}
 
 
@@ -174,6 +176,23 @@ def test_streammgr_serve_answers_from_the_installed_wheel(
                     "sim-large",
                 ]
                 assert client.get("/admin/healthz").status_code == 200
+                # The dashboard and its files come from the installed package.
+                page = client.get("/admin", follow_redirects=True)
+                assert page.status_code == 200
+                assert page.url.path == "/admin/"
+                assert "<title>streammgr dashboard</title>" in page.text
+                for name in ("dashboard.js", "sse.js", "table.js", "vendor/uPlot.iife.min.js"):
+                    assert client.get(f"/admin/static/{name}").status_code == 200
+                # The chat page's files are in the wheel (package data).
+                page = client.get("/chat")
+                assert page.status_code == 200
+                assert '<script type="module" src="chat/chat.js">' in page.text
+                for name in ("chat.js", "sse.js", "chat.css"):
+                    assert client.get(f"/chat/{name}").status_code == 200, name
+                # Both pages serve the one SSE parser, static/common/sse.js.
+                shared = (ROOT / "streammgr/server/static/common/sse.js").read_bytes()
+                assert client.get("/admin/static/sse.js").content == shared
+                assert client.get("/chat/sse.js").content == shared
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=PATIENCE) == 0
         finally:

@@ -16,7 +16,7 @@ If hypercorn changes any of this, a test here fails and ``streammgr/server/_hype
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -24,6 +24,7 @@ import trio.testing
 from hypercorn.trio import serve as hypercorn_serve
 
 from streammgr.server import TESTED_HYPERCORN_VERSIONS, Connection, current_connection
+from streammgr.server._hypercorn import _SendWatch
 
 from .server_helpers import PATIENCE, Scope, Server, quiet_hypercorn, raw_client, read_until_closed
 
@@ -134,3 +135,33 @@ async def test_serve_refuses_a_bad_send_timeout() -> None:
 
     with pytest.raises(ValueError, match="send_timeout"):
         await serve(Flooder(), send_timeout=0)
+
+
+class _Writing:
+    """A connection as serve()'s send watch sees it: when its write began."""
+
+    def __init__(self) -> None:
+        self.send_started: float | None = None
+        self.expired_at: float | None = None
+
+    async def expire_send(self) -> None:
+        self.expired_at = trio.current_time()
+        self.send_started = None  # the closed stream's write returns
+
+
+async def test_one_send_watch_bounds_every_write_at_its_own_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    first, second = _Writing(), _Writing()
+    watch = _SendWatch(1.0, cast(Any, {first, second}))
+    nursery.start_soon(watch.run)
+    first.send_started = trio.current_time()
+    watch.arm(first.send_started)  # the first write while idle arms it; later ones only stamp
+    await trio.sleep(0.3)
+    second.send_started = trio.current_time()
+    await trio.sleep(0.5)
+    first.send_started = None  # done in time
+    await trio.sleep(1.0)
+    assert first.expired_at is None
+    assert second.expired_at == pytest.approx(1.3)
+    assert not watch.armed  # nothing in flight: it sleeps until a write arms it

@@ -26,6 +26,7 @@ from streammgr.server._answers import (
     error_answer,
     without_resume_fields,
 )
+from streammgr.server._response import DirectBodyWrites
 from streammgr.sse import RawBatch, ServerSentEvent
 
 from .conftest import Probe
@@ -727,3 +728,47 @@ async def test_a_slot_freed_before_answer_within_streams(
     assert server.start()["status"] == 200
     assert [round(at - start, 6) for at, _ in server.sent] == [2.0, 2.0, 4.0, 4.0]
     assert server.bodies() == [KEEP_ALIVE, b"data: 0a\n\ndata: 0b\n\n", b""]
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["wrapped", "direct"])
+async def test_direct_body_writes_pass_the_start_through_every_layer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, direct: bool
+) -> None:
+    # Behind DirectBodyWrites, the layers in between see the start (and may change
+    # it) but not the bodies, which reach the server's send as they were.
+    seen: list[str] = []
+
+    def layer(app: Any) -> Any:
+        async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            async def noting(message: Message) -> None:
+                seen.append(message["type"])
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message["headers"], (b"x-layer", b"1")]}
+                await send(message)
+
+            await app(scope, receive, noting)
+
+        return wrapped
+
+    async with StreamManager() as manager:
+        server = FakeServer()
+        response = EventStreamResponse(manager, reads, 2, 1.0, answer_within=None, keep_alive=None)
+        app = layer(layer(response))
+        if direct:
+            app = DirectBodyWrites(app)
+        await nursery.start(_run_app, server, app)
+        await wait_until_done(server)
+    assert server.headers()[b"x-layer"] == b"1"
+    assert server.bodies() == [b"data: 0a\n\ndata: 0b\n\n", b"data: 1a\n\ndata: 1b\n\n", b""]
+    messages = ["http.response.start"] + ([] if direct else ["http.response.body"] * 3)
+    assert seen == [kind for kind in messages for _layer in range(2)]  # inner, then outer
+
+
+async def _run_app(
+    server: FakeServer, app: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    try:
+        await app(server.scope, server.receive, server.send)
+    finally:
+        server.done.set()

@@ -19,6 +19,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from .. import __version__
+from .._gc import parse_gc_threshold
 from .._options import OPTIONS
 from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
@@ -110,6 +111,10 @@ def _allowed_host(type_: object, value: tuple[str, ...]) -> None:
             )
 
 
+def _gc_threshold(type_: object, value: str) -> None:
+    parse_gc_threshold(value)  # the library's own check, with its words
+
+
 def _workers(type_: object, value: int) -> None:
     if value < 1:
         raise ValueError("Accepts a whole number of worker processes, at least 1")
@@ -163,6 +168,12 @@ async def serve(
         Literal["fail-closed", "local"], _env("redis_fault_policy")
     ] = "fail-closed",
     workers: Annotated[int, _env("workers"), Parameter(validator=_workers)] = 1,
+    # The process's garbage collector (streammgr/_gc.py): not a manager option.
+    gc_threshold: Annotated[str, _env("gc_threshold"), Parameter(validator=_gc_threshold)] = (
+        "server"
+    ),
+    certfile: Annotated[str | None, _env("certfile")] = None,
+    keyfile: Annotated[str | None, _env("keyfile")] = None,
 ) -> int:
     """Serve the OpenAI-compatible gateway (POST /v1/chat/completions, GET /v1/models).
 
@@ -201,6 +212,13 @@ async def serve(
             or admit against ceil(limit / instances last seen) of each limit (local).
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
+        gc_threshold: The garbage collector, set once the app is built: server (the
+            start-up's objects frozen, then gc.set_threshold(2000, 10, 1000): full
+            collections, which stall every stream, become rare), python (the
+            interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
+        certfile: Serve HTTPS with this PEM certificate (then any intermediates), with
+            --keyfile; HTTP/2 is offered to browsers (many streams on one connection).
+        keyfile: The PEM private key of --certfile (not encrypted).
     """
     from ._run import ServeSettings, run_serve
     from ._workers import check_workers
@@ -209,6 +227,16 @@ async def serve(
         check_workers(workers, redis_url)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if (certfile is None) != (keyfile is None):
+        given, missing = ("certfile", "keyfile") if keyfile is None else ("keyfile", "certfile")
+        raise UsageError(
+            f"--{given} was given without --{missing}: TLS needs both (the certificate "
+            f"and its private key), or neither to serve plain HTTP"
+        )
+    if certfile is not None and keyfile is not None:
+        code = _check_tls_files(certfile, keyfile)
+        if code:
+            return code
 
     try:
         from ..server import check_exposure
@@ -267,6 +295,9 @@ async def serve(
         lease_ttl=lease_ttl,
         instance_id=instance_id,
         redis_fault_policy=redis_fault_policy,
+        gc_threshold=parse_gc_threshold(gc_threshold),
+        certfile=certfile,
+        keyfile=keyfile,
     )
     if workers > 1:
         from ._workers import run_workers
@@ -337,6 +368,23 @@ def _admin_url(type_: object, value: str) -> None:
 def _refresh(type_: object, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("Accepts a positive number of seconds")
+
+
+def _check_tls_files(certfile: str, keyfile: str) -> int:
+    """Load the certificate and key once before serving: a bad file is a one-line
+    error naming the flag, and exit code 1 (the files, not the flags' syntax, are
+    wrong)."""
+    try:
+        from ..server import tls_context
+    except ImportError:
+        return 0  # run_serve says which extra is missing
+    try:
+        tls_context(certfile, keyfile)
+    except ValueError as exc:
+        message = re.sub(r"\b(certfile|keyfile)\b", r"--\1", str(exc))
+        print(f"streammgr: error: {message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 @app.command

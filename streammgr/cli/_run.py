@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ import structlog
 import trio
 
 from .._errors import LimiterUnavailable
+from .._gc import SERVER_GC_THRESHOLD, tune_gc
 from .._manager import StreamManager
 from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
@@ -83,6 +85,10 @@ class ServeSettings:
     lease_ttl: float = 3.0
     instance_id: str | None = None
     redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
+    # --gc-threshold: None leaves the interpreter's collector as it is.
+    gc_threshold: tuple[int, int, int] | None = SERVER_GC_THRESHOLD
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def __repr__(self) -> str:
         return f"ServeSettings(host={self.host!r}, port={self.port}, ...)"  # never the secrets
@@ -180,12 +186,21 @@ def upstream_client(
     few more for ``GET /v1/models``, which is not a stream). No overall read
     timeout: a stream may last long; the manager's and the source's timeouts
     bound it.
+
+    The pool is a :class:`~streammgr.sources.ShardedTransport` (unless ``transport``
+    is given: the simulator): httpcore's single pool walks every connection it holds
+    on each stream's open and end, so opening cost grew with the streams held, and it
+    reused no connection once it held more than ``max_keepalive_connections``.
     """
+    from ..sources import ShardedTransport
+
     timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
     limits = httpx.Limits(
         max_connections=None if max_streams is None else max_streams + 16,
         max_keepalive_connections=max_streams or 100,
     )
+    if transport is None:
+        transport = ShardedTransport(limits=limits)
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
 
 
@@ -357,6 +372,12 @@ async def _serve_gateway(
     app = build_service_app(
         manager, upstream, options, acquire_timeout=settings.acquire_timeout, admin=admin
     )
+    # Everything imported and built: what is alive now lives as long as the process,
+    # and is frozen out of every later collection (--gc-threshold, streammgr/_gc.py).
+    tune_gc(settings.gc_threshold)
+    structlog.get_logger("streammgr.cli").info(
+        "gateway.gc", threshold=list(gc.get_threshold()), frozen=gc.get_freeze_count()
+    )
 
     async def run(
         stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
@@ -373,6 +394,8 @@ async def _serve_gateway(
                     grace=settings.shutdown_grace,
                     body_timeout=settings.body_timeout,
                     sockets=sockets,
+                    certfile=settings.certfile,
+                    keyfile=settings.keyfile,
                 )
             )
             if on_listening is not None:

@@ -101,9 +101,13 @@ class _WorkerFailedError(Exception):
         self.code = code
 
 
-def _url(sock: trio.socket.SocketType) -> str:
+def _url(sock: trio.socket.SocketType, scheme: str) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+    return (
+        f"{scheme}://[{host}]:{port}"
+        if sock.family == socket.AF_INET6
+        else f"{scheme}://{host}:{port}"
+    )
 
 
 class _Supervisor:
@@ -279,7 +283,8 @@ async def run_workers(settings: ServeSettings, workers: int) -> int:
                             for number in range(workers):
                                 starting.start_soon(start_one, number)
                         if not supervisor.stopping:
-                            urls = [_url(sock) for sock in sockets]
+                            scheme = "http" if settings.certfile is None else "https"
+                            urls = [_url(sock, scheme) for sock in sockets]
                             log.info("workers.listening", urls=urls, workers=sorted(pids.values()))
                 except* _WorkerFailedError as group:
                     failure = first_leaf(group)  # nested: the starting nursery's

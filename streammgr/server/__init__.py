@@ -12,6 +12,7 @@ from ._admin import check_exposure as check_exposure
 from ._answers import ErrorAnswer as ErrorAnswer
 from ._answers import encode_batch as encode_batch
 from ._answers import error_answer as error_answer
+from ._chat_page import chat_page_routes as chat_page_routes
 from ._gateway import MAX_REQUEST_SIZE as MAX_REQUEST_SIZE
 from ._gateway import RequestIdMiddleware as RequestIdMiddleware
 from ._gateway import caller_key as caller_key
@@ -23,6 +24,7 @@ from ._hypercorn import TESTED_HYPERCORN_VERSIONS as TESTED_HYPERCORN_VERSIONS
 from ._hypercorn import Connection as Connection
 from ._hypercorn import current_connection as current_connection
 from ._hypercorn import serve as serve
+from ._hypercorn import tls_context as tls_context
 from ._lifespan import manager_lifespan as manager_lifespan
 from ._response import EventStreamResponse as EventStreamResponse
 from ._service import ServiceOptions as ServiceOptions
@@ -44,6 +46,7 @@ __all__ = [
     "admin_app",
     "build_service_app",
     "caller_key",
+    "chat_page_routes",
     "check_exposure",
     "current_connection",
     "encode_batch",
@@ -54,4 +57,5 @@ __all__ = [
     "manager_lifespan",
     "serve",
     "serve_service",
+    "tls_context",
 ]

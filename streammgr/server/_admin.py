@@ -64,6 +64,7 @@ from ._admin_models import (
     Stream,
     StreamPage,
 )
+from ._admin_page import add_page_routes
 from ._hosts import HostGuard, check_allowed_hosts, is_loopback_host
 from ._metrics import METRICS_CONTENT_TYPE, AdminMetrics
 
@@ -263,6 +264,8 @@ def admin_app(
     ``GET``/``DELETE /streams/{id}``, ``DELETE /keys/{key}/streams``,
     ``GET /history``, ``GET /stats``, ``GET``/``PUT /limits``, ``GET /healthz``,
     ``GET /metrics`` (Prometheus text, from a registry of this app's own),
+    ``GET /`` (the live dashboard: a web page, served without the token since it
+    holds no data, and its files under ``GET /static/``),
     ``GET /cluster/streams`` and ``GET /cluster/stats`` (with ``cluster``; else 404
     ``cluster_off``) and ``GET /openapi.json``. Errors are
     ``{"error": {"code", "message"}}``.
@@ -685,6 +688,7 @@ def admin_app(
         return JSONResponse(document)
 
     app.include_router(router)
+    add_page_routes(app, prefix)
     return app
 
 

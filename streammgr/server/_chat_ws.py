@@ -374,7 +374,8 @@ class _Session:
             "request_id": f"{self._connection_id}.{self._requests}",
             "stream": "true",
         }
-        stream = self._manager.open(chat, key=self._key, labels=labels)
+        # Single-reader mode: this request's task pulls from the upstream itself.
+        stream = self._manager.open(chat, key=self._key, labels=labels, inline=True)
         self._stream, self._stream_request_id = stream, message_id
         assert self._nursery is not None
         self._nursery.start_soon(self._run, stream, message_id, name="streammgr-ws-request")

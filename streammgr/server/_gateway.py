@@ -81,7 +81,7 @@ from ._chat_request import (
 )
 from ._chat_ws import CHAT_WS_PATH, ChatSocket
 from ._models import MODELS_CACHE_TTL, ModelsRoute
-from ._response import EventStreamResponse
+from ._response import DirectBodyWrites, EventStreamResponse
 
 __all__ = ["MAX_REQUEST_SIZE", "RequestIdMiddleware", "caller_key", "gateway_app", "openai_error"]
 
@@ -430,7 +430,7 @@ class _Gateway:
             )
         chat = settings.chat_source(payload, _NOT_FORWARDED)
         labels["stream"] = "false"
-        stream = self.manager.open(chat, key=key, labels=labels)
+        stream = self.manager.open(chat, key=key, labels=labels, inline=True)
         return _CompletionResponse(self.manager, stream, model, request_id)
 
 
@@ -609,4 +609,6 @@ def gateway_app(
         ],
         exception_handlers={HTTPException: _http_error},
     )
-    return RequestIdMiddleware(app)
+    # Every layer from here to the routes looks only at a response's start: the
+    # streaming answers send their bodies past them (one call per write, not five).
+    return DirectBodyWrites(RequestIdMiddleware(app))

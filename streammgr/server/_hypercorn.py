@@ -38,7 +38,11 @@ answers of an HTTP/2 connection that closed no longer wait for ever.
 
 :func:`serve` is hypercorn's ``worker_serve`` for one plain-TCP host and port, with
 the wrapped stream: the lifespan, graceful shutdown through ``shutdown_trigger``,
-``task_status``. TLS is not offered (terminate it in front, at the load balancer).
+``task_status``; and TLS with ``certfile`` and ``keyfile`` (:func:`tls_context`):
+each connection is a ``trio.SSLStream`` inside the same wrapper
+(:class:`_TLSClientStream`, which has what hypercorn looks for in a TLS stream), and
+ALPN picks HTTP/2 for the browsers that offer it (all of them), so the rules above
+apply to TLS and to h2 alike.
 This is the only module that knows hypercorn's internals; it is tested with the
 versions in :data:`TESTED_HYPERCORN_VERSIONS`, which pyproject.toml pins.
 """
@@ -50,8 +54,10 @@ import contextvars
 import copy
 import json
 import math
+import os
 import select
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
@@ -75,8 +81,10 @@ from .._validate import check_seconds
 __all__ = [
     "TESTED_HYPERCORN_VERSIONS",
     "Connection",
+    "check_tls_pair",
     "current_connection",
     "serve",
+    "tls_context",
 ]
 
 TESTED_HYPERCORN_VERSIONS = ("0.18.0",)
@@ -128,7 +136,7 @@ _FIRST = "first"  # no byte yet of the connection's first request
 _IDLE = "idle"  # between two requests (keep-alive)
 _READING = "reading"  # a request's head or body is arriving
 _ANSWERING = "answering"  # the request is whole and its answer in flight
-_H2 = "h2"  # HTTP/2 (h2c): each request stream's body bounded, the rest hypercorn's
+_H2 = "h2"  # HTTP/2 (over TLS, or h2c): each request stream's body bounded, the rest hypercorn's
 _OTHER = "other"  # a WebSocket, an error: hypercorn's own rules
 
 # HTTP/2 stream states in which the client has not ended its request yet.
@@ -179,17 +187,18 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     - an answer in flight: the client's next bytes (pipelined requests) are held
       here, up to ``_HOLD_LIMIT``, instead of handed to h11, which would stop the
       reading until the answer ends; so the client's leaving is seen at once;
-    - HTTP/2 (h2c): each request stream must end within ``body_timeout`` of when the
+    - HTTP/2 (over TLS, or h2c): each request stream must end within ``body_timeout`` of when the
       reader first saw it, else the connection is closed.
 
     hypercorn's ``TCPServer`` uses ``send_all`` (inside its shield), ``receive_some``,
     ``send_eof``, ``aclose`` and the ``socket`` attribute; it tells a TLS stream
-    from a plain one by ``do_handshake``, which this class does not have.
+    from a plain one by ``do_handshake``, which this class does not have (its TLS
+    twin, :class:`_TLSClientStream`, has).
     """
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         *,
         send_timeout: float | None,
         body_timeout: float | None,
@@ -201,7 +210,8 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         self._body_timeout = math.inf if body_timeout is None else body_timeout
         self._keep_alive_timeout = keep_alive_timeout
         self._timeout_answer = timeout_answer
-        self.socket = stream.socket
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        self.socket = transport.socket
         self.closed = False
         self.server: _Server | None = None
         now = trio.current_time()
@@ -211,17 +221,36 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         self._h2_started: dict[int, float] = {}  # HTTP/2 request streams arriving
         self._wake: trio.CancelScope | None = None
         self.apps_running = 0  # the app's calls on this connection, in flight
+        self.send_started: float | None = None  # when the write in flight began
+        self.send_expired = False
+        self.send_watch: _SendWatch | None = None
         self._apps_ended: trio.Event | None = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self._send_timeout) as patience:
+        # No cancel scope per write (it cost more than the rest of a small write):
+        # the write is stamped, and serve()'s one send watch closes the stream of a
+        # write that has waited send_timeout (see _SendWatch).
+        now = self.send_started = trio.current_time()
+        watch = self.send_watch
+        if watch is not None and not watch.armed:
+            watch.arm(now)
+        try:
             await self._stream.send_all(data)
-        if patience.cancelled_caught:
-            # Part of the data may be out: the connection cannot be used any more.
-            await self.aclose()
-            raise trio.BrokenResourceError(
-                f"the client read nothing for {self._send_timeout:g}s (send_timeout)"
-            )
+        except trio.ClosedResourceError:
+            if self.send_expired:
+                # Part of the data may be out: the connection cannot be used any more.
+                raise trio.BrokenResourceError(
+                    f"the client read nothing for {self._send_timeout:g}s (send_timeout)"
+                ) from None
+            raise
+        finally:
+            self.send_started = None
+
+    async def expire_send(self) -> None:
+        """The write in flight has waited ``send_timeout``: close the connection
+        (which wakes that write)."""
+        self.send_expired = True
+        await self.aclose()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -302,7 +331,7 @@ class _ClientStream(trio.abc.HalfCloseableStream):
                 try:
                     if phase is _ANSWERING and len(self._held) >= _HOLD_LIMIT:
                         await trio.sleep_forever()  # until the answer ends
-                    data = await self._stream.receive_some(max_bytes)
+                    data = bytes(await self._stream.receive_some(max_bytes))
                 finally:
                     self._wake = None
             if wake.cancelled_caught:
@@ -400,6 +429,152 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         await self._stream.aclose()
 
 
+class _TLSClientStream(_ClientStream):
+    """:class:`_ClientStream` over TLS: what hypercorn's ``TCPServer`` looks for in a
+    TLS stream (``do_handshake``, ``selected_alpn_protocol``, ``transport_stream``).
+
+    The ``trio.SSLStream`` inside is ``https_compatible``: closing it closes the
+    socket at once, without waiting to send TLS's ``close_notify`` (which could wait
+    on a client that reads nothing), so :meth:`Connection.abort` and the write bound
+    work as over plain TCP. There is no half-close in TLS: ``send_eof`` does nothing
+    and hypercorn closes the connection next.
+    """
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], **options: Any) -> None:
+        super().__init__(stream, **options)
+        self._tls = stream
+
+    @property
+    def transport_stream(self) -> trio.SocketStream:
+        """The TCP stream under TLS (hypercorn reads its ``socket``)."""
+        return self._tls.transport_stream
+
+    async def do_handshake(self) -> None:
+        """TLS's handshake (hypercorn bounds it with ``ssl_handshake_timeout``)."""
+        await self._tls.do_handshake()
+
+    def selected_alpn_protocol(self) -> str | None:
+        """What ALPN chose: ``"h2"`` or ``"http/1.1"`` (``None``: the client offered none)."""
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def tls_context(
+    certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str]
+) -> ssl.SSLContext:
+    """The server's TLS context: the certificate chain and its key, HTTP/2 offered.
+
+    hypercorn's own settings (TLS 1.2 or later, no compression, its ciphers), with ALPN
+    offering ``h2`` then ``http/1.1``: browsers then speak HTTP/2, many streams on one
+    connection (over HTTP/1.1 a browser opens at most 6 connections to a host, and a
+    7th stream waits, silently).
+
+    Args:
+        certfile: a PEM file holding the certificate, then any intermediates.
+        keyfile: a PEM file holding its private key (not encrypted).
+
+    Raises:
+        ValueError: a file cannot be read, or does not hold a PEM certificate and the
+            key that goes with it; the message names the argument.
+    """
+    for name, path in (("certfile", certfile), ("keyfile", keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(
+                f"{name} {os.fsdecode(path)!r} cannot be read: {exc.strerror or exc}; "
+                f"give the path of a PEM file this process may read"
+            ) from None
+    config = Config()
+    config.certfile = os.fspath(certfile)
+    config.keyfile = os.fspath(keyfile)
+    config.alpn_protocols = ["h2", "http/1.1"]
+    try:
+        context = config.create_ssl_context()
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"certfile {os.fsdecode(certfile)!r} and keyfile {os.fsdecode(keyfile)!r} do not "
+            f"hold a PEM certificate and its unencrypted private key ({exc.reason or exc}); "
+            f"check that certfile is the certificate (chain) and keyfile its key"
+        ) from None
+    assert context is not None  # certfile and keyfile are set
+    return context
+
+
+def check_tls_pair(
+    certfile: str | os.PathLike[str] | None, keyfile: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
+    """The TLS context of ``certfile`` and ``keyfile`` (``None``: neither given).
+
+    Raises:
+        ValueError: one without the other, or :func:`tls_context`'s errors.
+    """
+    if (certfile is None) != (keyfile is None):
+        given, missing = ("certfile", "keyfile") if keyfile is None else ("keyfile", "certfile")
+        raise ValueError(
+            f"{given} was given without {missing}: TLS needs both (the certificate and "
+            f"its private key), or neither to serve plain HTTP"
+        )
+    if certfile is None or keyfile is None:
+        return None
+    return tls_context(certfile, keyfile)
+
+
+class _SendWatch:
+    """One task bounds every connection's writes by ``send_timeout``.
+
+    A cancel scope per write cost more than the rest of a small write (about 19 us),
+    so writes only stamp when they began. The first write while the watch is idle
+    arms it for that write's deadline; it then wakes at the earliest deadline of
+    the writes still in flight, closes the connections of those that waited
+    ``send_timeout`` (which wakes their writes), and sleeps until the next deadline,
+    or until a write arms it again. Under steady traffic it wakes once per
+    ``send_timeout``; idle, never.
+    """
+
+    def __init__(self, send_timeout: float, streams: set[_ClientStream]) -> None:
+        self._timeout = send_timeout
+        self._streams = streams
+        self.armed = False
+        self._deadline = math.inf
+        self._sleep: trio.CancelScope | None = None
+
+    def arm(self, now: float) -> None:
+        """A write began at ``now`` while nothing was watched."""
+        self.armed = True
+        self._deadline = now + self._timeout
+        if self._sleep is not None:
+            self._sleep.deadline = self._deadline
+
+    async def run(self) -> None:
+        """Watch until cancelled."""
+        timeout = self._timeout
+        while True:
+            with trio.CancelScope(deadline=self._deadline) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
+            now = trio.current_time()
+            expired = []
+            earliest = math.inf
+            for stream in self._streams:
+                started = stream.send_started
+                if started is None:
+                    continue
+                if now - started >= timeout:
+                    expired.append(stream)
+                elif started + timeout < earliest:
+                    earliest = started + timeout
+            self._deadline = earliest
+            self.armed = earliest != math.inf
+            for stream in expired:
+                with trio.CancelScope(shield=True):
+                    await stream.expire_send()
+
+
 class _ResumeReading:
     """hypercorn's H11Protocol ``can_read`` event, which reads while it waits.
 
@@ -476,6 +651,18 @@ class _Server(TCPServer):
         self._idle = True
         self.reader = trio.CancelScope()  # around hypercorn's read loop
 
+    def release(self) -> None:
+        """Let go of the connection's protocol once the connection has ended.
+
+        hypercorn's connection is a reference cycle (its protocol holds this
+        server's ``protocol_send``, and through it h11's state, the task group, the
+        buffers): left alone, a gen-0 collection would free it if it were young,
+        but a connection lives long enough to be promoted, so only a full
+        collection, which stalls every stream, would (tests/test_gc.py).
+        """
+        self.__dict__.pop("protocol", None)
+        self.__dict__.pop("_task_group", None)
+
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
             self._idle = event.idle
@@ -523,9 +710,11 @@ async def serve(
     keep_alive_timeout: float = 75.0,
     config: Config | None = None,
     sockets: Sequence[socket.socket] = (),
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve an ASGI app over HTTP with hypercorn's trio worker until shut down.
+    """Serve an ASGI app over HTTP (or HTTPS) with hypercorn's trio worker until shut down.
 
     As ``hypercorn.trio.serve`` (the app's lifespan runs first and last; shutdown is
     graceful: no new connections, in-flight requests get ``config.graceful_timeout``
@@ -546,27 +735,40 @@ async def serve(
             (``None``: forever, as hypercorn alone does). As nginx's ``send_timeout``.
         body_timeout: the most seconds an HTTP/1.1 request may take to arrive whole,
             head and body, from its first byte (a connection's first request: from
-            the accept); then a 408 if no answer has started, and the connection is
-            closed (``None``: no bound). Every route, the WebSocket handshake included.
+            the accept, TLS's handshake included); then a 408 if no answer has
+            started, and the connection is closed (``None``: no bound). Every route,
+            the WebSocket handshake included.
         keep_alive_timeout: seconds an idle connection waits for its next request
             (``config.keep_alive_timeout`` is not used). Longer than the clients'
             pools (httpx: 5 s), so that the client, not the server, closes it.
         config: hypercorn's configuration for everything else (timeouts, limits,
-            logging); its ``bind`` and TLS settings are not used.
+            logging, ``ssl_handshake_timeout``); its ``bind`` and TLS settings are
+            not used.
         sockets: listening sockets to accept on instead of opening ``host`` and
             ``port`` (``streammgr serve --workers``: the parent binds them once,
             each worker accepts on the same ones). Closed when serving ends.
+        certfile: serve HTTPS with this PEM certificate (chain), with ``keyfile``;
+            HTTP/2 is offered by ALPN (see :func:`tls_context`). Both or neither.
+        keyfile: the certificate's PEM private key.
         task_status: ``nursery.start(serve, app, ...)`` returns the list of URLs
-            listened on, e.g. ``["http://127.0.0.1:8000"]``, once accepting.
+            listened on, e.g. ``["http://127.0.0.1:8000"]`` (``https://`` with TLS),
+            once accepting.
 
     Raises:
         OSError: the address cannot be listened on.
-        ValueError: a bad ``send_timeout`` or ``body_timeout``.
+        ValueError: a bad ``send_timeout`` or ``body_timeout``; ``certfile``
+            without ``keyfile`` or the reverse; a certificate or key that cannot be
+            read or loaded (the message names the argument).
     """
     send_timeout = check_seconds("send_timeout", send_timeout)
     body_timeout = check_seconds("body_timeout", body_timeout)
+    tls = check_tls_pair(certfile, keyfile)
     config = copy.copy(config) if config is not None else Config()
     config.keep_alive_timeout = keep_alive_timeout
+    if tls is not None and body_timeout is not None:
+        # A connection's first request is due body_timeout after the accept: its TLS
+        # handshake too (hypercorn's own bound is 60 s).
+        config.ssl_handshake_timeout = min(config.ssl_handshake_timeout, body_timeout)
 
     async def counted(scope: Any, receive: Any, send: Any) -> None:
         # Counts the app's calls per connection (read_while_paused waits for them).
@@ -589,24 +791,35 @@ async def serve(
     timeout_answer = _request_timeout_answer(body_timeout if body_timeout is not None else 0)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
-        bounded = _ClientStream(
-            stream,
-            send_timeout=send_timeout,
-            body_timeout=body_timeout,
-            keep_alive_timeout=keep_alive_timeout,
-            timeout_answer=timeout_answer,
-        )
+        options: dict[str, Any] = {
+            "send_timeout": send_timeout,
+            "body_timeout": body_timeout,
+            "keep_alive_timeout": keep_alive_timeout,
+            "timeout_answer": timeout_answer,
+        }
+        bounded: _ClientStream
+        if tls is None:
+            bounded = _ClientStream(stream, **options)
+        else:
+            # https_compatible: a close never waits to send close_notify (see
+            # _TLSClientStream).
+            secure = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            bounded = _TLSClientStream(secure, **options)
         _CONNECTION.set(Connection(bounded))  # this task's own context
         server = _Server(wrapped, config, context, ConnectionState(lifespan_state.copy()), bounded)
         bounded.server = server
+        bounded.send_watch = send_watch
         open_streams.add(bounded)
         try:
             await server.run()
         finally:
             open_streams.discard(bounded)
             bounded.server = None  # no cycle left for the garbage collector
+            server.release()
 
     reaper = trio.CancelScope()
+
+    send_watch = None if send_timeout is None else _SendWatch(send_timeout, open_streams)
 
     async def close_the_rest(deadline: float) -> None:
         # At the graceful deadline, cancelling the connections' tasks is not enough:
@@ -621,15 +834,18 @@ async def serve(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
+        if send_watch is not None:
+            lifespan_nursery.start_soon(send_watch.run, name="streammgr-send-watch")
         async with trio.open_nursery() as server_nursery:
             if sockets:
                 listeners = [_listener(inherited) for inherited in sockets]
             else:
                 listeners = await trio.open_tcp_listeners(port, host=host, backlog=config.backlog)
             urls = []
+            scheme = "http" if tls is None else "https"
             for listener in listeners:
                 address = listener.socket.getsockname()
-                urls.append(f"http://{repr_socket_addr(listener.socket.family, address)}")
+                urls.append(f"{scheme}://{repr_socket_addr(listener.socket.family, address)}")
             try:
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(

@@ -4,19 +4,22 @@
 answers ``text/event-stream``, one body write per batch. Three tasks serve one
 request, so that no phase can hide a client that went away:
 
-- the **response's task** opens the stream, writes (headers, batches, keep-alives,
-  the end) and is the only one that writes once the stream is admitted;
+- the **response's task** opens the stream (single-reader mode: it pulls from the
+  upstream itself, no producer task, no channel) and writes its batches and the end,
+  with no cancel scope armed per read or per write;
 - a **client watcher** receives ASGI messages and, at ``http.disconnect``, cancels
   the stream (``client_disconnected``) and the response. It does not rely on the
   server's ASGI spec version (Starlette's ``StreamingResponse`` listens for
   ``http.disconnect`` only when the server reports spec < 2.4, and otherwise waits
   for ``send()`` to fail, which hypercorn's trio worker never does);
-- a **write guard** (with ``stall_timeout``) watches the write in flight: one that
-  waited ``stall_timeout`` means the client stopped reading. It cancels the stream
-  (``client_stalled``): the producer runs in the manager's nursery, so it is
-  cancelled and its slot released even while the response's task is parked in a
-  ``send()`` that hypercorn shields from cancellation. Then it closes the
-  connection, if :func:`~streammgr.server.serve` serves it, which wakes that send.
+- a **keeper** writes what is due while the response's task waits for its upstream
+  (the headers at ``answer_within``, keep-alives), each write in a short task it
+  watches, and is the write guard (``stall_timeout``): a write in flight that waited
+  ``stall_timeout`` means the client stopped reading. It cancels the stream
+  (``client_stalled``): the manager closes the parked producer and releases its slot
+  even while the response's task is parked in a ``send()`` that hypercorn shields
+  from cancellation. Then it closes the connection, if
+  :func:`~streammgr.server.serve` serves it, which wakes that send.
 
 Nothing is written while the stream waits for a slot: its status is not known yet.
 The wait ends by ``answer_within`` (then a 429), so that every refusal by a limit is
@@ -31,7 +34,7 @@ from typing import Any
 
 import trio
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import StreamCancelled
 from .._logging import get_logger
@@ -91,14 +94,19 @@ class EventStreamResponse(Response):
             (``None``: forever); no longer than ``answer_within``. Left out: the
             manager's.
         reader_timeout: seconds an item may wait for the reader to take it
-            (``None``: forever); it ends the stream (and frees its slot) also while
-            the response is parked in a write. Left out: the manager's.
+            (``None``: forever); the response's task reads a pull producer itself
+            (single-reader mode), so this bounds the time between two reads, the
+            write of what was read included. It ends the stream (and frees its
+            slot) also while the response is parked in a write. Left out: the
+            manager's.
         idle_timeout: seconds the producer may deliver nothing (``None``: forever).
             Left out: the manager's.
         deadline: the longest life of a stream, in seconds from its admission
             (``None``: none). Left out: the manager's.
         buffer_size: hand-offs (items or batches) buffered between producer and
-            reader (``0``: each is handed over directly). Left out: the manager's.
+            reader (``0``: each is handed over directly); a push producer's only (a
+            pull producer is read by the response's own task). Left out: the
+            manager's.
         item_size: as ``manager.open``.
         encode: turns a batch (a list of items) into the bytes of one write; default
             :func:`encode_batch`-like: ``RawBatch.raw``, or each
@@ -164,6 +172,8 @@ class EventStreamResponse(Response):
         self._answer_within: float | None = check_option("answer_within", answer_within)
         encoder: BatchEncoder = encode_batch if encode is None else encode
         self._encode = encoder if resumable else without_resume_fields(encoder)
+        # Single-reader mode: the response's own task pulls from a pull producer
+        # (a push producer keeps its task: see manager.open's ``inline``).
         self._stream: ManagedStream[Any] = manager.open(
             producer,
             *args,
@@ -175,6 +185,7 @@ class EventStreamResponse(Response):
             deadline=deadline,
             buffer_size=buffer_size,
             item_size=item_size,
+            inline=True,
         )
         # The status is due at answer_within: the wait for a slot ends by then, so
         # that a refusal comes before the headers, never after them.
@@ -199,12 +210,45 @@ class EventStreamResponse(Response):
         if scope["type"] != "http":
             raise TypeError(f"EventStreamResponse answers http requests, not {scope['type']!r}")
         async with trio.open_nursery() as nursery:
-            run = _Run(self, send, nursery)
+            run = _Run(self, scope, send, nursery)
             nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
-            if self._stall_timeout is not None:
-                nursery.start_soon(run.guard_writes, self._stall_timeout, name="streammgr-guard")
+            nursery.start_soon(run.keep, self._stall_timeout, name="streammgr-keeper")
             await run.respond()
             nursery.cancel_scope.cancel()
+
+
+DIRECT_SEND = "streammgr.direct_send"
+"""The scope key under which :class:`DirectBodyWrites` leaves the server's ``send``."""
+
+
+class DirectBodyWrites:
+    """Pure ASGI middleware: streaming responses inside send body messages straight to
+    the ``send`` this layer received, past the layers in between.
+
+    Each ASGI middleware that wraps ``send`` costs a coroutine per message, and
+    most look only at ``http.response.start`` (Starlette's error middlewares, the
+    request id, CORS, the access log). An :class:`EventStreamResponse` still sends
+    its start through every layer, and then its bodies directly. Only an app that
+    knows every layer between this one and its responses looks only at the start
+    may use it (the gateway and the service do): a layer that rewrites bodies
+    (compression) must not be in between. The outermost such layer wins.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call the app, with this layer's ``send`` in the scope for its bodies."""
+        if scope["type"] != "http" or DIRECT_SEND in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[DIRECT_SEND] = send
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            # hypercorn's HTTPStream holds the scope, and this send holds the HTTPStream:
+            # a cycle per request that only a full collection would free.
+            del scope[DIRECT_SEND]
 
 
 async def until_stalled(write_started: Callable[[], float | None], stall_timeout: float) -> None:
@@ -238,13 +282,22 @@ class _Writer:
     ended, for the keep-alives.
     """
 
-    def __init__(self, send: Send, response: EventStreamResponse) -> None:
+    def __init__(self, send: Send, response: EventStreamResponse, body_send: Send) -> None:
         self._send = send
+        # Body messages, once the start went through ``send``: the server's own
+        # send where a DirectBodyWrites layer vouches for the layers in between.
+        self._body_send = body_send
+        # Set while the keeper's keep-alive write is in flight: every other write
+        # waits for it (one check per write), so that writes never interleave.
+        self.keep_alive_done: trio.Event | None = None
+        # The keeper's sleep, so that admission can wake it (see admitted()).
+        self.keeper_sleep: trio.CancelScope | None = None
+        self._admitted = False
         self._status = response.status_code
         self._headers = response.raw_headers
         self._stream_id = response.stream_id.encode()
         self._answer_error = response._answer_error
-        self._keep_alive = math.inf if response._keep_alive is None else response._keep_alive
+        self.keep_alive_period = math.inf if response._keep_alive is None else response._keep_alive
         self.headers_sent = False
         self.ended = False
         self.write_started: float | None = None
@@ -258,18 +311,25 @@ class _Writer:
         deadline, the headers go out with the first keep-alive at the latest, so
         that a slow upstream never leaves the client without its headers."""
         if self._answer_at == math.inf:
-            self._answer_at = trio.current_time() + self._keep_alive
+            self._answer_at = trio.current_time() + self.keep_alive_period
+        self._admitted = True
+        sleep = self.keeper_sleep
+        if sleep is not None:
+            sleep.deadline = min(sleep.deadline, self._answer_at)
 
     def idle_write_at(self) -> float:
-        """When to write if nothing else is: the headers, or a keep-alive."""
+        """When to write if nothing else is: the headers, or a keep-alive (never
+        before admission, nor after the end)."""
+        if not self._admitted or self.ended:
+            return math.inf
         if not self.headers_sent:
             return self._answer_at
-        return self._last_write + self._keep_alive
+        return self._last_write + self.keep_alive_period
 
-    async def _write(self, message: Message) -> None:
+    async def _write(self, message: Message, body: bool = True) -> None:
         self.write_started = trio.current_time()
         try:
-            await self._send(message)
+            await (self._body_send if body else self._send)(message)
         except OSError as exc:
             # Servers that report a gone client by failing send() (ASGI spec 2.4).
             raise _ClientGone from exc
@@ -280,22 +340,37 @@ class _Writer:
     async def _start(self) -> None:
         self.headers_sent = True
         await self._write(
-            {"type": "http.response.start", "status": self._status, "headers": self._headers}
+            {"type": "http.response.start", "status": self._status, "headers": self._headers},
+            body=False,
         )
 
     async def body(self, data: bytes) -> None:
         """One body write (the headers first if they are not out)."""
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if not self.headers_sent:
             await self._start()
         if data:
             await self._write({"type": "http.response.body", "body": data, "more_body": True})
 
-    async def idle(self) -> None:
-        """Nothing to send in time: the headers with a keep-alive, or a keep-alive."""
-        await self.body(KEEP_ALIVE)
+    async def keep_alive(self, done: trio.Event) -> None:
+        """The keeper's write: the headers with a keep-alive, or a keep-alive.
+
+        ``done`` is :attr:`keep_alive_done`, set by the keeper when it decided to
+        write; it is set when this write is over, whatever happens.
+        """
+        try:
+            if not self.headers_sent:
+                await self._start()
+            await self._write({"type": "http.response.body", "body": KEEP_ALIVE, "more_body": True})
+        finally:
+            self.keep_alive_done = None
+            done.set()
 
     async def end(self, last: bytes = b"") -> None:
         """The last body write: ``last``, then the end of the body."""
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if not self.headers_sent:
             await self._start()
         self.ended = True
@@ -304,6 +379,8 @@ class _Writer:
     async def error(self, error: BaseException, recorded: str | None) -> None:
         """Tell the client: a JSON error answer, or an in-band event and the end."""
         answer = self._answer_error(error, self._stream_id.decode(), recorded)
+        if self.keep_alive_done is not None:
+            await self.keep_alive_done.wait()
         if self.headers_sent:
             await self.end(answer.event())
             return
@@ -315,7 +392,8 @@ class _Writer:
             (b"x-stream-id", self._stream_id),
         ]
         await self._write(
-            {"type": "http.response.start", "status": answer.status, "headers": headers}
+            {"type": "http.response.start", "status": answer.status, "headers": headers},
+            body=False,
         )
         await self._write({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -327,13 +405,15 @@ class _ClientGone(Exception):
 class _Run:
     """One call of an :class:`EventStreamResponse`: its tasks and what they share."""
 
-    def __init__(self, response: EventStreamResponse, send: Send, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, response: EventStreamResponse, scope: Scope, send: Send, nursery: trio.Nursery
+    ) -> None:
         self._response = response
         self._stream = response._stream
         self._manager = response._manager
         self._nursery = nursery
         self._connection: Connection | None = current_connection()
-        self._writer = _Writer(send, response)
+        self._writer = _Writer(send, response, scope.get(DIRECT_SEND, send))
 
     def _stop(self, close_reason: CloseReason, detail: str) -> None:
         """The client is gone: end the stream (the first reason stays) and the response."""
@@ -357,11 +437,45 @@ class _Run:
                     self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
                 return
 
-    async def guard_writes(self, stall_timeout: float) -> None:
-        """End the response when one write has waited ``stall_timeout`` for the
-        client (see :func:`until_stalled`)."""
+    async def keep(self, stall_timeout: float | None) -> None:
+        """Keep-alives, the headers when they are due, and the write guard: one task
+        and one timer per response, armed per keep-alive period, never per batch.
+
+        While the response's task waits for the stream (in single-reader mode it
+        runs the producer's read itself, which no timer may interrupt), this task
+        writes what is due: the headers (``answer_within``) and keep-alive comments
+        (``keep_alive``), each in a short task of the response's nursery so that
+        this one goes on watching it. It also ends the response when one write has
+        waited ``stall_timeout`` for the client (see :func:`until_stalled`; writers
+        only stamp the time). A write that ends early moves the next keep-alive
+        later: this task then wakes at the old time once, and sleeps again.
+        """
         writer = self._writer
-        await until_stalled(lambda: writer.write_started, stall_timeout)
+        stall = math.inf if stall_timeout is None else stall_timeout
+        clock = trio.current_time
+        while True:
+            now = clock()
+            started = writer.write_started
+            if started is not None:
+                if now >= started + stall:
+                    break
+                # The next keep-alive is due a period after this write ends, at
+                # the earliest a period from now.
+                wake = min(started + stall, now + writer.keep_alive_period)
+            else:
+                due = writer.idle_write_at()
+                if now >= due and writer.keep_alive_done is None:
+                    writer.write_started = now  # watched from now on
+                    writer.keep_alive_done = done = trio.Event()
+                    self._nursery.start_soon(self._keep_alive, done, name="streammgr-keep-alive")
+                    continue
+                # No write in flight: look again within stall_timeout, since one
+                # that starts now must be caught the moment it reaches it.
+                wake = min(due, now + stall)
+            with trio.CancelScope(deadline=wake) as writer.keeper_sleep:
+                await trio.sleep_forever()
+            writer.keeper_sleep = None
+        assert stall_timeout is not None
         get_logger().warning(
             "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
         )
@@ -371,6 +485,12 @@ class _Run:
         if self._connection is not None:
             with trio.CancelScope(shield=True):
                 await self._connection.abort()
+
+    async def _keep_alive(self, done: trio.Event) -> None:
+        try:
+            await self._writer.keep_alive(done)
+        except _ClientGone:
+            self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
 
     async def respond(self) -> None:
         """Open the stream, write its batches, and end the body, whatever happens."""
@@ -400,26 +520,18 @@ class _Run:
             return
 
     async def _write_batches(self, stream: ManagedStream[Any]) -> None:
+        """Pull a batch, write it; nothing armed per batch: keep-alives, the
+        headers' deadline and the stall guard are the keeper's (see :meth:`keep`)."""
         writer, encode = self._writer, self._response._encode
         writer.admitted()
-        next_batch = stream.batches().__anext__
-        ready = stream._has_ready
+        # stream.batches()'s own step, without its wrapper: one coroutine less
+        # per batch, paid again at every suspension of an inline producer.
+        next_batch = stream._next_batch
+        body = writer.body
         while True:
-            if ready():
-                # Taken at once: no keep-alive deadline to bound the wait with (a
-                # cancel scope with a deadline costs about 8 us a batch).
-                try:
-                    batch = await next_batch()
-                except StopAsyncIteration:
-                    break
-            else:
-                with trio.move_on_at(writer.idle_write_at()) as idle:
-                    try:
-                        batch = await next_batch()
-                    except StopAsyncIteration:
-                        break
-                if idle.cancelled_caught:
-                    await writer.idle()
-                    continue
-            await writer.body(encode(batch))
+            try:
+                batch = await next_batch()
+            except StopAsyncIteration:
+                break
+            await body(encode(batch))
         await writer.end()

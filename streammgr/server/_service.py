@@ -9,6 +9,7 @@ in-flight requests nothing when it shuts down.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,18 +20,21 @@ import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import BaseRoute, Mount, Router
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
 from ..sources._common import redact_url
 from ._access_log import AccessLog
+from ._chat_page import chat_page_routes
 from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
-from ._hypercorn import serve
+from ._hypercorn import check_tls_pair, serve
 from ._lifespan import manager_lifespan
+from ._response import DirectBodyWrites
 
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
 
@@ -112,8 +116,9 @@ def build_service_app(
     admin: Starlette | None = None,
 ) -> ASGIApp:
     """The service: the gateway at ``/v1``, the inspection API at ``/admin``, CORS,
-    the probes ``/healthz`` and ``/readyz``, the Host check, a log line per error
-    answer, and ``manager`` run for the app's lifetime (:func:`manager_lifespan`).
+    the chat page at ``/chat``, the probes ``/healthz`` and ``/readyz``, the Host
+    check, a log line per error answer, and ``manager`` run for the app's lifetime
+    (:func:`manager_lifespan`).
 
     Every route but the probes answers only the hosts ``options.allowed_hosts``
     allows (loopback names by default); every answer of 400 or more is logged as
@@ -159,6 +164,11 @@ def build_service_app(
     guarded: list[BaseRoute] = []
     # --- The inspection API: the one place it is mounted. --------------------------
     if admin is not None:
+        # The dashboard is /admin/ (it fetches the API relative to itself): /admin
+        # leads there (a relative Location, right behind a proxy's path prefix too).
+        guarded.append(
+            Route("/admin", lambda _: RedirectResponse("admin/", status_code=308), methods=["GET"])
+        )
         guarded.append(Mount("/admin", app=admin))
     # CORS opens the gateway to other origins, never the inspection API: a web page in
     # an operator's browser must not read or cancel streams of a tokenless admin API.
@@ -185,6 +195,9 @@ def build_service_app(
             allowed_origins=options.cors_origins,
             check_origins=True,
         )
+    # The chat page (GET /chat, static files): same Host check, no CORS (another
+    # origin's page talks to the gateway, not to the page).
+    guarded += chat_page_routes()
     guarded.append(Mount("/", app=public))
     # Against DNS rebinding: every route but the probes (a kubelet names the pod's
     # IP) answers only the allowed hosts.
@@ -211,11 +224,16 @@ def build_service_app(
     # The admin token (admin_app keeps it in its state) and the upstream key never
     # reach a log line, not even in a path.
     secrets = [options.api_key or "", *(getattr(admin.state, "secrets", ()) if admin else ())]
-    return AccessLog(
-        RequestIdMiddleware(service),
-        requests=options.access_log,
-        key_header=options.key_header,
-        secrets=secrets,
+    # Every layer of this stack looks only at a response's start (the access log,
+    # the request id, Starlette's error middlewares, the host guards, CORS): the
+    # streaming answers send their bodies past them all (see DirectBodyWrites).
+    return DirectBodyWrites(
+        AccessLog(
+            RequestIdMiddleware(service),
+            requests=options.access_log,
+            key_header=options.key_header,
+            secrets=secrets,
+        )
     )
 
 
@@ -265,6 +283,8 @@ async def serve_service(
     body_timeout: float | None = 15.0,
     keep_alive_timeout: float = 75.0,
     sockets: Sequence[socket.socket] = (),
+    certfile: str | os.PathLike[str] | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (see :func:`build_service_app`) until ``shutdown_trigger``
@@ -294,8 +314,17 @@ async def serve_service(
             longer than the clients' own pool expiry (see docs/operations.md).
         sockets: listening sockets to accept on instead of ``host`` and ``port``
             (see :func:`~streammgr.server.serve`).
+        certfile: serve HTTPS (and HTTP/2, by ALPN) with this PEM certificate
+            chain; with ``keyfile``, both or neither (see
+            :func:`~streammgr.server.tls_context`).
+        keyfile: the certificate's PEM private key.
         task_status: ``nursery.start`` returns the URLs listened on.
+
+    Raises:
+        ValueError: a bad ``backlog``; ``certfile`` without ``keyfile`` or the
+            reverse, or a file that cannot be loaded.
     """
+    check_tls_pair(certfile, keyfile)  # before anything starts: a plain ValueError
     config = Config()
     config.accesslog = None
     config.graceful_timeout = grace + close_timeout
@@ -312,5 +341,7 @@ async def serve_service(
             keep_alive_timeout=keep_alive_timeout,
             config=config,
             sockets=sockets,
+            certfile=certfile,
+            keyfile=keyfile,
             task_status=task_status,
         )

@@ -39,6 +39,10 @@ from ._http_connection import (
 
 __all__ = ["Reconnect", "SSESource", "SourceTimeouts"]
 
+# The reconnect delays' jitter: one generator for every source (one per source cost
+# 2.5 KiB per stream held; the jitter needs no stream of its own).
+_JITTER = random.Random()
+
 T = TypeVar("T")
 
 
@@ -253,7 +257,6 @@ class SSESource:
             )
         )
         self._shown_url = redact_url(str(parsed_url), self._secrets)
-        self._rng = random.Random()
         self._settings = ConnectionSettings(
             client=client,
             method=method.upper(),
@@ -391,7 +394,7 @@ class _Attempts:
         if server_delay is not None:
             delay = max(server_delay, policy.min_delay)
         else:
-            delay = policy.delay(self.attempt, self.server_retry, source._rng)
+            delay = policy.delay(self.attempt, self.server_retry, _JITTER)
         if trio.current_time() + delay >= self._total_deadline:
             raise source._settings.total_timeout(
                 "no time left to reconnect within the total timeout"

@@ -1,0 +1,229 @@
+"""The garbage collector for a long-running server: ``tune_gc`` (what it sets, what it
+leaves), ``serve --gc-threshold`` (applied at start-up, overridable by flag and by
+variable), and served connections that leave no reference cycle behind (with full
+collections rare, a cycle per connection would be memory kept for hours).
+
+No timing is asserted here: benchmarks/bench_gc.py measures the pauses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from streammgr import SERVER_GC_THRESHOLD, StreamManager, tune_gc
+from streammgr._gc import parse_gc_threshold
+from streammgr.cli import main
+from streammgr.server import ServiceOptions
+
+from .cli_helpers import started
+from .fault_helpers import raw_request, token_chat
+from .server_helpers import PATIENCE, Scope, Server, raw_client, running_service, wait_until
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The interpreter's collector as it was, put back after the test."""
+    threshold = gc.get_threshold()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+@pytest.mark.usefixtures("collector")
+def test_tune_gc_freezes_what_is_alive_then_sets_the_thresholds() -> None:
+    tune_gc()
+    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 10, 1_000)
+    assert gc.get_freeze_count() > 1000  # the modules, classes and functions alive now
+    assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
+
+
+@pytest.mark.usefixtures("collector")
+def test_tune_gc_takes_thresholds_and_may_freeze_nothing() -> None:
+    tune_gc((5000, 5, 50), freeze=False)
+    assert gc.get_threshold() == (5000, 5, 50)
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("collector")
+def test_tune_gc_none_leaves_the_collector_alone() -> None:
+    gc.set_threshold(700, 10, 10)
+    tune_gc(None)
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.usefixtures("collector")
+@pytest.mark.parametrize(
+    ("threshold", "error", "words"),
+    [
+        ((0, 10, 10), ValueError, "turns the collector off"),
+        ((700, -1, 10), ValueError, "at least 0"),
+        ((700, 10), TypeError, "three whole numbers"),
+        ((700, 10, 1.5), TypeError, "three whole numbers"),
+        ((True, 10, 10), TypeError, "three whole numbers"),
+    ],
+)
+def test_a_bad_threshold_is_named(threshold: object, error: type[Exception], words: str) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(error, match="gc_threshold") as caught:
+        tune_gc(threshold)  # type: ignore[arg-type]
+    assert words in str(caught.value)
+    assert gc.get_threshold() == before  # nothing changed
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server", SERVER_GC_THRESHOLD),
+        (" Python ", None),
+        ("5000,5,50", (5000, 5, 50)),
+        ("5000, 5, 0", (5000, 5, 0)),
+    ],
+)
+def test_the_flags_values(text: str, expected: tuple[int, int, int] | None) -> None:
+    assert parse_gc_threshold(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0,10,10", "700,10", "fast", "700,-1,10", "7e2,10,10", ""])
+def test_a_bad_flag_value_is_a_one_line_error(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--gc-threshold", text]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--gc-threshold" in line
+    assert "GEN0" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "threshold", "frozen"),
+    [
+        ((), {}, list(SERVER_GC_THRESHOLD), True),
+        (("--gc-threshold", "python"), {}, [700, 10, 10], False),
+        ((), {"STREAMMGR_GC_THRESHOLD": "5000,5,50"}, [5000, 5, 50], True),
+        (
+            ("--gc-threshold", "6000,6,60"),
+            {"STREAMMGR_GC_THRESHOLD": "python"},
+            [6000, 6, 60],
+            True,
+        ),
+    ],
+)
+async def test_serve_tunes_the_collector_at_start_up(
+    nursery: trio.Nursery,
+    flags: tuple[str, ...],
+    env: dict[str, str],
+    threshold: list[int],
+    frozen: bool,
+) -> None:
+    async with started(nursery, "serve", *flags, **env) as running:
+        tuned = await running.until("gateway.gc")
+        await running.until("gateway.listening")  # tuned before it serves
+        assert tuned["threshold"] == threshold
+        frozen_count = tuned["frozen"]
+        assert isinstance(frozen_count, int)
+        assert (frozen_count > 1000) is frozen
+        assert await running.stop() == 0
+
+
+async def _answer(scope: Scope, receive: Any, send: Any) -> None:
+    """A streaming answer of three chunks, the last after the client may have left."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(3):
+        await send({"type": "http.response.body", "body": b"data: x\n\n", "more_body": True})
+        await trio.sleep(0.01 if scope["path"] == "/quick" else 0.5)
+    await send({"type": "http.response.body", "body": b""})
+
+
+_CONNECTION_TYPES = ("hypercorn.", "h11.", "streammgr.server.")
+
+
+@contextlib.contextmanager
+def garbage_kept() -> Iterator[list[object]]:
+    """Cyclic garbage made inside the block, kept for the test to look at (automatic
+    collections off meanwhile)."""
+    gc.collect()  # what earlier tests left
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def _types_of(garbage: list[object], modules: tuple[str, ...]) -> list[str]:
+    return sorted(
+        {
+            f"{type(item).__module__}.{type(item).__qualname__}"
+            for item in garbage
+            if type(item).__module__.startswith(modules)
+        }
+    )
+
+
+async def test_served_connections_leave_no_reference_cycle(nursery: trio.Nursery) -> None:
+    with garbage_kept() as garbage:
+        server = await Server().start(nursery, _answer)
+        async with httpx.AsyncClient(timeout=PATIENCE) as client:
+            for _ in range(5):  # read to the end, on one kept-alive connection
+                response = await client.get(f"{server.url}/quick")
+                assert response.content == b"data: x\n\n" * 3
+        for _ in range(5):  # left mid-answer
+            async with await raw_client(server.port, "/slow") as stream:
+                received = b""
+                with trio.fail_after(PATIENCE):
+                    while b"data: x" not in received:
+                        received += await stream.receive_some(65536)
+        server.stop.set()
+        with trio.fail_after(PATIENCE):
+            await server.stopped.wait()
+        gc.collect()
+        kept = _types_of(garbage, _CONNECTION_TYPES)
+        assert not kept, f"reference cycles left by the server's connections: {kept}"
+
+
+async def test_gateway_streams_leave_no_reference_cycle() -> None:
+    # With full collections rare (SERVER_GC_THRESHOLD), a cycle per stream is memory
+    # kept for hours: a stream read to its end, or left mid-answer, must leave none.
+    options = ServiceOptions(upstream_url="http://sim/v1")
+    manager = StreamManager()
+    with garbage_kept() as garbage:
+        async with (
+            trio.open_nursery() as nursery,
+            running_service(nursery, manager, options) as (server, _),
+        ):
+            # Raw sockets: an httpx client here would leave cycles of its own.
+            for _ in range(3):
+                body = json.dumps(token_chat(3, 0)).encode()
+                done = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await done.until(lambda answer: b"data: [DONE]" in answer.body)
+                await done.stream.aclose()
+            for _ in range(3):
+                body = json.dumps(token_chat(50, 0.05)).encode()
+                left = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await left.until(lambda answer: b'"content":"' in answer.body)
+                await left.stream.aclose()
+            await wait_until(lambda: manager.stats().closed_total == 6)
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the connections' tasks ended
+            # Collected while the service runs: its own objects are alive, not garbage.
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
+        assert not kept, f"reference cycles left by the gateway's streams: {kept}"
