@@ -9,7 +9,8 @@ and raw HTTP clients with parsers of what they receive (chunked bodies, SSE even
   :class:`~streammgr.simulate.ConnectionStats` count every upstream request;
 - the service (:func:`~streammgr.server.build_service_app`: the gateway, and the
   inspection API at ``/admin``) served by :func:`~streammgr.server.serve_service`,
-  reaching the simulator through an ``httpx.AsyncHTTPTransport`` (a real pool).
+  reaching the simulator through a :class:`~streammgr.sources.ShardedTransport` of
+  ``httpx.AsyncHTTPTransport`` shards (real pools), as ``streammgr serve`` does.
 
 :meth:`Rig.check_quiet` is what every case must leave behind, checked exactly:
 no stream in the registry, the limiter at zero, the simulator holding no response,
@@ -43,6 +44,7 @@ import trio.testing
 from streammgr import CloseReason, StreamManager
 from streammgr.server import ServiceOptions, admin_app, build_service_app, serve
 from streammgr.simulate import SimulatedUpstream, plan_request
+from streammgr.sources import ShardedTransport
 from streammgr.testing import FdBaseline, find_leaks, format_leaks
 
 from .server_helpers import (
@@ -134,7 +136,7 @@ class Rig:
     upstream: SimulatedUpstream
     upstream_port: int
     http: httpx.AsyncClient
-    transport: httpx.AsyncHTTPTransport
+    shards: list[httpx.AsyncHTTPTransport]  # every shard the transport made
     url: str
     port: int
     watcher: CloseWatcher
@@ -176,8 +178,9 @@ class Rig:
 
     def pool_connections(self) -> tuple[int, list[str]]:
         """Idle connections in the gateway's upstream pool, and any other (a problem)."""
-        # httpx does not expose its pool; httpcore's pool lists its connections.
-        connections = self.transport._pool.connections
+        # httpx does not expose its pool; httpcore's pool lists its connections (a
+        # shard the transport closed lists none).
+        connections = [c for shard in self.shards for c in shard._pool.connections]
         busy = [repr(connection) for connection in connections if not connection.is_idle()]
         return len(connections) - len(busy), busy
 
@@ -279,7 +282,15 @@ async def open_rig(
                     config=upstream_config,
                 )
             )
-            transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=None))
+            shards: list[httpx.AsyncHTTPTransport] = []
+
+            def shard(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+                shards.append(httpx.AsyncHTTPTransport(limits=limits))
+                return shards[-1]
+
+            transport = ShardedTransport(
+                limits=httpx.Limits(max_connections=None), shard_transport=shard
+            )
             timeout = httpx.Timeout(connect=PATIENCE, read=None, write=PATIENCE, pool=PATIENCE)
             async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
                 app = build_service_app(
@@ -299,7 +310,7 @@ async def open_rig(
                         upstream=upstream,
                         upstream_port=int(upstream_url.rpartition(":")[2]),
                         http=http,
-                        transport=transport,
+                        shards=shards,
                         url=service.url,
                         port=service.port,
                         watcher=watcher,

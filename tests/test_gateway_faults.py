@@ -48,6 +48,7 @@ from .fault_helpers import (
     streamed_text,
     unchunked,
 )
+from .pool_helpers import CancelAfterConnect
 from .server_helpers import PATIENCE, RawResponse, quiet_hypercorn, read_until_closed, wait_until
 
 KEEP_ALIVE = b": keep-alive\n\n"
@@ -622,22 +623,6 @@ async def test_shutdown_with_a_stream_false_request_in_flight_answers_503() -> N
 # -- sockets: an upstream request cancelled after connecting, a client gone before its request
 
 
-class _CancelAfterConnect(httpcore.AsyncNetworkBackend):
-    """Trio's backend, cancelling the stream the moment its connection is open."""
-
-    def __init__(self, cancel: Callable[[], object]) -> None:
-        self._inner = httpcore.TrioBackend()
-        self._cancel = cancel
-
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(*args, **kwargs)
-        self._cancel()  # delivered at the request's next checkpoint, inside httpcore
-        return stream
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
 async def test_a_request_cancelled_right_after_it_connected_leaves_no_pooled_connection(
     nursery: trio.Nursery,
 ) -> None:
@@ -655,7 +640,7 @@ async def test_a_request_cancelled_right_after_it_connected_leaves_no_pooled_con
     async with httpx.AsyncClient(transport=transport) as http, StreamManager() as manager:
         stream_ids: list[str] = []
         pool = httpcore.AsyncConnectionPool(
-            network_backend=_CancelAfterConnect(lambda: manager.cancel(stream_ids[0]))
+            network_backend=CancelAfterConnect(lambda: manager.cancel(stream_ids[0]))
         )
         transport._pool = pool
         source = SSESource(http, f"{url}/v1/chat/completions", method="POST", json=chat(tokens=3))

@@ -182,12 +182,21 @@ def upstream_client(
     few more for ``GET /v1/models``, which is not a stream). No overall read
     timeout: a stream may last long; the manager's and the source's timeouts
     bound it.
+
+    The pool is a :class:`~streammgr.sources.ShardedTransport` (unless ``transport``
+    is given: the simulator): httpcore's single pool walks every connection it holds
+    on each stream's open and end, so opening cost grew with the streams held, and it
+    reused no connection once it held more than ``max_keepalive_connections``.
     """
+    from ..sources import ShardedTransport
+
     timeout = httpx.Timeout(connect=30.0, read=None, write=30.0, pool=30.0)
     limits = httpx.Limits(
         max_connections=None if max_streams is None else max_streams + 16,
         max_keepalive_connections=max_streams or 100,
     )
+    if transport is None:
+        transport = ShardedTransport(limits=limits)
     return httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits)
 
 

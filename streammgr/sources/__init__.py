@@ -12,6 +12,9 @@ The rooms:
   policy, and the connection attempts (delays, accounting, ``Last-Event-ID``);
 - ``_http_connection.py``: one request and its response (checks, timeouts, closing
   on every path), how a read becomes a batch, and the table mapping httpx's errors;
+- ``_pools.py``: :class:`ShardedTransport`, the upstream client's pools of bounded
+  size (costs flat in the streams held), and the reclaim of httpcore's orphaned
+  connections;
 - ``_openai.py``: :class:`OpenAIChat` over :class:`SSESource`, typed chunks,
   :func:`collect_chat`;
 - ``_websocket.py``: :class:`WebSocketSource`, its ``connect=`` seam and its error
@@ -30,6 +33,7 @@ from ._openai import ToolCall as ToolCall
 from ._openai import ToolCallDelta as ToolCallDelta
 from ._openai import Usage as Usage
 from ._openai import collect_chat as collect_chat
+from ._pools import ShardedTransport as ShardedTransport
 from ._websocket import NORMAL_CLOSE_CODES as NORMAL_CLOSE_CODES
 from ._websocket import WebSocketSource as WebSocketSource
 
@@ -40,6 +44,7 @@ __all__ = [
     "OpenAIChat",
     "Reconnect",
     "SSESource",
+    "ShardedTransport",
     "SourceTimeouts",
     "ToolCall",
     "ToolCallDelta",

@@ -45,6 +45,7 @@ from .._stream import current_producer
 from ..sse import RawSSEParser, ServerSentEvent, SSEParser
 from ._common import body_excerpt, excerpt_margin
 from ._common import retry_after as parse_retry_after
+from ._pools import reclaim_client_orphans
 
 __all__ = ["PARSED", "RAW", "RAW_BATCH", "Connection", "ConnectionSettings", "Reading", "Retryable"]
 
@@ -56,41 +57,6 @@ _NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
 # After a response is closed, its body iterator is pulled at most this many times:
 # a real closed stream fails at once; one that does not is left, not drained.
 _FINISH_PULLS = 100
-
-
-async def _reclaim_orphaned_connections(client: httpx.AsyncClient) -> None:
-    """Close the connections a failed or cancelled request left in httpcore's pool.
-
-    httpcore 1.0.9 (encode/httpcore#1093, #986, unfixed): a request cancelled after
-    the pool gave it a new connection and before it used it leaves that connection
-    in the pool for ever: never idle, never closed, owned by no request. Each one
-    holds a pool slot and, once connected, a socket: a gateway whose clients leave
-    while its upstream requests connect ends with every slot taken and every request
-    waiting for the pool timeout. So after a send that returned no response, every
-    connection of the client's default pool that no request owns and that is
-    neither idle nor closed is removed and closed (shielded, bounded). Reaches into
-    httpx's and httpcore's internals: anything else (another transport, changed
-    internals) is left alone; tests/test_gateway_faults.py pins the behaviour.
-    """
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    connections = getattr(pool, "_connections", None)
-    requests = getattr(pool, "_requests", None)
-    if not isinstance(connections, list) or not isinstance(requests, list):
-        return
-    owned = {id(getattr(request, "connection", None)) for request in requests}
-    orphans = [
-        connection
-        for connection in connections
-        if id(connection) not in owned and not connection.is_idle() and not connection.is_closed()
-    ]
-    if not orphans:
-        return
-    for connection in orphans:
-        connections.remove(connection)
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_TIMEOUT):
-        for connection in orphans:
-            with contextlib.suppress(Exception):
-                await connection.aclose()
 
 
 class Retryable(Exception):
@@ -349,7 +315,7 @@ class Connection(Generic[T]):
                     response = await settings.client.send(request, stream=True)
             finally:
                 if response is None:  # cancelled, timed out or failed: see the helper
-                    await _reclaim_orphaned_connections(settings.client)
+                    await reclaim_client_orphans(settings.client)
         except _HTTPX_ERRORS as exc:
             raise _upstream_error(settings, exc, _SEND_ERRORS) from exc
         if response is None:
