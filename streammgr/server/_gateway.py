@@ -66,7 +66,7 @@ from .._states import CloseReason
 from .._stream import ManagedStream
 from .._validate import check_seconds
 from ..sources import ChatCompletion, SourceTimeouts, SSESource, Usage, collect_chat
-from ..sources._openai import note_outcome
+from ..sources._openai import note_outcome, read_body_end
 from ..sse import OPENAI_DONE, RawBatch, ServerSentEvent, encode
 from ._answers import ErrorAnswer
 from ._chat_request import (
@@ -120,7 +120,8 @@ class _ChatEvents:
 
     Each upstream read's events travel as one :class:`~streammgr.sse.RawBatch`,
     whose ``.raw`` the response writes unchanged. Looks inside each event only for
-    the end (``[DONE]``, after which nothing is read), an error object (``event:
+    the end (``[DONE]``, after which nothing is forwarded: the body's end is read,
+    briefly, so that the upstream connection is reused), an error object (``event:
     error``, or data with a non-null ``"error"`` key) and data that is not a JSON
     object (a malformed chunk): the events before such a failure are forwarded,
     then it is raised. A body that ends without ``[DONE]`` raises
@@ -160,6 +161,9 @@ class _ChatEvents:
                 if failure is not None:
                     raise failure
                 if end and batch[end - 1].data == OPENAI_DONE:
+                    # Nothing after [DONE] is forwarded; its body's end is read so
+                    # that the upstream connection is reused.
+                    await read_body_end(reads.anext_batch)
                     return
         raise UpstreamTruncated(
             "the upstream ended the stream without data: [DONE]: the answer may be "

@@ -16,12 +16,13 @@ error message and never appears in a repr, a log line or the registry.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import trio
 
 from .._batch import BatchIterator
 from .._errors import UpstreamAPIError, UpstreamError, UpstreamProtocolError, UpstreamTruncated
@@ -230,6 +231,7 @@ class OpenAIChat:
                 if failure is not None:
                     raise failure
                 if done:
+                    await read_body_end(reads.__anext__)
                     break
         if not done and not finished:
             raise UpstreamTruncated(
@@ -454,6 +456,31 @@ def note_outcome(finish_reason: str | None, usage: Usage | None) -> None:
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
         )
+
+
+BODY_END_GRACE = 0.1
+"""Seconds a stream waits, after ``[DONE]``, for the upstream's body to end (see
+:func:`read_body_end`)."""
+
+
+async def read_body_end(next_read: Callable[[], Awaitable[object]]) -> None:
+    """After ``data: [DONE]``: read the upstream's body to its end, briefly.
+
+    An upstream sends the body's end right after ``[DONE]``. Reading it returns the
+    connection to the client's pool; closing the response before it closes the
+    connection, and the next stream pays a new TCP (and TLS) handshake: at 100
+    streams, the gateway opened an upstream connection per stream. ``next_read``
+    is the source's next read; it is awaited once, at most :data:`BODY_END_GRACE`
+    seconds. Whatever comes instead of the end (an event after ``[DONE]``, an error,
+    nothing in time) is dropped, and the caller closes the response as before.
+    """
+    with trio.move_on_after(BODY_END_GRACE):
+        try:
+            await next_read()
+        except StopAsyncIteration:
+            pass
+        except UpstreamError:
+            pass  # the answer is complete: a failure after [DONE] is not the client's
 
 
 async def collect_chat(chunks: AsyncIterable[ChatChunk]) -> ChatCompletion:
