@@ -371,6 +371,17 @@ def where(frames: Sequence[tracemalloc.Frame]) -> str:
     return "other"
 
 
+def where_line(frames: Sequence[tracemalloc.Frame]) -> str:
+    """``package/file.py:line`` of the innermost frame of a known package (trio's
+    charged to its caller)."""
+    for frame in reversed(frames):  # innermost first
+        parts = frame.filename.replace("\\", "/").split("/")
+        for package in PACKAGES:
+            if package in parts and package != "trio":
+                return "/".join(parts[parts.index(package) :]) + f":{frame.lineno}"
+    return "other"
+
+
 def memory_report(before: str, held: str, streams: int) -> list[str]:
     """The growth between two snapshots per held stream, by component."""
     old = tracemalloc.Snapshot.load(before)
@@ -397,6 +408,12 @@ def memory_report(before: str, held: str, streams: int) -> list[str]:
         by_file[where(list(stat.traceback))] += stat.size_diff
     lines.append("\nBy file (the innermost frame of a known package), per held stream:")
     for name, size in by_file.most_common(30):
+        lines.append(f"  {size / streams:>8.0f} B  {name}")
+    by_line: collections.Counter[str] = collections.Counter()
+    for stat in new.compare_to(old, "traceback"):
+        by_line[where_line(list(stat.traceback))] += stat.size_diff
+    lines.append("\nBy line (the innermost frame of a known package), per held stream:")
+    for name, size in by_line.most_common(40):
         lines.append(f"  {size / streams:>8.0f} B  {name}")
     lines.append("\nThe largest lines (per held stream):")
     for stat in new.compare_to(old, "lineno")[:25]:
