@@ -81,22 +81,35 @@ class PauseRecorder:
         self.started = self.started_cpu = 0.0
         self.pauses: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
         self.collected = 0
+        # What the longest young collection of each generation looked at (see _young).
+        self._young: tuple[int, str, int] = (0, "", 0)
+        self.longest: dict[int, tuple[float, int, str, int, int]] = {}
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
+        generation = info["generation"]
         if phase == "start":
+            if generation == 1:
+                self._young = _young()  # counted before the clock starts
             self.started, self.started_cpu = time.perf_counter(), time.thread_time()
         else:
             wall = time.perf_counter() - self.started
             cpu = time.thread_time() - self.started_cpu
-            self.pauses[info["generation"]].append((wall, cpu))
+            self.pauses[generation].append((wall, cpu))
             self.collected += info["collected"]
+            if generation == 1 and cpu > self.longest.get(1, (0.0,))[0]:
+                objects, kind, referents = self._young
+                self.longest[1] = (cpu, objects, kind, referents, info["collected"])
 
     def take(self) -> dict[str, Any]:
         """What was recorded since the last take, and start again."""
         pauses, self.pauses = self.pauses, {0: [], 1: [], 2: []}
         collected, self.collected = self.collected, 0
+        longest, self.longest = self.longest, {}
         return {
             "collected": collected,
+            # the longest gen-1 collection: CPU s, young objects, the young container
+            # with the most references (type, how many), objects it collected
+            "longest_young": longest.get(1),
             "by_generation": {
                 str(generation): {
                     "count": len(values),
@@ -107,6 +120,17 @@ class PauseRecorder:
                 for generation, values in pauses.items()
             },
         }
+
+
+def _young() -> tuple[int, str, int]:
+    """The objects a gen-1 collection is about to visit, and the one among them with
+    the most references (each one a visit, often a cache miss, into the old heap)."""
+    young = gc.get_objects(0) + gc.get_objects(1)
+    widest, most = "", 0
+    for item in young:
+        if isinstance(item, (list, dict, set, tuple, frozenset)) and len(item) > most:
+            widest, most = type(item).__qualname__, len(item)
+    return len(young), widest, most
 
 
 def tracked_by_type() -> dict[str, int]:
@@ -554,6 +578,14 @@ def print_run(run: Run) -> None:
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
         )
+        young = phase.report.get("longest_young")
+        if young:
+            cpu, objects, kind, referents, collected = young
+            print(
+                f"           longest gen-1: {cpu * 1000:.1f} ms CPU over {objects} young "
+                f"objects ({cpu * 1e9 / max(1, objects):.0f} ns each), widest young "
+                f"container a {kind} of {referents}; {collected} collected"
+            )
     sys.stdout.flush()
 
 
