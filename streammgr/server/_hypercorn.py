@@ -72,8 +72,8 @@ from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr
 
 from .._logging import get_logger
 from .._validate import check_seconds
@@ -801,8 +801,12 @@ async def serve(
         # handshake too (hypercorn's own bound is 60 s).
         config.ssl_handshake_timeout = min(config.ssl_handshake_timeout, body_timeout)
 
-    async def counted(scope: Any, receive: Any, send: Any) -> None:
+    async def counted(
+        scope: Any, receive: Any, send: Any, sync_spawn: Any = None, call_soon: Any = None
+    ) -> None:
         # Counts the app's calls per connection (read_while_paused waits for them).
+        # hypercorn's app wrapper itself (its ASGIWrapper: the app called with the
+        # first three of these): one coroutine less in each request's task.
         connection = _CONNECTION.get()
         if connection is None:  # the lifespan
             await app(scope, receive, send)
@@ -813,7 +817,7 @@ async def serve(
         finally:
             connection._stream.app_ended()
 
-    wrapped = wrap_app(cast(ASGIFramework, counted), config.wsgi_max_body_size, "asgi")
+    wrapped = cast(AppWrapper, counted)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
