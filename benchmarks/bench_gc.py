@@ -459,6 +459,15 @@ def objects_report(before: dict[str, int], held: dict[str, int], streams: int) -
     growth = collections.Counter({name: held.get(name, 0) - before.get(name, 0) for name in held})
     total = sum(value for value in growth.values() if value > 0)
     lines = [f"\ngc-tracked objects per held stream: {total / streams:.1f}; by type:"]
+    sockets = growth.get("socket.socket", 0)
+    if sockets:
+        # With --upstream sim a stream fully held has two sockets (its client's, its
+        # upstream's): on a loaded machine some are still connecting upstream.
+        lines.insert(
+            0,
+            f"\nsockets gained / 2: {sockets / 2:.0f} streams fully held (of {streams}): "
+            f"{total / (sockets / 2):.1f} objects each",
+        )
     for name, value in growth.most_common(30):
         if value / streams >= 0.5:
             lines.append(f"  {value / streams:>7.1f}  {name}")
