@@ -81,22 +81,35 @@ class PauseRecorder:
         self.started = self.started_cpu = 0.0
         self.pauses: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}
         self.collected = 0
+        # What the longest young collection of each generation looked at (see _young).
+        self._young: tuple[int, str, int] = (0, "", 0)
+        self.longest: dict[int, tuple[float, int, str, int, int]] = {}
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
+        generation = info["generation"]
         if phase == "start":
+            if generation == 1:
+                self._young = _young()  # counted before the clock starts
             self.started, self.started_cpu = time.perf_counter(), time.thread_time()
         else:
             wall = time.perf_counter() - self.started
             cpu = time.thread_time() - self.started_cpu
-            self.pauses[info["generation"]].append((wall, cpu))
+            self.pauses[generation].append((wall, cpu))
             self.collected += info["collected"]
+            if generation == 1 and cpu > self.longest.get(1, (0.0,))[0]:
+                objects, kind, referents = self._young
+                self.longest[1] = (cpu, objects, kind, referents, info["collected"])
 
     def take(self) -> dict[str, Any]:
         """What was recorded since the last take, and start again."""
         pauses, self.pauses = self.pauses, {0: [], 1: [], 2: []}
         collected, self.collected = self.collected, 0
+        longest, self.longest = self.longest, {}
         return {
             "collected": collected,
+            # the longest gen-1 collection: CPU s, young objects, the young container
+            # with the most references (type, how many), objects it collected
+            "longest_young": longest.get(1),
             "by_generation": {
                 str(generation): {
                     "count": len(values),
@@ -107,6 +120,17 @@ class PauseRecorder:
                 for generation, values in pauses.items()
             },
         }
+
+
+def _young() -> tuple[int, str, int]:
+    """The objects a gen-1 collection is about to visit, and the one among them with
+    the most references (each one a visit, often a cache miss, into the old heap)."""
+    young = gc.get_objects(0) + gc.get_objects(1)
+    widest, most = "", 0
+    for item in young:
+        if isinstance(item, (list, dict, set, tuple, frozenset)) and len(item) > most:
+            widest, most = type(item).__qualname__, len(item)
+    return len(young), widest, most
 
 
 def tracked_by_type() -> dict[str, int]:
@@ -142,6 +166,11 @@ def probe(argv: Sequence[str]) -> int:
         data["threshold"] = gc.get_threshold()
         data["frozen"] = gc.get_freeze_count()
         if args.objects:
+            # Garbage not collected yet is not what a held stream keeps: collect it
+            # first (untimed: this collection is not the server's own).
+            gc.callbacks.remove(recorder)
+            gc.collect()
+            gc.callbacks.append(recorder)
             data["objects"] = tracked_by_type()
         if args.garbage:
             gc.collect()
@@ -371,6 +400,17 @@ def where(frames: Sequence[tracemalloc.Frame]) -> str:
     return "other"
 
 
+def where_line(frames: Sequence[tracemalloc.Frame]) -> str:
+    """``package/file.py:line`` of the innermost frame of a known package (trio's
+    charged to its caller)."""
+    for frame in reversed(frames):  # innermost first
+        parts = frame.filename.replace("\\", "/").split("/")
+        for package in PACKAGES:
+            if package in parts and package != "trio":
+                return "/".join(parts[parts.index(package) :]) + f":{frame.lineno}"
+    return "other"
+
+
 def memory_report(before: str, held: str, streams: int) -> list[str]:
     """The growth between two snapshots per held stream, by component."""
     old = tracemalloc.Snapshot.load(before)
@@ -398,6 +438,12 @@ def memory_report(before: str, held: str, streams: int) -> list[str]:
     lines.append("\nBy file (the innermost frame of a known package), per held stream:")
     for name, size in by_file.most_common(30):
         lines.append(f"  {size / streams:>8.0f} B  {name}")
+    by_line: collections.Counter[str] = collections.Counter()
+    for stat in new.compare_to(old, "traceback"):
+        by_line[where_line(list(stat.traceback))] += stat.size_diff
+    lines.append("\nBy line (the innermost frame of a known package), per held stream:")
+    for name, size in by_line.most_common(40):
+        lines.append(f"  {size / streams:>8.0f} B  {name}")
     lines.append("\nThe largest lines (per held stream):")
     for stat in new.compare_to(old, "lineno")[:25]:
         frame = stat.traceback[0]
@@ -413,6 +459,15 @@ def objects_report(before: dict[str, int], held: dict[str, int], streams: int) -
     growth = collections.Counter({name: held.get(name, 0) - before.get(name, 0) for name in held})
     total = sum(value for value in growth.values() if value > 0)
     lines = [f"\ngc-tracked objects per held stream: {total / streams:.1f}; by type:"]
+    sockets = growth.get("socket.socket", 0)
+    if sockets:
+        # With --upstream sim a stream fully held has two sockets (its client's, its
+        # upstream's): on a loaded machine some are still connecting upstream.
+        lines.insert(
+            0,
+            f"\nsockets gained / 2: {sockets / 2:.0f} streams fully held (of {streams}): "
+            f"{total / (sockets / 2):.1f} objects each",
+        )
     for name, value in growth.most_common(30):
         if value / streams >= 0.5:
             lines.append(f"  {value / streams:>7.1f}  {name}")
@@ -537,6 +592,14 @@ def print_run(run: Run) -> None:
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
         )
+        young = phase.report.get("longest_young")
+        if young:
+            cpu, objects, kind, referents, collected = young
+            print(
+                f"           longest gen-1: {cpu * 1000:.1f} ms CPU over {objects} young "
+                f"objects ({cpu * 1e9 / max(1, objects):.0f} ns each), widest young "
+                f"container a {kind} of {referents}; {collected} collected"
+            )
     sys.stdout.flush()
 
 

@@ -211,6 +211,16 @@ class SSESource:
             included), named in the message.
     """
 
+    # One source per gateway stream, for its whole life: no __dict__.
+    __slots__ = (
+        "_last_event_id",
+        "_reconnect",
+        "_secrets",
+        "_settings",
+        "_shown_url",
+        "_timeouts",
+    )
+
     def __init__(
         self,
         client: httpx.AsyncClient,

@@ -57,6 +57,8 @@ _NO_RECONNECT_STATUS = 204  # "stop reconnecting" (WHATWG)
 # After a response is closed, its body iterator is pulled at most this many times:
 # a real closed stream fails at once; one that does not is left, not drained.
 _FINISH_PULLS = 100
+# Content-Encodings httpx's aiter_bytes leaves as they are (its IdentityDecoder).
+_IDENTITY = frozenset({"", "identity"})
 
 
 class Retryable(Exception):
@@ -572,8 +574,15 @@ class _Body:
 
         response.aiter_raw = aiter_raw  # type: ignore[method-assign]
         self._raw: AsyncGenerator[bytes, None] = cast("AsyncGenerator[bytes, None]", raw)
-        self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
         self.encoding = response.headers.get("content-encoding", "")
+        if self.encoding in _IDENTITY and not response.is_stream_consumed:
+            # Nothing to decode: aiter_bytes would yield aiter_raw's chunks unchanged
+            # (both skip empty ones), one generator more per stream for its whole life
+            # and one more level per chunk. (A body already read, as a MockTransport's
+            # content, is aiter_bytes' own: it never calls aiter_raw then.)
+            self.chunks = self._raw
+        else:
+            self.chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
 
     async def finish(self) -> None:
         """Run both generators to their end, once the response is closed.
@@ -585,7 +594,7 @@ class _Body:
         generator is pulled at most ``_FINISH_PULLS`` times (one that still yields is
         left, not drained), then closed.
         """
-        for generator in (self.chunks, self._raw):
+        for generator in (self.chunks, self._raw):  # the same one when not encoded
             try:
                 for _ in range(_FINISH_PULLS):
                     await generator.__anext__()
