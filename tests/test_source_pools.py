@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpcore
@@ -408,4 +408,68 @@ async def test_a_shards_orphaned_connection_is_reclaimed(nursery: trio.Nursery) 
         assert sharded.in_flight == 4
         upstream.release(4)
         await streams.wait_ended(4)
+    server.stop.set()
+
+
+class GatedUpstream:
+    """A raw ASGI SSE upstream that answers no request until ``expected`` requests have
+    arrived whole (head and body): a client that sends one only after another's answer
+    or body waits for ever."""
+
+    def __init__(self) -> None:
+        self.connections: set[tuple[str, int]] = set()
+        self.requests = 0
+        self.expected = 0
+        self._all_in = trio.Event()
+
+    def expect(self, count: int) -> None:
+        self.requests, self.expected, self._all_in = 0, count, trio.Event()
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.connections.add(tuple(scope["client"]))
+        self.requests += 1
+        if self.requests == self.expected:
+            self._all_in.set()
+        await self._all_in.wait()
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+async def test_a_burst_of_streams_reaches_the_upstream_before_any_is_answered(
+    nursery: trio.Nursery,
+) -> None:
+    # What a fresh `serve` does with its first 12 streams, then with 12 more on the
+    # connections they left: every request goes out at once, none waits for another's
+    # answer or body (the claim on a shard's idle connections is held only until the
+    # request's body starts). A request parked on an opened connection would wait here
+    # for ever, as it would upstream until a keep-alive timer closed its connection.
+    upstream = GatedUpstream()
+    server = await Server().start(nursery, upstream)
+    transport = ShardedTransport(
+        limits=httpx.Limits(max_connections=28, max_keepalive_connections=12)
+    )
+    url = f"{server.url}/v1/chat/completions"
+
+    async def post(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", url, json={"stream": True}) as response:
+            assert (await response.aread()) == b"data: [DONE]\n\n"
+
+    async with httpx.AsyncClient(transport=transport, timeout=PATIENCE) as client:
+        for _wave in range(2):
+            upstream.expect(12)
+            with trio.fail_after(PATIENCE):
+                async with trio.open_nursery() as burst:
+                    for _ in range(12):
+                        burst.start_soon(post, client)
+            assert upstream.requests == 12
+        assert transport.in_flight == 0
+    assert len(upstream.connections) < 24  # the second wave reused connections
     server.stop.set()
