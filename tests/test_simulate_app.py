@@ -374,3 +374,28 @@ async def test_status_faults_over_loopback(served: tuple[SimulatedUpstream, str]
         models = await http.get(f"{base}/models")
         assert models.json()["data"][0]["id"] == "sim-small"
     assert (await settled(upstream)).faulted == 1
+
+
+async def test_a_response_counts_as_closed_as_its_end_is_handed_over(
+    upstream: SimulatedUpstream, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A client that has read a response's end may send its next request at once (over
+    # the same connection, reused): the ledger must not count both open together.
+    open_at_end: list[int] = []
+    messages = [{"type": "http.request", "body": request(), "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            open_at_end.append(upstream.stats().open)
+
+    scope = {"type": "http", "method": "POST", "path": CHAT, "headers": []}
+    await upstream(cast(Any, scope), receive, send)
+    assert open_at_end == [0]
+    stats = upstream.stats()
+    assert (stats.open, stats.completed) == (0, 1)

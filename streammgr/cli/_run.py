@@ -198,6 +198,10 @@ def upstream_client(
     limits = httpx.Limits(
         max_connections=None if max_streams is None else max_streams + 16,
         max_keepalive_connections=max_streams or 100,
+        # Below the 5 s idle timeout of hypercorn and uvicorn (a self-hosted upstream):
+        # at httpx's default of 5 s, a connection reused as the upstream closes it fails
+        # the request, which cannot be sent again (it may have been read).
+        keepalive_expiry=4.0,
     )
     if transport is None:
         transport = ShardedTransport(limits=limits)

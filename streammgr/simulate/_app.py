@@ -21,7 +21,7 @@ import trio
 
 from ._response import DEFAULT_MODELS, SimulatedResponse, Write, error_response, respond
 from ._scenario import Behaviour, Fault
-from ._stats import ConnectionLedger, ConnectionStats, Ending
+from ._stats import ConnectionLedger, ConnectionStats, Ending, ResponseRecord
 
 __all__ = ["Message", "Receive", "Scope", "Send", "SimulatedUpstream"]
 
@@ -145,7 +145,7 @@ class SimulatedUpstream:
                 )
             else:
                 response = self.respond(str(scope.get("method", "GET")), _path(scope), body)
-            ending = await _serve(response, receive, send)
+            ending = await _serve(response, receive, send, record)
         finally:
             record.close(ending)
 
@@ -195,16 +195,23 @@ async def _request_body(receive: Receive) -> bytes | None:
 class _Progress:
     """How far a response got: every byte handed over, or the client gone first."""
 
-    __slots__ = ("client_left", "sent_all")
+    __slots__ = ("client_left", "record", "sent_all")
 
-    def __init__(self) -> None:
+    def __init__(self, record: ResponseRecord | None = None) -> None:
         self.sent_all = False
         self.client_left = False
+        self.record = record
 
 
-async def _serve(response: SimulatedResponse, receive: Receive, send: Send) -> Ending:
-    """Carry out ``response`` over ASGI while watching for the client to leave."""
-    progress = _Progress()
+async def _serve(
+    response: SimulatedResponse,
+    receive: Receive,
+    send: Send,
+    record: ResponseRecord | None = None,
+) -> Ending:
+    """Carry out ``response`` over ASGI while watching for the client to leave;
+    ``record`` is closed as the end is handed over."""
+    progress = _Progress(record)
     async with trio.open_nursery() as nursery:
 
         async def watch_disconnect() -> None:
@@ -242,4 +249,10 @@ async def _send_response(response: SimulatedResponse, send: Send, progress: _Pro
             await trio.sleep(step.seconds)
     progress.sent_all = True  # the last byte is handed over (the end message has none)
     if not response.drops:
+        if progress.record is not None:
+            # Counted as closed as its end is handed over, not when this task resumes
+            # after it: a client that read the end may open its next request at once
+            # (on the same connection, now reused), which must not count as one more
+            # open at the same time.
+            progress.record.close(Ending.COMPLETED if response.fault is None else Ending.FAULT)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
