@@ -21,13 +21,15 @@ the rig and the Redis fixture assert that nothing is left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Container
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Container
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import coredis.exceptions
 import httpx
@@ -179,10 +181,13 @@ async def _sampling(url: str) -> AsyncIterator[RedisCounts]:
                 async with redis_client(url) as redis:
                     while True:
                         leases = await redis.zcard("streammgr:leases")
-                        per_key = [
-                            await redis.zcard(name)
-                            async for name in redis.scan_iter(match="streammgr:key:*")
-                        ]
+                        # aclosing: a sample cancelled mid-scan must not leave the
+                        # generator to the garbage collector (a ResourceWarning).
+                        scan = redis.scan_iter(match="streammgr:key:*")
+                        async with contextlib.aclosing(
+                            cast("AsyncGenerator[str, None]", scan)  # typed an iterator
+                        ) as names:
+                            per_key = [await redis.zcard(name) async for name in names]
                         counts.samples += 1
                         counts.max_leases = max(counts.max_leases, leases)
                         counts.max_per_key = max([counts.max_per_key, *per_key])
