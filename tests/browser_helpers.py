@@ -128,8 +128,9 @@ def chromium() -> Iterator[Chromium]:
     except ImportError:
         missing_server("playwright is not installed: pip install -e '.[dev]'")
     browser = Chromium()
-    browser.start()
     try:
+        # Inside the try: a launch that outlasts start()'s wait is still stopped.
+        browser.start()
         yield browser
     finally:
         browser.stop()
