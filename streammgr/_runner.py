@@ -49,6 +49,7 @@ from ._registry import Registry, StreamRecord
 from ._states import CloseReason
 from ._stream import CURRENT_RECORD, CURRENT_SECRETS, ManagedStream, StreamSender
 from ._timeouts import TimeoutWatchdog
+from ._timers import SharedTimers
 
 __all__ = ["StreamRunner"]
 
@@ -87,6 +88,9 @@ class StreamRunner:
         self.cleanup_timeout = cleanup_timeout
         self.log = log
         self.watchdog = TimeoutWatchdog(self._timeout_expired)
+        # The timers of the manager's responses (keep-alives, write guards): the
+        # watchdog's task serves them too.
+        self.timers: SharedTimers = self.watchdog.timers
         self.nursery: trio.Nursery | None = None
         self.closing = False
         self.closed = False

@@ -22,6 +22,7 @@ import trio
 from ._lifecycle import State
 from ._registry import StreamRecord
 from ._states import CloseReason
+from ._timers import SharedTimers
 from ._validate import MIN_SECONDS
 
 __all__ = ["TimeoutWatchdog", "next_check"]
@@ -89,6 +90,9 @@ class TimeoutWatchdog:
     skipped when popped, and swept as soon as they are most of a heap of more than
     ``_SWEEP_AT`` entries, so their number stays bounded by the open streams.
 
+    The same task serves :attr:`timers`, the manager's other timers (its streaming
+    responses' keep-alives and write guards): one sleep for all of them.
+
     Args:
         on_expired: called (synchronously) with the record, the reason and a
             human-readable detail when one of its timeouts expires.
@@ -100,6 +104,7 @@ class TimeoutWatchdog:
         self._order = itertools.count()
         self._stale = 0  # entries whose stream has closed
         self._scope: trio.CancelScope | None = None
+        self.timers = SharedTimers()
 
     def watch(self, record: StreamRecord, now: float) -> None:
         """Start watching a just-admitted stream (if it has any timeout)."""
@@ -140,12 +145,16 @@ class TimeoutWatchdog:
     async def run(self) -> None:
         """Sleep until the earliest check, check, repeat; runs until cancelled."""
         heap = self._heap
+        timers = self.timers
         while True:
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
-                self._scope = scope
+            deadline = min(heap[0][0] if heap else math.inf, timers.next_deadline())
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._scope = timers.sleep = scope
                 await trio.sleep_forever()
-            self._scope = None
-            self._check_due(trio.current_time())
+            self._scope = timers.sleep = None
+            now = trio.current_time()
+            self._check_due(now)
+            timers.fire_due(now)
 
     def _check_due(self, now: float) -> None:
         """Check every stream whose check time has come (a function of its own, so

@@ -58,31 +58,36 @@ import os
 import select
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, Protocol, cast
 
 import h11
 import trio
 from h2.stream import StreamState
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr
+from hypercorn.utils import parse_socket_addr, repr_socket_addr
 
 from .._logging import get_logger
 from .._validate import check_seconds
 
 __all__ = [
+    "DISCONNECT_NOTICE",
     "TESTED_HYPERCORN_VERSIONS",
     "Connection",
+    "DisconnectNotice",
     "check_tls_pair",
     "current_connection",
+    "disconnect_notice",
     "serve",
     "tls_context",
 ]
@@ -129,6 +134,139 @@ def current_connection() -> Connection | None:
     hypercorn's own ``serve``).
     """
     return _CONNECTION.get()
+
+
+DISCONNECT_NOTICE = "streammgr.disconnect_notice"
+"""The key, in an ASGI scope's ``extensions``, of the request's :class:`DisconnectNotice`
+(offered by :func:`serve`; absent under any other server)."""
+
+
+class DisconnectNotice(Protocol):
+    """What :func:`serve` offers a request's app instead of a task parked in ``receive()``.
+
+    A streaming response that reads no more of its request needed a task receiving
+    until ``http.disconnect`` (~2.2 KiB and its frames, per held stream). Here the
+    server calls back instead, in its reader's task, the moment the client's end is
+    seen.
+    """
+
+    def notify(self, callback: Callable[[], object]) -> bool:
+        """From now on the app receives no more: messages still queued are dropped,
+        those to come too, and ``callback()`` is called at ``http.disconnect`` (once; it
+        must not raise nor wait). Returns ``True`` (and calls nothing) if the
+        disconnect had already come."""
+
+    def stop_notifying(self) -> None:
+        """No more calls back; messages queue for ``receive()`` again."""
+
+
+class _AppQueue:
+    """A request's ASGI messages on their way from hypercorn to the app, and its
+    :class:`DisconnectNotice`.
+
+    hypercorn's trio worker gives each request a ``trio`` memory channel of
+    ``max_app_queue_size`` (its state, two channel objects, a deque: ~1.7 KiB kept for
+    a held stream's whole life); this is a list and two events made only while one
+    side waits, with the same bound (the reader waits while the app has not taken
+    ``limit`` messages) and the same checkpoint in ``receive()``.
+    """
+
+    __slots__ = ("_limit", "_messages", "_notice", "_readable", "_writable")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._messages: list[Any] = []
+        self._readable: trio.Event | None = None
+        self._writable: trio.Event | None = None
+        self._notice: Callable[[], object] | None = None
+
+    async def put(self, message: Any) -> None:
+        """hypercorn's ``app_put``: queue one message for the app."""
+        notice = self._notice
+        if notice is not None:
+            if message.get("type") == "http.disconnect":
+                self._notice = None
+                notice()
+            return
+        while len(self._messages) >= self._limit:
+            self._writable = writable = trio.Event()
+            await writable.wait()
+            if self._notice is not None:
+                await self.put(message)
+                return
+        self._messages.append(message)
+        readable = self._readable
+        if readable is not None:
+            self._readable = None
+            readable.set()
+
+    async def receive(self) -> Any:
+        """The app's ``receive()``: the next message, once there is one."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._messages:
+            self._readable = readable = trio.Event()
+            await readable.wait()
+        message = self._messages.pop(0)
+        self._wake_writer()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
+
+    def _wake_writer(self) -> None:
+        writable = self._writable
+        if writable is not None:
+            self._writable = None
+            writable.set()
+
+    def notify(self, callback: Callable[[], object]) -> bool:
+        """See :meth:`DisconnectNotice.notify`."""
+        messages, self._messages = self._messages, []
+        self._wake_writer()
+        if any(message.get("type") == "http.disconnect" for message in messages):
+            return True
+        self._notice = callback
+        return False
+
+    def stop_notifying(self) -> None:
+        """See :meth:`DisconnectNotice.stop_notifying`."""
+        self._notice = None
+
+
+class _TaskGroup(TaskGroup):
+    """hypercorn's per-connection task group, spawning each request's app with an
+    :class:`_AppQueue` instead of a memory channel, and offering the request its
+    :class:`DisconnectNotice` (``scope["extensions"][DISCONNECT_NOTICE]``)."""
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: Config,
+        scope: Any,
+        send: Callable[[Any], Awaitable[None]],
+    ) -> Callable[[Any], Awaitable[None]]:
+        queue = _AppQueue(config.max_app_queue_size)
+        if scope.get("type") == "http":
+            scope.setdefault("extensions", {})[DISCONNECT_NOTICE] = queue
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            _handle,
+            app,
+            config,
+            scope,
+            queue.receive,
+            send,
+            trio.to_thread.run_sync,
+            trio.from_thread.run,
+        )
+        return queue.put
+
+
+def disconnect_notice(scope: Mapping[str, Any]) -> DisconnectNotice | None:
+    """The request's :class:`DisconnectNotice`, where :func:`serve` serves it (else ``None``)."""
+    extensions = scope.get("extensions")
+    if not extensions:
+        return None
+    notice: DisconnectNotice | None = extensions.get(DISCONNECT_NOTICE)
+    return notice
 
 
 # What an HTTP/1.1 connection is doing, as its reader sees it (_ClientStream._phase).
@@ -657,6 +795,49 @@ class _Server(TCPServer):
         self._reading = True
         self._idle = True
         self.reader = trio.CancelScope()  # around hypercorn's read loop
+
+    async def run(self) -> None:
+        """hypercorn's ``TCPServer.run`` (0.18.0), with :class:`_TaskGroup` in place of
+        its task group."""
+        try:
+            try:
+                with trio.fail_after(self.config.ssl_handshake_timeout):
+                    await self.stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                return  # Handshake failed
+            alpn_protocol = self.stream.selected_alpn_protocol()
+            socket = self.stream.transport_stream.socket
+            ssl = True
+        except AttributeError:  # Not SSL
+            alpn_protocol = "http/1.1"
+            socket = self.stream.socket
+            ssl = False
+
+        try:
+            client = parse_socket_addr(socket.family, socket.getpeername())
+            server = parse_socket_addr(socket.family, socket.getsockname())
+
+            async with _TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    ssl,
+                    client,
+                    server,
+                    self.protocol_send,
+                    alpn_protocol,
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
 
     def release(self) -> None:
         """Let go of the connection's protocol once the connection has ended.

@@ -1,25 +1,33 @@
 """The streaming response a backend service returns from its own endpoints.
 
 :class:`EventStreamResponse` opens a stream through a :class:`StreamManager` and
-answers ``text/event-stream``, one body write per batch. Three tasks serve one
-request, so that no phase can hide a client that went away:
+answers ``text/event-stream``, one body write per batch. One task of its own serves
+a held stream, and nothing is armed per response beyond a heap entry, so that no
+phase can hide a client that went away and an idle stream costs almost nothing:
 
 - the **response's task** opens the stream (single-reader mode: it pulls from the
   upstream itself, no producer task, no channel) and writes its batches and the end,
   with no cancel scope armed per read or per write;
-- a **client watcher** receives ASGI messages and, at ``http.disconnect``, cancels
-  the stream (``client_disconnected``) and the response. It does not rely on the
-  server's ASGI spec version (Starlette's ``StreamingResponse`` listens for
-  ``http.disconnect`` only when the server reports spec < 2.4, and otherwise waits
-  for ``send()`` to fail, which hypercorn's trio worker never does);
-- a **keeper** writes what is due while the response's task waits for its upstream
-  (the headers at ``answer_within``, keep-alives), each write in a short task it
-  watches, and is the write guard (``stall_timeout``): a write in flight that waited
+- the **client's leaving**: under :func:`~streammgr.server.serve`, the server calls
+  back at ``http.disconnect`` (its :class:`~streammgr.server._hypercorn.DisconnectNotice`),
+  which cancels the stream (``client_disconnected``) and the response. Under any
+  other server a **client watcher** task receives ASGI messages until
+  ``http.disconnect`` and does the same. It does not rely on the server's ASGI spec
+  version (Starlette's ``StreamingResponse`` listens for ``http.disconnect`` only
+  when the server reports spec < 2.4, and otherwise waits for ``send()`` to fail,
+  which hypercorn's trio worker never does);
+- a **timer** in the manager's one deadline heap (:class:`~streammgr._timers.SharedTimers`,
+  served by the manager's watchdog task), not a task: when it fires it starts what is
+  due while the response's task waits for its upstream (the headers at
+  ``answer_within``, keep-alives), each write in a short task of the response, and
+  it is the write guard (``stall_timeout``): a write in flight that waited
   ``stall_timeout`` means the client stopped reading. It cancels the stream
   (``client_stalled``): the manager closes the parked producer and releases its slot
   even while the response's task is parked in a ``send()`` that hypercorn shields
-  from cancellation. Then it closes the connection, if
-  :func:`~streammgr.server.serve` serves it, which wakes that send.
+  from cancellation. Then a short task closes the connection, if
+  :func:`~streammgr.server.serve` serves it, which wakes that send. Writes only stamp
+  their times: the timer is never re-armed per batch; when it fires early (a write
+  moved the next keep-alive later) it answers the later time.
 
 Nothing is written while the stream waits for a slot: its status is not known yet.
 The wait ends by ``answer_within`` (then a 429), so that every refusal by a limit is
@@ -42,6 +50,7 @@ from .._manager import StreamManager
 from .._options import check_option
 from .._states import CloseReason
 from .._stream import ManagedStream
+from .._timers import TimerEntry
 from .._validate import UNSET
 from ._answers import (
     KEEP_ALIVE,
@@ -51,7 +60,7 @@ from ._answers import (
     error_answer,
     without_resume_fields,
 )
-from ._hypercorn import Connection, current_connection
+from ._hypercorn import Connection, current_connection, disconnect_notice
 
 __all__ = ["EventStreamResponse"]
 
@@ -211,9 +220,18 @@ class EventStreamResponse(Response):
             raise TypeError(f"EventStreamResponse answers http requests, not {scope['type']!r}")
         async with trio.open_nursery() as nursery:
             run = _Run(self, scope, send, nursery)
-            nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
-            nursery.start_soon(run.keep, self._stall_timeout, name="streammgr-keeper")
-            await run.respond()
+            notice = disconnect_notice(scope)
+            if notice is None:
+                nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
+            elif notice.notify(run.client_left):
+                run.client_left()
+            run.arm()
+            try:
+                await run.respond()
+            finally:
+                run.disarm()
+                if notice is not None:
+                    notice.stop_notifying()
             nursery.cancel_scope.cancel()
 
 
@@ -287,11 +305,9 @@ class _Writer:
         # Body messages, once the start went through ``send``: the server's own
         # send where a DirectBodyWrites layer vouches for the layers in between.
         self._body_send = body_send
-        # Set while the keeper's keep-alive write is in flight: every other write
+        # Set while the timer's keep-alive write is in flight: every other write
         # waits for it (one check per write), so that writes never interleave.
         self.keep_alive_done: trio.Event | None = None
-        # The keeper's sleep, so that admission can wake it (see admitted()).
-        self.keeper_sleep: trio.CancelScope | None = None
         self._admitted = False
         self._status = response.status_code
         self._headers = response.raw_headers
@@ -306,16 +322,15 @@ class _Writer:
         self._answer_at = math.inf if within is None else trio.current_time() + within
         self._last_write = -math.inf
 
-    def admitted(self) -> None:
+    def admitted(self) -> float:
         """The stream holds its slot: the status is decided. Without an answer
         deadline, the headers go out with the first keep-alive at the latest, so
-        that a slow upstream never leaves the client without its headers."""
+        that a slow upstream never leaves the client without its headers. Returns
+        when they are due."""
         if self._answer_at == math.inf:
             self._answer_at = trio.current_time() + self.keep_alive_period
         self._admitted = True
-        sleep = self.keeper_sleep
-        if sleep is not None:
-            sleep.deadline = min(sleep.deadline, self._answer_at)
+        return self._answer_at
 
     def idle_write_at(self) -> float:
         """When to write if nothing else is: the headers, or a keep-alive (never
@@ -354,9 +369,9 @@ class _Writer:
             await self._write({"type": "http.response.body", "body": data, "more_body": True})
 
     async def keep_alive(self, done: trio.Event) -> None:
-        """The keeper's write: the headers with a keep-alive, or a keep-alive.
+        """The timer's write: the headers with a keep-alive, or a keep-alive.
 
-        ``done`` is :attr:`keep_alive_done`, set by the keeper when it decided to
+        ``done`` is :attr:`keep_alive_done`, set by the timer when it decided to
         write; it is set when this write is over, whatever happens.
         """
         try:
@@ -403,7 +418,8 @@ class _ClientGone(Exception):
 
 
 class _Run:
-    """One call of an :class:`EventStreamResponse`: its tasks and what they share."""
+    """One call of an :class:`EventStreamResponse`: what its task, its timer and the
+    server's disconnect notice (or the watcher task) share."""
 
     def __init__(
         self, response: EventStreamResponse, scope: Scope, send: Send, nursery: trio.Nursery
@@ -414,14 +430,18 @@ class _Run:
         self._nursery = nursery
         self._connection: Connection | None = current_connection()
         self._writer = _Writer(send, response, scope.get(DIRECT_SEND, send))
+        stall_timeout = response._stall_timeout
+        self._stall = math.inf if stall_timeout is None else stall_timeout
+        self._timers = response._manager._runner.timers
+        self._timer: TimerEntry | None = None
 
     def _stop(self, close_reason: CloseReason, detail: str) -> None:
         """The client is gone: end the stream (the first reason stays) and the response."""
         self._manager.cancel(self._stream.id, reason=detail, close_reason=close_reason)
         self._nursery.cancel_scope.cancel()
 
-    async def watch_client(self, receive: Receive) -> None:
-        """Receive until ``http.disconnect``, whatever the server's ASGI spec version.
+    def client_left(self) -> None:
+        """``http.disconnect``, as the server's notice or the watcher saw it.
 
         Once the last write has begun, a disconnect is the server's, not the
         client's: hypercorn says ``http.disconnect`` from *inside* the app's last
@@ -430,61 +450,72 @@ class _Run:
         connection was left open until hypercorn's own timeout). A client that
         stops reading during the last write is still the write guard's business.
         """
+        if not self._writer.ended:
+            self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+
+    async def watch_client(self, receive: Receive) -> None:
+        """Receive until ``http.disconnect``, whatever the server's ASGI spec version
+        (under a server that offers no disconnect notice)."""
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                if not self._writer.ended:
-                    self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+                self.client_left()
                 return
 
-    async def keep(self, stall_timeout: float | None) -> None:
-        """Keep-alives, the headers when they are due, and the write guard: one task
-        and one timer per response, armed per keep-alive period, never per batch.
+    def arm(self) -> None:
+        """Put the response's timer in the manager's heap: before admission it only
+        guards writes (none happen then), so it first looks ``stall_timeout`` on."""
+        self._timer = self._timers.schedule(self, trio.current_time() + self._stall)
+
+    def disarm(self) -> None:
+        """The response is over: its timer leaves the heap now."""
+        self._timers.cancel(self._timer)
+        self._timer = None
+
+    def fire(self, now: float) -> float:
+        """The timer: keep-alives, the headers when they are due, and the write guard.
 
         While the response's task waits for the stream (in single-reader mode it
-        runs the producer's read itself, which no timer may interrupt), this task
+        runs the producer's read itself, which no timer may interrupt), this
         writes what is due: the headers (``answer_within``) and keep-alive comments
-        (``keep_alive``), each in a short task of the response's nursery so that
-        this one goes on watching it. It also ends the response when one write has
-        waited ``stall_timeout`` for the client (see :func:`until_stalled`; writers
-        only stamp the time). A write that ends early moves the next keep-alive
-        later: this task then wakes at the old time once, and sleeps again.
+        (``keep_alive``), each in a short task of the response's nursery. It also
+        ends the response when one write has waited ``stall_timeout`` for the
+        client (writers only stamp the time). Returns when to look again: a write
+        that ends early moves the next keep-alive later, and the timer, firing at
+        the old time, answers the new one (never re-armed per batch).
         """
         writer = self._writer
-        stall = math.inf if stall_timeout is None else stall_timeout
-        clock = trio.current_time
-        while True:
-            now = clock()
-            started = writer.write_started
-            if started is not None:
-                if now >= started + stall:
-                    break
-                # The next keep-alive is due a period after this write ends, at
-                # the earliest a period from now.
-                wake = min(started + stall, now + writer.keep_alive_period)
-            else:
-                due = writer.idle_write_at()
-                if now >= due and writer.keep_alive_done is None:
-                    writer.write_started = now  # watched from now on
-                    writer.keep_alive_done = done = trio.Event()
-                    self._nursery.start_soon(self._keep_alive, done, name="streammgr-keep-alive")
-                    continue
+        stall = self._stall
+        started = writer.write_started
+        if started is None and writer.keep_alive_done is None:
+            due = writer.idle_write_at()
+            if now < due:
                 # No write in flight: look again within stall_timeout, since one
                 # that starts now must be caught the moment it reaches it.
-                wake = min(due, now + stall)
-            with trio.CancelScope(deadline=wake) as writer.keeper_sleep:
-                await trio.sleep_forever()
-            writer.keeper_sleep = None
-        assert stall_timeout is not None
+                return min(due, now + stall)
+            writer.write_started = started = now  # watched from now on
+            writer.keep_alive_done = done = trio.Event()
+            self._nursery.start_soon(self._keep_alive, done, name="streammgr-keep-alive")
+        elif started is None:
+            started = now  # between the two writes of a keep-alive with the headers
+        if now < started + stall:
+            # The next keep-alive is due a period after this write ends, at the
+            # earliest a period from now.
+            return min(started + stall, now + writer.keep_alive_period)
         get_logger().warning(
-            "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall_timeout
+            "response.client_stalled", stream_id=self._stream.id, stall_timeout=stall
         )
         # The stream first, so that its reason is recorded before the connection's
         # close makes the server report a disconnect.
-        self._stop(CloseReason.CLIENT_STALLED, f"the client read nothing for {stall_timeout:g}s")
+        self._stop(CloseReason.CLIENT_STALLED, f"the client read nothing for {stall:g}s")
         if self._connection is not None:
-            with trio.CancelScope(shield=True):
-                await self._connection.abort()
+            self._nursery.start_soon(self._abort, name="streammgr-abort")
+        return math.inf
+
+    async def _abort(self) -> None:
+        assert self._connection is not None
+        with trio.CancelScope(shield=True):
+            await self._connection.abort()
 
     async def _keep_alive(self, done: trio.Event) -> None:
         try:
@@ -521,9 +552,9 @@ class _Run:
 
     async def _write_batches(self, stream: ManagedStream[Any]) -> None:
         """Pull a batch, write it; nothing armed per batch: keep-alives, the
-        headers' deadline and the stall guard are the keeper's (see :meth:`keep`)."""
+        headers' deadline and the stall guard are the timer's (see :meth:`fire`)."""
         writer, encode = self._writer, self._response._encode
-        writer.admitted()
+        self._timer = self._timers.reschedule(self._timer, self, writer.admitted())
         # stream.batches()'s own step, without its wrapper: one coroutine less
         # per batch, paid again at every suspension of an inline producer.
         next_batch = stream._next_batch
