@@ -224,7 +224,9 @@ class EventStreamResponse(Response):
             if notice is None:
                 nursery.start_soon(run.watch_client, receive, name="streammgr-client-watcher")
             elif notice.notify(run.client_left):
-                run.client_left()
+                # Gone already: told once the stream is registered (as the watcher
+                # would, from its first turn), so that the reason is recorded.
+                nursery.start_soon(run.left_before_the_call, name="streammgr-client-gone")
             run.arm()
             try:
                 await run.respond()
@@ -452,6 +454,10 @@ class _Run:
         """
         if not self._writer.ended:
             self._stop(CloseReason.CLIENT_DISCONNECTED, "the client disconnected")
+
+    async def left_before_the_call(self) -> None:
+        """The disconnect came before the response was called."""
+        self.client_left()
 
     async def watch_client(self, receive: Receive) -> None:
         """Receive until ``http.disconnect``, whatever the server's ASGI spec version
