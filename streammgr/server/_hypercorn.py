@@ -185,7 +185,7 @@ class _AppQueue:
         notice = self._notice
         if notice is not None:
             if message.get("type") == "http.disconnect":
-                self._notice = None
+                self._notice = _called_back  # once; what comes next is dropped too
                 notice()
             return
         while len(self._messages) >= self._limit:
@@ -229,6 +229,10 @@ class _AppQueue:
     def stop_notifying(self) -> None:
         """See :meth:`DisconnectNotice.stop_notifying`."""
         self._notice = None
+
+
+def _called_back() -> None:
+    """The notice of an :class:`_AppQueue` that has called back already."""
 
 
 class _TaskGroup(TaskGroup):
