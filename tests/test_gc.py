@@ -19,13 +19,13 @@ import pytest
 import trio
 import trio.testing
 
-from streammgr import SERVER_GC_THRESHOLD, StreamManager, tune_gc
+from streammgr import SERVER_GC_THRESHOLD, CloseReason, StreamManager, tune_gc
 from streammgr._gc import parse_gc_threshold
 from streammgr.cli import main
-from streammgr.server import ServiceOptions
+from streammgr.server import ServiceOptions, admin_app
 
 from .cli_helpers import started
-from .fault_helpers import raw_request, token_chat
+from .fault_helpers import chat, raw_request, token_chat
 from .server_helpers import PATIENCE, Scope, Server, raw_client, running_service, wait_until
 
 
@@ -227,3 +227,48 @@ async def test_gateway_streams_leave_no_reference_cycle() -> None:
             gc.collect()
             kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
         assert not kept, f"reference cycles left by the gateway's streams: {kept}"
+
+
+async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> None:
+    # A stream that ends in an error written in-band (an operator's cancel, an
+    # upstream's error event, an upstream dropping mid-answer) must leave no cycle
+    # either: the response kept the error in a local of the frame its traceback
+    # holds, and so the whole connection, in every soak, until a full collection.
+    options = ServiceOptions(upstream_url="http://sim/v1")
+    manager = StreamManager()
+    faults = (
+        {"fault": "error_in_stream", "fault_after": 2},
+        {"fault": "drop_mid_stream", "fault_after": 2},
+    )
+    with garbage_kept() as garbage:
+        async with (
+            trio.open_nursery() as nursery,
+            running_service(nursery, manager, options, admin=admin_app(manager, prefix="")) as (
+                server,
+                _,
+            ),
+        ):
+            for _ in range(2):
+                body = json.dumps(token_chat(50, 0.05)).encode()
+                held = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await held.until(lambda answer: b'"content":"' in answer.body)
+                path = f"/admin/streams/{held.headers['x-stream-id']}"
+                cancel = await raw_request(server.port, "DELETE", path)
+                await cancel.until(lambda answer: answer.body.endswith(b"}"))
+                assert cancel.status == 200
+                await cancel.stream.aclose()
+                await held.until(lambda answer: answer.body.endswith(b"0\r\n\r\n"))
+                assert b'"code":"cancelled"' in held.body
+                await held.stream.aclose()
+            for fault in faults:
+                body = json.dumps(chat(tokens=5, first_token_latency=0, **fault)).encode()
+                failed = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await failed.until(lambda answer: answer.body.endswith(b"0\r\n\r\n"))
+                assert b'"error"' in failed.body
+                await failed.stream.aclose()
+            await wait_until(lambda: manager.stats().closed_total == 2 + len(faults))
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the connections' tasks ended
+            assert manager.stats().closed_by_reason[CloseReason.CANCELLED] == 2
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
+        assert not kept, f"reference cycles left by streams ending in an error: {kept}"

@@ -159,7 +159,11 @@ class _ChatEvents:
                     events = batch[:end]
                     yield RawBatch(events, b"".join(encode(event) for event in events))
                 if failure is not None:
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        # Its traceback holds this frame: no reference cycle left.
+                        failure = None
                 if end and batch[end - 1].data == OPENAI_DONE:
                     # Nothing after [DONE] is forwarded; its body's end is read so
                     # that the upstream connection is reused.
