@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -236,7 +236,7 @@ async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> 
     # holds, and so the whole connection, in every soak, until a full collection.
     options = ServiceOptions(upstream_url="http://sim/v1")
     manager = StreamManager()
-    faults = (
+    faults: tuple[dict[str, Any], ...] = (
         {"fault": "error_in_stream", "fault_after": 2},
         {"fault": "drop_mid_stream", "fault_after": 2},
     )
@@ -272,3 +272,31 @@ async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> 
             gc.collect()
             kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
         assert not kept, f"reference cycles left by streams ending in an error: {kept}"
+
+
+class _Failed(Exception):
+    """What the failing producer raises."""
+
+
+async def _fails_after_one() -> AsyncIterator[int]:
+    yield 1
+    raise _Failed("the producer failed")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["task", "inline"])
+async def test_a_failed_producer_leaves_no_reference_cycle(inline: bool) -> None:
+    # The reader gets the producer's own exception; once it has left its block,
+    # nothing of the stream may stay in a cycle (the record held the exception,
+    # the producer's task kept it in a local of the frame its traceback holds).
+    with garbage_kept() as garbage:
+        async with StreamManager() as manager:
+            for _ in range(3):
+                with pytest.raises(_Failed):
+                    async with manager.open(_fails_after_one, inline=inline) as stream:
+                        async for _ in stream:
+                            pass
+            await trio.testing.wait_all_tasks_blocked()
+            assert manager.stats().closed_by_reason[CloseReason.PRODUCER_ERROR] == 3
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", __name__))
+        assert not kept, f"reference cycles left by failed producers: {kept}"
