@@ -15,6 +15,7 @@ that a growth of the one without the other says which it is.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from dataclasses import asdict, dataclass
@@ -22,6 +23,9 @@ from pathlib import Path
 
 HISTORY_SIZE = 1000
 """``serve``'s registry history (the manager's ``history_size`` default): warm until full."""
+
+STEP = 2**20
+"""An RSS rise between two quiet points at least this large is reported as a step."""
 
 SOAK_FILE = "soak.json"
 """Where ``load_gateway.py --tracemalloc DIR`` writes the quiet points, for ``compare``."""
@@ -96,6 +100,15 @@ def report(points: list[QuietPoint], history_size: int = HISTORY_SIZE) -> list[s
         f"{steady[-1].closed - steady[0].closed} streams closed): RSS {rss:+.2f} MiB/hour "
         f"({rss_pct:+.2f}%/hour of {steady[0].rss / 2**20:.1f} MiB)"
     )
+    steps = [
+        f"{(after.rss - before.rss) / 2**20:+.1f} MiB at {after.seconds / 60:.1f} min"
+        for before, after in itertools.pairwise(steady)
+        if after.rss - before.rss >= STEP
+    ]
+    if steps:
+        # The allocator's high-water mark rises with a new peak of memory in flight
+        # and stays: a line through a step is not a growth rate.
+        lines.append(f"  RSS rose in steps of at least 1 MiB: {', '.join(steps)}")
     if all(point.traced is not None for point in steady):
         traced_values = [float(point.traced or 0) for point in steady]
         python, python_pct = growth(steady, traced_values)
