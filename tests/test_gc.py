@@ -24,6 +24,7 @@ from streammgr._gc import parse_gc_threshold
 from streammgr.cli import main
 from streammgr.server import ServiceOptions, admin_app
 
+from .chat_ws_helpers import connect, request, until_done
 from .cli_helpers import started
 from .fault_helpers import chat, raw_request, token_chat
 from .server_helpers import PATIENCE, Scope, Server, raw_client, running_service, wait_until
@@ -230,10 +231,12 @@ async def test_gateway_streams_leave_no_reference_cycle() -> None:
 
 
 async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> None:
-    # A stream that ends in an error written in-band (an operator's cancel, an
-    # upstream's error event, an upstream dropping mid-answer) must leave no cycle
-    # either: the response kept the error in a local of the frame its traceback
-    # holds, and so the whole connection, in every soak, until a full collection.
+    # A stream that ends in an error (an operator's cancel, an upstream's error
+    # event, an upstream dropping mid-answer; streamed, as a whole completion, and
+    # on the WebSocket route) must leave no cycle either: the record kept the
+    # exception, and the response, the routes and the event scans kept it in a
+    # local of a frame its traceback holds; with it the whole connection, until a
+    # full collection.
     options = ServiceOptions(upstream_url="http://sim/v1")
     manager = StreamManager()
     faults: tuple[dict[str, Any], ...] = (
@@ -266,7 +269,18 @@ async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> 
                 await failed.until(lambda answer: answer.body.endswith(b"0\r\n\r\n"))
                 assert b'"error"' in failed.body
                 await failed.stream.aclose()
-            await wait_until(lambda: manager.stats().closed_total == 2 + len(faults))
+            # Not streamed: the whole answer an error (the completion route).
+            body = json.dumps(chat(False, tokens=5, **faults[0])).encode()
+            answered = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+            await answered.until(lambda answer: answer.body.endswith(b"}"))
+            assert answered.status >= 400
+            await answered.stream.aclose()
+            # The WebSocket route: the error in the request's final message.
+            async with connect(server.port) as ws:
+                await ws.send_message(request("one", tokens=5, first_token_latency=0, **faults[0]))
+                _, final = await until_done(ws)
+                assert final["error"] is not None
+            await wait_until(lambda: manager.stats().closed_total == 4 + len(faults))
             await trio.testing.wait_all_tasks_blocked(0.05)  # the connections' tasks ended
             assert manager.stats().closed_by_reason[CloseReason.CANCELLED] == 2
             gc.collect()

@@ -341,6 +341,7 @@ class _CompletionResponse(Response):
         assert error is not None
         info = self._manager.get(stream.id)
         answer = completion_error(error, stream.id, info.error if info is not None else None)
+        del error  # its traceback holds this frame: no reference cycle left
         await _answer_response(answer, stream.id)(scope, receive, send)
 
     async def _watch_client(self, receive: Receive) -> None:
