@@ -54,6 +54,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
+import _soak as soak
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = (
@@ -165,6 +166,15 @@ def probe(argv: Sequence[str]) -> int:
         data = recorder.take()
         data["threshold"] = gc.get_threshold()
         data["frozen"] = gc.get_freeze_count()
+        # For a soak's slopes (load_gateway.py, compare): when, the process's RSS, the
+        # objects in the oldest generation (what waits for a full collection: a
+        # cycle per stream would grow it), and what tracemalloc traces and costs.
+        data["at"] = time.monotonic()
+        data["rss"] = _rss()
+        data["gen2_objects"] = len(gc.get_objects(2))
+        if tracemalloc.is_tracing():
+            data["traced"] = tracemalloc.get_traced_memory()[0]
+            data["tracemalloc_memory"] = tracemalloc.get_tracemalloc_memory()
         if args.objects:
             # Garbage not collected yet is not what a held stream keeps: collect it
             # first (untimed: this collection is not the server's own).
@@ -194,6 +204,18 @@ def probe(argv: Sequence[str]) -> int:
     from streammgr.cli import main
 
     return main(command)
+
+
+def _rss() -> int:
+    """This process's resident set, in bytes (0 where ``/proc`` has none)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _samples(garbage: list[Any]) -> list[str]:
@@ -475,25 +497,40 @@ def objects_report(before: dict[str, int], held: dict[str, int], streams: int) -
 
 
 def compare(directory: Path) -> int:
-    """Growth between the first and the later snapshots of a soak, largest first."""
+    """A soak's growth: its quiet points and slopes (when ``load_gateway.py`` wrote
+    them), the traced total at each snapshot, then the lines that grew most
+    between the end of the warm-up and the last snapshot."""
     snaps = sorted(directory.glob("*.snap"), key=lambda path: int(path.stem))
     if len(snaps) < 2:
         raise SystemExit(f"{directory} holds fewer than two snapshots")
-    # Tracing starts at the first quiet point (an empty snapshot); the second is the
-    # base: what the first round of load left is its warm-up.
+    points = soak.load(directory)
+    # Tracing starts at the first quiet point (an empty snapshot). Without the
+    # soak's points the second is the base (the first round of load is the
+    # warm-up); with them, the first quiet point after the warm-up.
     base = snaps[1] if len(snaps) > 2 else snaps[0]
+    if points:
+        for line in soak.report(points):
+            print(line)
+        steady = points[soak.warm_up_end(points) :]
+        if steady and steady[0].snapshot is not None:
+            base = directory / f"{steady[0].snapshot}.snap"
     first = tracemalloc.Snapshot.load(str(base))
+    print(f"\ntraced at each snapshot from {base.name} on (what tracemalloc counts):")
+    last = first
     for path in snaps[snaps.index(base) + 1 :]:
-        snap = tracemalloc.Snapshot.load(str(path))
-        stats = snap.compare_to(first, "lineno")
-        total = sum(stat.size_diff for stat in stats)
-        print(f"\n{base.name} -> {path.name}: {total / 1024:+.1f} KiB traced")
-        for stat in stats[:12]:
-            frame = stat.traceback[0]
-            print(
-                f"  {stat.size_diff / 1024:>+9.1f} KiB {stat.count_diff:>+7} blocks  "
-                f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"
-            )
+        last = tracemalloc.Snapshot.load(str(path))
+        total = sum(stat.size for stat in last.statistics("filename"))
+        blocks = sum(stat.count for stat in last.statistics("filename"))
+        print(f"  {path.name:>8}: {total / 2**20:8.2f} MiB, {blocks:>8} blocks")
+    stats = last.compare_to(first, "lineno")
+    total = sum(stat.size_diff for stat in stats)
+    print(f"\n{base.name} -> {snaps[-1].name}: {total / 1024:+.1f} KiB traced; largest lines:")
+    for stat in stats[:20]:
+        frame = stat.traceback[0]
+        print(
+            f"  {stat.size_diff / 1024:>+9.1f} KiB {stat.count_diff:>+7} blocks  "
+            f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"
+        )
     return 0
 
 

@@ -43,15 +43,22 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import trio
 
 from streammgr.simulate import Behaviour, plan_request
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _soak import QuietPoint, save, slope, warm_up_end
+from _soak import report as soak_report
 
 PATIENCE = 30.0  # seconds a child may take to start or stop
 ESTABLISHED = "01"
@@ -190,6 +197,9 @@ class Options:
     seed: int
     soak: float
     tracemalloc: str | None = None  # a directory: the gateway's snapshots at quiet points
+    # Where the probe writes its reports (a soak's quiet points: RSS, the oldest
+    # generation's objects; with --tracemalloc, the snapshots): set by main().
+    reports: str | None = None
 
 
 @dataclass
@@ -370,12 +380,12 @@ async def quiet(client: httpx.AsyncClient, gateway: str) -> dict[str, object]:
 
 
 async def snapshot(gateway: Child, options: Options, taken: int) -> int:
-    """With ``--tracemalloc``: the gateway's report and snapshot number ``taken`` written
-    (bounded wait); the next number."""
-    if options.tracemalloc is None:
+    """With the probe (a soak, or ``--tracemalloc``): the gateway's report (and
+    snapshot) number ``taken`` written (bounded wait); the next number."""
+    if options.reports is None:
         return taken
     gateway.process.send_signal(signal.SIGUSR2)
-    path = trio.Path(options.tracemalloc) / f"{taken}.json"
+    path = trio.Path(options.reports) / f"{taken}.json"
     with trio.fail_after(120):
         while not await path.exists():  # noqa: ASYNC110 - another process's file
             await trio.sleep(0.1)
@@ -419,8 +429,13 @@ async def main(options: Options) -> int:
                 "x-tenant",
                 probe=(
                     None
-                    if options.tracemalloc is None
-                    else ["--report", options.tracemalloc, "--frames", "10"]
+                    if options.reports is None
+                    else [
+                        "--report",
+                        options.reports,
+                        "--frames",
+                        "0" if options.tracemalloc is None else "10",
+                    ]
                 ),
             ) as gateway,
         ):
@@ -440,7 +455,7 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         taken = await snapshot(gateway, options, 0)
         fds_before, rss_before = fd_count(gateway.pid), rss_bytes(gateway.pid)
         began = time.perf_counter()
-        soak_samples: list[tuple[float, int, int]] = []
+        soak_points: list[QuietPoint] = []
         if options.soak:
             # In rounds: load, then drained to quiet, then a sample, so that each sample
             # counts what is left when nothing is in flight (what a leak would grow).
@@ -453,12 +468,24 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
                     return time.monotonic() < round_end
 
                 await run_load(gateway.url, upstream_port, options, results, in_round)
-                await quiet(admin, gateway.url)
+                quiet_stats = await quiet(admin, gateway.url)
                 await settle(gateway.pid, fds_before, upstream_port)
-                taken = await snapshot(gateway, options, taken)
-                soak_samples.append(
-                    (time.perf_counter() - began, rss_bytes(gateway.pid), fd_count(gateway.pid))
+                point = QuietPoint(
+                    time.perf_counter() - began,
+                    rss_bytes(gateway.pid),
+                    fd_count(gateway.pid),
+                    int(str(quiet_stats["closed_total"])),
                 )
+                if options.reports is not None:
+                    point.snapshot = taken
+                    taken = await snapshot(gateway, options, taken)
+                    written = trio.Path(options.reports) / f"{point.snapshot}.json"
+                    probed = json.loads(await written.read_text())
+                    point.traced = probed.get("traced")
+                    point.gen2_objects = probed.get("gen2_objects")
+                soak_points.append(point)
+                if options.reports is not None:
+                    save(Path(options.reports), soak_points)
         else:
             await run_load(
                 gateway.url, upstream_port, options, results, lambda n: n < options.streams
@@ -505,30 +532,23 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
         == options.max_streams,
         "fds back to before (+ idle pool)": fds_after <= fds_before + pooled,
     }
-    # The first fifth of a soak is the warm-up (the registry's history filling, the
-    # allocator's arenas): the growth is fitted on the rest.
-    steady = soak_samples[len(soak_samples) // 5 :]
-    if len(steady) >= 2:
-        hours = [seconds / 3600 for seconds, _, _ in steady]
-        rss_slope = _slope(hours, [rss for _, rss, _ in steady])
-        fd_slope = _slope(hours, [fds for _, _, fds in steady])
-        print(
-            f"soak {options.soak:g} min, {len(steady)} quiet samples after the warm-up: "
-            f"RSS {rss_slope / 2**20:+.1f} MiB/hour, fds {fd_slope:+.1f}/hour "
-            f"(fds at each quiet point: {[fds for _, _, fds in soak_samples]})"
-        )
+    if soak_points:
+        # The warm-up (the registry's history filling, the allocator's arenas) is
+        # left out of the fit: see benchmarks/_soak.py.
+        print(f"soak {options.soak:g} min:")
+        for line in soak_report(soak_points):
+            print(line)
+        steady = soak_points[warm_up_end(soak_points) :]
+        if len(steady) >= 2:
+            fd_slope = slope(
+                [point.seconds / 3600 for point in steady], [point.fds for point in steady]
+            )
+            print(f"  fds {fd_slope:+.1f}/hour")
     for problem in results.problems[:10]:
         print(f"problem: {problem}")
     for check, passed in checks.items():
         print(f"{'ok  ' if passed else 'FAIL'} {check}")
     return 0 if all(checks.values()) else 1
-
-
-def _slope(xs: list[float], ys: list[int]) -> float:
-    """The least-squares slope of ys over xs."""
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -570,4 +590,15 @@ def parse(argv: list[str] | None = None) -> Options:
 
 
 if __name__ == "__main__":
-    sys.exit(trio.run(main, parse()))
+    parsed = parse()
+    if parsed.tracemalloc is not None:
+        parsed.reports = parsed.tracemalloc
+        sys.exit(trio.run(main, parsed))
+    elif parsed.soak:
+        # The probe's reports at each quiet point (no tracing): RSS and the oldest
+        # generation's objects, from inside the gateway.
+        with tempfile.TemporaryDirectory(prefix="load-gateway-") as reports:
+            parsed.reports = reports
+            sys.exit(trio.run(main, parsed))
+    else:
+        sys.exit(trio.run(main, parsed))

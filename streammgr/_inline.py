@@ -47,7 +47,13 @@ import trio.lowlevel
 from ._batch import BatchIterator
 from ._lifecycle import CANCEL_REASONS, Event, State
 from ._registry import StreamRecord
-from ._stream import CURRENT_RECORD, CURRENT_SECRETS, ManagedStream, StreamOwner
+from ._stream import (
+    CURRENT_RECORD,
+    CURRENT_SECRETS,
+    ManagedStream,
+    StreamOwner,
+    forget_exception,
+)
 
 __all__ = ["InlineOwner", "InlineProducer", "InlineStream"]
 
@@ -181,6 +187,7 @@ class InlineStream(ManagedStream[T]):
         try:
             await self._owner.reader_left_inline(record, self._inline, exc)
         finally:
+            forget_exception(record)
             # The scope entered by __aenter__, around the reader's block.
             caught = scope.__exit__(exc_type, exc, traceback)
         if caught and exc is not None:

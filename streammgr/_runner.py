@@ -436,6 +436,7 @@ class StreamRunner:
                 record.produced_at = trio.current_time()
             send_channel.close()
             self._producer_done(record, event, error)
+            del error  # its traceback holds this frame: no reference cycle left
 
     def _producer_done(
         self, record: StreamRecord, event: Event, error: BaseException | None

@@ -332,6 +332,7 @@ class ManagedStream(Generic[T]):
             await self._owner.reader_left(self._record, channel, exc)
         finally:
             channel.close()
+            forget_exception(self._record)
 
     def __aiter__(self) -> ManagedStream[T]:
         return self
@@ -537,3 +538,15 @@ class _Batches(Generic[T]):
 
     async def __anext__(self) -> list[T]:
         return await self._stream._next_batch()
+
+
+def forget_exception(record: StreamRecord) -> None:
+    """The reader has left its block: nothing reads the producer's exception again.
+
+    Kept, it would be a reference cycle: its traceback holds the reader's frames
+    and the producer's, which hold this stream and its record. With full
+    collections rare (``SERVER_GC_THRESHOLD``), each failed or cancelled stream
+    would keep its whole connection for hours (issue #15's soak). The record's
+    ``error`` (the text the registry and the logs show) stays.
+    """
+    record.exception = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -19,13 +19,14 @@ import pytest
 import trio
 import trio.testing
 
-from streammgr import SERVER_GC_THRESHOLD, StreamManager, tune_gc
+from streammgr import SERVER_GC_THRESHOLD, CloseReason, StreamManager, tune_gc
 from streammgr._gc import parse_gc_threshold
 from streammgr.cli import main
-from streammgr.server import ServiceOptions
+from streammgr.server import ServiceOptions, admin_app
 
+from .chat_ws_helpers import connect, request, until_done
 from .cli_helpers import started
-from .fault_helpers import raw_request, token_chat
+from .fault_helpers import chat, raw_request, token_chat
 from .server_helpers import PATIENCE, Scope, Server, raw_client, running_service, wait_until
 
 
@@ -227,3 +228,89 @@ async def test_gateway_streams_leave_no_reference_cycle() -> None:
             gc.collect()
             kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
         assert not kept, f"reference cycles left by the gateway's streams: {kept}"
+
+
+async def test_gateway_streams_ending_in_an_error_leave_no_reference_cycle() -> None:
+    # A stream that ends in an error (an operator's cancel, an upstream's error
+    # event, an upstream dropping mid-answer; streamed, as a whole completion, and
+    # on the WebSocket route) must leave no cycle either: the record kept the
+    # exception, and the response, the routes and the event scans kept it in a
+    # local of a frame its traceback holds; with it the whole connection, until a
+    # full collection.
+    options = ServiceOptions(upstream_url="http://sim/v1")
+    manager = StreamManager()
+    faults: tuple[dict[str, Any], ...] = (
+        {"fault": "error_in_stream", "fault_after": 2},
+        {"fault": "drop_mid_stream", "fault_after": 2},
+    )
+    with garbage_kept() as garbage:
+        async with (
+            trio.open_nursery() as nursery,
+            running_service(nursery, manager, options, admin=admin_app(manager, prefix="")) as (
+                server,
+                _,
+            ),
+        ):
+            for _ in range(2):
+                body = json.dumps(token_chat(50, 0.05)).encode()
+                held = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await held.until(lambda answer: b'"content":"' in answer.body)
+                path = f"/admin/streams/{held.headers['x-stream-id']}"
+                cancel = await raw_request(server.port, "DELETE", path)
+                await cancel.until(lambda answer: answer.body.endswith(b"}"))
+                assert cancel.status == 200
+                await cancel.stream.aclose()
+                await held.until(lambda answer: answer.body.endswith(b"0\r\n\r\n"))
+                assert b'"code":"cancelled"' in held.body
+                await held.stream.aclose()
+            for fault in faults:
+                body = json.dumps(chat(tokens=5, first_token_latency=0, **fault)).encode()
+                failed = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+                await failed.until(lambda answer: answer.body.endswith(b"0\r\n\r\n"))
+                assert b'"error"' in failed.body
+                await failed.stream.aclose()
+            # Not streamed: the whole answer an error (the completion route).
+            body = json.dumps(chat(False, tokens=5, **faults[0])).encode()
+            answered = await raw_request(server.port, "POST", "/v1/chat/completions", body)
+            await answered.until(lambda answer: answer.body.endswith(b"}"))
+            assert answered.status >= 400
+            await answered.stream.aclose()
+            # The WebSocket route: the error in the request's final message.
+            async with connect(server.port) as ws:
+                await ws.send_message(request("one", tokens=5, first_token_latency=0, **faults[0]))
+                _, final = await until_done(ws)
+                assert final["error"] is not None
+            await wait_until(lambda: manager.stats().closed_total == 4 + len(faults))
+            await trio.testing.wait_all_tasks_blocked(0.05)  # the connections' tasks ended
+            assert manager.stats().closed_by_reason[CloseReason.CANCELLED] == 2
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", "httpx.", "httpcore.", *_CONNECTION_TYPES))
+        assert not kept, f"reference cycles left by streams ending in an error: {kept}"
+
+
+class _Failed(Exception):
+    """What the failing producer raises."""
+
+
+async def _fails_after_one() -> AsyncIterator[int]:
+    yield 1
+    raise _Failed("the producer failed")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["task", "inline"])
+async def test_a_failed_producer_leaves_no_reference_cycle(inline: bool) -> None:
+    # The reader gets the producer's own exception; once it has left its block,
+    # nothing of the stream may stay in a cycle (the record held the exception,
+    # the producer's task kept it in a local of the frame its traceback holds).
+    with garbage_kept() as garbage:
+        async with StreamManager() as manager:
+            for _ in range(3):
+                with pytest.raises(_Failed):
+                    async with manager.open(_fails_after_one, inline=inline) as stream:
+                        async for _ in stream:
+                            pass
+            await trio.testing.wait_all_tasks_blocked()
+            assert manager.stats().closed_by_reason[CloseReason.PRODUCER_ERROR] == 3
+            gc.collect()
+            kept = _types_of(garbage, ("streammgr.", __name__))
+        assert not kept, f"reference cycles left by failed producers: {kept}"

@@ -430,6 +430,7 @@ class _Session:
             shutting_down = isinstance(error, ManagerClosed) or (
                 isinstance(error, StreamCancelled) and error.close_reason is CloseReason.SHUTDOWN
             )
+        del error  # its traceback holds this frame: no reference cycle left
         text = _dumps(final)
         async with self._lock:
             # The next request may start once this one's end is queued, not before.

@@ -159,7 +159,11 @@ class _ChatEvents:
                     events = batch[:end]
                     yield RawBatch(events, b"".join(encode(event) for event in events))
                 if failure is not None:
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        # Its traceback holds this frame: no reference cycle left.
+                        failure = None
                 if end and batch[end - 1].data == OPENAI_DONE:
                     # Nothing after [DONE] is forwarded; its body's end is read so
                     # that the upstream connection is reused.
@@ -337,6 +341,7 @@ class _CompletionResponse(Response):
         assert error is not None
         info = self._manager.get(stream.id)
         answer = completion_error(error, stream.id, info.error if info is not None else None)
+        del error  # its traceback holds this frame: no reference cycle left
         await _answer_response(answer, stream.id)(scope, receive, send)
 
     async def _watch_client(self, receive: Receive) -> None:

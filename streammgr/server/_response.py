@@ -549,12 +549,18 @@ class _Run:
             error = exc
         else:
             return
-        if writer.ended:
-            return  # the end was written; what failed after it cannot be told
         try:
+            if writer.ended:
+                return  # the end was written; what failed after it cannot be told
             await writer.error(error, stream.info().error)
         except _ClientGone:
             return
+        finally:
+            # The error's traceback holds this frame: without this, every stream
+            # that ends in an error (an operator's cancel among them) would leave a
+            # reference cycle holding its whole connection until a full collection,
+            # which SERVER_GC_THRESHOLD makes rare (the soak's RSS growth, #15).
+            del error
 
     async def _write_batches(self, stream: ManagedStream[Any]) -> None:
         """Pull a batch, write it; nothing armed per batch: keep-alives, the

@@ -229,7 +229,11 @@ class OpenAIChat:
                     # as it would be if the events had come in reads of their own.
                     yield chunks
                 if failure is not None:
-                    raise failure
+                    try:
+                        raise failure
+                    finally:
+                        # Its traceback holds this frame: no reference cycle left.
+                        failure = None
                 if done:
                     await read_body_end(reads.__anext__)
                     break
