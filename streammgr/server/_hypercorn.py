@@ -882,6 +882,9 @@ class _Server(TCPServer):
             # event on a loaded machine: its events come together). No other write
             # is in flight (the lock is free) and this one does not wait, so the
             # order of the bytes is kept; the rest, if any, goes hypercorn's way.
+            # A departure from Trio's convention: such a write is no checkpoint (the
+            # response's next upstream read is one), as it was no cancellation point
+            # before either (hypercorn shields it).
             data = event.data
             sent = self.client_stream.send_now(data)
             if sent == len(data):
