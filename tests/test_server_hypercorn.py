@@ -16,6 +16,7 @@ If hypercorn changes any of this, a test here fails and ``streammgr/server/_hype
 from __future__ import annotations
 
 import importlib.metadata
+import ssl
 from typing import Any, cast
 
 import pytest
@@ -24,7 +25,7 @@ import trio.testing
 from hypercorn.trio import serve as hypercorn_serve
 
 from streammgr.server import TESTED_HYPERCORN_VERSIONS, Connection, current_connection
-from streammgr.server._hypercorn import _SendWatch
+from streammgr.server._hypercorn import _ClientStream, _SendWatch
 
 from .server_helpers import PATIENCE, Scope, Server, quiet_hypercorn, raw_client, read_until_closed
 
@@ -165,3 +166,40 @@ async def test_one_send_watch_bounds_every_write_at_its_own_deadline(
     assert first.expired_at is None
     assert second.expired_at == pytest.approx(1.3)
     assert not watch.armed  # nothing in flight: it sleeps until a write arms it
+
+
+# -- a write the socket takes at once: no lock, no scope, no checkpoint ----------------------
+
+
+def _client_stream(stream: trio.SocketStream) -> _ClientStream:
+    return _ClientStream(
+        stream, send_timeout=None, body_timeout=None, keep_alive_timeout=5.0, timeout_answer=b""
+    )
+
+
+async def test_send_now_writes_what_the_socket_takes_and_nothing_once_closed() -> None:
+    left, right = trio.socket.socketpair()
+    client, peer = _client_stream(trio.SocketStream(left)), trio.SocketStream(right)
+    assert client.send_now(b"data: a\n\n") == len(b"data: a\n\n")
+    assert await peer.receive_some(64) == b"data: a\n\n"
+    # A full buffer takes part of a write, then nothing: the caller sends the rest
+    # with send_all, which waits.
+    big = b"x" * (1 << 24)
+    sent = client.send_now(big)
+    assert 0 < sent < len(big)
+    assert client.send_now(big) == 0
+    await client.aclose()
+    assert client.send_now(b"data: b\n\n") == 0  # closed: send_all reports it
+    await peer.aclose()
+
+
+async def test_send_now_leaves_tls_to_send_all() -> None:
+    left, right = trio.socket.socketpair()
+    context = ssl.create_default_context()
+    tls = trio.SSLStream(trio.SocketStream(left), context, server_side=False)
+    client = _ClientStream(
+        tls, send_timeout=None, body_timeout=None, keep_alive_timeout=5.0, timeout_answer=b""
+    )
+    assert client.send_now(b"data: a\n\n") == 0
+    right.close()
+    left.close()

@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from streammgr.sources import ShardedTransport
+from streammgr.sources._pools import _default_shard, _TrioBackend, _TrioStream
 
 from .pool_helpers import CancelAfterConnect, HeldUpstream, Streams
 from .server_helpers import PATIENCE, Server
@@ -473,3 +474,37 @@ async def test_a_burst_of_streams_reaches_the_upstream_before_any_is_answered(
         assert transport.in_flight == 0
     assert len(upstream.connections) < 24  # the second wave reused connections
     server.stop.set()
+
+
+# -- a shard's reads: no cancel scope for a deadline of infinity --------------------------
+
+
+def test_a_default_shard_reads_through_the_lighter_trio_stream() -> None:
+    transport = _default_shard(httpx.Limits(max_connections=10, max_keepalive_connections=10))
+    pool = getattr(transport, "_pool", None)
+    if httpcore.__version__ != "1.0.9":
+        pytest.skip("the pool is httpcore's own on other versions (nothing replaced)")
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    assert type(pool._network_backend) is _TrioBackend
+
+
+async def test_a_read_without_timeout_maps_trios_errors_as_httpcore_does() -> None:
+    sent, received = trio.testing.memory_stream_pair()
+    stream = _TrioStream(received)
+    await sent.send_all(b"data: 1\n\n")
+    assert await stream.read(64) == b"data: 1\n\n"
+    await received.aclose()
+    with pytest.raises(httpcore.ReadError) as caught:
+        await stream.read(64)
+    assert isinstance(caught.value.__cause__, trio.ClosedResourceError)
+
+
+async def test_a_read_with_a_timeout_still_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _sent, received = trio.testing.memory_stream_pair()
+    stream = _TrioStream(received)
+    started = trio.current_time()
+    with pytest.raises(httpcore.ReadTimeout):
+        await stream.read(64, timeout=2.5)
+    assert trio.current_time() - started == pytest.approx(2.5)

@@ -7,6 +7,8 @@ and the batch that :meth:`RawSSEParser.feed` returns.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -406,6 +408,28 @@ def test_the_batch_of_a_read_of_usual_events_is_the_read_itself() -> None:
             assert batch.raw is chunk
 
 
+def test_a_batch_is_plain_only_when_the_parser_proved_it_has_no_id_or_retry_field() -> None:
+    parser = RawSSEParser()
+    for chunk in (
+        b"data: a\n\ndata: b\n\n",
+        b'data: {"id": "x"}\n\ndata: [DONE]\n\n',  # "id" inside data is no field
+        b"event: e\ndata: a\n\n",
+        b"data: a\r\n\r\n",
+        b"data: unfinished",  # nothing completed: vacuously plain
+    ):
+        assert parser.feed(chunk).plain, chunk
+    for chunk in (
+        b"\n\nid: 1\ndata: a\n\n",  # ends the unfinished line, then an id
+        b"retry: 5\ndata: a\n\n",
+        b"id: 2\n\ndata: b\n\n",  # a kept id block, forwarded with the next event
+        b": comment\ndata: c\n\n",  # a shape the fast path does not prove
+    ):
+        assert not parser.feed(chunk).plain, chunk
+    # A batch made by hand is never plain unless its maker says so.
+    assert not RawBatch([E(data="a")], b"data: a\n\n").plain
+    assert parser.close().plain
+
+
 def test_raw_parser_input_close_and_properties() -> None:
     parser = RawSSEParser()
     buffer = bytearray(b"retry: 5\nid: 7\ndata: ab")
@@ -511,6 +535,16 @@ def test_raw_mode_under_any_chunking_matches_feed_and_forwards_the_same_events(
 ) -> None:
     chunks = chunked(data, stream)
     assert_raw_parses(stream, chunks, reference_raw(stream), run([stream]))
+    # A batch said to be plain holds no id or retry field line, whatever the chunking.
+    parser = RawSSEParser()
+    for chunk in chunks:
+        try:
+            batch = parser.feed(chunk)
+        except SSEEventTooLarge:
+            break
+        if batch.plain:
+            lines = batch.raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            assert not any(re.match(rb"(id|retry)(:|$)", line) for line in lines), batch.raw
 
 
 @settings(max_examples=100, deadline=None)

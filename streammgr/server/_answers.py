@@ -105,8 +105,8 @@ def without_resume_fields(encoder: BatchEncoder) -> BatchEncoder:
     """
 
     def encode_without(batch: list[Any]) -> bytes:
-        if type(batch) is RawBatch and not _has_resume_field(batch.raw):
-            return batch.raw
+        if type(batch) is RawBatch and (batch.plain or not _has_resume_field(batch.raw)):
+            return batch.raw  # plain: the parser proved it holds data: lines only
         plain = [
             item._replace(id="", retry=None) if isinstance(item, ServerSentEvent) else item
             for item in batch

@@ -389,6 +389,24 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         finally:
             self.send_started = None
 
+    def send_now(self, data: bytes) -> int:
+        """Send what the socket takes at once, without waiting; the bytes sent.
+
+        ``0`` when the socket takes nothing now (its buffer is full), over TLS, once
+        the stream is closed, or on any error: the caller then sends the rest with
+        :meth:`send_all`, which waits, or raises the error as trio reports it. A write
+        that never waits needs no watch and cannot be cancelled half-way.
+        """
+        if not self._plain or self.closed or self.send_expired:
+            return 0
+        descriptor = self.socket.fileno()
+        if descriptor < 0:
+            return 0
+        try:
+            return os.write(descriptor, data)  # the socket is non-blocking (trio's)
+        except OSError:
+            return 0
+
     async def expire_send(self) -> None:
         """The write in flight has waited ``send_timeout``: close the connection
         (which wakes that write)."""
@@ -856,7 +874,24 @@ class _Server(TCPServer):
         self.__dict__.pop("_task_group", None)
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, Updated):
+        if type(event) is RawData and not self.send_lock.locked():
+            # Most writes go out at once: then hypercorn's lock, its shielded cancel
+            # scope and trio's send checkpoints (py-spy, the gateway at 100 unpaced
+            # streams: 15% of its CPU, as much as the send itself) are not needed,
+            # and the client gets each write sooner (half the client's reads per
+            # event on a loaded machine: its events come together). No other write
+            # is in flight (the lock is free) and this one does not wait, so the
+            # order of the bytes is kept; the rest, if any, goes hypercorn's way.
+            # A departure from Trio's convention: such a write is no checkpoint (the
+            # response's next upstream read is one), as it was no cancellation point
+            # before either (hypercorn shields it).
+            data = event.data
+            sent = self.client_stream.send_now(data)
+            if sent == len(data):
+                return
+            if sent:
+                event = RawData(data=data[sent:])
+        elif isinstance(event, Updated):
             self._idle = event.idle
             if event.idle:
                 self.client_stream.went_idle()

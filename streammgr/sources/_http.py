@@ -17,7 +17,7 @@ import math
 import random
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import trio
@@ -25,7 +25,7 @@ import trio
 from .._batch import BatchIterator
 from .._errors import UpstreamConnectError, UpstreamStatusError
 from .._validate import check_count, check_seconds, check_strings
-from ..sse import ServerSentEvent, SSEParser
+from ..sse import RawBatch, ServerSentEvent, SSEParser
 from ._common import header_secrets, redact_url, url_secrets
 from ._http_connection import (
     PARSED,
@@ -348,6 +348,17 @@ class SSESource:
                 await connection.close()
             last_event_id = connection.last_event_id
             await attempts.wait_to_reconnect(connection, outcome)
+
+
+def raw_reads(source: SSESource) -> AsyncGenerator[RawBatch, None]:
+    """The generator under ``source.raw_batches()``: each read's events as a
+    :class:`~streammgr.sse.RawBatch`, never an empty one.
+
+    For a producer of this package's own that reads a batch at a time (the gateway's):
+    without the :class:`~streammgr.BatchIterator` around it, two coroutines less per
+    read, each paid again at every suspension of the read. Close it (``aclosing``).
+    """
+    return cast("AsyncGenerator[RawBatch, None]", source._batches(RAW_BATCH))
 
 
 class _Attempts:

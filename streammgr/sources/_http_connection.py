@@ -253,10 +253,24 @@ class Connection(Generic[T]):
             # From now: time parked at yield behind a slow reader is not the
             # upstream's idleness.
             self._deadline = trio.current_time() + idle
-        chunks, parser = self._body.chunks, self._parser
+        body = self._body
+        chunks, parser = body.chunks, self._parser
         feed, add_bytes = self._reading.batch, self._add_bytes
         while True:
-            chunk = await self._next_chunk(chunks, min(self._deadline, self._total_deadline))
+            deadline = min(self._deadline, self._total_deadline)
+            if deadline == math.inf:
+                # No timeout applies: the read is awaited right here, without the
+                # cancel scope (it costs as much as parsing the chunk:
+                # benchmarks/bench_sources.py) nor two more coroutines, which every
+                # suspension of the read passes through again.
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except _HTTPX_ERRORS as exc:
+                    raise _upstream_error(self._settings, exc, _READ_ERRORS, body.encoding) from exc
+            else:
+                chunk = await self._next_chunk(chunks, deadline)
             if chunk is None:
                 parser.close()
                 return None
@@ -407,13 +421,10 @@ class Connection(Generic[T]):
     # -- the reads -------------------------------------------------------------------
 
     async def _next_chunk(self, chunks: AsyncIterator[bytes], deadline: float) -> bytes | None:
-        """The next body chunk (``None`` at the end), within ``deadline``."""
+        """The next body chunk (``None`` at the end), within ``deadline`` (finite: see
+        :meth:`next_batch` for a read without one)."""
         body = self._body
         assert body is not None
-        if deadline == math.inf:
-            # No timeout applies: skip the cancel scope, which costs as much as
-            # parsing the chunk (benchmarks/bench_sources.py).
-            return await self._read_chunk(chunks, body)
         with trio.CancelScope(deadline=deadline) as scope:
             return await self._read_chunk(chunks, body)
         assert scope.cancelled_caught

@@ -49,17 +49,27 @@ class RawBatch(list[ServerSentEvent]):
     Args:
         events: the events.
         raw: the concatenation of their bytes.
+        plain: whether ``raw`` is known to hold only ``data:`` lines (and ``event:``
+            lines), so no ``id`` or ``retry`` field: only a parser that proved it says so.
 
     Attributes:
         raw: the bytes of the events, in order, in one piece.
+        plain: ``True`` when :class:`RawSSEParser` proved that every event is one
+            ``data:`` line, or one ``event:`` and one ``data:`` line (its fast path's
+            shapes): a proxy that must never forward an ``id`` or ``retry`` field
+            need not look for one. ``False`` says nothing.
     """
 
-    __slots__ = ("raw",)
+    __slots__ = ("plain", "raw")
     raw: bytes
+    plain: bool
 
-    def __init__(self, events: Iterable[ServerSentEvent] = (), raw: bytes = b"") -> None:
+    def __init__(
+        self, events: Iterable[ServerSentEvent] = (), raw: bytes = b"", plain: bool = False
+    ) -> None:
         super().__init__(events)
         self.raw = raw
+        self.plain = plain
 
     def __repr__(self) -> str:
         return f"RawBatch({list.__repr__(self)}, raw={self.raw!r})"
@@ -111,7 +121,15 @@ class RawSSEParser(_LineParser):
         ValueError: ``max_event_size`` is not a positive int.
     """
 
-    __slots__ = ("_block_pieces", "_block_retry", "_event_size", "_kept", "_kept_cr", "_kept_size")
+    __slots__ = (
+        "_block_pieces",
+        "_block_retry",
+        "_event_size",
+        "_kept",
+        "_kept_cr",
+        "_kept_size",
+        "_other_block",
+    )
 
     def __init__(self, max_event_size: int = 1_048_576) -> None:
         super().__init__(max_event_size)
@@ -131,6 +149,8 @@ class RawSSEParser(_LineParser):
         self._event_size = 0
         # The reconnection time when the block being built began.
         self._block_retry: int | None = None
+        # An event of this feed() came from _block, not _simple: its batch is not plain.
+        self._other_block = False
 
     @property
     def last_event_id(self) -> str:
@@ -169,6 +189,7 @@ class RawSSEParser(_LineParser):
                     self._line_grew()
                 batch = _new_list(RawBatch)
                 batch.raw = b""
+                batch.plain = True
                 return batch
             cr = False
         else:
@@ -176,12 +197,19 @@ class RawSSEParser(_LineParser):
             if prepared is None:
                 batch = _new_list(RawBatch)
                 batch.raw = b""
+                batch.plain = True
                 return batch
             data, cr = prepared
         batch = _new_list(RawBatch)
         raws: list[bytes] = []
         self._feed_lines(data, cr, batch, raws, None)
         batch.raw = b"".join(raws)
+        # Plain unless an event came another way than _simple's proven shapes.
+        if self._other_block:
+            self._other_block = False
+            batch.plain = False
+        else:
+            batch.plain = True
         return batch
 
     def feed_pairs(self, data: bytes) -> list[tuple[ServerSentEvent, bytes]]:
@@ -230,7 +258,7 @@ class RawSSEParser(_LineParser):
         self._kept = []
         self._kept_size = 0
         self._event_size = 0
-        return RawBatch()
+        return RawBatch(plain=True)
 
     # -- the slow path: first bytes, CR line endings, closed or failed parser --------
     #
@@ -521,6 +549,7 @@ class RawSSEParser(_LineParser):
             if pairs is None:
                 events.append(found[0])
                 raws.append(raw)
+                self._other_block = True
             else:
                 pairs.append((found[0], raw))
             self._kept_cr = False
