@@ -41,7 +41,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import trio
@@ -463,6 +463,102 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
+CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+"""The chat route's path: the one route a stream is held on, dispatched without a
+framework (:class:`GatewayDispatch`)."""
+
+_INTERNAL_ERROR = b"Internal Server Error"
+
+
+def route_path(scope: Scope) -> str:
+    """The path a route of an app mounted at ``scope["root_path"]`` matches:
+    ``scope["path"]`` without the root path (Starlette's rule, so that the
+    dispatch and Starlette's routes agree wherever the app is mounted)."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    return path[len(root_path) :] if path[len(root_path)] == "/" else path
+
+
+class _ChatRoute:
+    """``POST /v1/chat/completions`` as a plain ASGI callable: no router, no
+    ``Request`` kept while the stream is held (the one the handler reads is gone
+    once it has returned its response).
+
+    An exception answers what Starlette's ``ServerErrorMiddleware`` answered: a
+    500 ``Internal Server Error`` if nothing was sent yet, and is raised on to the
+    server.
+    """
+
+    __slots__ = ("_gateway",)
+
+    def __init__(self, gateway: _Gateway) -> None:
+        self._gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one chat request (the ASGI application interface)."""
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            response = await self._gateway.chat_completions(Request(scope, receive))
+            await response(scope, receive, sender)
+        except Exception:
+            if not started:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+            raise
+
+
+class GatewayDispatch:
+    """Pure ASGI: ``POST /v1/chat/completions`` straight to ``chat``, every other
+    request (other routes, methods, WebSockets, lifespan) to ``app``.
+
+    A held stream then keeps no framework's layers alive: no router, no ``Request``
+    per layer, no exception middleware's send wrapper (each Starlette app on the
+    way cost a stream about 5 KiB). ``app`` must answer that path's other methods
+    (a 405) itself.
+
+    Args:
+        chat: the chat route's ASGI callable.
+        app: everything else.
+    """
+
+    __slots__ = ("app", "chat")
+
+    def __init__(self, chat: ASGIApp, app: ASGIApp) -> None:
+        self.chat = chat
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the request to ``chat`` or ``app``."""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and route_path(scope) == CHAT_COMPLETIONS_PATH
+        ):
+            await self.chat(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class RequestIdMiddleware:
     """Pure ASGI middleware: an ``x-request-id`` on every HTTP answer.
 
@@ -499,6 +595,22 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class GatewayParts(NamedTuple):
+    """The gateway's app, and its parts for an app that dispatches itself.
+
+    Attributes:
+        app: what :func:`gateway_app` returns.
+        chat: ``POST /v1/chat/completions``'s ASGI callable, without the request id
+            (the caller's app sets ``scope["state"]["request_id"]``).
+        routes: every other route, the WebSocket one too, and the 404s and 405s,
+            without the request id.
+    """
+
+    app: ASGIApp
+    chat: ASGIApp
+    routes: ASGIApp
 
 
 def gateway_app(
@@ -567,6 +679,40 @@ def gateway_app(
     Raises:
         TypeError / ValueError: a bad argument, named in the message.
     """
+    return gateway_parts(
+        manager,
+        upstream,
+        upstream_url=upstream_url,
+        api_key=api_key,
+        key_header=key_header,
+        upstream_timeouts=upstream_timeouts,
+        answer_within=answer_within,
+        keep_alive=keep_alive,
+        stall_timeout=stall_timeout,
+        max_request_size=max_request_size,
+        websocket_origins=websocket_origins,
+        models_cache_ttl=models_cache_ttl,
+    ).app
+
+
+def gateway_parts(
+    manager: StreamManager,
+    upstream: httpx.AsyncClient,
+    *,
+    upstream_url: str,
+    api_key: str | None = None,
+    key_header: str | None = None,
+    upstream_timeouts: SourceTimeouts | None = None,
+    answer_within: float | None = 1.0,
+    keep_alive: float | None = 15.0,
+    stall_timeout: float | None = 30.0,
+    max_request_size: int = MAX_REQUEST_SIZE,
+    websocket_origins: Sequence[str] = (),
+    models_cache_ttl: float | None = MODELS_CACHE_TTL,
+) -> GatewayParts:
+    """:func:`gateway_app`'s app and its parts (see :class:`GatewayParts`), for
+    :func:`~streammgr.server.build_service_app`, which dispatches the chat route
+    itself. The arguments and errors are :func:`gateway_app`'s."""
     if not isinstance(manager, StreamManager):
         raise TypeError(f"manager must be a StreamManager, got {type(manager).__name__}")
     if not isinstance(upstream, httpx.AsyncClient):
@@ -610,7 +756,8 @@ def gateway_app(
     models = ModelsRoute(settings, cache_ttl=models_cache_ttl)
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            # Reached for the other methods only (a 405): POST goes past the router.
+            Route(CHAT_COMPLETIONS_PATH, gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", models.endpoint, methods=["GET"]),
             WebSocketRoute(CHAT_WS_PATH, chat_socket.endpoint),
         ],
@@ -618,4 +765,7 @@ def gateway_app(
     )
     # Every layer from here to the routes looks only at a response's start: the
     # streaming answers send their bodies past them (one call per write, not five).
-    return DirectBodyWrites(RequestIdMiddleware(app))
+    chat = _ChatRoute(gateway)
+    return GatewayParts(
+        DirectBodyWrites(RequestIdMiddleware(GatewayDispatch(chat, app))), chat, app
+    )

@@ -181,10 +181,18 @@ class HostGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a 403 to a request that names a host or origin not allowed; pass
         every other one (and lifespan) to the app."""
-        kind = scope["type"]
-        if kind not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+        if scope["type"] in ("http", "websocket"):
+            problem = self.check(scope)
+            if problem is not None:
+                await self.refuse(scope, send, problem)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Scope) -> tuple[str, str] | None:
+        """What is wrong with an HTTP request's or WebSocket handshake's ``Host`` (or,
+        with ``check_origins``, its ``Origin``): ``(code, message)``, or ``None`` when
+        it may pass. Keeps nothing: a dispatcher calls it instead of nesting the
+        guard (see :func:`~streammgr.server.build_service_app`)."""
         hosts = []
         origin = None
         for name, value in scope.get("headers", ()):
@@ -197,20 +205,23 @@ class HostGuard:
             problem is None
             and self._check_origins
             and origin is not None
-            and kind == "http"
+            and scope["type"] == "http"
             and scope.get("method", "GET") in STATE_CHANGING
         ):
             problem = self._origin_problem(origin, hosts, scope.get("scheme", "http"))
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
+        return problem
+
+    async def refuse(self, scope: Scope, send: Send, problem: tuple[str, str]) -> None:
+        """Log and answer the 403 for ``problem`` (from :meth:`check`)."""
         code, message = problem
+        host = origin = None
+        for name, value in scope.get("headers", ()):
+            if name == b"host" and host is None:
+                host = value.decode("latin-1")[:200]
+            elif name == b"origin":
+                origin = value.decode("latin-1")[:200]
         get_logger().warning(
-            "host_guard.refused",
-            code=code,
-            host=hosts[0][:200] if hosts else None,
-            origin=None if origin is None else origin[:200],
-            path=scope.get("path"),
+            "host_guard.refused", code=code, host=host, origin=origin, path=scope.get("path")
         )
         await _refuse(scope, send, code, message)
 

@@ -22,14 +22,20 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
 from ..sources._common import redact_url
 from ._access_log import AccessLog
 from ._chat_page import chat_page_routes
-from ._gateway import MAX_REQUEST_SIZE, RequestIdMiddleware, gateway_app
+from ._gateway import (
+    CHAT_COMPLETIONS_PATH,
+    MAX_REQUEST_SIZE,
+    RequestIdMiddleware,
+    gateway_parts,
+    route_path,
+)
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
 from ._hypercorn import check_tls_pair, serve
@@ -148,7 +154,7 @@ def build_service_app(
     if answer_within is None and acquire_timeout is not None:
         # No margin is needed: nothing is sent while a stream waits for its slot.
         answer_within = max(1.0, acquire_timeout)
-    gateway = gateway_app(
+    parts = gateway_parts(
         manager,
         upstream,
         upstream_url=options.upstream_url,
@@ -161,6 +167,7 @@ def build_service_app(
         max_request_size=options.max_request_size,
         websocket_origins=options.cors_origins,  # browsers apply no CORS to WebSockets
     )
+    gateway = parts.app
     guarded: list[BaseRoute] = []
     # --- The inspection API: the one place it is mounted. --------------------------
     if admin is not None:
@@ -173,20 +180,16 @@ def build_service_app(
     # CORS opens the gateway to other origins, never the inspection API: a web page in
     # an operator's browser must not read or cancel streams of a tokenless admin API.
     public: ASGIApp = gateway
+    chat = parts.chat
     if options.cors_origins:
-        public = CORSMiddleware(
-            gateway,
-            allow_origins=list(options.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],  # mirrors what the preflight asks, authorization too
-            expose_headers=list(_EXPOSED_HEADERS),
-            max_age=600,
-        )
+        # The same CORS on the chat route as on the rest of the gateway.
+        public, chat = _cors(public, options.cors_origins), _cors(chat, options.cors_origins)
+    origins: HostGuard | None = None
     if "*" not in options.cors_origins:
         # A page on another site reaches a gateway on loopback directly (its Host is
         # 127.0.0.1, no rebinding needed): a "simple" POST (text/plain, no preflight)
         # would spend the upstream key. Only the allowed origins and its own may.
-        public = HostGuard(
+        public = origins = HostGuard(
             public,
             allowed_hosts=(
                 "*",
@@ -226,15 +229,65 @@ def build_service_app(
     secrets = [options.api_key or "", *(getattr(admin.state, "secrets", ()) if admin else ())]
     # Every layer of this stack looks only at a response's start (the access log,
     # the request id, Starlette's error middlewares, the host guards, CORS): the
-    # streaming answers send their bodies past them all (see DirectBodyWrites).
+    # streaming answers send their bodies past them all (see DirectBodyWrites). A chat
+    # request goes past the routers too, through the same guards (_ServiceDispatch).
     return DirectBodyWrites(
         AccessLog(
-            RequestIdMiddleware(service),
+            RequestIdMiddleware(_ServiceDispatch(service, chat, (hosts, origins))),
             requests=options.access_log,
             key_header=options.key_header,
             secrets=secrets,
         )
     )
+
+
+def _cors(app: ASGIApp, origins: Sequence[str]) -> ASGIApp:
+    """``app`` open to ``origins`` (``--cors-origin``) by CORS."""
+    return CORSMiddleware(
+        app,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],  # mirrors what the preflight asks, authorization too
+        expose_headers=list(_EXPOSED_HEADERS),
+        max_age=600,
+    )
+
+
+class _ServiceDispatch:
+    """Pure ASGI: ``POST /v1/chat/completions`` straight to the chat route, checked
+    by the same guards in the same order as on the way through the routers (the
+    Host check, then the Origin check, then CORS if configured, which ``chat``
+    carries); every other request, and the lifespan, to ``app``.
+
+    A held stream then keeps no Starlette app, router, mount or ``Request`` alive:
+    through the two Starlette apps it kept three ``Request`` objects and ~10 KiB
+    (benchmarks/bench_gc.py --memory). The guards are asked (:meth:`HostGuard.check
+    <streammgr.server.HostGuard.check>`), not nested, so none stays on the stack.
+    """
+
+    __slots__ = ("_app", "_chat", "_guards")
+
+    def __init__(self, app: ASGIApp, chat: ASGIApp, guards: Sequence[HostGuard | None]) -> None:
+        self._app = app
+        self._chat = chat
+        self._guards = tuple(guard for guard in guards if guard is not None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send a chat request through the guards to the chat route, the rest to
+        the app."""
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or route_path(scope) != CHAT_COMPLETIONS_PATH
+        ):
+            await self._app(scope, receive, send)
+            return
+        for guard in self._guards:
+            problem = guard.check(scope)
+            if problem is not None:
+                await guard.refuse(scope, send, problem)
+                return
+        await self._chat(scope, receive, send)
 
 
 def graceful_trigger(
