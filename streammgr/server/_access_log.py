@@ -85,9 +85,19 @@ class AccessLog:
             raise
         finally:
             if answer is not None or (failed and kind == "http"):
-                self._log(scope, answer, failed, trio.current_time() - started)
+                self.log(scope, answer, failed, trio.current_time() - started)
 
-    def _log(self, scope: Scope, answer: Message | None, failed: bool, duration: float) -> None:
+    def log(self, scope: Scope, answer: Message | None, failed: bool, duration: float) -> None:
+        """Log one request's line, if it is to be logged: for a layer that notes the
+        answer itself instead of nesting this one (the service's chat route).
+
+        Args:
+            scope: the request's scope.
+            answer: its ``http.response.start`` (or WebSocket denial) message, or
+                ``None`` if none was sent.
+            failed: the app raised (an answer of 500 if none was sent).
+            duration: seconds from the request to the app's return.
+        """
         status: int | None = None if answer is None else int(answer["status"])
         if status is None and failed:
             status = 500  # what the server answers for an app that raised

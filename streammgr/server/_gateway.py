@@ -483,20 +483,25 @@ def route_path(scope: Scope) -> str:
     return path[len(root_path) :] if path[len(root_path)] == "/" else path
 
 
-class _ChatRoute:
+class ChatRoute:
     """``POST /v1/chat/completions`` as a plain ASGI callable: no router, no
     ``Request`` kept while the stream is held (the one the handler reads is gone
     once it has returned its response).
 
     An exception answers what Starlette's ``ServerErrorMiddleware`` answered: a
     500 ``Internal Server Error`` if nothing was sent yet, and is raised on to the
-    server.
+    server (:func:`internal_error`).
     """
 
     __slots__ = ("_gateway",)
 
     def __init__(self, gateway: _Gateway) -> None:
         self._gateway = gateway
+
+    async def response_for(self, scope: Scope, receive: Receive) -> Response:
+        """The request read and checked, and the response that answers it (for a
+        layer that sends it and handles errors itself)."""
+        return await self._gateway.chat_completions(Request(scope, receive))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one chat request (the ASGI application interface)."""
@@ -509,22 +514,28 @@ class _ChatRoute:
             await send(message)
 
         try:
-            response = await self._gateway.chat_completions(Request(scope, receive))
+            response = await self.response_for(scope, receive)
             await response(scope, receive, sender)
         except Exception:
             if not started:
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [
-                            (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
-                            (b"content-type", b"text/plain; charset=utf-8"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+                await internal_error(send)
             raise
+
+
+async def internal_error(send: Send) -> None:
+    """Send the 500 that Starlette's ``ServerErrorMiddleware`` sends for an app that
+    raised before answering: ``Internal Server Error``, as text."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                (b"content-type", b"text/plain; charset=utf-8"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
 
 
 class GatewayDispatch:
@@ -559,6 +570,28 @@ class GatewayDispatch:
             await self.app(scope, receive, send)
 
 
+def request_id_header(scope: Scope) -> tuple[bytes, bytes]:
+    """An HTTP request's id, put in ``scope["state"]["request_id"]``, and its
+    ``x-request-id`` header: the caller's own when it is a short token, else a new
+    one (``req_`` and 24 hex digits)."""
+    given = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+    request_id = given if _REQUEST_ID.fullmatch(given) else f"req_{secrets.token_hex(12)}"
+    scope["state"] = {**scope.get("state", {}), "request_id": request_id}
+    return (b"x-request-id", request_id.encode())
+
+
+def with_request_id(start: Message, header: tuple[bytes, bytes]) -> Message:
+    """An ``http.response.start`` message with ``header`` added, unless the answer
+    names its own ``x-request-id``."""
+    headers = list(start.get("headers", ()))
+    if not any(name.lower() == b"x-request-id" for name, _ in headers):
+        headers.append(header)
+    return {**start, "headers": headers}
+
+
 class RequestIdMiddleware:
     """Pure ASGI middleware: an ``x-request-id`` on every HTTP answer.
 
@@ -578,20 +611,11 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = ""
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                given = value.decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else f"req_{secrets.token_hex(12)}"
-        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
-        header = (b"x-request-id", request_id.encode())
+        header = request_id_header(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                if not any(name.lower() == b"x-request-id" for name, _ in headers):
-                    headers.append(header)
-                message = {**message, "headers": headers}
+                message = with_request_id(message, header)
             await send(message)
 
         await self.app(scope, receive, send_with_id)
@@ -609,7 +633,7 @@ class GatewayParts(NamedTuple):
     """
 
     app: ASGIApp
-    chat: ASGIApp
+    chat: ChatRoute
     routes: ASGIApp
 
 
@@ -765,7 +789,7 @@ def gateway_parts(
     )
     # Every layer from here to the routes looks only at a response's start: the
     # streaming answers send their bodies past them (one call per write, not five).
-    chat = _ChatRoute(gateway)
+    chat = ChatRoute(gateway)
     return GatewayParts(
         DirectBodyWrites(RequestIdMiddleware(GatewayDispatch(chat, app))), chat, app
     )

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._manager import StreamManager
 from ..sources import SourceTimeouts
@@ -32,15 +32,19 @@ from ._chat_page import chat_page_routes
 from ._gateway import (
     CHAT_COMPLETIONS_PATH,
     MAX_REQUEST_SIZE,
+    ChatRoute,
     RequestIdMiddleware,
     gateway_parts,
+    internal_error,
+    request_id_header,
     route_path,
+    with_request_id,
 )
 from ._health import ReadyState, health_routes
 from ._hosts import HostGuard
 from ._hypercorn import check_tls_pair, serve
 from ._lifespan import manager_lifespan
-from ._response import DirectBodyWrites
+from ._response import DIRECT_SEND, DirectBodyWrites
 
 __all__ = ["ServiceOptions", "build_service_app", "graceful_trigger", "serve_service"]
 
@@ -180,10 +184,13 @@ def build_service_app(
     # CORS opens the gateway to other origins, never the inspection API: a web page in
     # an operator's browser must not read or cancel streams of a tokenless admin API.
     public: ASGIApp = gateway
-    chat = parts.chat
+    cors_chat: ASGIApp | None = None
     if options.cors_origins:
         # The same CORS on the chat route as on the rest of the gateway.
-        public, chat = _cors(public, options.cors_origins), _cors(chat, options.cors_origins)
+        public, cors_chat = (
+            _cors(public, options.cors_origins),
+            _cors(parts.chat, options.cors_origins),
+        )
     origins: HostGuard | None = None
     if "*" not in options.cors_origins:
         # A page on another site reaches a gateway on loopback directly (its Host is
@@ -231,13 +238,18 @@ def build_service_app(
     # the request id, Starlette's error middlewares, the host guards, CORS): the
     # streaming answers send their bodies past them all (see DirectBodyWrites). A chat
     # request goes past the routers too, through the same guards (_ServiceDispatch).
-    return DirectBodyWrites(
-        AccessLog(
-            RequestIdMiddleware(_ServiceDispatch(service, chat, (hosts, origins))),
-            requests=options.access_log,
-            key_header=options.key_header,
-            secrets=secrets,
-        )
+    access_log = AccessLog(
+        RequestIdMiddleware(service),
+        requests=options.access_log,
+        key_header=options.key_header,
+        secrets=secrets,
+    )
+    return _ServiceDispatch(
+        DirectBodyWrites(access_log),
+        parts.chat,
+        cors_chat,
+        (hosts, origins),
+        access_log,
     )
 
 
@@ -254,40 +266,85 @@ def _cors(app: ASGIApp, origins: Sequence[str]) -> ASGIApp:
 
 
 class _ServiceDispatch:
-    """Pure ASGI: ``POST /v1/chat/completions`` straight to the chat route, checked
-    by the same guards in the same order as on the way through the routers (the
-    Host check, then the Origin check, then CORS if configured, which ``chat``
-    carries); every other request, and the lifespan, to ``app``.
+    """Pure ASGI, the service's outermost layer: ``POST /v1/chat/completions``
+    straight to the chat route, every other request (and the lifespan) to ``app``
+    (the body writes' bypass, the access log, the request id, the Starlette app).
 
-    A held stream then keeps no Starlette app, router, mount or ``Request`` alive:
-    through the two Starlette apps it kept three ``Request`` objects and ~10 KiB
-    (benchmarks/bench_gc.py --memory). The guards are asked (:meth:`HostGuard.check
-    <streammgr.server.HostGuard.check>`), not nested, so none stays on the stack.
+    A chat request gets in this one layer what the others give every request, in
+    the same order: its bodies written past the layers (:class:`DirectBodyWrites`),
+    its id (:class:`RequestIdMiddleware`), its log line (:class:`AccessLog`), the
+    Host check, the Origin check, CORS if configured (``cors_chat``), and a 500 if
+    the route raises before answering, as Starlette's error middleware answers.
+    The guards are asked (:meth:`HostGuard.check
+    <streammgr.server.HostGuard.check>`), not nested.
+
+    So a held stream keeps no Starlette app, router, mount or ``Request`` alive,
+    and one frame and one send wrapper of this layer instead of five layers: in
+    the nested apps it kept three ``Request`` objects and ~10 KiB
+    (benchmarks/bench_gc.py --memory; docs/performance.md).
     """
 
-    __slots__ = ("_app", "_chat", "_guards")
+    __slots__ = ("_access_log", "_app", "_chat", "_cors_chat", "_guards")
 
-    def __init__(self, app: ASGIApp, chat: ASGIApp, guards: Sequence[HostGuard | None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        chat: ChatRoute,
+        cors_chat: ASGIApp | None,
+        guards: Sequence[HostGuard | None],
+        access_log: AccessLog,
+    ) -> None:
         self._app = app
         self._chat = chat
+        self._cors_chat = cors_chat
         self._guards = tuple(guard for guard in guards if guard is not None)
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send a chat request through the guards to the chat route, the rest to
-        the app."""
+        """Answer a chat request, or pass the request to the app."""
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
             or route_path(scope) != CHAT_COMPLETIONS_PATH
+            or DIRECT_SEND in scope  # mounted inside another app that writes past it
         ):
             await self._app(scope, receive, send)
             return
-        for guard in self._guards:
-            problem = guard.check(scope)
-            if problem is not None:
-                await guard.refuse(scope, send, problem)
-                return
-        await self._chat(scope, receive, send)
+        begun = trio.current_time()
+        header = request_id_header(scope)
+        answer: Message | None = None
+
+        async def edge_send(message: Message) -> None:
+            nonlocal answer
+            if answer is None and message["type"] == "http.response.start":
+                message = answer = with_request_id(message, header)
+            await send(message)
+
+        scope[DIRECT_SEND] = send
+        failed = False
+        try:
+            # Inline, not in a method of its own: one frame less kept per stream.
+            for guard in self._guards:
+                problem = guard.check(scope)
+                if problem is not None:
+                    await guard.refuse(scope, edge_send, problem)
+                    return
+            if self._cors_chat is not None:
+                await self._cors_chat(scope, receive, edge_send)  # its 500 within CORS
+            else:
+                response = await self._chat.response_for(scope, receive)
+                await response(scope, receive, edge_send)
+        except Exception:
+            failed = True
+            if answer is None and self._cors_chat is None:
+                await internal_error(edge_send)
+            raise
+        finally:
+            # hypercorn's HTTPStream holds the scope and this send holds the stream:
+            # a cycle that only a full collection would free (see DirectBodyWrites).
+            del scope[DIRECT_SEND]
+            if answer is not None or failed:
+                self._access_log.log(scope, answer, failed, trio.current_time() - begun)
 
 
 def graceful_trigger(
