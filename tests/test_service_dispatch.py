@@ -18,12 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 import trio
 import trio.testing
 from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.routing import Mount
+from structlog.testing import capture_logs
 
 from streammgr import StreamManager
 from streammgr.server import ServiceOptions, admin_app, build_service_app, gateway_app
@@ -386,3 +388,73 @@ async def test_a_chat_handler_failure_before_the_answer_is_a_500(
     assert exchange.headers["content-type"] == "text/plain; charset=utf-8"
     assert exchange.headers["x-request-id"].startswith("req_")
     assert exchange.body == b"Internal Server Error"
+
+
+async def test_a_chat_handler_failure_with_cors_is_a_500_cors_lets_the_page_read(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # With CORS the 500 comes from inside it, as the gateway's own error middleware's did.
+    manager = StreamManager()
+    async with httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as upstream:
+        options = ServiceOptions(upstream_url=BASE, cors_origins=["https://app.example"])
+        app = build_service_app(manager, upstream, options)
+        exchange = ASGIExchange(app, "POST", "/v1/chat/completions", b"{", body_ends=False)
+        exchange.scope["headers"].append((b"origin", b"https://app.example"))
+        async with running_lifespan(app):
+            with pytest.RaisesGroup(ClientDisconnect, flatten_subgroups=True):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(exchange.run)
+                    await trio.testing.wait_all_tasks_blocked()
+                    exchange.disconnect()
+    assert exchange.status == 500
+    assert exchange.body == b"Internal Server Error"
+    assert exchange.headers["access-control-allow-origin"] == "https://app.example"
+    assert exchange.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize(
+    ("headers", "disconnect", "status", "level"),
+    [
+        ([], False, 200, "info"),
+        ([(b"host", b"evil.test")], False, 403, "info"),
+        ([(b"origin", b"https://evil.test")], False, 403, "info"),
+        ([], True, 500, "warning"),
+    ],
+)
+async def test_the_chat_route_logs_one_line_per_answer(
+    headers: list[tuple[bytes, bytes]],
+    disconnect: bool,
+    status: int,
+    level: str,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    structlog.reset_defaults()  # info lines too: capture_logs sees them all
+    manager = StreamManager()
+    async with httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as upstream:
+        options = ServiceOptions(upstream_url=BASE, access_log=True, key_header="x-tenant")
+        app = build_service_app(manager, upstream, options)
+        body = b"{" if disconnect else json.dumps(CHAT).encode()
+        exchange = ASGIExchange(app, "POST", "/v1/chat/completions", body, body_ends=not disconnect)
+        exchange.scope["headers"] += [(b"x-tenant", b"acme"), *headers]
+        with capture_logs() as logs:
+            async with running_lifespan(app):
+                if not disconnect:
+                    await exchange.run()
+                else:
+                    with pytest.RaisesGroup(ClientDisconnect, flatten_subgroups=True):
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(exchange.run)
+                            await trio.testing.wait_all_tasks_blocked()
+                            exchange.disconnect()
+    lines = [line for line in logs if str(line["event"]).startswith("http.")]
+    assert exchange.status == status
+    (line,) = lines
+    assert line["event"] == ("http.request" if status < 400 else "http.error")
+    assert line["log_level"] == level
+    assert (line["method"], line["path"], line["status"]) == (
+        "POST",
+        "/v1/chat/completions",
+        status,
+    )
+    assert line["request_id"] == exchange.headers["x-request-id"]
+    assert line["key"] == "acme"
