@@ -14,8 +14,10 @@ which needs two descriptors a stream in the gateway), started through this file'
 by generation; SIGUSR2 makes it write what it saw since the last SIGUSR2 (and,
 with ``--memory``, a tracemalloc snapshot and the gc-tracked objects by type) to a
 file the orchestrator reads. Each ``--gc`` setting (``--gc-threshold`` of serve:
-``python`` leaves the interpreter's collector as it is) is one gateway process;
-the settings take turns for each stream count, in one run.
+``python`` leaves the interpreter's collector as it is; then, after an ``@``, its
+``--gc-interval``: ``2000,10,1000@off`` is what serve did before the timed young
+collections) is one gateway process; the settings take turns for each stream count,
+in one run.
 
 Phases, each one's pauses apart: **opening** (the streams connecting, a few at a
 time per client), **held** (``--hold`` seconds with every stream open and a churn
@@ -105,8 +107,13 @@ class PauseRecorder:
         pauses, self.pauses = self.pauses, {0: [], 1: [], 2: []}
         collected, self.collected = self.collected, 0
         longest, self.longest = self.longest, {}
+        walls = sorted(wall for values in pauses.values() for wall, _ in values)
+        cpus = sorted(cpu for values in pauses.values() for _, cpu in values)
         return {
             "collected": collected,
+            # every collection's pause, whatever its generation: the 99th percentile
+            "p99": _percentile(walls, 0.99),
+            "p99_cpu": _percentile(cpus, 0.99),
             # the longest gen-1 collection: CPU s, young objects, the young container
             # with the most references (type, how many), objects it collected
             "longest_young": longest.get(1),
@@ -120,6 +127,13 @@ class PauseRecorder:
                 for generation, values in pauses.items()
             },
         }
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of the sorted ``values`` lie (nearest rank)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, max(0, int(fraction * len(values) + 0.5) - 1))]
 
 
 def _young() -> tuple[int, str, int]:
@@ -164,6 +178,7 @@ def probe(argv: Sequence[str]) -> int:
         nonlocal taken
         data = recorder.take()
         data["threshold"] = gc.get_threshold()
+        data["stats"] = gc.get_stats()  # collections by generation since the start
         data["frozen"] = gc.get_freeze_count()
         if args.objects:
             # Garbage not collected yet is not what a held stream keeps: collect it
@@ -260,7 +275,8 @@ def prober(
     args += ["--frames", str(frames)] + (["--objects"] if objects else [])
     args += ["--garbage"] if garbage else []
     args += ["--", "serve", "--port", str(port), *procs.GATEWAY_FLAGS]
-    args += ["--gc-threshold", setting]
+    threshold, _, interval = setting.partition("@")
+    args += ["--gc-threshold", threshold] + (["--gc-interval", interval] if interval else [])
     if upstream is not None:
         args += ["--upstream-url", upstream]
     env = {**os.environ, "PYTHONPATH": str(procs.ROOT)}
@@ -507,7 +523,11 @@ def main() -> int:
     parser.add_argument("--streams", type=int, action="append", help="1000 and 10000")
     parser.add_argument("--quick", action="store_true", help="1,000 streams only, held 5 s")
     parser.add_argument(
-        "--gc", action="append", help="--gc-threshold settings to compare (python, server)"
+        "--gc",
+        action="append",
+        help="serve settings to compare: --gc-threshold (python, server, G0,G1,G2), "
+        "optionally @--gc-interval (server@off, 2000,10,1000@off: before issue #15's "
+        "second pass; server@0.05)",
     )
     parser.add_argument("--upstream", choices=["in-process", "sim"], default="in-process")
     parser.add_argument("--memory", action="store_true", help="tracemalloc and object counts")
@@ -571,7 +591,8 @@ def main() -> int:
                 sim.stop()
     print(
         "\nper phase: the longest pause of generation 0, 1, 2 in ms, wall clock / the "
-        "gateway's CPU time (how many collections), then the longest of all; wall clock "
+        "gateway's CPU time (how many collections), then the longest of all and the 99th "
+        "percentile of every collection's pause; wall clock "
         "is what every stream waits, CPU time is the collection's own work (the same "
         "on an idle machine)"
     )
@@ -591,6 +612,7 @@ def print_run(run: Run) -> None:
         print(
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
+            f"  p99 {phase.report['p99'] * 1000:.1f} ms ({phase.report['p99_cpu'] * 1000:.1f} CPU)"
         )
         young = phase.report.get("longest_young")
         if young:

@@ -1,7 +1,10 @@
 """The garbage collector for a long-running server: ``tune_gc`` (what it sets, what it
-leaves), ``serve --gc-threshold`` (applied at start-up, overridable by flag and by
-variable), and served connections that leave no reference cycle behind (with full
-collections rare, a cycle per connection would be memory kept for hours).
+leaves), the timed young collections (``CollectionSchedule``'s choice, ``collect_young``
+on the mock clock: what ``gc.get_stats()`` says ran, cycles still freed, young and
+old), ``serve --gc-threshold`` and ``--gc-interval`` (applied at start-up,
+overridable by flag and by variable), and served connections that leave no reference
+cycle behind (with full collections rare, a cycle per connection would be memory
+kept for hours).
 
 No timing is asserted here: benchmarks/bench_gc.py measures the pauses.
 """
@@ -11,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import sys
+import weakref
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -19,8 +25,8 @@ import pytest
 import trio
 import trio.testing
 
-from streammgr import SERVER_GC_THRESHOLD, StreamManager, tune_gc
-from streammgr._gc import parse_gc_threshold
+from streammgr import GC_INTERVAL, SERVER_GC_THRESHOLD, StreamManager, collect_young, tune_gc
+from streammgr._gc import CollectionSchedule, parse_gc_interval, parse_gc_threshold
 from streammgr.cli import main
 from streammgr.server import ServiceOptions
 
@@ -43,7 +49,7 @@ def collector() -> Iterator[None]:
 @pytest.mark.usefixtures("collector")
 def test_tune_gc_freezes_what_is_alive_then_sets_the_thresholds() -> None:
     tune_gc()
-    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 10, 1_000)
+    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 4, 7_200)
     assert gc.get_freeze_count() > 1000  # the modules, classes and functions alive now
     assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
 
@@ -107,16 +113,180 @@ def test_a_bad_flag_value_is_a_one_line_error(
 
 
 @pytest.mark.parametrize(
-    ("flags", "env", "threshold", "frozen"),
+    ("text", "expected"), [("0.1", 0.1), (" 2 ", 2.0), ("off", None), ("OFF", None), ("0", None)]
+)
+def test_the_interval_flags_values(text: str, expected: float | None) -> None:
+    assert parse_gc_interval(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "soon", "nan", "inf", ""])
+def test_a_bad_interval_is_a_one_line_error(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--gc-interval", text]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--gc-interval" in line
+    assert "off" in line
+
+
+class Blocks:
+    """A stand-in for ``sys.getallocatedblocks``: the memory in use, set by the test."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.asked = 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        return self.value
+
+
+def test_the_schedule_collects_young_then_middle_as_the_counts_say() -> None:
+    schedule = CollectionSchedule((2000, 4, 7200), blocks=Blocks(100))
+    schedule.collected(2, 0)
+    # gc.get_count()[1]: young collections since the last middle one (CPython's ">").
+    assert [schedule.due((0, young, 0), 0) for young in range(7)] == [0, 0, 0, 0, 0, 1, 1]
+    # The young count (net allocations) plays no part: that is the point.
+    assert schedule.due((50_000, 0, 0), 0) == 0
+
+
+def test_a_full_collection_waits_for_the_count_and_for_growth() -> None:
+    blocks = Blocks(1000)
+    schedule = CollectionSchedule((2000, 4, 100), blocks=blocks)
+    schedule.collected(2, 0)
+    assert schedule.baseline == 1000
+    assert schedule.due((0, 5, 100), 0) == 1  # 100 middle ones: not more than 100
+    blocks.value = 1249
+    assert schedule.due((0, 5, 101), 0) == 1  # due by count, but grew less than 25%
+    blocks.value = 1250
+    assert schedule.due((0, 5, 101), 0) == 2
+    assert schedule.due((0, 0, 101), 0) == 0  # only ever in place of a middle one
+    blocks.value = 900  # the full collection freed memory: the new baseline
+    schedule.collected(2, 1)
+    assert schedule.baseline == 900
+    blocks.value = 1124
+    assert schedule.due((0, 5, 101), 1) == 1
+    blocks.value = 1125
+    assert schedule.due((0, 5, 101), 1) == 2
+
+
+def test_growth_is_checked_rarely_and_other_full_collections_count() -> None:
+    blocks = Blocks(1000)
+    schedule = CollectionSchedule((2000, 4, 1000), blocks=blocks)
+    schedule.collected(2, 0)
+    asked = blocks.asked
+    # Due by count but not grown: the allocator is asked once every threshold[2] // 100.
+    assert [schedule.due((0, 5, 1001), 0) for _ in range(25)] == [1] * 25
+    assert blocks.asked - asked == 3  # the 1st, the 11th and the 21st
+    # A full collection made elsewhere (the interpreter's, a gc.collect()) is the
+    # last one: its memory is the baseline.
+    blocks.value = 2000
+    assert schedule.due((0, 0, 0), 1) == 0
+    assert schedule.baseline == 2000
+
+
+def test_the_schedule_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="gc_threshold"):
+        CollectionSchedule((0, 4, 10))
+    with pytest.raises(ValueError, match="growth must be at least 1"):
+        CollectionSchedule((700, 4, 10), growth=0.5)
+
+
+def _collections() -> list[int]:
+    return [generation["collections"] for generation in gc.get_stats()]
+
+
+class Node:
+    """A container that can be part of a reference cycle and weakly referenced."""
+
+    other: object = None
+
+
+def _garbage_cycle() -> weakref.ref[Node]:
+    node = Node()
+    node.other = node
+    return weakref.ref(node)
+
+
+@pytest.fixture
+def quiet_collector(collector: None) -> None:
+    """No collection but the test's own: the interpreter's only after a million net
+    allocations."""
+    gc.collect()
+    gc.set_threshold(1_000_000, 10, 10)
+
+
+@pytest.mark.usefixtures("quiet_collector")
+async def test_collect_young_collects_by_time_whatever_the_count(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        before = _collections()
+        schedule = await nursery.start(partial(collect_young, (1_000_000, 4, 7200), interval=0.1))
+        assert schedule.threshold == (1_000_000, 4, 7200)
+        cycle = _garbage_cycle()
+        await trio.sleep(0.05)
+        assert cycle() is not None  # no tick yet: nothing collected it
+        await trio.sleep(0.1)  # the first tick, a young collection
+        assert cycle() is None  # a cycle that died young is freed by it
+        await trio.sleep(1.1)  # 12 ticks in all
+        after = _collections()
+        # Every sixth tick a middle one (more than 4 young since the last), no full one.
+        assert [a - b for a, b in zip(after, before, strict=True)] == [10, 2, 0]
+        nursery.cancel_scope.cancel()
+    assert not nursery.child_tasks  # the task ends when cancelled
+    await trio.sleep(1)
+    assert _collections() == after  # and collects nothing more
+
+
+@pytest.mark.usefixtures("quiet_collector")
+async def test_an_old_cycle_is_freed_once_the_memory_grows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    old = Node()
+    old.other = old
+    gc.collect()  # ages it into the old generation, alive
+    cycle = weakref.ref(old)
+    del old  # now garbage only a full collection finds
+    async with trio.open_nursery() as nursery:
+        before = _collections()
+        # A middle collection every other tick, a full one due after 2 of them.
+        await nursery.start(partial(collect_young, (1_000_000, 0, 1), interval=0.1))
+        await trio.sleep(1.05)
+        assert cycle() is not None  # due by count, but the memory did not grow
+        assert _collections()[2] == before[2]
+        ballast: list[list[int]] = [[] for _ in range(sys.getallocatedblocks() // 3)]
+        await trio.sleep(0.2)  # the next middle collection's tick: a full one instead
+        assert _collections()[2] == before[2] + 1
+        assert cycle() is None
+        del ballast
+        nursery.cancel_scope.cancel()
+
+
+async def test_collect_young_checks_its_interval() -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        await collect_young(interval=0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "threshold", "frozen", "interval"),
     [
-        ((), {}, list(SERVER_GC_THRESHOLD), True),
-        (("--gc-threshold", "python"), {}, [700, 10, 10], False),
-        ((), {"STREAMMGR_GC_THRESHOLD": "5000,5,50"}, [5000, 5, 50], True),
+        ((), {}, list(SERVER_GC_THRESHOLD), True, GC_INTERVAL),
+        (("--gc-threshold", "python"), {}, [700, 10, 10], False, None),
+        ((), {"STREAMMGR_GC_THRESHOLD": "5000,5,50"}, [5000, 5, 50], True, GC_INTERVAL),
         (
             ("--gc-threshold", "6000,6,60"),
             {"STREAMMGR_GC_THRESHOLD": "python"},
             [6000, 6, 60],
             True,
+            GC_INTERVAL,
+        ),
+        (("--gc-interval", "off"), {}, list(SERVER_GC_THRESHOLD), True, None),
+        ((), {"STREAMMGR_GC_INTERVAL": "0.25"}, list(SERVER_GC_THRESHOLD), True, 0.25),
+        (
+            ("--gc-threshold", "python", "--gc-interval", "0.5"),
+            {},
+            [700, 10, 10],
+            False,
+            None,  # the interpreter's collector is left alone: no task either
         ),
     ],
 )
@@ -126,14 +296,17 @@ async def test_serve_tunes_the_collector_at_start_up(
     env: dict[str, str],
     threshold: list[int],
     frozen: bool,
+    interval: float | None,
 ) -> None:
     async with started(nursery, "serve", *flags, **env) as running:
         tuned = await running.until("gateway.gc")
         await running.until("gateway.listening")  # tuned before it serves
         assert tuned["threshold"] == threshold
+        assert tuned["interval"] == interval
         frozen_count = tuned["frozen"]
         assert isinstance(frozen_count, int)
         assert (frozen_count > 1000) is frozen
+        # The collector's task ends with the server: a task left would hang the exit.
         assert await running.stop() == 0
 
 
