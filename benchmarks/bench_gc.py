@@ -613,6 +613,7 @@ def print_run(run: Run) -> None:
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
             f"  p99 {phase.report['p99'] * 1000:.1f} ms ({phase.report['p99_cpu'] * 1000:.1f} CPU)"
+            f"; {phase.report['collected']} objects collected"
         )
         young = phase.report.get("longest_young")
         if young:

@@ -1,6 +1,6 @@
 """The garbage collector for a long-running server: ``tune_gc`` (what it sets, what it
 leaves), the timed young collections (``CollectionSchedule``'s choice, ``collect_young``
-on the mock clock: what ``gc.get_stats()`` says ran, cycles still freed, young and
+and its thread, ticked without time: what ``gc.get_stats()`` says ran, cycles still freed, young and
 old), ``serve --gc-threshold`` and ``--gc-interval`` (applied at start-up,
 overridable by flag and by variable), and served connections that leave no reference
 cycle behind (with full collections rare, a cycle per connection would be memory
@@ -15,8 +15,9 @@ import contextlib
 import gc
 import json
 import sys
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -26,7 +27,12 @@ import trio
 import trio.testing
 
 from streammgr import GC_INTERVAL, SERVER_GC_THRESHOLD, StreamManager, collect_young, tune_gc
-from streammgr._gc import CollectionSchedule, parse_gc_interval, parse_gc_threshold
+from streammgr._gc import (
+    CollectionSchedule,
+    parse_gc_interval,
+    parse_gc_threshold,
+    run_collections,
+)
 from streammgr.cli import main
 from streammgr.server import ServiceOptions
 
@@ -214,51 +220,87 @@ def quiet_collector(collector: None) -> None:
     gc.set_threshold(1_000_000, 10, 10)
 
 
-@pytest.mark.usefixtures("quiet_collector")
-async def test_collect_young_collects_by_time_whatever_the_count(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async with trio.open_nursery() as nursery:
-        before = _collections()
-        schedule = await nursery.start(partial(collect_young, (1_000_000, 4, 7200), interval=0.1))
-        assert schedule.threshold == (1_000_000, 4, 7200)
-        cycle = _garbage_cycle()
-        await trio.sleep(0.05)
-        assert cycle() is not None  # no tick yet: nothing collected it
-        await trio.sleep(0.1)  # the first tick, a young collection
-        assert cycle() is None  # a cycle that died young is freed by it
-        await trio.sleep(1.1)  # 12 ticks in all
-        after = _collections()
-        # Every sixth tick a middle one (more than 4 young since the last), no full one.
-        assert [a - b for a, b in zip(after, before, strict=True)] == [10, 2, 0]
-        nursery.cancel_scope.cancel()
-    assert not nursery.child_tasks  # the task ends when cancelled
-    await trio.sleep(1)
-    assert _collections() == after  # and collects nothing more
+class Ticks:
+    """``run_collections``'s wait, without time: ``ticks`` intervals, then stop; before
+    each tick (after the first wait), ``check`` sees what the last one did."""
+
+    def __init__(self, ticks: int, check: Callable[[int], object] = lambda tick: None) -> None:
+        self.left = ticks
+        self.done = 0
+        self.check = check
+
+    def __call__(self) -> bool:
+        self.check(self.done)
+        if self.left == 0:
+            return True
+        self.left -= 1
+        self.done += 1
+        return False
 
 
 @pytest.mark.usefixtures("quiet_collector")
-async def test_an_old_cycle_is_freed_once_the_memory_grows(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def test_each_tick_collects_whatever_the_count_says() -> None:
+    cycle = _garbage_cycle()
+    freed_at: list[int] = []
+
+    def check(ticks: int) -> None:
+        if cycle() is None and not freed_at:
+            freed_at.append(ticks)
+
+    before = _collections()
+    run_collections(CollectionSchedule((1_000_000, 4, 7200)), Ticks(12, check))
+    after = _collections()
+    # A young one each tick, a middle one every sixth (more than 4 young since the
+    # last), no full one: gc.get_stats() says what ran.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [10, 2, 0]
+    assert freed_at == [1]  # a cycle that died young: freed by the first tick
+
+
+@pytest.mark.usefixtures("quiet_collector")
+def test_an_old_cycle_is_freed_once_the_memory_grows() -> None:
     old = Node()
     old.other = old
     gc.collect()  # ages it into the old generation, alive
     cycle = weakref.ref(old)
     del old  # now garbage only a full collection finds
-    async with trio.open_nursery() as nursery:
-        before = _collections()
-        # A middle collection every other tick, a full one due after 2 of them.
-        await nursery.start(partial(collect_young, (1_000_000, 0, 1), interval=0.1))
-        await trio.sleep(1.05)
-        assert cycle() is not None  # due by count, but the memory did not grow
-        assert _collections()[2] == before[2]
-        ballast: list[list[int]] = [[] for _ in range(sys.getallocatedblocks() // 3)]
-        await trio.sleep(0.2)  # the next middle collection's tick: a full one instead
-        assert _collections()[2] == before[2] + 1
-        assert cycle() is None
-        del ballast
-        nursery.cancel_scope.cancel()
+    before = _collections()
+    # A middle collection every other tick, a full one due after more than 1 of them.
+    schedule = CollectionSchedule((1_000_000, 0, 1))
+    run_collections(schedule, Ticks(10))
+    assert cycle() is not None  # due by count since the 6th tick, but no growth
+    assert _collections()[2] == before[2]
+    ballast: list[list[int]] = [[] for _ in range(sys.getallocatedblocks() // 3)]
+    run_collections(schedule, Ticks(2))  # the next middle collection's tick
+    assert _collections()[2] == before[2] + 1  # a full one instead
+    assert cycle() is None
+    del ballast
+
+
+def _collector_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "streammgr-gc"]
+
+
+@pytest.mark.usefixtures("collector")
+async def test_collect_young_runs_a_thread_until_cancelled() -> None:
+    collected = threading.Event()
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and threading.current_thread().name == "streammgr-gc":
+            collected.set()
+
+    gc.callbacks.append(seen)
+    try:
+        gc.set_threshold(1_000_000, 4, 7200)  # none of the interpreter's own meanwhile
+        async with trio.open_nursery() as nursery:
+            schedule = await nursery.start(partial(collect_young, interval=0.001))
+            assert schedule.threshold == (1_000_000, 4, 7200)  # gc.get_threshold()'s
+            assert len(_collector_threads()) == 1
+            assert await trio.to_thread.run_sync(collected.wait, PATIENCE)
+            nursery.cancel_scope.cancel()
+        assert not nursery.child_tasks
+        assert not _collector_threads()  # joined when the task was cancelled
+    finally:
+        gc.callbacks.remove(seen)
 
 
 async def test_collect_young_checks_its_interval() -> None:

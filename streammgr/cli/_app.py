@@ -218,15 +218,15 @@ async def serve(
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
         gc_threshold: The garbage collector, set once the app is built: server (the
-            start-up's objects frozen, then gc.set_threshold(2000, 10, 1000): full
+            start-up's objects frozen, then gc.set_threshold(2000, 4, 7200): full
             collections, which stall every stream, become rare), python (the
             interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
-        gc_interval: Seconds between the young collections a task runs besides the
-            interpreter's own (whose count misses the young objects made while as many
-            old ones are freed, and lets them pile up into long pauses); every
-            GEN1+1-th is a middle one, and a full one comes after GEN2 middle ones only
-            if the memory grew by a quarter since the last. off: only the
-            interpreter's, by count. Not with --gc-threshold python.
+        gc_interval: Seconds between the young collections a thread runs besides the
+            interpreter's own (whose net count misses young objects made while as many
+            old ones are freed, and lets them pile up into long pauses); a middle one
+            after more than GEN1 young ones, a full one only after more than GEN2
+            middle ones and when the memory grew by a quarter since the last. off:
+            only the interpreter's, by count. Not with --gc-threshold python.
         certfile: Serve HTTPS with this PEM certificate (then any intermediates), with
             --keyfile; HTTP/2 is offered to browsers (many streams on one connection).
         keyfile: The PEM private key of --certfile (not encrypted).
