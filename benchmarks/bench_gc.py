@@ -31,6 +31,12 @@ held stream, by component (the innermost frame of a known package: hypercorn, h1
 trio, starlette, streammgr; trio's own allocations also charged to the package that
 called into trio), and gc-tracked objects per stream by type.
 
+``--cpu SECONDS`` (no probe: plain ``streammgr serve`` processes, the settings taking
+turns ``--repeats`` times, their order rotating): the gateway's CPU per second idle
+(after the warm-up, no stream), then with ``--cpu-streams`` (100) held streams, a token
+each every ``--token-interval`` seconds, and RSS per held stream: what the timed
+collections cost where they find little to do.
+
 ``compare DIR`` (with ``load_gateway.py --tracemalloc DIR``): the growth between the
 soak's quiet points, by line, largest first.
 """
@@ -44,6 +50,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -513,6 +520,90 @@ def compare(directory: Path) -> int:
     return 0
 
 
+@dataclass
+class Cost:
+    """One gateway's CPU idle and with streams held (``--cpu``)."""
+
+    setting: str
+    idle: float  # CPU seconds a second
+    held: float
+    per_stream: float  # RSS KiB a held stream
+
+
+def cpu_cost(workdir: Path, setting: str, args: argparse.Namespace) -> Cost:
+    """A plain gateway: warm up, CPU over ``args.cpu`` seconds idle, then with
+    ``args.cpu_streams`` streams held."""
+    port = procs.free_port()
+    threshold, _, interval = setting.partition("@")
+    command = [procs.PYTHON, "-m", "streammgr", "serve", "--port", str(port)]
+    command += [*procs.GATEWAY_FLAGS, "--gc-threshold", threshold]
+    command += ["--gc-interval", interval] if interval else []
+    env = {**os.environ, "PYTHONPATH": str(procs.ROOT)}
+    proc = procs.Proc(f"gateway-{setting}", command, port, workdir / "gateway-cpu.log", env)
+    with proc:
+        procs.start_clients(workdir, [churn_spec(port, 200, 1)], "cpu-warm").wait(600)
+        time.sleep(2.0)  # the warm-up's connections closing
+        before = proc.cpu()
+        time.sleep(args.cpu)  # measuring an idle process: nothing to wait on
+        idle = (proc.cpu() - before) / args.cpu
+        rss = proc.rss()
+        spec = procs.ClientSpec(
+            port=port,
+            streams=args.cpu_streams,
+            first_seed=1_000_000,
+            simulate={
+                "tokens": 100_000,
+                "first_token_latency": 0.0,
+                "token_latency": args.token_interval,
+            },
+            parallel_until_headers=True,
+            hold=True,
+        )
+        held = procs.start_clients(workdir, [spec], "cpu-held")
+        try:
+            deadline = time.monotonic() + 120
+            while procs.established(port) < args.cpu_streams and time.monotonic() < deadline:
+                time.sleep(0.1)  # polling another process's sockets
+            time.sleep(1.0)  # the opening's work done
+            before = proc.cpu()
+            time.sleep(args.cpu)
+            busy = (proc.cpu() - before) / args.cpu
+            per_stream = (proc.rss() - rss) / args.cpu_streams
+        finally:
+            held.signal(signal.SIGUSR1)
+            held.wait(120)
+    return Cost(setting, idle, busy, per_stream)
+
+
+def cpu_main(args: argparse.Namespace) -> int:
+    """``--cpu``: every setting's costs, taking turns."""
+    costs: dict[str, list[Cost]] = {setting: [] for setting in args.gc}
+    with tempfile.TemporaryDirectory(prefix="bench-gc-cpu-") as tmp:
+        for repeat in range(args.repeats):
+            shift = repeat % len(args.gc)
+            for setting in args.gc[shift:] + args.gc[:shift]:
+                cost = cpu_cost(Path(tmp), setting, args)
+                costs[setting].append(cost)
+                print(
+                    f"  repeat {repeat + 1} {setting:<20} idle {cost.idle * 1000:6.2f} ms/s  "
+                    f"{args.cpu_streams} held {cost.held * 1000:6.1f} ms/s  "
+                    f"RSS {cost.per_stream:5.1f} KiB a held stream",
+                    flush=True,
+                )
+    print(
+        f"\nmedian over {args.repeats} repeats: CPU ms a second idle, with "
+        f"{args.cpu_streams} held streams (a token every {args.token_interval:g} s), "
+        f"RSS KiB a held stream"
+    )
+    for setting, values in costs.items():
+        idle = statistics.median(cost.idle for cost in values) * 1000
+        held = statistics.median(cost.held for cost in values) * 1000
+        per = statistics.median(cost.per_stream for cost in values)
+        print(f"  {setting:<20} idle {idle:6.2f}  held {held:6.1f}  RSS {per:5.1f}")
+    print(f"load average after: {procs.load_average()}")
+    return 0
+
+
 def main() -> int:
     """Parse the flags, run every setting for every stream count, print the tables."""
     if len(sys.argv) > 1 and sys.argv[1] == "probe":
@@ -538,6 +629,11 @@ def main() -> int:
     parser.add_argument("--churn", type=int, default=100, help="short streams per churn round")
     parser.add_argument("--token-interval", type=float, default=30.0, help="held streams")
     parser.add_argument("--open-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--cpu", type=float, help="SECONDS: CPU idle and with --cpu-streams held, no probe"
+    )
+    parser.add_argument("--cpu-streams", type=int, default=100, help="held streams (--cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of every setting (--cpu)")
     args = parser.parse_args()
     if args.token_interval >= 60:
         parser.error("--token-interval must be below serve's --idle-timeout (60 s)")
@@ -548,6 +644,12 @@ def main() -> int:
     if args.memory:
         args.gc = args.gc[:1]
     limit = procs.raise_nofile()
+    if args.cpu:
+        print(
+            f"bench_gc --cpu: {platform.python_version()}, load average "
+            f"{procs.load_average()}; settings {args.gc}"
+        )
+        return cpu_main(args)
     print(
         f"bench_gc: {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, RLIMIT_NOFILE {limit}; load average {procs.load_average()}"
