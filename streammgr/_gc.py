@@ -14,7 +14,7 @@ tracked objects (freeing one, however old, takes one off the count), so while
 streams open and end at once none comes due and the young generations pile up: at
 10,000 held streams one generation-1 collection visited 142,049 young objects, 152 ms
 of CPU. :func:`collect_young` (a Trio task and the thread it owns) collects the young
-generation every ``interval`` (0.1 s) whatever the count says, so each collection
+generation every ``interval`` (0.05 s) whatever the count says, so each collection
 visits at most what the last interval left alive; the interpreter's own collections
 still run between (a burst of net allocations). Which generation each tick collects is decided
 by :class:`CollectionSchedule` (no I/O): CPython's own rule by counts, and a full
@@ -53,13 +53,13 @@ __all__ = [
     "tune_gc",
 ]
 
-SERVER_GC_THRESHOLD = (2_000, 4, 7_200)
+SERVER_GC_THRESHOLD = (2_000, 0, 36_000)
 """``gc.set_threshold`` for a server: a young collection every 2,000 net container
 allocations (the interpreter's: 700) or every :data:`GC_INTERVAL` (with
 :func:`collect_young`), whichever comes first; a middle (generation 1) one once more
-than 4 young ones ran since the last (every sixth tick, 0.6 s, with the task: each
-visits what 0.6 s left alive); a full one once more than 7,200 middle ones ran (72
-minutes with the task), and then only when the
+than 0 young ones ran since the last (every other tick with the task: each visits
+what 0.1 s left alive, which then ages into the old generation); a full one once more
+than 36,000 middle ones ran (an hour with the task), and then only when the
 memory grew by :data:`GROWTH_FOR_FULL` since the last full collection
 (:class:`CollectionSchedule`; the interpreter's own collections apply its rule: the
 objects promoted since the last full collection a quarter of those it left alive).
@@ -70,11 +70,23 @@ for every tracked object freed, however old), so while streams opened and ended 
 once the young generations piled up, and at 10,000 held streams one generation-1
 collection visited 142,049 young objects, 152 ms of CPU (bench_gc.py). A full
 collection at 10,000 held streams visits about 4 million objects (430 a stream):
-seconds, during which every stream stalls; hence rare, and only for growth."""
+seconds, during which every stream stalls; hence rare, and only for growth.
 
-GC_INTERVAL = 0.1
+Why a middle collection every other tick rather than after 3-5 young ones: a middle
+collection visits every young survivor since the last one, and a busy gateway makes
+them at about 80,000 a second of CPU (streams opening, a churn, clients leaving),
+each visit ~0.5-1.5 us on a large heap. At 3,000 held streams (bench_gc.py, a loaded
+machine), after 4 young ones 0.1 s apart the longest visited 24,032 young objects
+with a churn beside (19.6 ms of CPU) and 17,407 while every client left (20.1 ms);
+every other tick 0.05 s apart, 5,357 (2.7 ms) and 14,170 (12.3 ms). What survives
+0.1 s ages into the old generation: a reference cycle that becomes garbage later waits
+for a full collection (the trade; the served streams leave none)."""
+
+GC_INTERVAL = 0.05
 """Seconds between the young collections of :func:`collect_young` (``serve
---gc-interval``): each visits what the interval left alive, ~1 us an object."""
+--gc-interval``): each visits what the interval left alive, ~1 us an object (0.1:
+twice the pauses, measured above; a tick costs a few microseconds when there is
+nothing to visit)."""
 
 GROWTH_FOR_FULL = 1.25
 """A full collection, once due by count, waits until ``sys.getallocatedblocks()`` is

@@ -55,7 +55,7 @@ def collector() -> Iterator[None]:
 @pytest.mark.usefixtures("collector")
 def test_tune_gc_freezes_what_is_alive_then_sets_the_thresholds() -> None:
     tune_gc()
-    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 4, 7_200)
+    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 0, 36_000)
     assert gc.get_freeze_count() > 1000  # the modules, classes and functions alive now
     assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
 

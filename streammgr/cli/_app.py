@@ -176,7 +176,7 @@ async def serve(
     gc_threshold: Annotated[str, _env("gc_threshold"), Parameter(validator=_gc_threshold)] = (
         "server"
     ),
-    gc_interval: Annotated[str, _env("gc_interval"), Parameter(validator=_gc_interval)] = "0.1",
+    gc_interval: Annotated[str, _env("gc_interval"), Parameter(validator=_gc_interval)] = "0.05",
     certfile: Annotated[str | None, _env("certfile")] = None,
     keyfile: Annotated[str | None, _env("keyfile")] = None,
 ) -> int:
@@ -218,7 +218,7 @@ async def serve(
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
         gc_threshold: The garbage collector, set once the app is built: server (the
-            start-up's objects frozen, then gc.set_threshold(2000, 4, 7200): full
+            start-up's objects frozen, then gc.set_threshold(2000, 0, 36000): full
             collections, which stall every stream, become rare), python (the
             interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
         gc_interval: Seconds between the young collections a thread runs besides the
