@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import json
 import os
@@ -520,6 +521,16 @@ def compare(directory: Path) -> int:
     return 0
 
 
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` (``/proc/<pid>/task/*/schedstat``:
+    the clock-tick counts of ``/proc/<pid>/stat`` are too coarse for an idle process)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            total += int(stat.read_text().split()[0])
+    return total
+
+
 @dataclass
 class Cost:
     """One gateway's CPU idle and with streams held (``--cpu``)."""
@@ -543,16 +554,17 @@ def cpu_cost(workdir: Path, setting: str, args: argparse.Namespace) -> Cost:
     with proc:
         procs.start_clients(workdir, [churn_spec(port, 200, 1)], "cpu-warm").wait(600)
         time.sleep(2.0)  # the warm-up's connections closing
-        before = proc.cpu()
+        before = cpu_ns(proc.pid)
         time.sleep(args.cpu)  # measuring an idle process: nothing to wait on
-        idle = (proc.cpu() - before) / args.cpu
+        idle = (cpu_ns(proc.pid) - before) / 1e9 / args.cpu
         rss = proc.rss()
         spec = procs.ClientSpec(
             port=port,
             streams=args.cpu_streams,
             first_seed=1_000_000,
             simulate={
-                "tokens": 100_000,
+                # enough for the measurement (the simulator makes them all at once)
+                "tokens": int((args.cpu + 60) / args.token_interval),
                 "first_token_latency": 0.0,
                 "token_latency": args.token_interval,
             },
@@ -565,9 +577,9 @@ def cpu_cost(workdir: Path, setting: str, args: argparse.Namespace) -> Cost:
             while procs.established(port) < args.cpu_streams and time.monotonic() < deadline:
                 time.sleep(0.1)  # polling another process's sockets
             time.sleep(1.0)  # the opening's work done
-            before = proc.cpu()
+            before = cpu_ns(proc.pid)
             time.sleep(args.cpu)
-            busy = (proc.cpu() - before) / args.cpu
+            busy = (cpu_ns(proc.pid) - before) / 1e9 / args.cpu
             per_stream = (proc.rss() - rss) / args.cpu_streams
         finally:
             held.signal(signal.SIGUSR1)
