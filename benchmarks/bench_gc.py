@@ -131,6 +131,7 @@ class PauseRecorder:
                     "max": max((wall for wall, _ in values), default=0.0),
                     "max_cpu": max((cpu for _, cpu in values), default=0.0),
                     "total": sum(wall for wall, _ in values),
+                    "total_cpu": sum(cpu for _, cpu in values),
                 }
                 for generation, values in pauses.items()
             },
@@ -307,6 +308,12 @@ class Phase:
         return "  ".join(
             f"{gens[g]['max'] * 1000:6.1f}/{gens[g]['max_cpu'] * 1000:6.1f} ({gens[g]['count']:>4})"
             for g in ("0", "1", "2")
+        )
+
+    def total_cpu(self) -> float:
+        """CPU seconds of every collection in the phase."""
+        return sum(
+            float(value.get("total_cpu", 0.0)) for value in self.report["by_generation"].values()
         )
 
     def longest(self, key: str = "max") -> float:
@@ -727,7 +734,8 @@ def print_run(run: Run) -> None:
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
             f"  p99 {phase.report['p99'] * 1000:.1f} ms ({phase.report['p99_cpu'] * 1000:.1f} CPU)"
-            f"; {phase.report['collected']} objects collected"
+            f"; {phase.report['collected']} objects collected; collections' CPU "
+            f"{phase.total_cpu() * 1000 / max(phase.seconds, 1e-9):.1f} ms/s"
         )
         young = phase.report.get("longest_young")
         if young:
