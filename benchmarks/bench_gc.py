@@ -14,8 +14,10 @@ which needs two descriptors a stream in the gateway), started through this file'
 by generation; SIGUSR2 makes it write what it saw since the last SIGUSR2 (and,
 with ``--memory``, a tracemalloc snapshot and the gc-tracked objects by type) to a
 file the orchestrator reads. Each ``--gc`` setting (``--gc-threshold`` of serve:
-``python`` leaves the interpreter's collector as it is) is one gateway process;
-the settings take turns for each stream count, in one run.
+``python`` leaves the interpreter's collector as it is; then, after an ``@``, its
+``--gc-interval``: ``2000,10,1000@off`` is what serve did before the timed young
+collections) is one gateway process; the settings take turns for each stream count,
+in one run.
 
 Phases, each one's pauses apart: **opening** (the streams connecting, a few at a
 time per client), **held** (``--hold`` seconds with every stream open and a churn
@@ -29,6 +31,12 @@ held stream, by component (the innermost frame of a known package: hypercorn, h1
 trio, starlette, streammgr; trio's own allocations also charged to the package that
 called into trio), and gc-tracked objects per stream by type.
 
+``--cpu SECONDS`` (no probe: plain ``streammgr serve`` processes, the settings taking
+turns ``--repeats`` times, their order rotating): the gateway's CPU per second idle
+(after the warm-up, no stream), then with ``--cpu-streams`` (100) held streams, a token
+each every ``--token-interval`` seconds, and RSS per held stream: what the timed
+collections cost where they find little to do.
+
 ``compare DIR`` (with ``load_gateway.py --tracemalloc DIR``): the growth between the
 soak's quiet points, by line, largest first.
 """
@@ -37,11 +45,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -106,8 +116,13 @@ class PauseRecorder:
         pauses, self.pauses = self.pauses, {0: [], 1: [], 2: []}
         collected, self.collected = self.collected, 0
         longest, self.longest = self.longest, {}
+        walls = sorted(wall for values in pauses.values() for wall, _ in values)
+        cpus = sorted(cpu for values in pauses.values() for _, cpu in values)
         return {
             "collected": collected,
+            # every collection's pause, whatever its generation: the 99th percentile
+            "p99": _percentile(walls, 0.99),
+            "p99_cpu": _percentile(cpus, 0.99),
             # the longest gen-1 collection: CPU s, young objects, the young container
             # with the most references (type, how many), objects it collected
             "longest_young": longest.get(1),
@@ -117,10 +132,18 @@ class PauseRecorder:
                     "max": max((wall for wall, _ in values), default=0.0),
                     "max_cpu": max((cpu for _, cpu in values), default=0.0),
                     "total": sum(wall for wall, _ in values),
+                    "total_cpu": sum(cpu for _, cpu in values),
                 }
                 for generation, values in pauses.items()
             },
         }
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of the sorted ``values`` lie (nearest rank)."""
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, max(0, int(fraction * len(values) + 0.5) - 1))]
 
 
 def _young() -> tuple[int, str, int]:
@@ -165,6 +188,7 @@ def probe(argv: Sequence[str]) -> int:
         nonlocal taken
         data = recorder.take()
         data["threshold"] = gc.get_threshold()
+        data["stats"] = gc.get_stats()  # collections by generation since the start
         data["frozen"] = gc.get_freeze_count()
         # For a soak's slopes (load_gateway.py, compare): when, the process's RSS, the
         # objects in the oldest generation (what waits for a full collection: a
@@ -282,7 +306,8 @@ def prober(
     args += ["--frames", str(frames)] + (["--objects"] if objects else [])
     args += ["--garbage"] if garbage else []
     args += ["--", "serve", "--port", str(port), *procs.GATEWAY_FLAGS]
-    args += ["--gc-threshold", setting]
+    threshold, _, interval = setting.partition("@")
+    args += ["--gc-threshold", threshold] + (["--gc-interval", interval] if interval else [])
     if upstream is not None:
         args += ["--upstream-url", upstream]
     env = {**os.environ, "PYTHONPATH": str(procs.ROOT)}
@@ -305,6 +330,12 @@ class Phase:
         return "  ".join(
             f"{gens[g]['max'] * 1000:6.1f}/{gens[g]['max_cpu'] * 1000:6.1f} ({gens[g]['count']:>4})"
             for g in ("0", "1", "2")
+        )
+
+    def total_cpu(self) -> float:
+        """CPU seconds of every collection in the phase."""
+        return sum(
+            float(value.get("total_cpu", 0.0)) for value in self.report["by_generation"].values()
         )
 
     def longest(self, key: str = "max") -> float:
@@ -534,6 +565,101 @@ def compare(directory: Path) -> int:
     return 0
 
 
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` (``/proc/<pid>/task/*/schedstat``:
+    the clock-tick counts of ``/proc/<pid>/stat`` are too coarse for an idle process)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            total += int(stat.read_text().split()[0])
+    return total
+
+
+@dataclass
+class Cost:
+    """One gateway's CPU idle and with streams held (``--cpu``)."""
+
+    setting: str
+    idle: float  # CPU seconds a second
+    held: float
+    per_stream: float  # RSS KiB a held stream
+
+
+def cpu_cost(workdir: Path, setting: str, args: argparse.Namespace) -> Cost:
+    """A plain gateway: warm up, CPU over ``args.cpu`` seconds idle, then with
+    ``args.cpu_streams`` streams held."""
+    port = procs.free_port()
+    threshold, _, interval = setting.partition("@")
+    command = [procs.PYTHON, "-m", "streammgr", "serve", "--port", str(port)]
+    command += [*procs.GATEWAY_FLAGS, "--gc-threshold", threshold]
+    command += ["--gc-interval", interval] if interval else []
+    env = {**os.environ, "PYTHONPATH": str(procs.ROOT)}
+    proc = procs.Proc(f"gateway-{setting}", command, port, workdir / "gateway-cpu.log", env)
+    with proc:
+        procs.start_clients(workdir, [churn_spec(port, 200, 1)], "cpu-warm").wait(600)
+        time.sleep(2.0)  # the warm-up's connections closing
+        before = cpu_ns(proc.pid)
+        time.sleep(args.cpu)  # measuring an idle process: nothing to wait on
+        idle = (cpu_ns(proc.pid) - before) / 1e9 / args.cpu
+        rss = proc.rss()
+        spec = procs.ClientSpec(
+            port=port,
+            streams=args.cpu_streams,
+            first_seed=1_000_000,
+            simulate={
+                # enough for the measurement (the simulator makes them all at once)
+                "tokens": int((args.cpu + 60) / args.token_interval),
+                "first_token_latency": 0.0,
+                "token_latency": args.token_interval,
+            },
+            parallel_until_headers=True,
+            hold=True,
+        )
+        held = procs.start_clients(workdir, [spec], "cpu-held")
+        try:
+            deadline = time.monotonic() + 120
+            while procs.established(port) < args.cpu_streams and time.monotonic() < deadline:
+                time.sleep(0.1)  # polling another process's sockets
+            time.sleep(1.0)  # the opening's work done
+            before = cpu_ns(proc.pid)
+            time.sleep(args.cpu)
+            busy = (cpu_ns(proc.pid) - before) / 1e9 / args.cpu
+            per_stream = (proc.rss() - rss) / args.cpu_streams
+        finally:
+            held.signal(signal.SIGUSR1)
+            held.wait(120)
+    return Cost(setting, idle, busy, per_stream)
+
+
+def cpu_main(args: argparse.Namespace) -> int:
+    """``--cpu``: every setting's costs, taking turns."""
+    costs: dict[str, list[Cost]] = {setting: [] for setting in args.gc}
+    with tempfile.TemporaryDirectory(prefix="bench-gc-cpu-") as tmp:
+        for repeat in range(args.repeats):
+            shift = repeat % len(args.gc)
+            for setting in args.gc[shift:] + args.gc[:shift]:
+                cost = cpu_cost(Path(tmp), setting, args)
+                costs[setting].append(cost)
+                print(
+                    f"  repeat {repeat + 1} {setting:<20} idle {cost.idle * 1000:6.2f} ms/s  "
+                    f"{args.cpu_streams} held {cost.held * 1000:6.1f} ms/s  "
+                    f"RSS {cost.per_stream:5.1f} KiB a held stream",
+                    flush=True,
+                )
+    print(
+        f"\nmedian over {args.repeats} repeats: CPU ms a second idle, with "
+        f"{args.cpu_streams} held streams (a token every {args.token_interval:g} s), "
+        f"RSS KiB a held stream"
+    )
+    for setting, values in costs.items():
+        idle = statistics.median(cost.idle for cost in values) * 1000
+        held = statistics.median(cost.held for cost in values) * 1000
+        per = statistics.median(cost.per_stream for cost in values)
+        print(f"  {setting:<20} idle {idle:6.2f}  held {held:6.1f}  RSS {per:5.1f}")
+    print(f"load average after: {procs.load_average()}")
+    return 0
+
+
 def main() -> int:
     """Parse the flags, run every setting for every stream count, print the tables."""
     if len(sys.argv) > 1 and sys.argv[1] == "probe":
@@ -544,7 +670,11 @@ def main() -> int:
     parser.add_argument("--streams", type=int, action="append", help="1000 and 10000")
     parser.add_argument("--quick", action="store_true", help="1,000 streams only, held 5 s")
     parser.add_argument(
-        "--gc", action="append", help="--gc-threshold settings to compare (python, server)"
+        "--gc",
+        action="append",
+        help="serve settings to compare: --gc-threshold (python, server, G0,G1,G2), "
+        "optionally @--gc-interval (server@off, 2000,10,1000@off: before issue #15's "
+        "second pass; server@0.05)",
     )
     parser.add_argument("--upstream", choices=["in-process", "sim"], default="in-process")
     parser.add_argument("--memory", action="store_true", help="tracemalloc and object counts")
@@ -555,6 +685,11 @@ def main() -> int:
     parser.add_argument("--churn", type=int, default=100, help="short streams per churn round")
     parser.add_argument("--token-interval", type=float, default=30.0, help="held streams")
     parser.add_argument("--open-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--cpu", type=float, help="SECONDS: CPU idle and with --cpu-streams held, no probe"
+    )
+    parser.add_argument("--cpu-streams", type=int, default=100, help="held streams (--cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of every setting (--cpu)")
     args = parser.parse_args()
     if args.token_interval >= 60:
         parser.error("--token-interval must be below serve's --idle-timeout (60 s)")
@@ -565,6 +700,12 @@ def main() -> int:
     if args.memory:
         args.gc = args.gc[:1]
     limit = procs.raise_nofile()
+    if args.cpu:
+        print(
+            f"bench_gc --cpu: {platform.python_version()}, load average "
+            f"{procs.load_average()}; settings {args.gc}"
+        )
+        return cpu_main(args)
     print(
         f"bench_gc: {platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, RLIMIT_NOFILE {limit}; load average {procs.load_average()}"
@@ -608,7 +749,8 @@ def main() -> int:
                 sim.stop()
     print(
         "\nper phase: the longest pause of generation 0, 1, 2 in ms, wall clock / the "
-        "gateway's CPU time (how many collections), then the longest of all; wall clock "
+        "gateway's CPU time (how many collections), then the longest of all and the 99th "
+        "percentile of every collection's pause; wall clock "
         "is what every stream waits, CPU time is the collection's own work (the same "
         "on an idle machine)"
     )
@@ -628,6 +770,9 @@ def print_run(run: Run) -> None:
         print(
             f"  {phase.name:<8} {phase.seconds:6.1f}s  {phase.cell()}  "
             f"longest {phase.longest() * 1000:.0f} ms ({phase.longest('max_cpu') * 1000:.0f} CPU)"
+            f"  p99 {phase.report['p99'] * 1000:.1f} ms ({phase.report['p99_cpu'] * 1000:.1f} CPU)"
+            f"; {phase.report['collected']} objects collected; collections' CPU "
+            f"{phase.total_cpu() * 1000 / max(phase.seconds, 1e-9):.1f} ms/s"
         )
         young = phase.report.get("longest_young")
         if young:

@@ -29,7 +29,9 @@ from ._errors import UpstreamProtocolError as UpstreamProtocolError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeout as UpstreamTimeout
 from ._errors import UpstreamTruncated as UpstreamTruncated
+from ._gc import GC_INTERVAL as GC_INTERVAL
 from ._gc import SERVER_GC_THRESHOLD as SERVER_GC_THRESHOLD
+from ._gc import collect_young as collect_young
 from ._gc import tune_gc as tune_gc
 from ._inline import InlineStream as InlineStream
 from ._limits import FairLimiter as FairLimiter
@@ -55,6 +57,7 @@ from ._stream import current_producer as current_producer
 __version__ = "0.1.0"
 
 __all__ = [
+    "GC_INTERVAL",
     "SERVER_GC_THRESHOLD",
     "BatchIterator",
     "CloseReason",
@@ -99,6 +102,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamTruncated",
     "batched",
+    "collect_young",
     "current_producer",
     "redact",
     "redact_secrets",

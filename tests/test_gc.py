@@ -1,7 +1,10 @@
 """The garbage collector for a long-running server: ``tune_gc`` (what it sets, what it
-leaves), ``serve --gc-threshold`` (applied at start-up, overridable by flag and by
-variable), and served connections that leave no reference cycle behind (with full
-collections rare, a cycle per connection would be memory kept for hours).
+leaves), the timed young collections (``CollectionSchedule``'s choice, ``collect_young``
+and its thread, ticked without time: what ``gc.get_stats()`` says ran, cycles still freed, young and
+old), ``serve --gc-threshold`` and ``--gc-interval`` (applied at start-up,
+overridable by flag and by variable), and served connections that leave no reference
+cycle behind (with full collections rare, a cycle per connection would be memory
+kept for hours).
 
 No timing is asserted here: benchmarks/bench_gc.py measures the pauses.
 """
@@ -11,7 +14,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-from collections.abc import AsyncIterator, Iterator
+import sys
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -19,8 +26,20 @@ import pytest
 import trio
 import trio.testing
 
-from streammgr import SERVER_GC_THRESHOLD, CloseReason, StreamManager, tune_gc
-from streammgr._gc import parse_gc_threshold
+from streammgr import (
+    GC_INTERVAL,
+    SERVER_GC_THRESHOLD,
+    CloseReason,
+    StreamManager,
+    collect_young,
+    tune_gc,
+)
+from streammgr._gc import (
+    CollectionSchedule,
+    parse_gc_interval,
+    parse_gc_threshold,
+    run_collections,
+)
 from streammgr.cli import main
 from streammgr.server import ServiceOptions, admin_app
 
@@ -44,7 +63,7 @@ def collector() -> Iterator[None]:
 @pytest.mark.usefixtures("collector")
 def test_tune_gc_freezes_what_is_alive_then_sets_the_thresholds() -> None:
     tune_gc()
-    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 10, 1_000)
+    assert gc.get_threshold() == SERVER_GC_THRESHOLD == (2_000, 0, 36_000)
     assert gc.get_freeze_count() > 1000  # the modules, classes and functions alive now
     assert gc.get_count()[0] < 100  # collected first: the young generation starts empty
 
@@ -108,16 +127,216 @@ def test_a_bad_flag_value_is_a_one_line_error(
 
 
 @pytest.mark.parametrize(
-    ("flags", "env", "threshold", "frozen"),
+    ("text", "expected"), [("0.1", 0.1), (" 2 ", 2.0), ("off", None), ("OFF", None), ("0", None)]
+)
+def test_the_interval_flags_values(text: str, expected: float | None) -> None:
+    assert parse_gc_interval(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "soon", "nan", "inf", ""])
+def test_a_bad_interval_is_a_one_line_error(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--gc-interval", text]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--gc-interval" in line
+    assert "off" in line
+
+
+class Blocks:
+    """A stand-in for ``sys.getallocatedblocks``: the memory in use, set by the test."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.asked = 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        return self.value
+
+
+def test_the_schedule_collects_young_then_middle_as_the_counts_say() -> None:
+    schedule = CollectionSchedule((2000, 4, 7200), blocks=Blocks(100))
+    schedule.collected(2, 0)
+    # gc.get_count()[1]: young collections since the last middle one (CPython's ">").
+    assert [schedule.due((0, young, 0), 0) for young in range(7)] == [0, 0, 0, 0, 0, 1, 1]
+    # The young count (net allocations) plays no part: that is the point.
+    assert schedule.due((50_000, 0, 0), 0) == 0
+
+
+def test_a_full_collection_waits_for_the_count_and_for_growth() -> None:
+    blocks = Blocks(1000)
+    schedule = CollectionSchedule((2000, 4, 100), blocks=blocks)
+    schedule.collected(2, 0)
+    assert schedule.baseline == 1000
+    assert schedule.due((0, 5, 100), 0) == 1  # 100 middle ones: not more than 100
+    blocks.value = 1249
+    assert schedule.due((0, 5, 101), 0) == 1  # due by count, but grew less than 25%
+    blocks.value = 1250
+    assert schedule.due((0, 5, 101), 0) == 2
+    assert schedule.due((0, 0, 101), 0) == 0  # only ever in place of a middle one
+    blocks.value = 900  # the full collection freed memory: the new baseline
+    schedule.collected(2, 1)
+    assert schedule.baseline == 900
+    blocks.value = 1124
+    assert schedule.due((0, 5, 101), 1) == 1
+    blocks.value = 1125
+    assert schedule.due((0, 5, 101), 1) == 2
+
+
+def test_growth_is_checked_rarely_and_other_full_collections_count() -> None:
+    blocks = Blocks(1000)
+    schedule = CollectionSchedule((2000, 4, 1000), blocks=blocks)
+    schedule.collected(2, 0)
+    asked = blocks.asked
+    # Due by count but not grown: the allocator is asked once every threshold[2] // 100.
+    assert [schedule.due((0, 5, 1001), 0) for _ in range(25)] == [1] * 25
+    assert blocks.asked - asked == 3  # the 1st, the 11th and the 21st
+    # A full collection made elsewhere (the interpreter's, a gc.collect()) is the
+    # last one: its memory is the baseline.
+    blocks.value = 2000
+    assert schedule.due((0, 0, 0), 1) == 0
+    assert schedule.baseline == 2000
+
+
+def test_the_schedule_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="gc_threshold"):
+        CollectionSchedule((0, 4, 10))
+    with pytest.raises(ValueError, match="growth must be at least 1"):
+        CollectionSchedule((700, 4, 10), growth=0.5)
+
+
+def _collections() -> list[int]:
+    return [generation["collections"] for generation in gc.get_stats()]
+
+
+class Node:
+    """A container that can be part of a reference cycle and weakly referenced."""
+
+    other: object = None
+
+
+def _garbage_cycle() -> weakref.ref[Node]:
+    node = Node()
+    node.other = node
+    return weakref.ref(node)
+
+
+@pytest.fixture
+def quiet_collector(collector: None) -> None:
+    """No collection but the test's own: the interpreter's only after a million net
+    allocations."""
+    gc.collect()
+    gc.set_threshold(1_000_000, 10, 10)
+
+
+class Ticks:
+    """``run_collections``'s wait, without time: ``ticks`` intervals, then stop; before
+    each tick (after the first wait), ``check`` sees what the last one did."""
+
+    def __init__(self, ticks: int, check: Callable[[int], object] = lambda tick: None) -> None:
+        self.left = ticks
+        self.done = 0
+        self.check = check
+
+    def __call__(self) -> bool:
+        self.check(self.done)
+        if self.left == 0:
+            return True
+        self.left -= 1
+        self.done += 1
+        return False
+
+
+@pytest.mark.usefixtures("quiet_collector")
+def test_each_tick_collects_whatever_the_count_says() -> None:
+    cycle = _garbage_cycle()
+    freed_at: list[int] = []
+
+    def check(ticks: int) -> None:
+        if cycle() is None and not freed_at:
+            freed_at.append(ticks)
+
+    before = _collections()
+    run_collections(CollectionSchedule((1_000_000, 4, 7200)), Ticks(12, check))
+    after = _collections()
+    # A young one each tick, a middle one every sixth (more than 4 young since the
+    # last), no full one: gc.get_stats() says what ran.
+    assert [a - b for a, b in zip(after, before, strict=True)] == [10, 2, 0]
+    assert freed_at == [1]  # a cycle that died young: freed by the first tick
+
+
+@pytest.mark.usefixtures("quiet_collector")
+def test_an_old_cycle_is_freed_once_the_memory_grows() -> None:
+    old = Node()
+    old.other = old
+    gc.collect()  # ages it into the old generation, alive
+    cycle = weakref.ref(old)
+    del old  # now garbage only a full collection finds
+    before = _collections()
+    # A middle collection every other tick, a full one due after more than 1 of them.
+    schedule = CollectionSchedule((1_000_000, 0, 1))
+    run_collections(schedule, Ticks(10))
+    assert cycle() is not None  # due by count since the 6th tick, but no growth
+    assert _collections()[2] == before[2]
+    ballast: list[list[int]] = [[] for _ in range(sys.getallocatedblocks() // 3)]
+    run_collections(schedule, Ticks(2))  # the next middle collection's tick
+    assert _collections()[2] == before[2] + 1  # a full one instead
+    assert cycle() is None
+    del ballast
+
+
+def _collector_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "streammgr-gc"]
+
+
+@pytest.mark.usefixtures("collector")
+async def test_collect_young_runs_a_thread_until_cancelled() -> None:
+    collected = threading.Event()
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and threading.current_thread().name == "streammgr-gc":
+            collected.set()
+
+    gc.callbacks.append(seen)
+    try:
+        gc.set_threshold(1_000_000, 4, 7200)  # none of the interpreter's own meanwhile
+        async with trio.open_nursery() as nursery:
+            schedule = await nursery.start(partial(collect_young, interval=0.001))
+            assert schedule.threshold == (1_000_000, 4, 7200)  # gc.get_threshold()'s
+            assert len(_collector_threads()) == 1
+            assert await trio.to_thread.run_sync(collected.wait, PATIENCE)
+            nursery.cancel_scope.cancel()
+        assert not nursery.child_tasks
+        assert not _collector_threads()  # joined when the task was cancelled
+    finally:
+        gc.callbacks.remove(seen)
+
+
+async def test_collect_young_checks_its_interval() -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        await collect_young(interval=0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "threshold", "frozen", "interval"),
     [
-        ((), {}, list(SERVER_GC_THRESHOLD), True),
-        (("--gc-threshold", "python"), {}, [700, 10, 10], False),
-        ((), {"STREAMMGR_GC_THRESHOLD": "5000,5,50"}, [5000, 5, 50], True),
+        ((), {}, list(SERVER_GC_THRESHOLD), True, GC_INTERVAL),
+        (("--gc-threshold", "python"), {}, [700, 10, 10], False, None),
+        ((), {"STREAMMGR_GC_THRESHOLD": "5000,5,50"}, [5000, 5, 50], True, GC_INTERVAL),
         (
             ("--gc-threshold", "6000,6,60"),
             {"STREAMMGR_GC_THRESHOLD": "python"},
             [6000, 6, 60],
             True,
+            GC_INTERVAL,
+        ),
+        (("--gc-interval", "off"), {}, list(SERVER_GC_THRESHOLD), True, None),
+        ((), {"STREAMMGR_GC_INTERVAL": "0.25"}, list(SERVER_GC_THRESHOLD), True, 0.25),
+        (
+            ("--gc-threshold", "python", "--gc-interval", "0.5"),
+            {},
+            [700, 10, 10],
+            False,
+            None,  # the interpreter's collector is left alone: no task either
         ),
     ],
 )
@@ -127,14 +346,17 @@ async def test_serve_tunes_the_collector_at_start_up(
     env: dict[str, str],
     threshold: list[int],
     frozen: bool,
+    interval: float | None,
 ) -> None:
     async with started(nursery, "serve", *flags, **env) as running:
         tuned = await running.until("gateway.gc")
         await running.until("gateway.listening")  # tuned before it serves
         assert tuned["threshold"] == threshold
+        assert tuned["interval"] == interval
         frozen_count = tuned["frozen"]
         assert isinstance(frozen_count, int)
         assert (frozen_count > 1000) is frozen
+        # The collector's task ends with the server: a task left would hang the exit.
         assert await running.stop() == 0
 
 

@@ -19,7 +19,7 @@ import cyclopts
 from cyclopts import Parameter
 
 from .. import __version__
-from .._gc import parse_gc_threshold
+from .._gc import parse_gc_interval, parse_gc_threshold
 from .._options import OPTIONS
 from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
@@ -115,6 +115,10 @@ def _gc_threshold(type_: object, value: str) -> None:
     parse_gc_threshold(value)  # the library's own check, with its words
 
 
+def _gc_interval(type_: object, value: str) -> None:
+    parse_gc_interval(value)
+
+
 def _workers(type_: object, value: int) -> None:
     if value < 1:
         raise ValueError("Accepts a whole number of worker processes, at least 1")
@@ -172,6 +176,7 @@ async def serve(
     gc_threshold: Annotated[str, _env("gc_threshold"), Parameter(validator=_gc_threshold)] = (
         "server"
     ),
+    gc_interval: Annotated[str, _env("gc_interval"), Parameter(validator=_gc_interval)] = "0.05",
     certfile: Annotated[str | None, _env("certfile")] = None,
     keyfile: Annotated[str | None, _env("keyfile")] = None,
 ) -> int:
@@ -213,9 +218,15 @@ async def serve(
         workers: Worker processes serving the one port (more than 1 needs --redis-url,
             so that they share the limits); the parent supervises them.
         gc_threshold: The garbage collector, set once the app is built: server (the
-            start-up's objects frozen, then gc.set_threshold(2000, 10, 1000): full
+            start-up's objects frozen, then gc.set_threshold(2000, 0, 36000): full
             collections, which stall every stream, become rare), python (the
             interpreter's, untouched), or GEN0,GEN1,GEN2 (frozen, then these).
+        gc_interval: Seconds between the young collections a thread runs besides the
+            interpreter's own (whose net count misses young objects made while as many
+            old ones are freed, and lets them pile up into long pauses); a middle one
+            after more than GEN1 young ones, a full one only after more than GEN2
+            middle ones and when the memory grew by a quarter since the last. off:
+            only the interpreter's, by count. Not with --gc-threshold python.
         certfile: Serve HTTPS with this PEM certificate (then any intermediates), with
             --keyfile; HTTP/2 is offered to browsers (many streams on one connection).
         keyfile: The PEM private key of --certfile (not encrypted).
@@ -296,6 +307,7 @@ async def serve(
         instance_id=instance_id,
         redis_fault_policy=redis_fault_policy,
         gc_threshold=parse_gc_threshold(gc_threshold),
+        gc_interval=parse_gc_interval(gc_interval),
         certfile=certfile,
         keyfile=keyfile,
     )

@@ -24,7 +24,7 @@ import structlog
 import trio
 
 from .._errors import LimiterUnavailable
-from .._gc import SERVER_GC_THRESHOLD, tune_gc
+from .._gc import GC_INTERVAL, SERVER_GC_THRESHOLD, collect_young, tune_gc
 from .._manager import StreamManager
 from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
@@ -87,6 +87,9 @@ class ServeSettings:
     redis_fault_policy: Literal["fail-closed", "local"] = "fail-closed"
     # --gc-threshold: None leaves the interpreter's collector as it is.
     gc_threshold: tuple[int, int, int] | None = SERVER_GC_THRESHOLD
+    # --gc-interval: None, only the interpreter's collections (by count); unused
+    # when gc_threshold is None.
+    gc_interval: float | None = GC_INTERVAL
     certfile: str | None = None
     keyfile: str | None = None
 
@@ -379,17 +382,25 @@ async def _serve_gateway(
     # Everything imported and built: what is alive now lives as long as the process,
     # and is frozen out of every later collection (--gc-threshold, streammgr/_gc.py).
     tune_gc(settings.gc_threshold)
+    # Young collections by time as well (streammgr/_gc.py): not with the interpreter's
+    # collector left alone.
+    interval = None if settings.gc_threshold is None else settings.gc_interval
     structlog.get_logger("streammgr.cli").info(
-        "gateway.gc", threshold=list(gc.get_threshold()), frozen=gc.get_freeze_count()
+        "gateway.gc",
+        threshold=list(gc.get_threshold()),
+        frozen=gc.get_freeze_count(),
+        interval=interval,
     )
 
     async def run(
         stop: Callable[[], Awaitable[object]], task_status: trio.TaskStatus[list[str]]
     ) -> None:
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                partial(
-                    serve_service,
+            if interval is not None:
+                nursery.start_soon(partial(collect_young, interval=interval))
+
+            async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve_service(
                     app,
                     manager,
                     host=settings.host,
@@ -400,8 +411,11 @@ async def _serve_gateway(
                     sockets=sockets,
                     certfile=settings.certfile,
                     keyfile=settings.keyfile,
+                    task_status=task_status,
                 )
-            )
+                nursery.cancel_scope.cancel()  # served: the collector's task ends too
+
+            urls = await nursery.start(serve)
             if on_listening is not None:
                 on_listening(urls)
             task_status.started(urls)
