@@ -133,6 +133,8 @@ class _ChatEvents:
     known (the gateway's key), so that no beginning of one is left at the cut.
     """
 
+    __slots__ = ("_secrets", "_source")
+
     def __init__(self, source: SSESource, secrets: Sequence[str] = ()) -> None:
         self._source = source
         self._secrets = tuple(secrets)

@@ -338,6 +338,29 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     twin, :class:`_TLSClientStream`, has).
     """
 
+    # One per connection, held as long as its stream (#15, memory per held stream).
+    __slots__ = (
+        "_apps_ended",
+        "_body_timeout",
+        "_h2_started",
+        "_held",
+        "_idle_since",
+        "_keep_alive_timeout",
+        "_plain",
+        "_request_started",
+        "_send_timeout",
+        "_stream",
+        "_timeout_answer",
+        "_wake",
+        "apps_running",
+        "closed",
+        "send_expired",
+        "send_started",
+        "send_watch",
+        "server",
+        "socket",
+    )
+
     def __init__(
         self,
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
@@ -607,6 +630,8 @@ class _TLSClientStream(_ClientStream):
     and hypercorn closes the connection next.
     """
 
+    __slots__ = ("_tls",)
+
     def __init__(self, stream: trio.SSLStream[trio.SocketStream], **options: Any) -> None:
         super().__init__(stream, **options)
         self._tls = stream
@@ -748,6 +773,8 @@ class _ResumeReading:
     The same four methods as hypercorn's ``EventWrapper``; ``wait`` is
     :meth:`_ClientStream.read_while_paused`, and ``set`` wakes it.
     """
+
+    __slots__ = ("_event", "_stream")
 
     def __init__(self, stream: _ClientStream) -> None:
         self._stream = stream

@@ -302,6 +302,24 @@ class _Writer:
     ended, for the keep-alives.
     """
 
+    # One per held response: no instance dict (#15, memory per held stream).
+    __slots__ = (
+        "_admitted",
+        "_answer_at",
+        "_answer_error",
+        "_body_send",
+        "_headers",
+        "_last_write",
+        "_send",
+        "_status",
+        "_stream_id",
+        "ended",
+        "headers_sent",
+        "keep_alive_done",
+        "keep_alive_period",
+        "write_started",
+    )
+
     def __init__(self, send: Send, response: EventStreamResponse, body_send: Send) -> None:
         self._send = send
         # Body messages, once the start went through ``send``: the server's own
@@ -422,6 +440,18 @@ class _ClientGone(Exception):
 class _Run:
     """One call of an :class:`EventStreamResponse`: what its task, its timer and the
     server's disconnect notice (or the watcher task) share."""
+
+    __slots__ = (
+        "_connection",
+        "_manager",
+        "_nursery",
+        "_response",
+        "_stall",
+        "_stream",
+        "_timer",
+        "_timers",
+        "_writer",
+    )
 
     def __init__(
         self, response: EventStreamResponse, scope: Scope, send: Send, nursery: trio.Nursery
