@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class QuietPoint:
     traced: int | None = None  # bytes tracemalloc traces (None: not tracing)
     gen2_objects: int | None = None  # objects in the oldest generation
     snapshot: int | None = None  # the number of its tracemalloc snapshot
+    allocator: dict[str, int] | None = None  # memory by layer (benchmarks/_allocator.py)
 
 
 def warm_up_end(points: list[QuietPoint], history_size: int = HISTORY_SIZE) -> int:
@@ -117,6 +119,7 @@ def report(points: list[QuietPoint], history_size: int = HISTORY_SIZE) -> list[s
             f"({python_pct:+.1f}%/hour of {traced_values[0] / 2**20:.2f} MiB traced; "
             f"{100 * python * 2**20 / steady[0].rss:+.2f}% of RSS an hour)"
         )
+    lines.extend(layers_report(steady))
     if all(point.gen2_objects is not None for point in steady):
         hours = [point.seconds / 3600 for point in steady]
         objects = slope(hours, [float(point.gen2_objects or 0) for point in steady])
@@ -124,6 +127,39 @@ def report(points: list[QuietPoint], history_size: int = HISTORY_SIZE) -> list[s
             f"  oldest generation {objects:+.0f} objects/hour "
             f"(cycles waiting for a full collection would grow it)"
         )
+    return lines
+
+
+LAYERS: dict[str, Callable[[dict[str, int]], int]] = {
+    "anonymous (heaps)": lambda stats: stats["rss_anon"],
+    "file-backed (code)": lambda stats: stats["rss_file"],
+    "pymalloc arenas": lambda stats: stats["pymalloc_arenas"] * 2**20,
+    "malloc from the system": lambda stats: stats["malloc_system"],
+    "malloc free in its heaps": lambda stats: stats["malloc_free"],
+    "malloc in use": lambda stats: stats["malloc_system"] - stats["malloc_free"],
+    "malloc mmap blocks": lambda stats: stats["malloc_mmap"],
+}
+"""How a quiet point's memory splits, from the probe's ``allocator`` stats."""
+
+
+def layers_report(steady: list[QuietPoint]) -> list[str]:
+    """The slope of each memory layer after the warm-up, where the probe reported them."""
+    stats = [point.allocator for point in steady]
+    if not all(stats):
+        return []
+    lines = ["  by layer (first -> last quiet point after the warm-up, slope):"]
+    for name, value in LAYERS.items():
+        try:
+            values = [float(value(item or {})) for item in stats]
+        except KeyError:
+            continue
+        per_hour, _ = growth(steady, values)
+        lines.append(
+            f"    {name:<26} {values[0] / 2**20:7.2f} -> {values[-1] / 2**20:7.2f} MiB, "
+            f"{per_hour:+.2f} MiB/hour"
+        )
+    arenas = [(item or {}).get("malloc_arenas") for item in stats]
+    lines.append(f"    glibc arenas: {arenas[0]} -> {arenas[-1]}")
     return lines
 
 

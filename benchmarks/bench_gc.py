@@ -54,6 +54,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
 import _soak as soak
+from _allocator import allocator_stats, malloc_trim
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = (
@@ -175,6 +177,12 @@ def probe(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--objects", action="store_true", help="count objects by type")
     parser.add_argument("--garbage", action="store_true", help="keep cyclic garbage to count")
+    parser.add_argument(
+        "--trim",
+        type=float,
+        metavar="SECONDS",
+        help="call glibc's malloc_trim(0) this often (a thread): an experiment on RSS",
+    )
     own, _, command = _split(argv)
     args = parser.parse_args(own)
     args.report.mkdir(parents=True, exist_ok=True)
@@ -183,6 +191,7 @@ def probe(argv: Sequence[str]) -> int:
     if args.garbage:
         gc.set_debug(gc.DEBUG_SAVEALL)
     taken = 0
+    trims: list[float] = []  # CPU seconds of each malloc_trim (--trim)
 
     def report(number: int, frame: object) -> None:
         nonlocal taken
@@ -196,6 +205,11 @@ def probe(argv: Sequence[str]) -> int:
         data["at"] = time.monotonic()
         data["rss"] = _rss()
         data["gen2_objects"] = len(gc.get_objects(2))
+        data["allocator"] = allocator_stats()
+        if trims:
+            data["trims"] = len(trims)
+            data["trim_cpu_max"] = max(trims)
+            data["trim_cpu_total"] = sum(trims)
         if tracemalloc.is_tracing():
             data["traced"] = tracemalloc.get_traced_memory()[0]
             data["tracemalloc_memory"] = tracemalloc.get_tracemalloc_memory()
@@ -225,6 +239,17 @@ def probe(argv: Sequence[str]) -> int:
         taken += 1
 
     signal.signal(signal.SIGUSR2, report)
+    if args.trim:
+        every = args.trim
+
+        def trim() -> None:
+            while True:
+                time.sleep(every)
+                began = time.thread_time()
+                malloc_trim()
+                trims.append(time.thread_time() - began)
+
+        threading.Thread(target=trim, name="bench-malloc-trim", daemon=True).start()
     from streammgr.cli import main
 
     return main(command)

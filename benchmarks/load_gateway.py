@@ -197,8 +197,10 @@ class Options:
     seed: int
     soak: float
     tracemalloc: str | None = None  # a directory: the gateway's snapshots at quiet points
+    trim: float | None = None  # the probe calls malloc_trim(0) this often (seconds)
     # Where the probe writes its reports (a soak's quiet points: RSS, the oldest
-    # generation's objects; with --tracemalloc, the snapshots): set by main().
+    # generation's objects, memory by layer; with --tracemalloc, the snapshots):
+    # --reports, --tracemalloc or a temporary directory.
     reports: str | None = None
 
 
@@ -435,6 +437,7 @@ async def main(options: Options) -> int:
                         options.reports,
                         "--frames",
                         "0" if options.tracemalloc is None else "10",
+                        *([] if options.trim is None else ["--trim", str(options.trim)]),
                     ]
                 ),
             ) as gateway,
@@ -483,6 +486,7 @@ async def measure(options: Options, gateway: Child, upstream_port: int) -> int:
                     probed = json.loads(await written.read_text())
                     point.traced = probed.get("traced")
                     point.gen2_objects = probed.get("gen2_objects")
+                    point.allocator = probed.get("allocator")
                 soak_points.append(point)
                 if options.reports is not None:
                     save(Path(options.reports), soak_points)
@@ -572,6 +576,17 @@ def parse(argv: list[str] | None = None) -> Options:
         help="trace the gateway's allocations; a snapshot at each quiet point, written to "
         "DIR (compare them: bench_gc.py compare DIR)",
     )
+    parser.add_argument(
+        "--trim",
+        type=float,
+        metavar="SECONDS",
+        help="a soak: the gateway calls glibc's malloc_trim(0) this often (an RSS experiment)",
+    )
+    parser.add_argument(
+        "--reports",
+        metavar="DIR",
+        help="a soak: keep the gateway's reports at each quiet point (N.json, soak.json) in DIR",
+    )
     args = parser.parse_args(argv)
     return Options(
         streams=args.streams,
@@ -586,6 +601,8 @@ def parse(argv: list[str] | None = None) -> Options:
         seed=args.seed,
         soak=args.soak,
         tracemalloc=args.tracemalloc,
+        trim=args.trim,
+        reports=args.reports,
     )
 
 
@@ -593,6 +610,9 @@ if __name__ == "__main__":
     parsed = parse()
     if parsed.tracemalloc is not None:
         parsed.reports = parsed.tracemalloc
+        sys.exit(trio.run(main, parsed))
+    elif parsed.soak and parsed.reports is not None:
+        Path(parsed.reports).mkdir(parents=True, exist_ok=True)
         sys.exit(trio.run(main, parsed))
     elif parsed.soak:
         # The probe's reports at each quiet point (no tracing): RSS and the oldest
