@@ -41,6 +41,8 @@ from ._limits import LimiterStatus as LimiterStatus
 from ._limits import Permit as Permit
 from ._logging import redact as redact
 from ._logging import redact_secrets as redact_secrets
+from ._malloc import MALLOC_TRIM_INTERVAL as MALLOC_TRIM_INTERVAL
+from ._malloc import trim_malloc as trim_malloc
 from ._manager import ManagerStats as ManagerStats
 from ._manager import StreamManager as StreamManager
 from ._registry import NoteValue as NoteValue
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GC_INTERVAL",
+    "MALLOC_TRIM_INTERVAL",
     "SERVER_GC_THRESHOLD",
     "BatchIterator",
     "CloseReason",
@@ -106,5 +109,6 @@ __all__ = [
     "current_producer",
     "redact",
     "redact_secrets",
+    "trim_malloc",
     "tune_gc",
 ]

@@ -41,6 +41,8 @@ from typing import NoReturn
 
 import trio
 
+from ._validate import parse_seconds_or_off
+
 __all__ = [
     "GC_INTERVAL",
     "GROWTH_FOR_FULL",
@@ -175,19 +177,9 @@ def parse_gc_interval(text: str) -> float | None:
     Raises:
         ValueError: anything else, saying what is accepted.
     """
-    word = text.strip().lower()
-    if word in ("off", "none", "0"):
-        return None
-    try:
-        seconds = float(word)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(
-            f"accepts seconds between young collections (a positive number, e.g. 0.1) "
-            f"or off; got {text!r}"
-        )
-    return seconds
+    return parse_seconds_or_off(
+        text, "seconds between young collections (a positive number, e.g. 0.1)"
+    )
 
 
 class CollectionSchedule:

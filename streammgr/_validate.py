@@ -17,6 +17,7 @@ __all__ = [
     "check_seconds",
     "check_strings",
     "json_type",
+    "parse_seconds_or_off",
     "unpaired_surrogate",
 ]
 
@@ -47,6 +48,30 @@ def check_seconds(name: str, value: float | None) -> float | None:
             f"use None for no timeout"
         )
     return float(value)
+
+
+def parse_seconds_or_off(text: str, meaning: str) -> float | None:
+    """A command-line value: a positive number of seconds, or ``off`` (also ``none``,
+    ``0``: ``None``).
+
+    Args:
+        text: the value as given.
+        meaning: what the seconds are, for the error (e.g. "seconds between young
+            collections (a positive number, e.g. 0.1)").
+
+    Raises:
+        ValueError: anything else, saying what is accepted.
+    """
+    word = text.strip().lower()
+    if word in ("off", "none", "0"):
+        return None
+    try:
+        seconds = float(word)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"accepts {meaning} or off; got {text!r}")
+    return seconds
 
 
 def check_count(name: str, value: int, *, minimum: int) -> int:

@@ -20,6 +20,7 @@ from cyclopts import Parameter
 
 from .. import __version__
 from .._gc import parse_gc_interval, parse_gc_threshold
+from .._malloc import parse_malloc_trim
 from .._options import OPTIONS
 from .._validate import check_lease_ttl, check_seconds
 from ._logging import LogFormat
@@ -119,6 +120,10 @@ def _gc_interval(type_: object, value: str) -> None:
     parse_gc_interval(value)
 
 
+def _malloc_trim(type_: object, value: str) -> None:
+    parse_malloc_trim(value)
+
+
 def _workers(type_: object, value: int) -> None:
     if value < 1:
         raise ValueError("Accepts a whole number of worker processes, at least 1")
@@ -177,6 +182,7 @@ async def serve(
         "server"
     ),
     gc_interval: Annotated[str, _env("gc_interval"), Parameter(validator=_gc_interval)] = "0.05",
+    malloc_trim: Annotated[str, _env("malloc_trim"), Parameter(validator=_malloc_trim)] = "10",
     certfile: Annotated[str | None, _env("certfile")] = None,
     keyfile: Annotated[str | None, _env("keyfile")] = None,
 ) -> int:
@@ -227,6 +233,10 @@ async def serve(
             after more than GEN1 young ones, a full one only after more than GEN2
             middle ones and when the memory grew by a quarter since the last. off:
             only the interpreter's, by count. Not with --gc-threshold python.
+        malloc_trim: Seconds between two trims of the heap (glibc's malloc_trim on a
+            worker thread): free memory that glibc keeps between long-lived blocks is
+            given back to the system, so the resident memory does not creep up over
+            hours. off: the heap left to glibc. Nothing where the C library is not glibc.
         certfile: Serve HTTPS with this PEM certificate (then any intermediates), with
             --keyfile; HTTP/2 is offered to browsers (many streams on one connection).
         keyfile: The PEM private key of --certfile (not encrypted).
@@ -308,6 +318,7 @@ async def serve(
         redis_fault_policy=redis_fault_policy,
         gc_threshold=parse_gc_threshold(gc_threshold),
         gc_interval=parse_gc_interval(gc_interval),
+        malloc_trim=parse_malloc_trim(malloc_trim),
         certfile=certfile,
         keyfile=keyfile,
     )

@@ -25,6 +25,7 @@ import trio
 
 from .._errors import LimiterUnavailable
 from .._gc import GC_INTERVAL, SERVER_GC_THRESHOLD, collect_young, tune_gc
+from .._malloc import MALLOC_TRIM_INTERVAL, find_malloc_trim, trim_malloc
 from .._manager import StreamManager
 from .._options import OPTIONS
 from ._logging import LogFormat, configure_logging
@@ -90,6 +91,8 @@ class ServeSettings:
     # --gc-interval: None, only the interpreter's collections (by count); unused
     # when gc_threshold is None.
     gc_interval: float | None = GC_INTERVAL
+    # --malloc-trim: None, the heap left to glibc.
+    malloc_trim: float | None = MALLOC_TRIM_INTERVAL
     certfile: str | None = None
     keyfile: str | None = None
 
@@ -385,11 +388,14 @@ async def _serve_gateway(
     # Young collections by time as well (streammgr/_gc.py): not with the interpreter's
     # collector left alone.
     interval = None if settings.gc_threshold is None else settings.gc_interval
+    # The heap's free memory given back every so often (streammgr/_malloc.py): glibc only.
+    trim = None if find_malloc_trim() is None else settings.malloc_trim
     structlog.get_logger("streammgr.cli").info(
         "gateway.gc",
         threshold=list(gc.get_threshold()),
         frozen=gc.get_freeze_count(),
         interval=interval,
+        malloc_trim=trim,
     )
 
     async def run(
@@ -398,6 +404,8 @@ async def _serve_gateway(
         async with trio.open_nursery() as nursery:
             if interval is not None:
                 nursery.start_soon(partial(collect_young, interval=interval))
+            if trim is not None:
+                nursery.start_soon(trim_malloc, trim)
 
             async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
                 await serve_service(
