@@ -36,9 +36,12 @@ __all__ = ["MALLOC_TRIM_INTERVAL", "find_malloc_trim", "parse_malloc_trim", "tri
 
 MALLOC_TRIM_INTERVAL = 10.0
 """Seconds between two ``malloc_trim(0)`` of :func:`trim_malloc` (``serve
---malloc-trim``). One trim took 0.4-0.6 ms of CPU on a worker thread with a 20 MiB
-heap (benchmarks/load_gateway.py --soak --trim); the pages it frees cost a page fault
-each when they are used again."""
+--malloc-trim``). A trim's cost is its walk of the heaps' free blocks plus an
+``madvise`` of each page freed since the last (benchmarks/bench_malloc_trim.py): in
+the gateway's soak, 0.4-0.6 ms of CPU on a worker thread every 10 s; on a heap of
+800 MiB half in 64 KiB holes, ~50 ms for the first trim and ~9 ms for each later one,
+with the heap's lock held meanwhile. A page given back costs a page fault when it is
+used again."""
 
 
 @functools.cache
