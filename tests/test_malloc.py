@@ -8,8 +8,10 @@ over time (docs/performance.md, "Growth over time").
 
 from __future__ import annotations
 
-import ctypes
+import json
 import platform
+import subprocess
+import sys
 import threading
 from functools import partial
 
@@ -27,42 +29,48 @@ from .cli_helpers import started
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 
-def _rss_anon() -> int:
-    """This process's anonymous resident memory (the heaps), in bytes."""
+def test_malloc_trim_is_found_where_the_c_library_is_glibc() -> None:
+    assert (find_malloc_trim() is not None) is GLIBC
+
+
+# Run in a fresh interpreter: its heap has few holes yet, so each small block lands
+# right after its buffer (in a process that ran many tests, it may fill an old hole,
+# and a freed buffer then merges into the heap's top, which free() gives back itself).
+_FRAGMENT_AND_TRIM = """
+import ctypes, json
+from streammgr._malloc import find_malloc_trim
+
+def rss_anon():
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon in /proc/self/status")
 
-
-def test_malloc_trim_is_found_where_the_c_library_is_glibc() -> None:
-    assert (find_malloc_trim() is not None) is GLIBC
+size, count = 64 * 1024, 1024  # a socket read's buffer (from malloc), 64 MiB in all
+buffers, pins = [], []
+for _ in range(count):
+    buffers.append(ctypes.create_string_buffer(b"x" * (size - 1)))  # every page written
+    pins.append(ctypes.create_string_buffer(600))  # a small live block after each
+held = rss_anon()
+buffers.clear()  # freed between live blocks: no two can merge
+freed = rss_anon()
+released = find_malloc_trim()(0)
+print(json.dumps([held, freed, rss_anon(), released, len(pins)]))
+"""
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
 def test_a_trim_gives_back_free_memory_held_between_live_blocks() -> None:
     """What the soak found, in small: blocks freed between blocks still alive stay
-    resident (free() can give back only the heap's top); a trim frees their pages."""
-    trim = find_malloc_trim()
-    assert trim is not None
-    size = 64 * 1024  # a socket read's buffer, from malloc (above pymalloc's 512 bytes)
-    count = 1024  # 64 MiB
-    # Built by ctypes (raw malloc-backed buffers, each page written) on this thread,
-    # with a small live block after each: no two freed buffers can merge.
-    buffers = []
-    pins = []
-    for _ in range(count):
-        buffers.append(ctypes.create_string_buffer(b"x" * (size - 1)))
-        pins.append(ctypes.create_string_buffer(600))
-    held = _rss_anon()
-    buffers.clear()
-    freed = _rss_anon()
-    assert held - freed < size * count // 4  # freed, yet still resident: the creep
-    assert trim(0) == 1  # "some memory was released"
-    trimmed = _rss_anon()
-    assert freed - trimmed > size * count // 2, (held, freed, trimmed)
-    assert len(pins) == count  # alive until here
+    resident (free() gives back only the heap's top); a trim frees their pages."""
+    result = subprocess.run(
+        [sys.executable, "-c", _FRAGMENT_AND_TRIM], capture_output=True, text=True, check=True
+    )
+    held, freed, trimmed, released, _ = json.loads(result.stdout)
+    total = 64 * 1024 * 1024
+    assert held - freed < total // 4, (held, freed)  # freed, yet still resident: the creep
+    assert released == 1  # malloc_trim: "some memory was released"
+    assert freed - trimmed > total // 2, (held, freed, trimmed)
 
 
 @pytest.mark.parametrize(
