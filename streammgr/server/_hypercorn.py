@@ -78,6 +78,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr
 
 from .._logging import get_logger
+from .._reads import BUFFER_SIZE, read_now
 from .._validate import check_seconds
 
 __all__ = [
@@ -520,8 +521,16 @@ class _ClientStream(trio.abc.HalfCloseableStream):
                         # the socket's recv, the non-blocking helper, two context
                         # managers) would live as long as the connection waits, a
                         # held stream's whole life (~1.5 KiB, 8 tracked objects).
+                        # Then read at the bytes' own size, not 64 KiB shrunk (a
+                        # hole in the heap per read: streammgr/_reads.py).
                         await trio.lowlevel.wait_readable(self.socket)
-                    data = bytes(await self._stream.receive_some(max_bytes))
+                        read = read_now(self.socket, max_bytes or BUFFER_SIZE)
+                        while read is None:  # woken, yet nothing to read
+                            await trio.lowlevel.wait_readable(self.socket)
+                            read = read_now(self.socket, max_bytes or BUFFER_SIZE)
+                        data = read
+                    else:
+                        data = bytes(await self._stream.receive_some(max_bytes))
                 finally:
                     self._wake = None
             if wake.cancelled_caught:

@@ -35,6 +35,7 @@ from httpcore import AsyncConnectionInterface
 from httpcore._backends.base import SOCKET_OPTION
 from httpcore._backends.trio import TrioBackend, TrioStream
 
+from .._reads import receive_some
 from .._validate import check_count
 
 __all__ = [
@@ -165,15 +166,21 @@ class _TrioStream(TrioStream):
     sets none: a stream may last long, the manager's timeouts bound it): 3% of the
     gateway's CPU at 100 unpaced streams, for a deadline of infinity. This reads
     without them, and maps trio's errors to httpcore's as ``map_exceptions`` does.
+    Over plain TCP it reads each chunk at its own size (:mod:`streammgr._reads`),
+    not into a 64 KiB bytes object then shrunk, which left a hole in the heap.
     """
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if timeout is not None:
             return await super().read(max_bytes, timeout)
         try:
-            # A SocketStream's or an SSLStream's reads are bytes, as httpcore's own
-            # read says.
-            return cast("bytes", await self._stream.receive_some(max_bytes))
+            stream = self._stream
+            if type(stream) is trio.SocketStream:
+                # Plain TCP: the bytes at their own size, not 64 KiB shrunk (a hole
+                # in the heap per read: streammgr/_reads.py).
+                return await receive_some(stream.socket, max_bytes)
+            # An SSLStream's reads are bytes, as httpcore's own read says.
+            return cast("bytes", await stream.receive_some(max_bytes))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpcore.ReadError(exc) from exc
 
