@@ -2,15 +2,16 @@
 
 A gateway's resident memory crept up for hours while nothing it held grew (issue
 #15's soak: Python's allocations flat under ``tracemalloc``, the oldest generation
-flat): glibc's heap kept memory freed between long-lived blocks. Every socket read
-takes a 64 KiB buffer from ``malloc`` and gives back most of it when the bytes
-object shrinks to what arrived; a block that outlives it (a closed stream's record
-in the registry's history, a pooled connection's state) pins the heap around it, so
-a later 64 KiB buffer that fits no hole extends the heap, and the free memory left
-behind stays resident: glibc returns only the free memory at the top of a heap, by
-itself. ``benchmarks/load_gateway.py --soak`` measures it by layer: glibc's free
-memory grew ~1 MiB every few minutes at 94 streams a second, its memory in use,
-CPython's arenas and the mapped files did not.
+flat): glibc's heap kept memory freed between long-lived blocks. A socket read
+through ``recv(65536)`` takes a 64 KiB block from ``malloc`` and shrinks it in place
+to what arrived; a block that outlives it pins the hole behind it, a later 64 KiB
+buffer that fits no hole extends the heap, and the free memory left behind stays
+resident: glibc returns only the free memory at the top of a heap, by itself.
+``benchmarks/load_gateway.py --soak`` measures it by layer: glibc's free memory grew
+~5 MiB an hour at 94 streams a second; its memory in use, CPython's arenas and the
+mapped files did not. ``serve``'s plain-TCP reads no longer do this
+(:mod:`streammgr._reads`); reads through TLS (``ssl`` and trio's ``SSLStream``
+allocate the same way), and whatever else a deployment adds, still can.
 
 :func:`trim_malloc` calls glibc's ``malloc_trim(0)`` every ``interval`` seconds,
 which also frees the whole free pages inside every heap (``madvise``), so they stop
