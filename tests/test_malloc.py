@@ -9,6 +9,7 @@ over time (docs/performance.md, "Growth over time").
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -33,12 +34,20 @@ def test_malloc_trim_is_found_where_the_c_library_is_glibc() -> None:
     assert (find_malloc_trim() is not None) is GLIBC
 
 
-# Run in a fresh interpreter: its heap has few holes yet, so each small block lands
-# right after its buffer (in a process that ran many tests, it may fill an old hole,
-# and a freed buffer then merges into the heap's top, which free() gives back itself).
+# Run in a fresh interpreter, with glibc's malloc and free called directly: 64 KiB
+# blocks (a socket read's buffer), each written, a small live block after each where
+# glibc puts one there, and one surely above them all (allocated until its address
+# is): so the freed blocks can never merge into the heap's top, which free() gives
+# back by itself.
 _FRAGMENT_AND_TRIM = """
 import ctypes, json
 from streammgr._malloc import find_malloc_trim
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 
 def rss_anon():
     with open("/proc/self/status") as status:
@@ -46,16 +55,25 @@ def rss_anon():
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
 
-size, count = 64 * 1024, 1024  # a socket read's buffer (from malloc), 64 MiB in all
+size, count = 64 * 1024, 1024  # 64 MiB in all
 buffers, pins = [], []
 for _ in range(count):
-    buffers.append(ctypes.create_string_buffer(b"x" * (size - 1)))  # every page written
-    pins.append(ctypes.create_string_buffer(600))  # a small live block after each
+    buffer = libc.malloc(size)
+    libc.memset(buffer, 1, size)  # every page resident
+    buffers.append(buffer)
+    pins.append(libc.malloc(600))
+while True:  # a live block above every buffer
+    pins.append(libc.malloc(600))
+    if pins[-1] > max(buffers):
+        break
 held = rss_anon()
-buffers.clear()  # freed between live blocks: no two can merge
+for buffer in buffers:
+    libc.free(buffer)
 freed = rss_anon()
 released = find_malloc_trim()(0)
-print(json.dumps([held, freed, rss_anon(), released, len(pins)]))
+print(json.dumps([held, freed, rss_anon(), released]))
+for pin in pins:
+    libc.free(pin)
 """
 
 
@@ -63,10 +81,15 @@ print(json.dumps([held, freed, rss_anon(), released, len(pins)]))
 def test_a_trim_gives_back_free_memory_held_between_live_blocks() -> None:
     """What the soak found, in small: blocks freed between blocks still alive stay
     resident (free() gives back only the heap's top); a trim frees their pages."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     result = subprocess.run(
-        [sys.executable, "-c", _FRAGMENT_AND_TRIM], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _FRAGMENT_AND_TRIM],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,  # glibc's own tunables, as it has them by default
     )
-    held, freed, trimmed, released, _ = json.loads(result.stdout)
+    held, freed, trimmed, released = json.loads(result.stdout)
     total = 64 * 1024 * 1024
     assert held - freed < total // 4, (held, freed)  # freed, yet still resident: the creep
     assert released == 1  # malloc_trim: "some memory was released"
