@@ -121,13 +121,3 @@ def allocator_stats() -> dict[str, int]:
         stats["pymalloc_arenas"] = arenas
     stats.update(_malloc_info())
     return stats
-
-
-def malloc_trim() -> bool:
-    """glibc's ``malloc_trim(0)``: give free memory at the top of the heaps, and free
-    whole pages inside them, back to the system. False where there is no glibc."""
-    libc = _libc()
-    if libc is None:
-        return False
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    return bool(libc.malloc_trim(0))

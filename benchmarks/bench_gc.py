@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs as procs
 import _soak as soak
-from _allocator import allocator_stats, malloc_trim
+from _allocator import allocator_stats
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = (
@@ -239,14 +239,17 @@ def probe(argv: Sequence[str]) -> int:
         taken += 1
 
     signal.signal(signal.SIGUSR2, report)
-    if args.trim:
+    from streammgr._malloc import find_malloc_trim
+
+    trim_now = find_malloc_trim()
+    if args.trim and trim_now is not None:
         every = args.trim
 
         def trim() -> None:
             while True:
                 time.sleep(every)
                 began = time.thread_time()
-                malloc_trim()
+                trim_now(0)
                 trims.append(time.thread_time() - began)
 
         threading.Thread(target=trim, name="bench-malloc-trim", daemon=True).start()
