@@ -378,16 +378,22 @@ async def test_a_chat_handler_failure_before_the_answer_is_a_500(
     async with httpx.AsyncClient(transport=SimulatedTransport(instant_upstream())) as upstream:
         app = build_service_app(manager, upstream, ServiceOptions(upstream_url=BASE))
         exchange = ASGIExchange(app, "POST", "/v1/chat/completions", b"{", body_ends=False)
-        async with running_lifespan(app):
-            with pytest.RaisesGroup(ClientDisconnect, flatten_subgroups=True):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(exchange.run)
-                    await trio.testing.wait_all_tasks_blocked()
-                    exchange.disconnect()
+        await _leave_while_the_body_is_read(app, exchange)
     assert exchange.status == 500
     assert exchange.headers["content-type"] == "text/plain; charset=utf-8"
     assert exchange.headers["x-request-id"].startswith("req_")
     assert exchange.body == b"Internal Server Error"
+
+
+async def _leave_while_the_body_is_read(app: Any, exchange: ASGIExchange) -> None:
+    """Run ``exchange`` until its body read waits, then disconnect: the handler's
+    ClientDisconnect reaches the server."""
+    async with running_lifespan(app):
+        with pytest.RaisesGroup(ClientDisconnect, flatten_subgroups=True):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(exchange.run)
+                await trio.testing.wait_all_tasks_blocked()
+                exchange.disconnect()
 
 
 async def test_a_chat_handler_failure_with_cors_is_a_500_cors_lets_the_page_read(
@@ -400,12 +406,7 @@ async def test_a_chat_handler_failure_with_cors_is_a_500_cors_lets_the_page_read
         app = build_service_app(manager, upstream, options)
         exchange = ASGIExchange(app, "POST", "/v1/chat/completions", b"{", body_ends=False)
         exchange.scope["headers"].append((b"origin", b"https://app.example"))
-        async with running_lifespan(app):
-            with pytest.RaisesGroup(ClientDisconnect, flatten_subgroups=True):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(exchange.run)
-                    await trio.testing.wait_all_tasks_blocked()
-                    exchange.disconnect()
+        await _leave_while_the_body_is_read(app, exchange)
     assert exchange.status == 500
     assert exchange.body == b"Internal Server Error"
     assert exchange.headers["access-control-allow-origin"] == "https://app.example"
